@@ -1,0 +1,668 @@
+//! The daemon's configuration: TOML, CRI-O's names where they exist.
+//!
+//! Owns parsing, defaults, drop-in merging and validation. Loading reads files; [`Config::validate`]
+//! is pure so tests can check every rule without touching the disk. Nothing here starts or changes
+//! anything on the host.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/ferrio/ferrio.toml";
+/// Drop-ins next to the main file, applied in lexical order (later wins).
+pub const DEFAULT_DROPIN_DIR: &str = "/etc/ferrio/ferrio.d";
+
+/// An error loading or validating the config: always names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: {key}: {reason}")]
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The complete daemon configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent state: images, pod and container records. Survives reboots.
+    pub root: PathBuf,
+    /// Runtime state: bundles, sockets, exit files. Expected on tmpfs (empty after a reboot).
+    pub runroot: PathBuf,
+    /// error, warn, info, debug or trace.
+    pub log_level: String,
+    pub api: ApiConfig,
+    pub runtime: RuntimeConfig,
+    pub image: ImageConfig,
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Path of the CRI gRPC unix socket.
+    pub listen: PathBuf,
+    /// Address the streaming server (exec/attach/port-forward) binds to.
+    pub stream_address: String,
+    /// Port of the streaming server; 0 picks a free port.
+    pub stream_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// The handler used when a pod names none (must be a key of `runtimes`).
+    pub default_runtime: String,
+    /// "cgroupfs" or "systemd"; reported to kubelet by RuntimeConfig.
+    pub cgroup_manager: String,
+    /// ferrio-monitor binary; "" means the one next to the ferrio binary.
+    pub monitor_path: PathBuf,
+    /// Where pinned namespaces live (`netns/`, `ipcns/`, `utsns/` below it), as CRI-O's
+    /// `namespaces_dir`. "" means `<runroot>/ns`.
+    pub namespaces_dir: PathBuf,
+    /// Largest `oom_score_adj` decrease the host allows: kubelet asks for -997/-998 and a host
+    /// that refuses negative values makes runc fail. `true` clamps to the daemon's own value,
+    /// as containerd's `restrict_oom_score_adj` does.
+    pub restrict_oom_score_adj: bool,
+    /// OCI runtimes by handler name (CRI `runtime_handler`).
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeHandler {
+    /// The OCI runtime binary (runc or crun).
+    pub runtime_path: PathBuf,
+    /// The runtime's `--root` state dir; "" means `<runroot>/oci/<handler>`.
+    pub runtime_root: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// The pause image every pod sandbox runs.
+    pub sandbox_image: String,
+    /// Images kubelet's garbage collector must never remove (exact names or globs).
+    pub pinned_images: Vec<String>,
+    /// A docker `config.json`-style auth file used when a pull carries no credentials.
+    pub global_auth_file: PathBuf,
+    /// Registries with their mirrors, matched by longest prefix.
+    pub registry: Vec<RegistryConfig>,
+}
+
+/// One `[[image.registry]]` table, with registries.conf semantics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// The reference prefix this entry applies to (`docker.io`, `docker.io/library`).
+    pub prefix: String,
+    /// What `prefix` is rewritten to when pulling from the registry itself; "" = prefix.
+    pub location: String,
+    /// Plain HTTP or unverified TLS allowed.
+    pub insecure: bool,
+    /// After the mirrors, try `location` itself.
+    pub fallback: bool,
+    /// Mirrors tried in order before `location`.
+    pub mirror: Vec<MirrorConfig>,
+}
+
+/// One `[[image.registry.mirror]]` table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    /// host[:port][/path] that replaces the entry's prefix.
+    pub location: String,
+    /// Plain HTTP or unverified TLS allowed.
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Directory of CNI conflists, loaded in lexical order.
+    pub network_dir: PathBuf,
+    /// Directories searched for CNI plugin binaries.
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: "/var/lib/ferrio".into(),
+            runroot: "/run/ferrio".into(),
+            log_level: "info".into(),
+            api: ApiConfig::default(),
+            runtime: RuntimeConfig::default(),
+            image: ImageConfig::default(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "/run/ferrio/ferrio.sock".into(),
+            stream_address: "127.0.0.1".into(),
+            stream_port: 0,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert(
+            "runc".to_string(),
+            RuntimeHandler {
+                runtime_path: "/usr/sbin/runc".into(),
+                runtime_root: PathBuf::new(),
+            },
+        );
+        runtimes.insert(
+            "crun".to_string(),
+            RuntimeHandler {
+                runtime_path: "/usr/bin/crun".into(),
+                runtime_root: PathBuf::new(),
+            },
+        );
+        RuntimeConfig {
+            default_runtime: "runc".into(),
+            cgroup_manager: "cgroupfs".into(),
+            monitor_path: PathBuf::new(),
+            namespaces_dir: PathBuf::new(),
+            restrict_oom_score_adj: true,
+            runtimes,
+        }
+    }
+}
+
+impl Default for RuntimeHandler {
+    fn default() -> Self {
+        RuntimeHandler {
+            runtime_path: "/usr/sbin/runc".into(),
+            runtime_root: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            sandbox_image: "registry.k8s.io/pause:3.10".into(),
+            pinned_images: Vec::new(),
+            global_auth_file: PathBuf::new(),
+            registry: Vec::new(),
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            network_dir: "/etc/cni/net.d".into(),
+            plugin_dirs: vec!["/opt/cni/bin".into()],
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The registry itself: `location`, or `prefix` when no location is set.
+    pub fn effective_location(&self) -> &str {
+        if self.location.is_empty() {
+            &self.prefix
+        } else {
+            &self.location
+        }
+    }
+}
+
+/// Parse one TOML document into a table, naming the file on error.
+fn parse_table(file: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        file: file.to_path_buf(),
+        message: one_line(&e.to_string()),
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Merge `over` into `base`: tables merge key by key, everything else (arrays included) is replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Load `file` (it must exist when given explicitly) or the default file (optional), then the
+    /// drop-ins of `dropin_dir` in lexical order, over the embedded defaults, and validate.
+    pub fn load(file: Option<&Path>, dropin_dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::new();
+        let mut sources: Vec<PathBuf> = Vec::new();
+        let main = file.unwrap_or(Path::new(DEFAULT_CONFIG_FILE));
+        match std::fs::read_to_string(main) {
+            Ok(text) => {
+                let t = parse_table(main, &text)?;
+                Self::check_file(main, &t)?;
+                merge(&mut merged, t);
+                sources.push(main.to_path_buf());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.is_none() => {}
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    file: main.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        let dropins = dropin_dir.unwrap_or(Path::new(DEFAULT_DROPIN_DIR));
+        let mut entries: Vec<PathBuf> = match std::fs::read_dir(dropins) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        entries.sort();
+        for p in entries {
+            let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                file: p.clone(),
+                source,
+            })?;
+            let t = parse_table(&p, &text)?;
+            Self::check_file(&p, &t)?;
+            merge(&mut merged, t);
+            sources.push(p);
+        }
+        let names = if sources.is_empty() {
+            "<defaults>".to_string()
+        } else {
+            sources
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let cfg: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                file: names.clone().into(),
+                message: one_line(&e.to_string()),
+            })?;
+        cfg.validate().map_err(|(key, reason)| ConfigError::Invalid {
+            file: names,
+            key,
+            reason,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Deserialize one file on its own so an unknown key or a wrong type is reported against the
+    /// file that holds it, with the key's path in the message.
+    fn check_file(file: &Path, t: &toml::Table) -> Result<(), ConfigError> {
+        let _: Config = toml::Value::Table(t.clone()).try_into().map_err(
+            |e: toml::de::Error| ConfigError::Parse {
+                file: file.to_path_buf(),
+                message: one_line(&e.to_string()),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Parse a config from a string with no drop-ins (tests, `ferrio config --check`).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file = Path::new("<string>");
+        let t = parse_table(file, text)?;
+        let cfg: Config =
+            toml::Value::Table(t)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    file: file.to_path_buf(),
+                    message: one_line(&e.to_string()),
+                })?;
+        cfg.validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                file: "<string>".into(),
+                key,
+                reason,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Check every value; returns the offending key and the reason. Pure.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, r: String| Err((k.to_string(), r));
+        if !self.root.is_absolute() {
+            return bad("root", format!("{:?} is not an absolute path", self.root));
+        }
+        if !self.runroot.is_absolute() {
+            return bad("runroot", format!("{:?} is not an absolute path", self.runroot));
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return bad(
+                "log_level",
+                format!(
+                    "{:?} is not one of error, warn, info, debug, trace",
+                    self.log_level
+                ),
+            );
+        }
+        if !self.api.listen.is_absolute() {
+            return bad(
+                "api.listen",
+                format!("{:?} is not an absolute path", self.api.listen),
+            );
+        }
+        if self.api.stream_address.parse::<std::net::IpAddr>().is_err() {
+            return bad(
+                "api.stream_address",
+                format!("{:?} is not an IP address", self.api.stream_address),
+            );
+        }
+        if !["cgroupfs", "systemd"].contains(&self.runtime.cgroup_manager.as_str()) {
+            return bad(
+                "runtime.cgroup_manager",
+                format!(
+                    "{:?} is not \"cgroupfs\" or \"systemd\"",
+                    self.runtime.cgroup_manager
+                ),
+            );
+        }
+        if !self.runtime.runtimes.contains_key(&self.runtime.default_runtime) {
+            return bad(
+                "runtime.default_runtime",
+                format!(
+                    "{:?} is not a configured runtime (runtime.runtimes has {})",
+                    self.runtime.default_runtime,
+                    self.runtime
+                        .runtimes
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        for (name, h) in &self.runtime.runtimes {
+            if !h.runtime_path.is_absolute() {
+                return bad(
+                    &format!("runtime.runtimes.{name}.runtime_path"),
+                    format!("{:?} is not an absolute path", h.runtime_path),
+                );
+            }
+        }
+        if self.image.sandbox_image.trim().is_empty() {
+            return bad("image.sandbox_image", "must not be empty".into());
+        }
+        for (i, r) in self.image.registry.iter().enumerate() {
+            if r.prefix.is_empty() {
+                return bad(
+                    &format!("image.registry[{i}].prefix"),
+                    "must not be empty".into(),
+                );
+            }
+            for (j, m) in r.mirror.iter().enumerate() {
+                if m.location.is_empty() || m.location.contains("://") {
+                    return bad(
+                        &format!("image.registry[{i}].mirror[{j}].location"),
+                        format!("{:?} must be host[:port][/path], without a scheme", m.location),
+                    );
+                }
+            }
+        }
+        if self.network.plugin_dirs.is_empty() {
+            return bad("network.plugin_dirs", "must name at least one directory".into());
+        }
+        Ok(())
+    }
+
+    /// The directory pinned namespaces are kept in.
+    pub fn namespaces_dir(&self) -> PathBuf {
+        if self.runtime.namespaces_dir.as_os_str().is_empty() {
+            self.runroot.join("ns")
+        } else {
+            self.runtime.namespaces_dir.clone()
+        }
+    }
+
+    /// The runtime's `--root` for `handler`.
+    pub fn runtime_root(&self, handler: &str) -> Option<PathBuf> {
+        let h = self.runtime.runtimes.get(handler)?;
+        Some(if h.runtime_root.as_os_str().is_empty() {
+            self.runroot.join("oci").join(handler)
+        } else {
+            h.runtime_root.clone()
+        })
+    }
+
+    /// The registry entry whose prefix is the longest match for `reference` (without scheme), if any.
+    /// A prefix matches at a path or tag boundary only: `docker.io/lib` does not match
+    /// `docker.io/library/busybox`.
+    pub fn registry_for(&self, reference: &str) -> Option<&RegistryConfig> {
+        self.image
+            .registry
+            .iter()
+            .filter(|r| {
+                reference == r.prefix
+                    || reference
+                        .strip_prefix(r.prefix.as_str())
+                        .is_some_and(|rest| rest.starts_with(['/', ':', '@']))
+            })
+            .max_by_key(|r| r.prefix.len())
+    }
+
+    /// The effective config as commented TOML, like `crio config`.
+    pub fn to_commented_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).unwrap_or_default();
+        let mut out = String::from(
+            "# ferrio configuration (effective values).\n\
+             # Loaded from /etc/ferrio/ferrio.toml, then /etc/ferrio/ferrio.d/*.toml in lexical order.\n\n",
+        );
+        for line in body.lines() {
+            if let Some(c) = comment_for(line) {
+                out.push_str("# ");
+                out.push_str(c);
+                out.push('\n');
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The doc line printed above a key or table by `ferrio config`.
+fn comment_for(line: &str) -> Option<&'static str> {
+    let key = line.split('=').next()?.trim();
+    Some(match key {
+        "root" => "Persistent state: images, pod and container records.",
+        "runroot" => "Runtime state (tmpfs): bundles, sockets, exit files.",
+        "log_level" => "error, warn, info, debug or trace.",
+        "[api]" => "The CRI endpoint and the streaming server.",
+        "listen" => "Unix socket kubelet and crictl connect to.",
+        "stream_address" => "Address of the exec/attach/port-forward server.",
+        "stream_port" => "Port of the streaming server; 0 picks a free one.",
+        "[runtime]" => "OCI runtimes and how containers are run.",
+        "default_runtime" => "Handler used when a pod names none.",
+        "cgroup_manager" => "\"cgroupfs\" or \"systemd\".",
+        "monitor_path" => "ferrio-monitor binary; \"\" = next to ferrio.",
+        "namespaces_dir" => "Where pinned namespaces live; \"\" = <runroot>/ns.",
+        "restrict_oom_score_adj" => "Clamp oom_score_adj to what the host allows.",
+        "runtime_path" => "The OCI runtime binary.",
+        "runtime_root" => "The runtime's --root; \"\" = <runroot>/oci/<handler>.",
+        "[image]" => "Images and registries.",
+        "sandbox_image" => "The pause image every pod runs.",
+        "pinned_images" => "Images never garbage-collected (names or globs).",
+        "global_auth_file" => "docker config.json-style credentials for pulls.",
+        "[[image.registry]]" => "Registry prefix rewritten to location; mirrors tried first.",
+        "prefix" => "Reference prefix matched (longest wins).",
+        "location" => "host[:port][/path] replacing the prefix.",
+        "insecure" => "Allow plain HTTP or unverified TLS.",
+        "fallback" => "After the mirrors, try location itself.",
+        "[network]" => "CNI.",
+        "network_dir" => "CNI conflists, loaded in lexical order.",
+        "plugin_dirs" => "Directories of CNI plugin binaries.",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_names() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.api.listen, PathBuf::from("/run/ferrio/ferrio.sock"));
+        assert_eq!(c.runtime.default_runtime, "runc");
+        assert_eq!(c.image.sandbox_image, "registry.k8s.io/pause:3.10");
+        assert_eq!(c.network.plugin_dirs, vec![PathBuf::from("/opt/cni/bin")]);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::from_toml(
+            r#"
+root = "/var/lib/ferrio"
+runroot = "/run/ferrio"
+log_level = "debug"
+[api]
+listen = "/run/ferrio/ferrio.sock"
+stream_address = "127.0.0.1"
+stream_port = 0
+[runtime]
+default_runtime = "runc"
+cgroup_manager = "cgroupfs"
+monitor_path = ""
+[runtime.runtimes.runc]
+runtime_path = "/usr/sbin/runc"
+[runtime.runtimes.crun]
+runtime_path = "/usr/bin/crun"
+[image]
+sandbox_image = "registry.k8s.io/pause:3.10"
+[[image.registry]]
+prefix = "registry.k8s.io"
+location = "registry.k8s.io"
+insecure = false
+fallback = true
+[[image.registry.mirror]]
+location = "127.0.0.1:5000"
+insecure = true
+[network]
+network_dir = "/etc/cni/net.d"
+plugin_dirs = ["/opt/cni/bin"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.image.registry[0].mirror[0].location, "127.0.0.1:5000");
+        assert!(c.image.registry[0].fallback);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("[api]\nlisten_on = \"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = Config::from_toml("[api]\nstream_port = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("stream_port"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_key_and_reason() {
+        let e = Config::from_toml("log_level = \"loud\"\n").unwrap_err().to_string();
+        assert!(e.contains("log_level") && e.contains("loud"), "{e}");
+        let e = Config::from_toml("[runtime]\ndefault_runtime = \"kata\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime.default_runtime"), "{e}");
+        let e = Config::from_toml("[runtime]\ncgroup_manager = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("runtime.cgroup_manager"), "{e}");
+        let e = Config::from_toml("root = \"rel\"\n").unwrap_err().to_string();
+        assert!(e.contains("root"), "{e}");
+        let e = Config::from_toml(
+            "[[image.registry]]\nprefix = \"a\"\n[[image.registry.mirror]]\nlocation = \"http://x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("image.registry[0].mirror[0].location"), "{e}");
+    }
+
+    #[test]
+    fn dropins_apply_in_lexical_order_and_later_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("ferrio.toml");
+        std::fs::write(&main, "log_level = \"warn\"\n[api]\nstream_port = 1000\n").unwrap();
+        let d = dir.path().join("ferrio.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("20-b.toml"), "log_level = \"error\"\n").unwrap();
+        std::fs::write(d.join("10-a.toml"), "log_level = \"debug\"\n").unwrap();
+        std::fs::write(d.join("ignored.txt"), "garbage").unwrap();
+        let c = Config::load(Some(&main), Some(&d)).unwrap();
+        assert_eq!(c.log_level, "error");
+        assert_eq!(c.api.stream_port, 1000, "a drop-in keeps keys it does not set");
+    }
+
+    #[test]
+    fn bad_dropin_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("ferrio.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("10-a.toml"), "[network]\nbogus = 1\n").unwrap();
+        let e = Config::load(Some(&dir.path().join("none.toml")), Some(&d));
+        assert!(e.is_err(), "an explicit missing main file is an error");
+        std::fs::write(dir.path().join("m.toml"), "").unwrap();
+        let e = Config::load(Some(&dir.path().join("m.toml")), Some(&d))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("10-a.toml") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn registry_matched_by_longest_prefix_at_a_boundary() {
+        let c = Config::from_toml(
+            "[[image.registry]]\nprefix = \"docker.io\"\n[[image.registry]]\nprefix = \"docker.io/library\"\n[[image.registry]]\nprefix = \"docker.io/lib\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.registry_for("docker.io/library/busybox:1").unwrap().prefix,
+            "docker.io/library"
+        );
+        assert_eq!(c.registry_for("docker.io/other/x").unwrap().prefix, "docker.io");
+        assert!(c.registry_for("quay.io/x").is_none());
+    }
+
+    #[test]
+    fn commented_output_round_trips() {
+        let c = Config::default();
+        let text = c.to_commented_toml();
+        assert!(text.contains("# The pause image every pod runs."));
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
+    }
+}

@@ -1,0 +1,31 @@
+//! ferrio: a Kubernetes CRI runtime for nodes.
+//!
+//! # Layout
+//!
+//! - [`config`]: TOML config, drop-ins, defaults and validation (pure).
+//! - [`error`]: typed errors and the one mapping onto gRPC status codes.
+//! - [`server`]: the gRPC edge; thin handlers that convert CRI messages and orchestrate rooms below.
+//! - [`sandbox`]: pod lifecycle: pinned namespaces, pause spec, pod files.
+//! - [`container`]: container lifecycle; `spec.rs` turns CRI config + image config into an OCI spec.
+//! - [`oci`]: the OCI runtime (runc/crun) as a process; bundles.
+//! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client and monitor-side process code.
+//! - [`image`]: references, registry client + mirrors, content store, layer unpack, overlay mounts.
+//! - [`network`]: CNI conflists, plugin exec, result cache, network namespaces.
+//! - [`state`]: persistent records written atomically.
+//! - [`sys`]: the only room allowed `unsafe`.
+//!
+//! Rooms below `server` never import `server` nor CRI proto types (only `server/` and the
+//! `spec.rs` translators see them).
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod container;
+pub mod error;
+pub mod image;
+pub mod monitor;
+pub mod network;
+pub mod oci;
+pub mod sandbox;
+pub mod server;
+pub mod state;
+pub mod sys;
