@@ -1,0 +1,65 @@
+#!/bin/bash
+# Install everything ferrio and its tests need on a fresh Debian 12 machine (run as root).
+# Idempotent: a second run installs nothing and does not touch apt's lists.
+set -euo pipefail
+
+PACKAGES=(
+  runc crun conmon
+  containernetworking-plugins
+  docker-registry skopeo umoci
+  busybox-static catatonit
+  protobuf-compiler
+  iproute2 iptables kmod
+  jq curl ca-certificates
+  gcc libc6-dev pkg-config make
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps.sh: must run as root" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  # dpkg-query prints "install ok installed" only for a fully installed package.
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps.sh: installing ${missing[*]}"
+  # Debian's `busybox` (dynamic) and `busybox-static` conflict; we want the static one because it is
+  # copied into test images without its libraries.
+  export DEBIAN_FRONTEND=noninteractive
+  # Refresh the lists only when they are absent or older than a day.
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mtime -1 2>/dev/null | head -n1)" ]; then
+    apt-get update -q
+  fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Debian ships the CNI plugins in /usr/lib/cni; kubelet-era tooling and ferrio's default config look in
+# /opt/cni/bin.
+mkdir -p /opt/cni/bin
+for plugin in /usr/lib/cni/*; do
+  [ -e "$plugin" ] || continue
+  name=$(basename "$plugin")
+  if [ ! -e "/opt/cni/bin/$name" ]; then
+    ln -s "$plugin" "/opt/cni/bin/$name"
+  fi
+done
+
+# The Debian docker-registry package starts a registry on :5000 with htpasswd auth; the tests start their
+# own on 127.0.0.1:5055 (hack/test-registry.sh), so the packaged service is left as it is.
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "install-deps.sh: cargo is at $HOME/.cargo/bin; add it to PATH" >&2
+  else
+    echo "install-deps.sh: cargo not found; install a Rust toolchain (rustup) first" >&2
+    exit 1
+  fi
+fi
+
+echo "install-deps.sh: all dependencies present"
