@@ -1,1 +1,358 @@
-//! TODO
+//! Persistent records: one directory per object holding `meta.json` (written once) and
+//! `status.json` (changed only through [`Record::update`], written tmp + fsync + rename).
+//!
+//! Owns the files under `<root>/sandboxes` and `<root>/containers` and the in-memory tables the
+//! List RPCs read (kubelet calls them every second: no disk access there). Knows nothing of CRI
+//! types or of what the records mean.
+
+pub mod names;
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt record: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("id {prefix:?} matches more than one object")]
+    Ambiguous { prefix: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Write `bytes` to `path` so that a crash leaves either the old or the new content, never a mix:
+/// a temp file in the same directory, fsync, rename over, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Serialize and write atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Read and parse a JSON file; `Ok(None)` when it does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// One persisted object: immutable metadata and a status changed only through closures.
+#[derive(Debug)]
+pub struct Record<M, S> {
+    pub id: String,
+    pub meta: M,
+    dir: PathBuf,
+    status: Mutex<S>,
+    /// Serialises writers so two updates never race on the file; readers never take it.
+    writer: tokio::sync::Mutex<()>,
+    /// Bumped after every update so callers can wait for a status change (e.g. an exit).
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl<M, S> Record<M, S>
+where
+    M: Serialize + DeserializeOwned + Send + Sync + 'static,
+    S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    fn new(id: String, dir: PathBuf, meta: M, status: S) -> Self {
+        Record {
+            id,
+            meta,
+            dir,
+            status: Mutex::new(status),
+            writer: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// The object's own directory (for files that belong to it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A snapshot of the current status.
+    pub fn status(&self) -> S {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Apply `f` to a copy of the status, persist it atomically, then publish it. If the write
+    /// fails the in-memory status is left unchanged.
+    pub async fn update<F: FnOnce(&mut S)>(&self, f: F) -> Result<S, StateError> {
+        let _w = self.writer.lock().await;
+        let mut next = self.status();
+        f(&mut next);
+        let path = self.dir.join("status.json");
+        let copy = next.clone();
+        tokio::task::spawn_blocking(move || write_json(&path, &copy))
+            .await
+            .map_err(|e| StateError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        self.changed.send_modify(|n| *n += 1);
+        Ok(next)
+    }
+
+    /// Wait until `pred` holds for the status (checked now and after every update).
+    pub async fn wait_for<P: Fn(&S) -> bool>(&self, pred: P) -> S {
+        let mut rx = self.changed.subscribe();
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                return self.status();
+            }
+        }
+    }
+}
+
+/// All records of one kind, in memory, backed by `<dir>/<id>/`.
+#[derive(Debug)]
+pub struct Table<M, S> {
+    dir: PathBuf,
+    map: RwLock<BTreeMap<String, Arc<Record<M, S>>>>,
+}
+
+impl<M, S> Table<M, S>
+where
+    M: Serialize + DeserializeOwned + Send + Sync + 'static,
+    S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// Open the table, loading every record. Broken records are returned separately (reported
+    /// and skipped by the caller), never blocking the rest.
+    pub fn open(dir: &Path) -> Result<(Self, Vec<(PathBuf, StateError)>), StateError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut map = BTreeMap::new();
+        let mut broken = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let meta = read_json::<M>(&path.join("meta.json"));
+            let status = read_json::<S>(&path.join("status.json"));
+            match (meta, status) {
+                (Ok(Some(m)), Ok(Some(s))) => {
+                    map.insert(id.clone(), Arc::new(Record::new(id, path, m, s)));
+                }
+                (Err(e), _) | (_, Err(e)) => broken.push((path, e)),
+                _ => broken.push((
+                    path.clone(),
+                    StateError::Io {
+                        path,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "meta.json or status.json missing",
+                        ),
+                    },
+                )),
+            }
+        }
+        Ok((
+            Table {
+                dir: dir.to_path_buf(),
+                map: RwLock::new(map),
+            },
+            broken,
+        ))
+    }
+
+    /// Persist a new record and add it to the table.
+    pub async fn insert(&self, id: &str, meta: M, status: S) -> Result<Arc<Record<M, S>>, StateError> {
+        let dir = self.dir.join(id);
+        let rec = Arc::new(Record::new(id.to_string(), dir.clone(), meta, status));
+        let r = rec.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StateError> {
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            write_json(&dir.join("meta.json"), &r.meta)?;
+            write_json(&dir.join("status.json"), &r.status())
+        })
+        .await
+        .map_err(|e| StateError::Io {
+            path: self.dir.join(id),
+            source: std::io::Error::other(e),
+        })??;
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), rec.clone());
+        Ok(rec)
+    }
+
+    /// Forget a record and delete its directory. Idempotent.
+    pub async fn remove(&self, id: &str) -> Result<(), StateError> {
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        let dir = self.dir.join(id);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&dir)(e)),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| StateError::Io {
+            path: self.dir.join(id),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    /// Look up by full id or unique prefix (crictl passes short ids).
+    pub fn get(&self, id_or_prefix: &str) -> Result<Option<Arc<Record<M, S>>>, StateError> {
+        if id_or_prefix.is_empty() {
+            return Ok(None);
+        }
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = map.get(id_or_prefix) {
+            return Ok(Some(r.clone()));
+        }
+        let mut found = map
+            .range(id_or_prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(id_or_prefix));
+        let first = found.next().map(|(_, r)| r.clone());
+        if found.next().is_some() {
+            return Err(StateError::Ambiguous {
+                prefix: id_or_prefix.to_string(),
+            });
+        }
+        Ok(first)
+    }
+
+    /// Every record, in id order.
+    pub fn list(&self) -> Vec<Arc<Record<M, S>>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// A new random 64-hex-character id, as CRI ids are.
+pub fn new_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+    struct M {
+        name: String,
+    }
+    #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+    struct S {
+        n: u32,
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_updates_are_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, broken) = Table::<M, S>::open(dir.path()).unwrap();
+        assert!(broken.is_empty());
+        let r = t
+            .insert("abcdef", M { name: "x".into() }, S::default())
+            .await
+            .unwrap();
+        r.update(|s| s.n = 7).await.unwrap();
+        drop(t);
+        let (t, _) = Table::<M, S>::open(dir.path()).unwrap();
+        let r = t.get("abc").unwrap().unwrap();
+        assert_eq!(r.meta.name, "x");
+        assert_eq!(r.status().n, 7);
+        t.remove("abcdef").await.unwrap();
+        t.remove("abcdef").await.unwrap();
+        assert!(t.get("abcdef").unwrap().is_none());
+        assert!(!dir.path().join("abcdef").exists());
+    }
+
+    #[tokio::test]
+    async fn ambiguous_prefix_is_an_error_and_broken_records_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, _) = Table::<M, S>::open(dir.path()).unwrap();
+        t.insert("ab1", M { name: "a".into() }, S::default()).await.unwrap();
+        t.insert("ab2", M { name: "b".into() }, S::default()).await.unwrap();
+        assert!(matches!(t.get("ab"), Err(StateError::Ambiguous { .. })));
+        std::fs::create_dir(dir.path().join("zz")).unwrap();
+        std::fs::write(dir.path().join("zz/meta.json"), "{not json").unwrap();
+        std::fs::write(dir.path().join("zz/status.json"), "{}").unwrap();
+        let (t, broken) = Table::<M, S>::open(dir.path()).unwrap();
+        assert_eq!(t.list().len(), 2);
+        assert_eq!(broken.len(), 1);
+        assert!(broken[0].1.to_string().contains("zz"));
+    }
+
+    #[tokio::test]
+    async fn wait_for_sees_a_later_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, _) = Table::<M, S>::open(dir.path()).unwrap();
+        let r = t.insert("a", M { name: "a".into() }, S::default()).await.unwrap();
+        let r2 = r.clone();
+        let h = tokio::spawn(async move { r2.wait_for(|s| s.n == 2).await });
+        r.update(|s| s.n = 1).await.unwrap();
+        r.update(|s| s.n = 2).await.unwrap();
+        assert_eq!(h.await.unwrap().n, 2);
+    }
+
+    #[test]
+    fn ids_are_64_hex() {
+        let id = new_id();
+        assert_eq!(id.len(), 64);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

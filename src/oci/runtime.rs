@@ -1,0 +1,162 @@
+//! `runc`/`crun` verbs other than create: start, kill, delete, state.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long one runtime verb may take before it is treated as hung.
+const VERB_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{runtime} {verb} {id}: {message}")]
+    Failed {
+        runtime: String,
+        verb: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("{runtime} {verb} {id}: timed out after {secs}s")]
+    Timeout {
+        runtime: String,
+        verb: &'static str,
+        id: String,
+        secs: u64,
+    },
+}
+
+/// One configured runtime handler.
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    /// The handler name (`runc`, `crun`).
+    pub name: String,
+    pub path: PathBuf,
+    /// The runtime's `--root`.
+    pub root: PathBuf,
+}
+
+/// The part of `runc state` the daemon uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OciState {
+    pub status: String,
+    #[serde(default)]
+    pub pid: i32,
+}
+
+/// Messages runc and crun print when the container is not there.
+fn is_missing(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("does not exist") || m.contains("not found") || m.contains("no such file")
+}
+
+impl OciRuntime {
+    async fn run(&self, verb: &'static str, id: &str, args: &[&str]) -> Result<Vec<u8>, OciError> {
+        let mut cmd = tokio::process::Command::new(&self.path);
+        cmd.arg("--root").arg(&self.root).args(args);
+        cmd.stdin(std::process::Stdio::null());
+        cmd.kill_on_drop(true);
+        let fut = cmd.output();
+        let out = match tokio::time::timeout(VERB_TIMEOUT, fut).await {
+            Err(_) => {
+                return Err(OciError::Timeout {
+                    runtime: self.name.clone(),
+                    verb,
+                    id: id.to_string(),
+                    secs: VERB_TIMEOUT.as_secs(),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(OciError::Failed {
+                    runtime: self.name.clone(),
+                    verb,
+                    id: id.to_string(),
+                    message: format!("cannot run {}: {e}", self.path.display()),
+                })
+            }
+            Ok(Ok(o)) => o,
+        };
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(OciError::Failed {
+                runtime: self.name.clone(),
+                verb,
+                id: id.to_string(),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// `start`: run the user process of a created container.
+    pub async fn start(&self, id: &str) -> Result<(), OciError> {
+        self.run("start", id, &["start", id]).await.map(drop)
+    }
+
+    /// Send `signal` (a number) to the container's init, or to all its processes.
+    /// A container that is already gone is not an error.
+    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), OciError> {
+        let sig = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, sig.as_str()]);
+        match self.run("kill", id, &args).await {
+            Err(OciError::Failed { message, .. })
+                if is_missing(&message)
+                    || message.contains("not running")
+                    || message.contains("process already finished") =>
+            {
+                Ok(())
+            }
+            r => r.map(drop),
+        }
+    }
+
+    /// `delete --force`; idempotent.
+    pub async fn delete(&self, id: &str) -> Result<(), OciError> {
+        match self.run("delete", id, &["delete", "--force", id]).await {
+            Err(OciError::Failed { message, .. }) if is_missing(&message) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
+    /// `state`; `None` when the runtime does not know the container.
+    pub async fn state(&self, id: &str) -> Result<Option<OciState>, OciError> {
+        match self.run("state", id, &["state", id]).await {
+            Err(OciError::Failed { message, .. }) if is_missing(&message) => Ok(None),
+            Err(e) => Err(e),
+            Ok(out) => serde_json::from_slice(&out)
+                .map(Some)
+                .map_err(|e| OciError::Failed {
+                    runtime: self.name.clone(),
+                    verb: "state",
+                    id: id.to_string(),
+                    message: format!("unparsable state: {e}"),
+                }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_container_is_absent_not_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let rt = OciRuntime {
+            name: "runc".into(),
+            path: "/usr/sbin/runc".into(),
+            root: root.path().into(),
+        };
+        if !rt.path.exists() {
+            panic!("runc is required: run hack/install-deps.sh");
+        }
+        assert!(rt.state("nope").await.unwrap().is_none());
+        rt.delete("nope").await.unwrap();
+        rt.kill("nope", 15, false).await.unwrap();
+        let e = rt.start("nope").await.unwrap_err().to_string();
+        assert!(e.contains("runc start nope"), "{e}");
+    }
+}

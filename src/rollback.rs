@@ -1,0 +1,90 @@
+//! An undo stack for multi-step creates (CRI-O's resource cleaner): every step that changes the
+//! host pushes its undo; a failure runs them in reverse, a success commits and forgets them.
+
+use std::future::Future;
+use std::pin::Pin;
+
+type Undo = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+#[derive(Default)]
+pub struct Rollback {
+    undos: Vec<(&'static str, Undo)>,
+}
+
+impl Rollback {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Remember how to undo a step that just succeeded. Futures are lazy: nothing runs until
+    /// [`Rollback::run`].
+    pub fn push(&mut self, what: &'static str, undo: impl Future<Output = ()> + Send + 'static) {
+        self.undos.push((what, Box::pin(undo)));
+    }
+
+    /// Undo every step, newest first.
+    pub async fn run(mut self) {
+        while let Some((what, undo)) = self.undos.pop() {
+            tracing::debug!(step = what, "rolling back");
+            undo.await;
+        }
+    }
+
+    /// The create succeeded: keep everything.
+    pub fn commit(mut self) {
+        self.undos.clear();
+    }
+}
+
+impl Drop for Rollback {
+    /// A create that was abandoned mid-way (its future dropped) still gets cleaned up.
+    fn drop(&mut self) {
+        if self.undos.is_empty() {
+            return;
+        }
+        let undos = std::mem::take(&mut self.undos);
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move {
+                for (_, undo) in undos.into_iter().rev() {
+                    undo.await;
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn undoes_in_reverse_and_commit_forgets() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut rb = Rollback::new();
+        for i in 0..3 {
+            let l = log.clone();
+            rb.push("step", async move { l.lock().unwrap().push(i) });
+        }
+        rb.run().await;
+        assert_eq!(*log.lock().unwrap(), vec![2, 1, 0]);
+
+        let mut rb = Rollback::new();
+        let l = log.clone();
+        rb.push("step", async move { l.lock().unwrap().push(9) });
+        rb.commit();
+        tokio::task::yield_now().await;
+        assert_eq!(log.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn dropped_guard_still_undoes() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut rb = Rollback::new();
+        rb.push("step", async move {
+            let _ = tx.send(());
+        });
+        drop(rb);
+        rx.await.unwrap();
+    }
+}
