@@ -1,1 +1,267 @@
-//! TODO
+//! `ferrio-monitor`, ferrio's conmon: the wire protocol, the daemon-side client and the
+//! monitor-side process code.
+//!
+//! # Why one monitor process per container
+//!
+//! Like conmon (and unlike conmon-rs's one per pod), every container gets its own small monitor:
+//! - **isolation**: a monitor that crashes or is OOM-killed loses the logs and exit code of one
+//!   container, never of a whole pod or node;
+//! - **tiny RSS**: a single-threaded, synchronous process (poll over a signalfd and two pipes, no
+//!   async runtime, no allocator churn) costs about as much as conmon, and nothing grows with
+//!   the number of containers;
+//! - **survives daemon restarts**: the monitor runs in its own session and is not the daemon's
+//!   child, so the daemon can be SIGKILLed and restarted while containers run, log and exit; the
+//!   exit is recorded durably in the exit file, and a restarted daemon finds the monitor again by
+//!   pid ([`wait_exit`] uses a pidfd, which works for processes that are not our children).
+//!
+//! # What lives where
+//!
+//! - [`protocol`]: command line, sync-pipe messages and the exit record, shared by both sides.
+//! - [`log`]: the CRI log writer (`F`/`P` records).
+//! - [`process`]: the monitor's event loop (spawned as `ferrio-monitor`; uses only this module
+//!   and `sys`).
+//! - [`oom`]: reading the OOM-kill counter of the container's memory cgroup.
+//! - this file: the daemon side, [`spawn`], [`read_exit`] and [`wait_exit`].
+//!
+//! The daemon starts the container itself (`<runtime> start`) once [`spawn`] returned, and
+//! deletes it after the exit; the monitor never starts, stops or deletes the container.
+
+pub mod log;
+pub mod oom;
+pub mod process;
+pub mod protocol;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub use protocol::ExitRecord;
+use protocol::{MonitorArgs, SyncMessage, SYNC_FD};
+
+/// How long `<runtime> create` may take before the spawn gives up (CRI-O's default too).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Errors of the daemon-side monitor client.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("container {id}: starting monitor {}: {source}", path.display())]
+    Spawn {
+        id: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("container {id}: {message}")]
+    Runtime { id: String, message: String },
+    #[error("container {id}: monitor protocol: {message}")]
+    Protocol { id: String, message: String },
+    #[error("container {id}: create did not finish within {}s", timeout.as_secs())]
+    Timeout { id: String, timeout: Duration },
+    #[error("reading exit file {}: {source}", path.display())]
+    ReadExit { path: PathBuf, source: io::Error },
+    #[error("parsing exit file {}: {source}", path.display())]
+    ParseExit {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("watching monitor pid {pid}: {source}")]
+    Watch { pid: i32, source: io::Error },
+}
+
+/// What the daemon asks a monitor to do for one container.
+#[derive(Debug, Clone)]
+pub struct MonitorSpawn {
+    /// The `ferrio-monitor` binary.
+    pub monitor_path: PathBuf,
+    /// Container id, as the runtime knows it.
+    pub id: String,
+    /// OCI bundle directory (config.json and rootfs).
+    pub bundle: PathBuf,
+    /// The OCI runtime binary.
+    pub runtime_path: PathBuf,
+    /// The runtime's `--root`.
+    pub runtime_root: PathBuf,
+    /// CRI log file; `None` discards the output.
+    pub log_path: Option<PathBuf>,
+    /// Where the monitor writes the [`ExitRecord`].
+    pub exit_file: PathBuf,
+    /// Where the runtime writes the container's pid.
+    pub pid_file: PathBuf,
+    /// The OCI cgroupsPath, to detect OOM kills.
+    pub cgroup_path: Option<String>,
+    /// Give the container a terminal (not supported yet: the spawn fails).
+    pub tty: bool,
+    /// Keep the container's stdin open for attach.
+    pub stdin: bool,
+}
+
+/// A monitor that created its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// The long-lived monitor process (not our child).
+    pub monitor_pid: i32,
+    /// The container's init, created but not started.
+    pub container_pid: i32,
+}
+
+/// Starts a monitor that runs `<runtime> create` for `req.id`, and waits until the container is
+/// created (or creating failed: `MonitorError::Runtime` carries the runtime's message).
+pub async fn spawn(req: &MonitorSpawn) -> Result<Spawned, MonitorError> {
+    let id = req.id.clone();
+    let args = MonitorArgs {
+        id: req.id.clone(),
+        bundle: req.bundle.clone(),
+        runtime_path: req.runtime_path.clone(),
+        runtime_root: req.runtime_root.clone(),
+        pid_file: req.pid_file.clone(),
+        exit_file: req.exit_file.clone(),
+        log_path: req.log_path.clone(),
+        cgroup_path: req.cgroup_path.clone(),
+        runtime_log: None,
+        tty: req.tty,
+        stdin: req.stdin,
+    };
+    let spawn_err = |source: io::Error| MonitorError::Spawn {
+        id: id.clone(),
+        path: req.monitor_path.clone(),
+        source,
+    };
+
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
+    let mut cmd = std::process::Command::new(&req.monitor_path);
+    cmd.args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    crate::sys::pass_fd_at(&mut cmd, write_end.as_raw_fd(), SYNC_FD);
+    let mut child = tokio::process::Command::from(cmd)
+        .spawn()
+        .map_err(spawn_err)?;
+    // Only the monitor may hold the write end, or EOF never comes.
+    drop(write_end);
+    // The first monitor process forks and exits at once; reap it.
+    child.wait().await.map_err(spawn_err)?;
+
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end).map_err(spawn_err)?;
+    let mut lines = BufReader::new(pipe).lines();
+    let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
+    let mut monitor_pid = None;
+    loop {
+        let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => {
+                return Err(MonitorError::Protocol {
+                    id,
+                    message: "monitor exited without reporting the create".into(),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(MonitorError::Protocol {
+                    id,
+                    message: e.to_string(),
+                })
+            }
+            Err(_) => {
+                // The monitor kills the runtime on SIGTERM while creating and reports failure.
+                if let Some(pid) = monitor_pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                return Err(MonitorError::Timeout {
+                    id,
+                    timeout: CREATE_TIMEOUT,
+                });
+            }
+        };
+        let msg: SyncMessage = serde_json::from_str(&line).map_err(|e| MonitorError::Protocol {
+            id: id.clone(),
+            message: format!("bad message {line:?}: {e}"),
+        })?;
+        match msg {
+            SyncMessage::Started { monitor_pid: pid } => monitor_pid = Some(pid),
+            SyncMessage::Failed { error } => {
+                return Err(MonitorError::Runtime { id, message: error })
+            }
+            SyncMessage::Created { pid } => {
+                let Some(monitor_pid) = monitor_pid else {
+                    return Err(MonitorError::Protocol {
+                        id,
+                        message: "container created before the monitor said who it is".into(),
+                    });
+                };
+                return Ok(Spawned {
+                    monitor_pid,
+                    container_pid: pid,
+                });
+            }
+        }
+    }
+}
+
+/// Reads the exit record the monitor left; `None` when the container has not exited (yet).
+pub fn read_exit(exit_file: &Path) -> Result<Option<ExitRecord>, MonitorError> {
+    let bytes = match std::fs::read(exit_file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(MonitorError::ReadExit {
+                path: exit_file.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| MonitorError::ParseExit {
+            path: exit_file.to_path_buf(),
+            source,
+        })
+}
+
+/// Resolves when the monitor process `monitor_pid` has exited (pidfd_open + tokio AsyncFd; works
+/// for a process that is not our child, e.g. after a daemon restart), then returns read_exit().
+/// If the pid is already gone, returns at once.
+///
+/// A pid can be reused once its monitor is gone: the exit file is checked first, so a daemon that
+/// recovers after the exit never waits on a stranger.
+pub async fn wait_exit(
+    monitor_pid: i32,
+    exit_file: &Path,
+) -> Result<Option<ExitRecord>, MonitorError> {
+    let path = exit_file.to_path_buf();
+    let read = |path: PathBuf| async move {
+        tokio::task::spawn_blocking(move || read_exit(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(MonitorError::Watch {
+                    pid: monitor_pid,
+                    source: io::Error::other(e),
+                })
+            })
+    };
+    if let Some(rec) = read(path.clone()).await? {
+        return Ok(Some(rec));
+    }
+    match crate::sys::pidfd_open(monitor_pid) {
+        Ok(fd) => crate::sys::pidfd_exited(fd)
+            .await
+            .map_err(|source| MonitorError::Watch {
+                pid: monitor_pid,
+                source,
+            })?,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+        Err(source) => {
+            return Err(MonitorError::Watch {
+                pid: monitor_pid,
+                source,
+            })
+        }
+    }
+    read(path).await
+}

@@ -1,2 +1,151 @@
 #![allow(unsafe_code)]
-//! TODO
+//! The only room allowed `unsafe`: thin, documented wrappers over syscalls that nix does not offer
+//! safely (fork, pidfd_open, adopting an inherited fd, fd passing across exec).
+//!
+//! Every function here is small and states its invariants in a `// SAFETY:` comment; callers in
+//! other rooms stay `#![deny(unsafe_code)]`. Nothing here holds state or knows about containers.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+
+pub use nix::unistd::ForkResult;
+
+/// Opens a pidfd for `pid` (Linux 5.3+). The fd becomes readable when the process exits, and it
+/// works for processes that are not our children (a monitor found again after a daemon restart).
+/// ESRCH means the process is already gone (and reaped).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and a flags word and returns a new fd or -1; it touches no
+    // memory of ours. Arguments are widened to the long-sized registers syscall(2) expects.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits until a pidfd from [`pidfd_open`] turns readable, i.e. until its process has exited.
+pub async fn pidfd_exited(fd: OwnedFd) -> io::Result<()> {
+    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open and is not replaced while
+    // registered, and it is closed only when the AsyncFd deregisters it on drop.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }?;
+    // A pidfd turns readable once, when the process exits, and stays so.
+    let _guard = afd.readable().await?;
+    Ok(())
+}
+
+/// Forks the calling process.
+///
+/// Only call this from a process that has a single thread (the monitor before it creates anything
+/// else): in the child only async-signal-safe work would be allowed otherwise.
+pub fn fork_single_threaded() -> io::Result<ForkResult> {
+    // SAFETY: callers guarantee the process is single-threaded (documented above), so the child
+    // is a full copy with no lock held by a vanished thread and may run arbitrary code.
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// Adopts an fd this process inherited at exec (the monitor's sync pipe on fd 3), if it is open.
+/// The fd is marked close-on-exec so that the runtime and the container do not inherit it.
+pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    // F_GETFD fails with EBADF when nothing is open at `fd`.
+    fcntl(fd, FcntlArg::F_GETFD).ok()?;
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).ok()?;
+    // SAFETY: the fd is open (checked above), it was inherited at exec and nothing else in this
+    // process refers to it: the caller takes it once, at startup.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Marks every fd >= `low` close-on-exec, so that fds leaked into this process by whoever
+/// started it never reach the runtime or the container.
+pub fn cloexec_from(low: RawFd) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes fd flags in the kernel's table; no memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            low as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Kernels older than 5.11 lack CLOSE_RANGE_CLOEXEC: walk /proc/self/fd instead.
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= low)
+        .collect();
+    for fd in fds {
+        // The directory's own fd is in the list and already closed: ignore EBADF.
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+    Ok(())
+}
+
+/// Arranges for `fd` of the parent to appear as `target` in the child that `cmd` starts, and for
+/// no other copy of it to cross the exec (the parent's fd is expected to be close-on-exec).
+///
+/// The caller must keep `fd` open until the command has been spawned.
+pub fn pass_fd_at(cmd: &mut std::process::Command, fd: RawFd, target: RawFd) {
+    let hook = move || {
+        if fd == target {
+            // dup2 onto itself is a no-op that would keep FD_CLOEXEC: clear the flag instead.
+            // SAFETY: fcntl on an fd number; async-signal-safe, no memory involved.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            // SAFETY: as above.
+            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        } else {
+            // SAFETY: dup2 is async-signal-safe; the new fd does not carry FD_CLOEXEC.
+            if unsafe { libc::dup2(fd, target) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and only calls async-signal-safe functions
+    // (fcntl, dup2) without allocating or taking locks.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfd_of_self_opens_and_of_a_gone_process_fails() {
+        let me = std::process::id() as i32;
+        assert!(pidfd_open(me).is_ok());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        let err = pidfd_open(pid).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+    }
+
+    #[test]
+    fn pass_fd_at_places_the_fd_in_the_child() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "echo hi >&7"]);
+        use std::os::fd::AsRawFd;
+        pass_fd_at(&mut cmd, w.as_raw_fd(), 7);
+        let status = cmd.status().unwrap();
+        drop(w);
+        assert!(status.success());
+        let mut out = String::new();
+        use std::io::Read;
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        assert_eq!(out, "hi\n");
+    }
+}

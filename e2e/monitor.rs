@@ -1,0 +1,428 @@
+//! ferrio-monitor against real runc: a busybox bundle in a temp dir, the real monitor binary,
+//! `runc start`/`delete` done here the way the daemon does them.
+//!
+//! Needs root, /usr/sbin/runc and busybox-static at /bin/busybox.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferrio::monitor::{self, ExitRecord, MonitorError, MonitorSpawn, Spawned};
+use tempfile::TempDir;
+
+const RUNC: &str = "/usr/sbin/runc";
+const MONITOR: &str = env!("CARGO_BIN_EXE_ferrio-monitor");
+
+/// A container bundle and everything the monitor writes, cleaned up on drop.
+struct Bundle {
+    dir: TempDir,
+    id: String,
+    cgroup: String,
+    /// Monitor pid, once known, killed on drop if it is still there.
+    monitor_pid: Option<i32>,
+}
+
+impl Bundle {
+    fn new(args: &[&str]) -> Bundle {
+        let dir = tempfile::Builder::new()
+            .prefix("ferrio-mon-")
+            .tempdir()
+            .unwrap();
+        let suffix: u64 = rand::random();
+        let id = format!("ferrio-mon-test-{suffix:x}");
+        let cgroup = format!("/{id}");
+        let bundle = dir.path().join("bundle");
+        let bin = bundle.join("rootfs/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        std::fs::set_permissions(bin.join("busybox"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("runc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let out = Command::new(RUNC)
+            .arg("spec")
+            .current_dir(&bundle)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "runc spec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = bundle.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["process"]["terminal"] = serde_json::json!(false);
+        spec["root"]["path"] = serde_json::json!("rootfs");
+        spec["linux"]["cgroupsPath"] = serde_json::json!(cgroup);
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        Bundle {
+            dir,
+            id,
+            cgroup,
+            monitor_pid: None,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.path("logs/0.log")
+    }
+
+    fn request(&self) -> MonitorSpawn {
+        MonitorSpawn {
+            monitor_path: MONITOR.into(),
+            id: self.id.clone(),
+            bundle: self.path("bundle"),
+            runtime_path: RUNC.into(),
+            runtime_root: self.path("runc"),
+            log_path: Some(self.log_path()),
+            exit_file: self.path("exit"),
+            pid_file: self.path("bundle/pid"),
+            cgroup_path: Some(self.cgroup.clone()),
+            tty: false,
+            stdin: false,
+        }
+    }
+
+    fn runc(&self, args: &[&str]) -> std::process::Output {
+        Command::new(RUNC)
+            .arg("--root")
+            .arg(self.path("runc"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn start(&self) {
+        let out = self.runc(&["start", &self.id]);
+        assert!(
+            out.status.success(),
+            "runc start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn wait(&self, spawned: &Spawned) -> ExitRecord {
+        let rec = tokio::time::timeout(
+            Duration::from_secs(30),
+            monitor::wait_exit(spawned.monitor_pid, &self.path("exit")),
+        )
+        .await
+        .expect("container exits within 30s")
+        .expect("wait_exit")
+        .expect("exit file written");
+        assert!(!alive(spawned.monitor_pid), "monitor gone after the exit");
+        rec
+    }
+
+    /// (stream, tag, text) of every record of the log file, with each timestamp checked.
+    fn log_records(&self) -> Vec<(String, String, String)> {
+        let text = std::fs::read_to_string(self.log_path()).unwrap();
+        assert!(text.ends_with('\n'), "log ends with a newline: {text:?}");
+        text.lines()
+            .map(|l| {
+                let mut p = l.splitn(4, ' ');
+                let ts = p.next().unwrap();
+                chrono::DateTime::parse_from_rfc3339(ts).expect("rfc3339 timestamp");
+                let frac = ts.split('.').nth(1).expect("fraction");
+                assert!(
+                    frac.len() >= 10 && frac[..9].bytes().all(|b| b.is_ascii_digit()),
+                    "nine digits: {ts}"
+                );
+                let stream = p.next().unwrap().to_string();
+                let tag = p.next().unwrap().to_string();
+                (stream, tag, p.next().unwrap_or("").to_string())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = self.runc(&["delete", "-f", &self.id]);
+        if let Some(pid) = self.monitor_pid {
+            // Deleting the container ends its monitor; wait for that, and kill ours if stuck.
+            let until = Instant::now() + Duration::from_secs(5);
+            while alive(pid) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        remove_cgroup_leaves(&self.cgroup);
+    }
+}
+
+/// rmdir of the container's leaf in every cgroup hierarchy (v1 controllers and the v2 mount).
+fn remove_cgroup_leaves(cgroup: &str) {
+    let rel = cgroup.trim_start_matches('/');
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(rel));
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir(e.path().join(rel));
+        }
+    }
+}
+
+fn cgroup_leaves_left(cgroup: &str) -> Vec<PathBuf> {
+    let rel = cgroup.trim_start_matches('/');
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join(rel))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(|s| !s.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Pids of processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) && alive(pid) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+fn unix_nanos_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_are_logged_and_the_exit_code_recorded() {
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let before = unix_nanos_now();
+    let spawned = monitor::spawn(&b.request()).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    assert!(spawned.container_pid > 0);
+    assert_ne!(spawned.monitor_pid, std::process::id() as i32);
+    assert!(
+        monitor::read_exit(&b.path("exit")).unwrap().is_none(),
+        "no exit before start"
+    );
+    b.start();
+    let rec = b.wait(&spawned).await;
+    assert_eq!(rec.exit_code, 3);
+    assert!(!rec.oom_killed);
+    assert!(rec.finished_at >= before && rec.finished_at <= unix_nanos_now());
+    let mut recs = b.log_records();
+    recs.sort();
+    assert_eq!(
+        recs,
+        vec![
+            ("stderr".into(), "F".into(), "err".into()),
+            ("stdout".into(), "F".into(), "out".into()),
+        ]
+    );
+    assert_eq!(monitor::read_exit(&b.path("exit")).unwrap(), Some(rec));
+}
+
+#[tokio::test]
+async fn a_long_line_is_split_into_p_records_and_a_last_partial_line_kept() {
+    let script = "head -c 40000 /dev/zero | tr '\\000' a; echo; printf tail";
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", script]);
+    let spawned = monitor::spawn(&b.request()).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    assert_eq!(b.wait(&spawned).await.exit_code, 0);
+    let recs = b.log_records();
+    let shape: Vec<(&str, &str, usize)> = recs
+        .iter()
+        .map(|(s, t, x)| (s.as_str(), t.as_str(), x.len()))
+        .collect();
+    let max = ferrio::monitor::log::MAX_LINE;
+    assert_eq!(
+        shape,
+        vec![
+            ("stdout", "P", max),
+            ("stdout", "P", max),
+            ("stdout", "F", 40000 - 2 * max),
+            ("stdout", "P", 4),
+        ]
+    );
+    assert!(recs[..3]
+        .iter()
+        .all(|(_, _, t)| t.bytes().all(|c| c == b'a')));
+    assert_eq!(recs[3].2, "tail");
+}
+
+#[tokio::test]
+async fn a_runtime_error_carries_runcs_message_and_leaves_nothing() {
+    let b = Bundle::new(&["/no/such/binary"]);
+    let err = monitor::spawn(&b.request())
+        .await
+        .expect_err("create must fail");
+    let MonitorError::Runtime { id, message } = &err else {
+        panic!("unexpected error {err:?}")
+    };
+    assert_eq!(id, &b.id);
+    assert!(
+        message.contains("/no/such/binary"),
+        "runc's message: {message}"
+    );
+    assert!(
+        !message.contains('\n'),
+        "one message, not a log: {message:?}"
+    );
+    // Nothing of the monitor's is left: no process, no files, no runc state.
+    let until = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(&b.id).is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        processes_mentioning(&b.id),
+        Vec::<i32>::new(),
+        "no monitor or runtime left"
+    );
+    assert!(!b.path("exit").exists());
+    assert!(!b.path("bundle/pid").exists());
+    assert!(!b.log_path().exists(), "the log file it created is removed");
+    assert!(!b.path("bundle/runtime-create.log").exists());
+    assert!(!b.path("runc").join(&b.id).exists(), "no runc state");
+    // runc itself may leave the cgroup leaf of a failed create (see environment.md): the daemon
+    // removes it; here the bundle's drop does.
+    drop(b);
+}
+
+#[tokio::test]
+async fn no_log_path_discards_output_and_a_signal_is_128_plus_signo() {
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", "echo lost; kill -9 $$"]);
+    let mut req = b.request();
+    req.log_path = None;
+    let spawned = monitor::spawn(&req).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    assert_eq!(b.wait(&spawned).await.exit_code, 137);
+    assert!(!b.log_path().exists());
+}
+
+/// The spawner (a shell standing in for the daemon) is gone before the container even starts:
+/// the monitor lives on in its own session, logs, and records the exit for whoever asks.
+#[tokio::test]
+async fn the_monitor_outlives_its_spawner() {
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", "sleep 1; echo late; exit 7"]);
+    let req = b.request();
+    let sync = b.path("sync");
+    let args = ferrio::monitor::protocol::MonitorArgs {
+        id: req.id.clone(),
+        bundle: req.bundle.clone(),
+        runtime_path: req.runtime_path.clone(),
+        runtime_root: req.runtime_root.clone(),
+        pid_file: req.pid_file.clone(),
+        exit_file: req.exit_file.clone(),
+        log_path: req.log_path.clone(),
+        cgroup_path: req.cgroup_path.clone(),
+        ..Default::default()
+    };
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("exec \"$0\" \"$@\" 3>\"$SYNC\"")
+        .arg(MONITOR)
+        .args(args.to_args())
+        .env("SYNC", &sync)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the first monitor process exits 0 at once"
+    );
+    // Wait for the monitor's report in the sync file.
+    let until = Instant::now() + Duration::from_secs(20);
+    let (monitor_pid, container_pid) = loop {
+        let text = std::fs::read_to_string(&sync).unwrap_or_default();
+        let msgs: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let mpid = msgs.iter().find_map(|m| m["monitor_pid"].as_i64());
+        let cpid = msgs.iter().find_map(|m| m["pid"].as_i64());
+        if let (Some(m), Some(c)) = (mpid, cpid) {
+            break (m as i32, c as i32);
+        }
+        assert!(Instant::now() < until, "no report in {text:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    b.monitor_pid = Some(monitor_pid);
+    let me = nix::unistd::Pid::this();
+    let mpid = nix::unistd::Pid::from_raw(monitor_pid);
+    assert_eq!(
+        nix::unistd::getsid(Some(mpid)).unwrap(),
+        mpid,
+        "own session"
+    );
+    assert_ne!(
+        nix::unistd::getsid(Some(mpid)).unwrap(),
+        nix::unistd::getsid(None).unwrap()
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{monitor_pid}/stat")).unwrap();
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(ppid, me.as_raw(), "not our child");
+    b.start();
+    let spawned = Spawned {
+        monitor_pid,
+        container_pid,
+    };
+    let rec = b.wait(&spawned).await;
+    assert_eq!(rec.exit_code, 7);
+    assert_eq!(
+        b.log_records(),
+        vec![("stdout".into(), "F".into(), "late".into())]
+    );
+}
+
+/// After the exit and `runc delete`, the container's cgroups are gone (the monitor does not keep
+/// anything alive in them).
+#[tokio::test]
+async fn delete_after_exit_leaves_no_cgroup() {
+    let mut b = Bundle::new(&["/bin/busybox", "true"]);
+    let spawned = monitor::spawn(&b.request()).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    assert_eq!(b.wait(&spawned).await.exit_code, 0);
+    let out = b.runc(&["delete", &b.id]);
+    assert!(
+        out.status.success(),
+        "runc delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cgroup_leaves_left(&b.cgroup), Vec::<PathBuf>::new());
+}
