@@ -1,0 +1,81 @@
+//! CRI request bodies the tests share, shaped like kubelet's.
+
+use super::client::Cri;
+use super::env::Env;
+use super::rand_hex;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
+    ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
+};
+use std::time::{Duration, Instant};
+
+/// A pod named `name` in namespace `e2e` with a fresh uid, its own log directory and a cgroup
+/// parent unique to the test.
+pub fn pod_config(env: &Env, name: &str) -> PodSandboxConfig {
+    let uid = rand_hex(32);
+    let log_dir = env.pod_log_dir(&format!("{name}_{uid}"));
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_string(),
+            uid,
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.to_string(),
+        log_directory: log_dir.to_string_lossy().to_string(),
+        labels: [("e2e".to_string(), name.to_string())].into(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: env.cgroup_parent(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container `name` running `command` in `image`, logging to `<name>/0.log` as kubelet names it.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_string(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: [("e2e".to_string(), name.to_string())].into(),
+        ..Default::default()
+    }
+}
+
+/// Poll ContainerStatus until the container reaches `state`; panic after `timeout`.
+pub async fn wait_for_container_state(
+    cri: &mut Cri,
+    id: &str,
+    state: ContainerState,
+    timeout: Duration,
+) -> ContainerStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = cri
+            .rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+            .into_inner()
+            .status
+            .unwrap_or_else(|| panic!("ContainerStatus {id} has no status"));
+        if st.state == state as i32 {
+            return st;
+        }
+        if Instant::now() > deadline {
+            panic!("container {id} did not reach {state:?} within {timeout:?}; last status {st:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
