@@ -1,0 +1,1069 @@
+//! A container's OCI spec from its `ContainerConfig`, the image config and the pod it runs in.
+//!
+//! Kubernetes semantics live here: command/args over entrypoint/cmd, env override by key,
+//! users resolved from the image's /etc/passwd and /etc/group, CRI-O's default capabilities
+//! and masked paths, mounts with propagation, devices, resources, namespaces joined from the
+//! pod. Host quirks come from [`HostFeatures`]. Reads the rootfs (users), the host's /dev
+//! (devices), /proc/self/mountinfo (propagation checks) and a Localhost seccomp file; the
+//! only write is creating a missing host directory for a bind mount, as CRI-O and
+//! containerd do.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+use k8s_cri::v1::{
+    ContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, MountPropagation,
+    NamespaceMode, PodSandboxConfig, SupplementalGroupsPolicy,
+};
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use crate::image::ImageConfig;
+pub use crate::oci::host::SpecError;
+use crate::oci::host::{HostFeatures, CAPABILITY_NAMES};
+use crate::sandbox::spec::{
+    apparmor_profile, check_cgroups_path, default_mounts, merge_env, mount_label, namespace,
+    normalize_capability, parse_capability, push_pinned, reject_user_namespace, seccomp_profile,
+    seccomp_request, selinux_label, strings, to_capabilities, SeccompRequest, ANN_CONTAINER_NAME,
+    ANN_CONTAINER_TYPE, ANN_IMAGE_NAME, ANN_SANDBOX_NAME, ANN_SANDBOX_NAMESPACE, ANN_SANDBOX_UID,
+    DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS,
+};
+
+/// The pod a container joins.
+pub struct SandboxContext<'a> {
+    pub config: &'a PodSandboxConfig,
+    /// The pod's pinned network namespace; `None` = the host's.
+    pub netns: Option<&'a Path>,
+    /// The pod's pinned IPC namespace; `None` = the host's.
+    pub ipcns: Option<&'a Path>,
+    /// The pod's pinned UTS namespace; `None` = the host's.
+    pub utsns: Option<&'a Path>,
+    /// The pause process, whose PID namespace a pid=POD container joins.
+    pub pause_pid: i32,
+    /// The pod's generated files, mounted unless the request mounts those paths itself.
+    pub pod_files: Option<PodFiles<'a>>,
+}
+
+/// Host paths of the pod's generated files.
+pub struct PodFiles<'a> {
+    pub hosts: &'a Path,
+    pub resolv_conf: &'a Path,
+    pub hostname: &'a Path,
+}
+
+/// Input of [`container_spec`].
+pub struct ContainerSpecInput<'a> {
+    pub id: &'a str,
+    pub config: &'a ContainerConfig,
+    pub sandbox: SandboxContext<'a>,
+    pub image: &'a ImageConfig,
+    /// The mounted rootfs; users and groups are resolved from its /etc/passwd and /etc/group.
+    pub rootfs: &'a Path,
+    /// Absolute cgroup path (or systemd `slice:prefix:name`).
+    pub cgroups_path: String,
+    pub host: &'a HostFeatures,
+    pub restrict_oom_score_adj: bool,
+}
+
+/// Builds a container's spec.
+pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
+    let config = input.config;
+    let sec = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let privileged = sec.map(|s| s.privileged).unwrap_or(false);
+    if privileged && !pod_privileged(input.sandbox.config) {
+        return Err(SpecError::invalid(
+            "security_context.privileged",
+            "the pod sandbox was not created privileged",
+        ));
+    }
+    check_cgroups_path(&input.cgroups_path)?;
+
+    let args = process_args(config, input.image)?;
+    let cwd = working_dir(config, input.image)?;
+    let user = resolve_user(input.rootfs, sec, &input.image.user)?;
+    let env = container_env(input, &user);
+    let (caps, ambient) = capabilities(sec, input.host)?;
+    let cap_set = to_capabilities(&caps);
+    let ambient_set = to_capabilities(&ambient);
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(cap_set.clone())
+        .effective(cap_set.clone())
+        .permitted(cap_set)
+        // Ambient capabilities must also be inheritable; nothing else is (CVE-2022-24769).
+        .inheritable(ambient_set.clone())
+        .ambient(ambient_set)
+        .build()?;
+
+    let mut process = ProcessBuilder::default()
+        .terminal(config.tty)
+        .user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.additional_gids.clone())
+                .build()?,
+        )
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(sec.map(|s| s.no_new_privs).unwrap_or(false))
+        .build()?;
+    let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+    if let Some(r) = resources {
+        process.set_oom_score_adj(Some(
+            input
+                .host
+                .clamp_oom_score_adj(r.oom_score_adj, input.restrict_oom_score_adj),
+        ));
+    }
+    if !privileged {
+        if let Some(profile) = sec.and_then(|s| container_apparmor(s, input.host)) {
+            process.set_apparmor_profile(Some(profile));
+        }
+    }
+    let selinux = if input.host.selinux && !privileged {
+        sec.and_then(|s| selinux_label(s.selinux_options.as_ref()))
+    } else {
+        None
+    };
+    if let Some(label) = &selinux {
+        process.set_selinux_label(Some(label.clone()));
+    }
+
+    let readonly_rootfs = sec.map(|s| s.readonly_rootfs).unwrap_or(false);
+    let (mounts, rootfs_propagation) = mounts(input, privileged, readonly_rootfs)?;
+
+    let (devices, mut device_rules) = devices(config)?;
+    let mut linux_devices = devices;
+    if privileged {
+        linux_devices = host_devices();
+        device_rules = vec![LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .access("rwm")
+            .build()?];
+    } else {
+        device_rules.insert(
+            0,
+            LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()?,
+        );
+    }
+
+    let mut linux = LinuxBuilder::default()
+        .namespaces(container_namespaces(input, sec)?)
+        .cgroups_path(PathBuf::from(&input.cgroups_path))
+        .resources(linux_resources(resources, device_rules, input.host)?)
+        .build()?;
+    if !linux_devices.is_empty() {
+        linux.set_devices(Some(linux_devices));
+    }
+    if let Some(p) = rootfs_propagation {
+        linux.set_rootfs_propagation(Some(p.to_string()));
+    }
+    if let Some(label) = &selinux {
+        linux.set_mount_label(Some(mount_label(label)));
+    }
+    if !privileged {
+        let masked = sec.map(|s| s.masked_paths.clone()).unwrap_or_default();
+        let readonly = sec.map(|s| s.readonly_paths.clone()).unwrap_or_default();
+        linux.set_masked_paths(Some(if masked.is_empty() {
+            strings(&DEFAULT_MASKED_PATHS)
+        } else {
+            masked
+        }));
+        linux.set_readonly_paths(Some(if readonly.is_empty() {
+            strings(&DEFAULT_READONLY_PATHS)
+        } else {
+            readonly
+        }));
+        let req = sec.and_then(container_seccomp_request);
+        if let Some(sc) = seccomp_profile(req.as_ref(), input.host, &caps)? {
+            linux.set_seccomp(Some(sc));
+        }
+    }
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(input.rootfs.to_path_buf())
+                .readonly(readonly_rootfs)
+                .build()?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .annotations(annotations(input))
+        .build()?;
+    if input.sandbox.utsns.is_some() && !input.sandbox.config.hostname.is_empty() {
+        spec.set_hostname(Some(input.sandbox.config.hostname.clone()));
+    }
+    Ok(spec)
+}
+
+fn pod_privileged(pod: &PodSandboxConfig) -> bool {
+    pod.linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .map(|s| s.privileged)
+        .unwrap_or(false)
+}
+
+/// Kubernetes' rule: `command` replaces the entrypoint and drops the image's cmd; `args`
+/// alone replaces the cmd.
+pub fn process_args(
+    config: &ContainerConfig,
+    image: &ImageConfig,
+) -> Result<Vec<String>, SpecError> {
+    let mut args = if !config.command.is_empty() {
+        config.command.clone()
+    } else {
+        image.entrypoint.clone()
+    };
+    if !config.args.is_empty() {
+        args.extend(config.args.iter().cloned());
+    } else if config.command.is_empty() {
+        args.extend(image.cmd.iter().cloned());
+    }
+    if args.is_empty() {
+        return Err(SpecError::invalid(
+            "command",
+            "no command specified and the image has no entrypoint or cmd",
+        ));
+    }
+    Ok(args)
+}
+
+fn working_dir(config: &ContainerConfig, image: &ImageConfig) -> Result<String, SpecError> {
+    if !config.working_dir.is_empty() {
+        if !config.working_dir.starts_with('/') {
+            return Err(SpecError::invalid(
+                "working_dir",
+                format!("{:?} is not an absolute path", config.working_dir),
+            ));
+        }
+        return Ok(config.working_dir.clone());
+    }
+    if image.working_dir.is_empty() {
+        Ok("/".into())
+    } else if image.working_dir.starts_with('/') {
+        Ok(image.working_dir.clone())
+    } else {
+        // Docker treats a relative WORKDIR as relative to /.
+        Ok(format!("/{}", image.working_dir))
+    }
+}
+
+fn container_env(input: &ContainerSpecInput, user: &ResolvedUser) -> Vec<String> {
+    let config = input.config;
+    let mut base: Vec<String> = Vec::new();
+    let hostname = &input.sandbox.config.hostname;
+    if !hostname.is_empty() {
+        base.push(format!("HOSTNAME={hostname}"));
+    }
+    if config.tty {
+        base.push("TERM=xterm".into());
+    }
+    base.extend(input.image.env.iter().cloned());
+    let overrides: Vec<(String, String)> = config
+        .envs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    let mut env = merge_env(&base, &overrides);
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home.as_deref().unwrap_or("/")));
+    }
+    env
+}
+
+fn annotations(input: &ContainerSpecInput) -> HashMap<String, String> {
+    let mut a: HashMap<String, String> = input.config.annotations.clone();
+    a.insert(ANN_CONTAINER_TYPE.into(), "container".into());
+    if let Some(md) = &input.config.metadata {
+        a.insert(ANN_CONTAINER_NAME.into(), md.name.clone());
+    }
+    if let Some(img) = &input.config.image {
+        a.insert(ANN_IMAGE_NAME.into(), img.image.clone());
+    }
+    if let Some(md) = &input.sandbox.config.metadata {
+        a.insert(ANN_SANDBOX_NAME.into(), md.name.clone());
+        a.insert(ANN_SANDBOX_NAMESPACE.into(), md.namespace.clone());
+        a.insert(ANN_SANDBOX_UID.into(), md.uid.clone());
+    }
+    a
+}
+
+#[allow(deprecated)] // the string forms are what older kubelets send
+fn container_seccomp_request(s: &LinuxContainerSecurityContext) -> Option<SeccompRequest> {
+    seccomp_request(s.seccomp.as_ref(), &s.seccomp_profile_path)
+}
+
+#[allow(deprecated)]
+fn container_apparmor(s: &LinuxContainerSecurityContext, host: &HostFeatures) -> Option<String> {
+    if s.apparmor.is_some() {
+        return apparmor_profile(s.apparmor.as_ref(), host);
+    }
+    if !host.apparmor {
+        return None;
+    }
+    s.apparmor_profile
+        .strip_prefix("localhost/")
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+}
+
+// ---------------------------------------------------------------------------------------
+// Users and groups
+
+/// The process identity resolved against the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// From /etc/passwd, for `HOME`.
+    pub home: Option<String>,
+}
+
+struct PasswdEntry {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+struct GroupEntry {
+    name: String,
+    gid: u32,
+    members: Vec<String>,
+}
+
+fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 4 {
+                return None;
+            }
+            Some(PasswdEntry {
+                name: f[0].to_string(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                home: f.get(5).copied().unwrap_or("").to_string(),
+            })
+        })
+        .collect()
+}
+
+fn parse_group(text: &str) -> Vec<GroupEntry> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 3 {
+                return None;
+            }
+            Some(GroupEntry {
+                name: f[0].to_string(),
+                gid: f[2].parse().ok()?,
+                members: f
+                    .get(3)
+                    .map(|m| {
+                        m.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Resolves `path` inside `root` the way the container will see it: symlinks (absolute or
+/// relative) are followed but can never leave `root`.
+pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
+    let mut pending: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(String::from)
+        .collect();
+    let mut current: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                current.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate: PathBuf = root.join(current.iter().collect::<PathBuf>()).join(&part);
+        match std::fs::read_link(&candidate) {
+            Ok(target) if links < 40 => {
+                links += 1;
+                if target.is_absolute() {
+                    current.clear();
+                }
+                for c in target.components().rev() {
+                    if let Component::Normal(s) = c {
+                        pending.push(s.to_string_lossy().into_owned());
+                    } else if c == Component::ParentDir {
+                        pending.push("..".into());
+                    }
+                }
+            }
+            _ => current.push(part),
+        }
+    }
+    root.join(current.iter().collect::<PathBuf>())
+}
+
+fn read_in_root(root: &Path, path: &str) -> Result<String, SpecError> {
+    let p = resolve_in_root(root, path);
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(SpecError::Io { path: p, source }),
+    }
+}
+
+enum Who {
+    Name(String),
+    Id(u32),
+}
+
+fn parse_who(s: &str) -> Who {
+    match s.parse::<u32>() {
+        Ok(id) => Who::Id(id),
+        Err(_) => Who::Name(s.to_string()),
+    }
+}
+
+fn id_from_i64(field: &str, v: i64) -> Result<u32, SpecError> {
+    u32::try_from(v).map_err(|_| SpecError::invalid(field, format!("{v} is not a valid id")))
+}
+
+/// The user the container runs as: run_as_username, run_as_user, else the image's `USER`;
+/// the group from run_as_group, the image's `user:group`, else the user's primary group.
+pub fn resolve_user(
+    rootfs: &Path,
+    sec: Option<&LinuxContainerSecurityContext>,
+    image_user: &str,
+) -> Result<ResolvedUser, SpecError> {
+    let (user, mut group): (Option<Who>, Option<Who>) = match sec {
+        Some(s) if !s.run_as_username.is_empty() => {
+            (Some(Who::Name(s.run_as_username.clone())), None)
+        }
+        Some(s) if s.run_as_user.is_some() => (
+            Some(Who::Id(id_from_i64(
+                "run_as_user",
+                s.run_as_user.as_ref().map(|v| v.value).unwrap_or(0),
+            )?)),
+            None,
+        ),
+        _ => {
+            if sec.and_then(|s| s.run_as_group.as_ref()).is_some() {
+                return Err(SpecError::invalid(
+                    "run_as_group",
+                    "run_as_group requires run_as_user or run_as_username",
+                ));
+            }
+            let (u, g) = match image_user.split_once(':') {
+                Some((u, g)) => (u, Some(g)),
+                None => (image_user, None),
+            };
+            (
+                (!u.is_empty()).then(|| parse_who(u)),
+                g.filter(|g| !g.is_empty()).map(parse_who),
+            )
+        }
+    };
+    if let Some(g) = sec.and_then(|s| s.run_as_group.as_ref()) {
+        group = Some(Who::Id(id_from_i64("run_as_group", g.value)?));
+    }
+
+    let passwd = parse_passwd(&read_in_root(rootfs, "/etc/passwd")?);
+    let groups = parse_group(&read_in_root(rootfs, "/etc/group")?);
+
+    let entry = match &user {
+        None => passwd.iter().find(|p| p.uid == 0),
+        Some(Who::Id(id)) => passwd.iter().find(|p| p.uid == *id),
+        Some(Who::Name(name)) => {
+            Some(passwd.iter().find(|p| &p.name == name).ok_or_else(|| {
+                SpecError::invalid(
+                    "user",
+                    format!("user {name:?} not found in the image's /etc/passwd"),
+                )
+            })?)
+        }
+    };
+    let uid = match (&user, entry) {
+        (Some(Who::Id(id)), _) => *id,
+        (_, Some(e)) => e.uid,
+        (None, None) => 0,
+        (Some(Who::Name(_)), None) => 0, // unreachable: names must resolve
+    };
+    let gid = match &group {
+        Some(Who::Id(id)) => *id,
+        Some(Who::Name(name)) => groups
+            .iter()
+            .find(|g| &g.name == name)
+            .map(|g| g.gid)
+            .ok_or_else(|| {
+                SpecError::invalid(
+                    "group",
+                    format!("group {name:?} not found in the image's /etc/group"),
+                )
+            })?,
+        None => entry.map(|e| e.gid).unwrap_or(0),
+    };
+
+    let policy = sec
+        .map(|s| s.supplemental_groups_policy)
+        .and_then(|p| SupplementalGroupsPolicy::try_from(p).ok())
+        .unwrap_or(SupplementalGroupsPolicy::Merge);
+    let mut additional: Vec<u32> = Vec::new();
+    if policy == SupplementalGroupsPolicy::Merge {
+        if let Some(e) = entry {
+            for g in groups
+                .iter()
+                .filter(|g| g.members.iter().any(|m| m == &e.name))
+            {
+                additional.push(g.gid);
+            }
+        }
+    }
+    for g in sec.map(|s| s.supplemental_groups.as_slice()).unwrap_or(&[]) {
+        additional.push(id_from_i64("supplemental_groups", *g)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    additional.retain(|g| seen.insert(*g));
+
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids: additional,
+        home: entry.map(|e| e.home.clone()).filter(|h| !h.is_empty()),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Capabilities
+
+/// (capabilities for bounding/effective/permitted, ambient) for a container.
+pub fn capabilities(
+    sec: Option<&LinuxContainerSecurityContext>,
+    host: &HostFeatures,
+) -> Result<(Vec<String>, Vec<String>), SpecError> {
+    if sec.map(|s| s.privileged).unwrap_or(false) {
+        // All the host can give; asking for more makes runc fail ("unable to apply caps").
+        return Ok((host.cap_bounding.clone(), Vec::new()));
+    }
+    let requested = sec.and_then(|s| s.capabilities.as_ref());
+    let add: Vec<&str> = requested
+        .map(|c| c.add_capabilities.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let drop: Vec<&str> = requested
+        .map(|c| c.drop_capabilities.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let ambient_req: Vec<&str> = requested
+        .map(|c| {
+            c.add_ambient_capabilities
+                .iter()
+                .map(String::as_str)
+                .collect()
+        })
+        .unwrap_or_default();
+    let is_all = |c: &&str| c.trim().eq_ignore_ascii_case("ALL");
+    for (field, list) in [
+        ("capabilities.add_capabilities", &add),
+        ("capabilities.drop_capabilities", &drop),
+        ("capabilities.add_ambient_capabilities", &ambient_req),
+    ] {
+        for c in list.iter().filter(|c| !is_all(c)) {
+            if parse_capability(c).is_none() {
+                return Err(SpecError::invalid(
+                    field,
+                    format!("unknown capability {c:?}"),
+                ));
+            }
+        }
+    }
+
+    let mut set: Vec<String> = strings(&DEFAULT_CAPABILITIES);
+    if add.iter().any(is_all) {
+        set = host.cap_bounding.clone();
+    }
+    if drop.iter().any(is_all) {
+        set.clear();
+    }
+    for c in add.iter().chain(ambient_req.iter()).filter(|c| !is_all(c)) {
+        let n = normalize_capability(c);
+        if !set.contains(&n) {
+            set.push(n);
+        }
+    }
+    for c in drop.iter().filter(|c| !is_all(c)) {
+        let n = normalize_capability(c);
+        set.retain(|x| x != &n);
+    }
+    let (kept, missing): (Vec<String>, Vec<String>) =
+        set.into_iter().partition(|c| host.has_capability(c));
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "capabilities outside the host's bounding set left out"
+        );
+    }
+    let mut caps = kept;
+    caps.sort_by_key(|c| CAPABILITY_NAMES.iter().position(|n| n == c));
+    let ambient: Vec<String> = ambient_req
+        .iter()
+        .filter(|c| !is_all(c))
+        .map(|c| normalize_capability(c))
+        .filter(|c| caps.contains(c))
+        .collect();
+    Ok((caps, ambient))
+}
+
+// ---------------------------------------------------------------------------------------
+// Namespaces
+
+fn container_namespaces(
+    input: &ContainerSpecInput,
+    sec: Option<&LinuxContainerSecurityContext>,
+) -> Result<Vec<oci_spec::runtime::LinuxNamespace>, SpecError> {
+    let sb = &input.sandbox;
+    let pod_ns = sb
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let ns = sec.and_then(|s| s.namespace_options.as_ref()).or(pod_ns);
+    reject_user_namespace(ns.and_then(|n| n.userns_options.as_ref()))?;
+    let pid_mode = ns
+        .and_then(|n| NamespaceMode::try_from(n.pid).ok())
+        .unwrap_or(NamespaceMode::Pod);
+
+    let mut out = vec![namespace(LinuxNamespaceType::Mount, None)?];
+    match pid_mode {
+        NamespaceMode::Pod => {
+            if sb.pause_pid <= 0 {
+                return Err(SpecError::invalid(
+                    "namespace_options.pid",
+                    "the pod has no running pause process to share a pid namespace with",
+                ));
+            }
+            let path = PathBuf::from(format!("/proc/{}/ns/pid", sb.pause_pid));
+            out.push(namespace(LinuxNamespaceType::Pid, Some(&path))?);
+        }
+        NamespaceMode::Container => out.push(namespace(LinuxNamespaceType::Pid, None)?),
+        NamespaceMode::Node => {}
+        NamespaceMode::Target => {
+            return Err(SpecError::invalid(
+                "namespace_options.pid",
+                "TARGET pid namespaces are not supported",
+            ))
+        }
+    }
+    push_pinned(&mut out, LinuxNamespaceType::Network, sb.netns)?;
+    push_pinned(&mut out, LinuxNamespaceType::Ipc, sb.ipcns)?;
+    push_pinned(&mut out, LinuxNamespaceType::Uts, sb.utsns)?;
+    if input.host.cgroup_v2 {
+        out.push(namespace(LinuxNamespaceType::Cgroup, None)?);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Mounts
+
+fn bind(dest: &Path, source: &Path, options: Vec<String>) -> Result<Mount, SpecError> {
+    Ok(MountBuilder::default()
+        .destination(dest.to_path_buf())
+        .typ("bind")
+        .source(source.to_path_buf())
+        .options(options)
+        .build()?)
+}
+
+/// Whether the mount holding `path` propagates: (shared, slave), from mountinfo's optional
+/// fields. `None` when mountinfo cannot tell (then we do not second-guess the kernel).
+fn mount_propagation_of(mountinfo: &str, path: &Path) -> Option<(bool, bool)> {
+    let mut best: Option<(usize, bool, bool)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, _)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let Some(mp) = fields.get(4) else { continue };
+        let mp = Path::new(mp);
+        if path.starts_with(mp) {
+            let depth = mp.components().count();
+            let optional = &fields[6.min(fields.len())..];
+            let shared = optional.iter().any(|f| f.starts_with("shared:"));
+            let slave = optional.iter().any(|f| f.starts_with("master:"));
+            // Later lines over-mount earlier ones at the same point.
+            if best.map(|(d, _, _)| depth >= d).unwrap_or(true) {
+                best = Some((depth, shared, slave));
+            }
+        }
+    }
+    best.map(|(_, s, m)| (s, m))
+}
+
+fn mounts(
+    input: &ContainerSpecInput,
+    privileged: bool,
+    readonly_rootfs: bool,
+) -> Result<(Vec<Mount>, Option<&'static str>), SpecError> {
+    let config = input.config;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut user: Vec<(PathBuf, Mount)> = Vec::new();
+    let mut propagation: Option<&'static str> = None;
+    for (i, m) in config.mounts.iter().enumerate() {
+        let field = format!("mounts[{i}]");
+        if m.image
+            .as_ref()
+            .map(|s| !s.image.is_empty())
+            .unwrap_or(false)
+        {
+            return Err(SpecError::invalid(
+                field,
+                "image volume mounts are not supported",
+            ));
+        }
+        if !m.container_path.starts_with('/') {
+            return Err(SpecError::invalid(
+                field,
+                format!("container path {:?} is not absolute", m.container_path),
+            ));
+        }
+        if m.host_path.is_empty() {
+            return Err(SpecError::invalid(field, "host path is empty"));
+        }
+        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return Err(SpecError::invalid(
+                field,
+                "idmapped mounts are not supported",
+            ));
+        }
+        let host_path = Path::new(&m.host_path);
+        if !host_path.exists() {
+            // kubelet leaves creating a plain hostPath to the runtime (as docker did).
+            std::fs::create_dir_all(host_path).map_err(|source| SpecError::Io {
+                path: host_path.to_path_buf(),
+                source,
+            })?;
+        }
+        // CRI: a symlinked host path mounts its target.
+        let source = std::fs::canonicalize(host_path).map_err(|source| SpecError::Io {
+            path: host_path.to_path_buf(),
+            source,
+        })?;
+        let mut options = vec!["rbind".to_string()];
+        let prop = MountPropagation::try_from(m.propagation)
+            .unwrap_or(MountPropagation::PropagationPrivate);
+        let check = if mountinfo.is_empty() {
+            None
+        } else {
+            mount_propagation_of(&mountinfo, &source)
+        };
+        match prop {
+            MountPropagation::PropagationPrivate => options.push("rprivate".into()),
+            MountPropagation::PropagationHostToContainer => {
+                if let Some((shared, slave)) = check {
+                    if !shared && !slave {
+                        return Err(SpecError::invalid(
+                            field,
+                            format!(
+                                "{} is not on a shared or slave mount, host-to-container propagation is impossible",
+                                source.display()
+                            ),
+                        ));
+                    }
+                }
+                options.push("rslave".into());
+                if propagation.is_none() {
+                    propagation = Some("rslave");
+                }
+            }
+            MountPropagation::PropagationBidirectional => {
+                if let Some((shared, _)) = check {
+                    if !shared {
+                        return Err(SpecError::invalid(
+                            field,
+                            format!(
+                                "{} is not on a shared mount, bidirectional propagation is impossible",
+                                source.display()
+                            ),
+                        ));
+                    }
+                }
+                options.push("rshared".into());
+                propagation = Some("rshared");
+            }
+        }
+        if m.recursive_read_only {
+            if !m.readonly || prop != MountPropagation::PropagationPrivate {
+                return Err(SpecError::invalid(
+                    field,
+                    "recursive_read_only needs readonly and private propagation",
+                ));
+            }
+            options.push("rro".into());
+        } else if m.readonly {
+            options.push("ro".into());
+        } else {
+            options.push("rw".into());
+        }
+        let dest = PathBuf::from(&m.container_path);
+        user.push((dest.clone(), bind(&dest, &source, options)?));
+    }
+    // Parents before children, whatever order the request used.
+    user.sort_by_key(|(d, _)| d.components().count());
+
+    let covered = |p: &Path| user.iter().any(|(d, _)| d == p);
+    let mut out: Vec<Mount> = default_mounts(privileged)?
+        .into_iter()
+        .filter(|m| !covered(m.destination()))
+        .collect();
+    if let Some(files) = &input.sandbox.pod_files {
+        let rw = if readonly_rootfs { "ro" } else { "rw" };
+        for (dest, src) in [
+            ("/etc/hosts", files.hosts),
+            ("/etc/resolv.conf", files.resolv_conf),
+            ("/etc/hostname", files.hostname),
+        ] {
+            let dest = Path::new(dest);
+            if !covered(dest) {
+                out.push(bind(dest, src, strings(&["rbind", "rprivate", rw]))?);
+            }
+        }
+    }
+    out.extend(user.into_iter().map(|(_, m)| m));
+    Ok((out, propagation))
+}
+
+// ---------------------------------------------------------------------------------------
+// Devices
+
+fn device_from(meta: &std::fs::Metadata, dest: &Path) -> Option<LinuxDevice> {
+    let ft = meta.file_type();
+    let typ = if ft.is_char_device() {
+        LinuxDeviceType::C
+    } else if ft.is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return None;
+    };
+    let rdev = meta.rdev();
+    LinuxDeviceBuilder::default()
+        .path(dest.to_path_buf())
+        .typ(typ)
+        .major(nix::sys::stat::major(rdev) as i64)
+        .minor(nix::sys::stat::minor(rdev) as i64)
+        .file_mode(meta.mode() & 0o7777)
+        .uid(meta.uid())
+        .gid(meta.gid())
+        .build()
+        .ok()
+}
+
+fn device_rule(d: &LinuxDevice, access: &str) -> Result<LinuxDeviceCgroup, SpecError> {
+    Ok(LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(d.typ())
+        .major(d.major())
+        .minor(d.minor())
+        .access(access)
+        .build()?)
+}
+
+/// CRI devices (a directory stands for every device below it) and their cgroup rules.
+fn devices(
+    config: &ContainerConfig,
+) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), SpecError> {
+    let mut devs = Vec::new();
+    let mut rules = Vec::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let field = format!("devices[{i}]");
+        let access = if d.permissions.is_empty() {
+            "rwm"
+        } else {
+            d.permissions.as_str()
+        };
+        if !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+            return Err(SpecError::invalid(
+                field,
+                format!("bad permissions {access:?}"),
+            ));
+        }
+        if !d.container_path.starts_with('/') {
+            return Err(SpecError::invalid(
+                field,
+                format!("container path {:?} is not absolute", d.container_path),
+            ));
+        }
+        let host = Path::new(&d.host_path);
+        let meta = std::fs::metadata(host)
+            .map_err(|e| SpecError::invalid(field.clone(), format!("{}: {e}", host.display())))?;
+        let found: Vec<LinuxDevice> = if meta.is_dir() {
+            walk_devices(host, Path::new(&d.container_path))
+        } else {
+            vec![
+                device_from(&meta, Path::new(&d.container_path)).ok_or_else(|| {
+                    SpecError::invalid(field.clone(), format!("{} is not a device", host.display()))
+                })?,
+            ]
+        };
+        for dev in found {
+            rules.push(device_rule(&dev, access)?);
+            devs.push(dev);
+        }
+    }
+    Ok((devs, rules))
+}
+
+fn walk_devices(host_dir: &Path, dest_dir: &Path) -> Vec<LinuxDevice> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(host_dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let dest = dest_dir.join(e.file_name());
+        if meta.is_dir() {
+            out.extend(walk_devices(&e.path(), &dest));
+        } else if let Some(d) = device_from(&meta, &dest) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// Every device node of the host's /dev, for privileged containers (minus what the runtime
+/// makes itself: pts, shm, mqueue, console, ptmx).
+fn host_devices() -> Vec<LinuxDevice> {
+    let mut out = Vec::new();
+    collect_host_devices(Path::new("/dev"), &mut out);
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    out
+}
+
+fn collect_host_devices(dir: &Path, out: &mut Vec<LinuxDevice>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if meta.is_dir() {
+            if !matches!(
+                name.as_ref(),
+                "pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev"
+            ) {
+                collect_host_devices(&path, out);
+            }
+        } else if path != Path::new("/dev/console") && path != Path::new("/dev/ptmx") {
+            if let Some(d) = device_from(&meta, &path) {
+                out.push(d);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Resources
+
+fn linux_resources(
+    r: Option<&LinuxContainerResources>,
+    device_rules: Vec<LinuxDeviceCgroup>,
+    host: &HostFeatures,
+) -> Result<LinuxResources, SpecError> {
+    let mut out = LinuxResourcesBuilder::default()
+        .devices(device_rules)
+        .build()?;
+    let Some(r) = r else {
+        return Ok(out);
+    };
+    let mut cpu = LinuxCpuBuilder::default();
+    let mut any_cpu = false;
+    if r.cpu_shares > 0 {
+        cpu = cpu.shares(r.cpu_shares as u64);
+        any_cpu = true;
+    }
+    if r.cpu_quota != 0 {
+        cpu = cpu.quota(r.cpu_quota);
+        any_cpu = true;
+    }
+    if r.cpu_period > 0 {
+        cpu = cpu.period(r.cpu_period as u64);
+        any_cpu = true;
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu = cpu.cpus(r.cpuset_cpus.clone());
+        any_cpu = true;
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu = cpu.mems(r.cpuset_mems.clone());
+        any_cpu = true;
+    }
+    if any_cpu {
+        out.set_cpu(Some(cpu.build()?));
+    }
+    let mut mem = LinuxMemoryBuilder::default();
+    let mut any_mem = false;
+    if r.memory_limit_in_bytes > 0 {
+        mem = mem.limit(r.memory_limit_in_bytes);
+        any_mem = true;
+    }
+    if r.memory_swap_limit_in_bytes > 0 && host.memory_swap {
+        mem = mem.swap(r.memory_swap_limit_in_bytes);
+        any_mem = true;
+    }
+    if any_mem {
+        out.set_memory(Some(mem.build()?));
+    }
+    if host.hugetlb && !r.hugepage_limits.is_empty() {
+        let limits = r
+            .hugepage_limits
+            .iter()
+            .map(|h| {
+                LinuxHugepageLimitBuilder::default()
+                    .page_size(h.page_size.clone())
+                    .limit(i64::try_from(h.limit).unwrap_or(i64::MAX))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.set_hugepage_limits(Some(limits));
+    }
+    if host.cgroup_v2 && !r.unified.is_empty() {
+        out.set_unified(Some(r.unified.clone()));
+    }
+    Ok(out)
+}

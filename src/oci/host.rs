@@ -1,0 +1,363 @@
+//! What this host lets a container have: the capability bounding set, the lowest
+//! `oom_score_adj`, and which cgroup/LSM/seccomp features are there.
+//!
+//! Read once at start from `/proc` and `/sys` (no writes, no processes), so the spec
+//! translators (`sandbox::spec`, `container::spec`) stay pure and leave out what the host
+//! would refuse (see shared/docs/environment.md: no CAP_SYS_RESOURCE in the bounding set,
+//! negative `oom_score_adj` refused, no hugetlb hierarchy, no AppArmor/SELinux).
+//! [`SpecError`] lives here because both translators share it and `sandbox` may not import
+//! `container`.
+
+use std::path::{Path, PathBuf};
+
+/// Why an OCI spec could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The CRI request asks for something invalid or impossible (maps to InvalidArgument).
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The OCI types refused what we built (a bug on our side).
+    #[error("building the oci spec: {0}")]
+    Build(String),
+    /// A file the spec depends on could not be read or created.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SpecError {
+    /// Shorthand for the InvalidArgument case.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        SpecError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<oci_spec::OciSpecError> for SpecError {
+    fn from(e: oci_spec::OciSpecError) -> Self {
+        SpecError::Build(e.to_string())
+    }
+}
+
+/// Linux capability names by bit number (include/uapi/linux/capability.h).
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Bit number of CAP_SYS_RESOURCE, needed to lower `oom_score_adj` below our own floor.
+const CAP_SYS_RESOURCE_BIT: u32 = 24;
+
+/// What the host allows; see the module doc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFeatures {
+    /// The daemon's capability bounding set (`CAP_CHOWN`, ...): the most any container can get.
+    pub cap_bounding: Vec<String>,
+    /// The lowest `oom_score_adj` a container may ask for (-1000 with CAP_SYS_RESOURCE,
+    /// otherwise the daemon's own value, which is the floor the kernel keeps for us).
+    pub min_oom_score_adj: i32,
+    /// A hugetlb controller usable by the runtime (a v1 hierarchy, or cgroup v2 unified).
+    pub hugetlb: bool,
+    /// AppArmor is enabled in the kernel.
+    pub apparmor: bool,
+    /// SELinux is enabled (selinuxfs mounted).
+    pub selinux: bool,
+    /// `/sys/fs/cgroup` is cgroup v2 only (not hybrid).
+    pub cgroup_v2: bool,
+    /// The kernel supports seccomp filters.
+    pub seccomp: bool,
+    /// Swap limits can be set (v1 `memory.memsw.*`, or v2 `memory.swap.max`); runc fails
+    /// on a swap limit otherwise.
+    pub memory_swap: bool,
+}
+
+impl Default for HostFeatures {
+    /// A permissive host (all features, all capabilities); tests start from it.
+    fn default() -> Self {
+        HostFeatures {
+            cap_bounding: CAPABILITY_NAMES.iter().map(|s| s.to_string()).collect(),
+            min_oom_score_adj: -1000,
+            hugetlb: true,
+            apparmor: false,
+            selinux: false,
+            cgroup_v2: true,
+            seccomp: true,
+            memory_swap: true,
+        }
+    }
+}
+
+impl HostFeatures {
+    /// Reads the host's features from /proc and /sys. Unreadable files count as "feature
+    /// absent", which is the safe side for every field.
+    pub fn detect() -> HostFeatures {
+        let status = read("/proc/self/status");
+        let mountinfo = read("/proc/self/mountinfo");
+        let own_oom = read("/proc/self/oom_score_adj")
+            .trim()
+            .parse::<i32>()
+            .unwrap_or(0);
+        let cgroup_v2 = cgroup_v2_from_mountinfo(&mountinfo);
+        let v2_controllers = if cgroup_v2 {
+            read("/sys/fs/cgroup/cgroup.controllers")
+        } else {
+            String::new()
+        };
+        let hugetlb = if cgroup_v2 {
+            v2_controllers.split_whitespace().any(|c| c == "hugetlb")
+        } else {
+            v1_controller_mounted(&mountinfo, "hugetlb")
+        };
+        let memory_swap = if cgroup_v2 {
+            // memory.swap.max exists only in non-root cgroups; look at ours.
+            let own = own_cgroup_v2_path(&read("/proc/self/cgroup"));
+            Path::new("/sys/fs/cgroup")
+                .join(own.trim_start_matches('/'))
+                .join("memory.swap.max")
+                .exists()
+                || Path::new("/sys/fs/cgroup/init.scope/memory.swap.max").exists()
+        } else {
+            v1_mount_point(&mountinfo, "memory")
+                .map(|m| m.join("memory.memsw.limit_in_bytes").exists())
+                .unwrap_or(false)
+        };
+        let cap_eff = status_hex(&status, "CapEff:").unwrap_or(0);
+        HostFeatures {
+            cap_bounding: capability_names(status_hex(&status, "CapBnd:").unwrap_or(0)),
+            min_oom_score_adj: min_oom_score_adj(cap_eff, own_oom),
+            hugetlb,
+            apparmor: read("/sys/module/apparmor/parameters/enabled").trim() == "Y"
+                && Path::new("/sys/kernel/security/apparmor").exists(),
+            selinux: mountinfo_has_fstype(&mountinfo, "selinuxfs")
+                && Path::new("/sys/fs/selinux/enforce").exists(),
+            cgroup_v2,
+            seccomp: status.lines().any(|l| l.starts_with("Seccomp:")),
+            memory_swap,
+        }
+    }
+
+    /// Whether `cap` (`CAP_X`) is in the bounding set.
+    pub fn has_capability(&self, cap: &str) -> bool {
+        self.cap_bounding.iter().any(|c| c == cap)
+    }
+
+    /// The value to put in a spec for a requested `oom_score_adj`: raised to the host's floor
+    /// when `restrict` is set (containerd's `restrict_oom_score_adj`), since runc fails on a
+    /// value below it.
+    pub fn clamp_oom_score_adj(&self, requested: i64, restrict: bool) -> i32 {
+        let v = requested.clamp(-1000, 1000) as i32;
+        if restrict && v < self.min_oom_score_adj {
+            self.min_oom_score_adj
+        } else {
+            v
+        }
+    }
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The hex value of a `/proc/<pid>/status` line such as `CapBnd:\t000001ffffffffff`.
+fn status_hex(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Capability names for the bits set in `mask`; bits the table does not know are skipped
+/// because no OCI runtime could name them either.
+pub fn capability_names(mask: u64) -> Vec<String> {
+    CAPABILITY_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
+
+/// Without CAP_SYS_RESOURCE the kernel refuses an `oom_score_adj` below the one we were
+/// started with, and a container's init inherits that limit.
+fn min_oom_score_adj(cap_eff: u64, own: i32) -> i32 {
+    if cap_eff & (1u64 << CAP_SYS_RESOURCE_BIT) != 0 {
+        -1000
+    } else {
+        own
+    }
+}
+
+/// `(mount point, fstype, super options)` of each mountinfo line.
+fn mountinfo_entries(mountinfo: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
+        let mut r = right.split(' ');
+        let fstype = r.next()?;
+        let _source = r.next()?;
+        let opts = r.next().unwrap_or("");
+        Some((mount_point, fstype, opts))
+    })
+}
+
+fn cgroup_v2_from_mountinfo(mountinfo: &str) -> bool {
+    mountinfo_entries(mountinfo).any(|(mp, fs, _)| mp == "/sys/fs/cgroup" && fs == "cgroup2")
+}
+
+fn v1_mount_point(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mountinfo_entries(mountinfo)
+        .find(|(_, fs, opts)| *fs == "cgroup" && opts.split(',').any(|o| o == controller))
+        .map(|(mp, _, _)| PathBuf::from(mp))
+}
+
+fn v1_controller_mounted(mountinfo: &str, controller: &str) -> bool {
+    v1_mount_point(mountinfo, controller).is_some()
+}
+
+fn mountinfo_has_fstype(mountinfo: &str, fstype: &str) -> bool {
+    mountinfo_entries(mountinfo).any(|(_, fs, _)| fs == fstype)
+}
+
+/// Our cgroup on a v2 host, from the `0::/path` line of /proc/self/cgroup.
+fn own_cgroup_v2_path(proc_cgroup: &str) -> String {
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const UNIFIED: &str = "\
+25 30 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
+26 30 0:23 / /sys/fs/selinux rw,relatime shared:5 - selinuxfs selinuxfs rw
+";
+
+    #[test]
+    fn capability_mask_without_sys_resource() {
+        // The mask measured on this kind of host: all 41 caps but bit 24.
+        let names = capability_names(0x000001fffeffffff);
+        assert_eq!(names.len(), 40);
+        assert!(!names.iter().any(|n| n == "CAP_SYS_RESOURCE"));
+        assert_eq!(names[0], "CAP_CHOWN");
+        assert_eq!(
+            names.last().map(String::as_str),
+            Some("CAP_CHECKPOINT_RESTORE")
+        );
+    }
+
+    #[test]
+    fn status_parsing() {
+        let status = "Name:\tx\nCapBnd:\t000000000000000f\nSeccomp:\t0\n";
+        assert_eq!(status_hex(status, "CapBnd:"), Some(0xf));
+        assert_eq!(status_hex(status, "CapEff:"), None);
+    }
+
+    #[test]
+    fn oom_floor_depends_on_sys_resource() {
+        assert_eq!(min_oom_score_adj(0x000001fffeffffff, 0), 0);
+        assert_eq!(min_oom_score_adj(0x000001fffeffffff, -500), -500);
+        assert_eq!(min_oom_score_adj(0x000001ffffffffff, 0), -1000);
+    }
+
+    #[test]
+    fn clamp_only_when_restricted() {
+        let h = HostFeatures {
+            min_oom_score_adj: 0,
+            ..HostFeatures::default()
+        };
+        assert_eq!(h.clamp_oom_score_adj(-998, true), 0);
+        assert_eq!(h.clamp_oom_score_adj(-998, false), -998);
+        assert_eq!(h.clamp_oom_score_adj(500, true), 500);
+        assert_eq!(h.clamp_oom_score_adj(-5000, false), -1000);
+    }
+
+    #[test]
+    fn cgroup_layouts() {
+        assert!(!cgroup_v2_from_mountinfo(HYBRID));
+        assert!(cgroup_v2_from_mountinfo(UNIFIED));
+        assert!(!v1_controller_mounted(HYBRID, "hugetlb"));
+        assert!(v1_controller_mounted(HYBRID, "memory"));
+        assert_eq!(
+            v1_mount_point(HYBRID, "memory"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert!(mountinfo_has_fstype(UNIFIED, "selinuxfs"));
+        assert!(!mountinfo_has_fstype(HYBRID, "selinuxfs"));
+        assert_eq!(
+            own_cgroup_v2_path("0::/system.slice/x.service\n"),
+            "/system.slice/x.service"
+        );
+    }
+
+    #[test]
+    fn detect_matches_this_host() {
+        let h = HostFeatures::detect();
+        // Whatever the host, the bounding set is a subset of the known names and the floor
+        // is a valid oom_score_adj.
+        assert!(h
+            .cap_bounding
+            .iter()
+            .all(|c| CAPABILITY_NAMES.contains(&c.as_str())));
+        assert!((-1000..=1000).contains(&h.min_oom_score_adj));
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let bnd = status_hex(&status, "CapBnd:").unwrap();
+        assert_eq!(h.cap_bounding, capability_names(bnd));
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert_eq!(h.cgroup_v2, cgroup_v2_from_mountinfo(&mi));
+    }
+}
