@@ -4,5 +4,17 @@
 //! Owns everything under `<root>/images` and the overlay mounts it makes. Never imports `server`
 //! nor CRI proto types.
 
+mod error;
+pub mod manifest;
+pub mod overlay;
+pub mod reference;
+mod registry;
+mod store;
 pub mod types;
+pub mod unpack;
+
+pub use error::ImageError;
+pub use reference::Reference;
+pub use registry::RegistryAuth;
+pub use store::ImageStore;
 pub use types::{ImageConfig, ImageInfo};

@@ -1,0 +1,171 @@
+//! Overlay root filesystems for containers: the image's layer directories as lowers, a fresh
+//! upper and work directory, mounted at `<dir>/merged`.
+//!
+//! `lowerdir=` lives in one page of mount data, so long layer paths limit the layer count. Each
+//! layer gets a short symlink `<dir>/l/<n>` and the mount is made from a dedicated thread whose
+//! working directory (unshared with CLONE_FS, so the daemon's cwd is untouched) is `<dir>`: the
+//! option string is then `lowerdir=l/9:l/8:...`, four or five bytes per layer.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+use super::ImageError;
+
+const LINKS: &str = "l";
+const UPPER: &str = "upper";
+const WORK: &str = "work";
+const MERGED: &str = "merged";
+/// An empty lower for images without layers (overlay needs at least one lowerdir).
+const EMPTY: &str = "empty";
+/// Mount data must fit one page.
+const PAGE: usize = 4096;
+
+/// Create `dir/{upper,work,merged}` and mount an overlay of `layers` (bottom first) at
+/// `dir/merged`; returns the merged path. On failure nothing is left mounted.
+pub fn mount_rootfs(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: io::Error| ImageError::io(p, e)
+    };
+    let dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(io(dir))?.join(dir)
+    };
+    for sub in [UPPER, WORK, MERGED] {
+        fs::create_dir_all(dir.join(sub)).map_err(io(&dir.join(sub)))?;
+    }
+    let links = dir.join(LINKS);
+    // Stale links from an earlier attempt would point at other layers.
+    if links.exists() {
+        fs::remove_dir_all(&links).map_err(io(&links))?;
+    }
+    fs::create_dir_all(&links).map_err(io(&links))?;
+    let mut lowers: Vec<String> = Vec::with_capacity(layers.len().max(1));
+    if layers.is_empty() {
+        fs::create_dir_all(dir.join(EMPTY)).map_err(io(&dir.join(EMPTY)))?;
+        lowers.push(EMPTY.to_string());
+    }
+    for (i, layer) in layers.iter().enumerate() {
+        if !layer.is_dir() {
+            return Err(ImageError::Mount {
+                path: dir.join(MERGED),
+                reason: format!("layer directory {} is missing", layer.display()),
+            });
+        }
+        let link = links.join(i.to_string());
+        std::os::unix::fs::symlink(layer, &link).map_err(io(&link))?;
+        lowers.push(format!("{LINKS}/{i}"));
+    }
+    // overlay wants the topmost layer first.
+    lowers.reverse();
+    let data = format!(
+        "lowerdir={},upperdir={UPPER},workdir={WORK}",
+        lowers.join(":")
+    );
+    let merged = dir.join(MERGED);
+    if data.len() >= PAGE {
+        return Err(ImageError::Mount {
+            path: merged,
+            reason: format!(
+                "{} layers do not fit in one mount option page",
+                layers.len()
+            ),
+        });
+    }
+    let (d, m) = (dir.clone(), merged.clone());
+    let res = std::thread::spawn(move || -> Result<(), String> {
+        // This thread alone gets its own cwd, so relative lowerdirs resolve under `dir`.
+        unshare(CloneFlags::CLONE_FS).map_err(|e| format!("unshare(CLONE_FS): {e}"))?;
+        nix::unistd::chdir(&d).map_err(|e| format!("chdir {}: {e}", d.display()))?;
+        mount(
+            Some("overlay"),
+            &m,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| format!("mount overlay ({data}): {e}"))
+    })
+    .join()
+    .unwrap_or_else(|_| Err("mount thread panicked".into()));
+    res.map_err(|reason| ImageError::Mount {
+        path: merged.clone(),
+        reason,
+    })?;
+    Ok(merged)
+}
+
+/// Unmount `dir/merged` if mounted and delete `dir` entirely; idempotent. Never deletes while
+/// anything is still mounted there (that would delete through the mount into the layers).
+pub fn unmount_rootfs(dir: &Path) -> Result<(), ImageError> {
+    let merged = dir.join(MERGED);
+    // Mounts may be stacked; unmount until nothing is left.
+    for _ in 0..16 {
+        match umount2(&merged, MntFlags::empty()) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
+            Err(nix::errno::Errno::EBUSY) => {
+                // Busy (e.g. a process still has its cwd inside): detach it lazily.
+                umount2(&merged, MntFlags::MNT_DETACH).map_err(|e| ImageError::Mount {
+                    path: merged.clone(),
+                    reason: format!("lazy unmount: {e}"),
+                })?;
+            }
+            Err(e) => {
+                return Err(ImageError::Mount {
+                    path: merged.clone(),
+                    reason: format!("unmount: {e}"),
+                })
+            }
+        }
+    }
+    if is_mountpoint(&merged)? {
+        return Err(ImageError::Mount {
+            path: merged,
+            reason: "still mounted after unmount".into(),
+        });
+    }
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ImageError::io(dir, e)),
+    }
+}
+
+/// Whether `path` is a mount point in this mount namespace (per /proc/self/mountinfo).
+pub fn is_mountpoint(path: &Path) -> Result<bool, ImageError> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| ImageError::io("/proc/self/mountinfo", e))?;
+    let want = path.to_string_lossy();
+    Ok(info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == want)
+    }))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,888 @@
+//! The image store under `<root>/images`:
+//!
+//! ```text
+//! index.json                 images: tags, digests, config, chain ids (tmp + fsync + rename)
+//! blobs/sha256/<hex>         manifests, indexes and configs, content-addressed
+//! layers/<chain hex>/diff    one unpacked layer per chain id, shared by every image that has it
+//! tmp/                       downloads and unpacks in progress; emptied on open
+//! ```
+//!
+//! A layer is unpacked into `tmp/` while it downloads and renamed into `layers/` only after its
+//! blob digest, size and diff id all checked out, so an interrupted or failed pull leaves nothing
+//! that `open` does not sweep away.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::io_at;
+use super::manifest::{self, ConfigBlob, Descriptor, Manifest, Platform};
+use super::reference::{self, Reference};
+use super::registry::{self, RegistryAuth, Session, Timeouts};
+use super::{unpack, ImageError, ImageInfo};
+
+const INDEX: &str = "index.json";
+const BLOBS: &str = "blobs/sha256";
+const LAYERS: &str = "layers";
+const TMP: &str = "tmp";
+const DIFF: &str = "diff";
+/// Layers downloaded at once by one pull.
+const PARALLEL_LAYERS: usize = 3;
+
+/// One stored image with what is needed to garbage-collect its blobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Record {
+    info: ImageInfo,
+    /// Digest of the single-platform manifest.
+    manifest_digest: String,
+    /// Digest of the index it was chosen from, if any.
+    #[serde(default)]
+    index_digest: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct IndexFile {
+    version: u32,
+    images: Vec<Record>,
+}
+
+#[derive(Default)]
+struct State {
+    images: Vec<Record>,
+    /// Chain ids that pulls in progress rely on; garbage collection leaves them alone.
+    in_use: HashMap<String, usize>,
+    /// Bumped by every change; the index file only ever moves to a newer generation.
+    generation: u64,
+}
+
+impl State {
+    fn snapshot(&mut self) -> Result<(u64, Vec<u8>), ImageError> {
+        self.generation += 1;
+        Ok((self.generation, serialize(&self.images)?))
+    }
+}
+
+/// Content-addressed image store; cheap to share (`Arc<ImageStore>`), all methods take `&self`.
+pub struct ImageStore {
+    dir: PathBuf,
+    client: reqwest::Client,
+    timeouts: Timeouts,
+    platform: Platform,
+    state: Mutex<State>,
+    /// Generation of the index file on disk, so a slow writer never replaces a newer snapshot.
+    written: Arc<Mutex<u64>>,
+    /// One lock per chain id being unpacked, so concurrent pulls unpack a layer once.
+    layer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Deregisters a pull's chain ids from `in_use` when the pull ends, however it ends.
+struct InUse<'a> {
+    store: &'a ImageStore,
+    chains: Vec<String>,
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.store.state);
+        for c in &self.chains {
+            if let Some(n) = st.in_use.get_mut(c) {
+                *n -= 1;
+                if *n == 0 {
+                    st.in_use.remove(c);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data (every mutation is one assignment).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ImageStore {
+    /// Open (creating) the store at `dir`, load the index and delete leftovers of interrupted
+    /// pulls: everything in `tmp/`, layers and blobs no image refers to, and images whose layers
+    /// are missing.
+    pub fn open(dir: &Path) -> Result<ImageStore, ImageError> {
+        Self::open_with(dir, Timeouts::default(), Platform::host())
+    }
+
+    /// `open` with explicit registry timeouts and target platform.
+    pub fn open_with(
+        dir: &Path,
+        timeouts: Timeouts,
+        platform: Platform,
+    ) -> Result<ImageStore, ImageError> {
+        for sub in [BLOBS, LAYERS, TMP] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(io_at(&p))?;
+        }
+        let tmp = dir.join(TMP);
+        for e in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
+            let p = e.map_err(io_at(&tmp))?.path();
+            remove_any(&p)?;
+        }
+        let index_path = dir.join(INDEX);
+        let mut images = match fs::read(&index_path) {
+            Ok(b) => {
+                serde_json::from_slice::<IndexFile>(&b)
+                    .map_err(|e| ImageError::Malformed {
+                        blob: index_path.display().to_string(),
+                        what: "image index".into(),
+                        reason: e.to_string(),
+                    })?
+                    .images
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(ImageError::io(&index_path, e)),
+        };
+        let before = images.len();
+        images.retain(|r| {
+            r.info
+                .chain_ids
+                .iter()
+                .all(|c| dir.join(LAYERS).join(hex_of(c)).join(DIFF).is_dir())
+        });
+        let store = ImageStore {
+            dir: dir.to_path_buf(),
+            client: registry::build_client(timeouts)?,
+            timeouts,
+            platform,
+            state: Mutex::new(State {
+                images,
+                in_use: HashMap::new(),
+                generation: 0,
+            }),
+            written: Arc::new(Mutex::new(0)),
+            layer_locks: Mutex::new(HashMap::new()),
+        };
+        if store.list().len() != before {
+            let (generation, bytes) = lock(&store.state).snapshot()?;
+            write_index(&store.dir, &store.written, generation, &bytes)?;
+        }
+        store.collect_garbage()?;
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn list(&self) -> Vec<ImageInfo> {
+        lock(&self.state)
+            .images
+            .iter()
+            .map(|r| r.info.clone())
+            .collect()
+    }
+
+    /// Find by id (`sha256:<hex>`, bare hex or a unique hex prefix), by tag (normalised) or by
+    /// digest reference.
+    pub fn resolve(&self, name_or_id: &str) -> Option<ImageInfo> {
+        let st = lock(&self.state);
+        find(&st.images, name_or_id).map(|i| st.images[i].info.clone())
+    }
+
+    /// Unpacked layer directories, bottom layer first.
+    pub fn layer_dirs(&self, image: &ImageInfo) -> Vec<PathBuf> {
+        image.chain_ids.iter().map(|c| self.layer_dir(c)).collect()
+    }
+
+    fn layer_dir(&self, chain_id: &str) -> PathBuf {
+        self.dir.join(LAYERS).join(hex_of(chain_id)).join(DIFF)
+    }
+
+    /// Remove by id, tag or digest; Ok if absent. A tag of an image that has other tags is only
+    /// untagged; otherwise the image goes and layers and blobs no other image uses are freed.
+    /// Blocking (disk): call it from `spawn_blocking` in async code.
+    pub fn remove(&self, name_or_id: &str) -> Result<(), ImageError> {
+        {
+            let (generation, bytes) = {
+                let mut st = lock(&self.state);
+                let Some(i) = find(&st.images, name_or_id) else {
+                    return Ok(());
+                };
+                let tag = reference::normalize(name_or_id)
+                    .ok()
+                    .filter(|r| r.digest.is_none())
+                    .and_then(|r| r.tagged());
+                let rec = &mut st.images[i];
+                match tag {
+                    Some(t) if rec.info.repo_tags.len() > 1 && rec.info.repo_tags.contains(&t) => {
+                        rec.info.repo_tags.retain(|x| x != &t);
+                    }
+                    _ => {
+                        st.images.remove(i);
+                    }
+                }
+                st.snapshot()?
+            };
+            write_index(&self.dir, &self.written, generation, &bytes)?;
+        }
+        self.collect_garbage()
+    }
+
+    /// Pull `reference` through the mirrors of `cfg` and store it.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        cfg: &crate::config::ImageConfig,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<ImageInfo, ImageError> {
+        let r = reference::normalize(reference)?;
+        let mut errors: Vec<ImageError> = Vec::new();
+        for ep in registry::endpoints(&r, cfg) {
+            let mut session = Session::new(&self.client, ep.clone(), auth, self.timeouts);
+            match self.pull_from(&r, &mut session).await {
+                Ok(info) => return Ok(info),
+                Err(e) if next_endpoint_may_help(&e) => {
+                    tracing::info!(reference = %r, endpoint = %ep, error = %e, "pull from endpoint failed, trying the next");
+                    errors.push(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let detail = errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if errors
+            .iter()
+            .any(|e| matches!(e, ImageError::NotFound { .. }))
+        {
+            return Err(ImageError::NotFound {
+                reference: r.to_string(),
+                detail: if detail.is_empty() {
+                    "no registry to pull from".into()
+                } else {
+                    detail
+                },
+            });
+        }
+        match errors.len() {
+            0 => Err(ImageError::NotFound {
+                reference: r.to_string(),
+                detail: "no registry to pull from".into(),
+            }),
+            1 => Err(errors.remove(0)),
+            _ => Err(ImageError::Registry {
+                endpoint: r.name(),
+                reason: format!("every endpoint failed: {detail}"),
+            }),
+        }
+    }
+
+    async fn pull_from(&self, r: &Reference, s: &mut Session<'_>) -> Result<ImageInfo, ImageError> {
+        let top = s.manifest(r.manifest_key()).await?;
+        let reference = r.to_string();
+        let (index_digest, fetched, image_manifest) =
+            match manifest::parse(&reference, &top.digest, &top.content_type, &top.body)? {
+                Manifest::Image(m) => (None, top, m),
+                Manifest::Index(entries) => {
+                    let chosen =
+                        manifest::select_platform(&entries, &self.platform).ok_or_else(|| {
+                            ImageError::NoMatchingPlatform {
+                                reference: reference.clone(),
+                                platform: self.platform.to_string(),
+                                available: manifest::platforms(&entries),
+                            }
+                        })?;
+                    let child = s.manifest(&chosen.digest).await?;
+                    match manifest::parse(
+                        &reference,
+                        &child.digest,
+                        &child.content_type,
+                        &child.body,
+                    )? {
+                        Manifest::Image(m) => (Some(top), child, m),
+                        Manifest::Index(_) => {
+                            return Err(ImageError::UnsupportedManifest {
+                                reference,
+                                media_type: chosen.media_type.clone(),
+                                reason: "an index inside an index".into(),
+                            })
+                        }
+                    }
+                }
+            };
+        let config_desc = &image_manifest.config;
+        reference::validate_digest(&config_desc.digest).map_err(|reason| {
+            ImageError::Malformed {
+                blob: fetched.digest.clone(),
+                what: "manifest".into(),
+                reason,
+            }
+        })?;
+        let config_bytes = s.small_blob(&config_desc.digest, config_desc.size).await?;
+        let config = ConfigBlob::parse(&config_desc.digest, &config_bytes)?;
+        let diff_ids = &config.rootfs.diff_ids;
+        if diff_ids.len() != image_manifest.layers.len() {
+            return Err(ImageError::Malformed {
+                blob: config_desc.digest.clone(),
+                what: "image config".into(),
+                reason: format!(
+                    "{} diff ids for {} layers in manifest {}",
+                    diff_ids.len(),
+                    image_manifest.layers.len(),
+                    fetched.digest
+                ),
+            });
+        }
+        for d in image_manifest
+            .layers
+            .iter()
+            .map(|l| &l.digest)
+            .chain(diff_ids)
+        {
+            reference::validate_digest(d).map_err(|reason| ImageError::Malformed {
+                blob: fetched.digest.clone(),
+                what: "manifest".into(),
+                reason,
+            })?;
+        }
+        let chain_ids = chain_ids(diff_ids);
+        let _in_use = self.hold(&chain_ids);
+
+        // Layers in parallel (bounded); each is skipped if its chain is already unpacked.
+        let jobs = image_manifest
+            .layers
+            .iter()
+            .zip(diff_ids.iter())
+            .zip(chain_ids.iter())
+            .map(|((desc, diff), chain)| self.ensure_layer(&*s, desc, diff, chain));
+        futures::stream::iter(jobs)
+            .buffer_unordered(PARALLEL_LAYERS)
+            .try_collect::<Vec<()>>()
+            .await?;
+
+        let id = config_desc.digest.clone();
+        let top_digest = index_digest
+            .as_ref()
+            .map_or(&fetched.digest, |i| &i.digest)
+            .clone();
+        let mut repo_digests = vec![r.with_digest(&top_digest)];
+        if let Some(d) = &r.digest {
+            if d != &top_digest {
+                repo_digests.push(r.with_digest(d));
+            }
+        }
+        let size = config_desc.size + image_manifest.layers.iter().map(|l| l.size).sum::<u64>();
+        let info = ImageInfo {
+            id: id.clone(),
+            repo_tags: r.tagged().into_iter().collect(),
+            repo_digests,
+            size,
+            config: config.image_config(),
+            chain_ids: chain_ids.clone(),
+        };
+        let record = Record {
+            info,
+            manifest_digest: fetched.digest.clone(),
+            index_digest: index_digest.as_ref().map(|i| i.digest.clone()),
+        };
+        let mut blobs = vec![
+            (config_desc.digest.clone(), config_bytes),
+            (fetched.digest, fetched.body),
+        ];
+        if let Some(i) = index_digest {
+            blobs.push((i.digest, i.body));
+        }
+        let (info, generation, index_bytes) = self.commit(record)?;
+        let dir = self.dir.clone();
+        let written = self.written.clone();
+        // Blob files and the index are small but fsync'd: keep them off the async threads.
+        tokio::task::spawn_blocking(move || {
+            for (digest, bytes) in &blobs {
+                write_atomic(&dir.join(BLOBS).join(hex_of(digest)), bytes)?;
+            }
+            write_index(&dir, &written, generation, &index_bytes)
+        })
+        .await
+        .map_err(|e| ImageError::io(self.dir.join(INDEX), io::Error::other(e.to_string())))??;
+        Ok(info)
+    }
+
+    /// Make sure the layer `chain` is unpacked, downloading it from `s` if not.
+    async fn ensure_layer(
+        &self,
+        s: &Session<'_>,
+        desc: &Descriptor,
+        diff_id: &str,
+        chain: &str,
+    ) -> Result<(), ImageError> {
+        let chain_lock = {
+            let mut locks = lock(&self.layer_locks);
+            locks.entry(chain.to_string()).or_default().clone()
+        };
+        let result = {
+            let _g = chain_lock.lock().await;
+            if self.layer_dir(chain).is_dir() {
+                Ok(())
+            } else {
+                // Each download gets its own session (credentials learnt so far included).
+                let mut session = s.fork();
+                self.download_layer(&mut session, desc, diff_id, chain)
+                    .await
+            }
+        };
+        {
+            let mut locks = lock(&self.layer_locks);
+            // Two references: the map's and ours. Nobody else waits: forget the lock.
+            if Arc::strong_count(&chain_lock) == 2 {
+                locks.remove(chain);
+            }
+        }
+        result
+    }
+
+    /// Stream a layer blob into the unpacker, verifying digest and size as it flows; the layer
+    /// lands in `layers/` only if blob digest, size and diff id all match.
+    async fn download_layer(
+        &self,
+        s: &mut Session<'_>,
+        desc: &Descriptor,
+        diff_id: &str,
+        chain: &str,
+    ) -> Result<(), ImageError> {
+        let resp = s.blob_stream(&desc.digest).await?;
+        let tmp = self
+            .dir
+            .join(TMP)
+            .join(format!("{}-{}", hex_of(chain), rand::random::<u64>()));
+        let diff_dir = tmp.join(DIFF);
+        fs::create_dir_all(&diff_dir).map_err(io_at(&diff_dir))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(64);
+        let layer_name = desc.digest.clone();
+        let target = diff_dir.clone();
+        let unpacker = tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader {
+                rx,
+                current: bytes::Bytes::new(),
+            };
+            unpack::unpack_layer(reader, &target, &layer_name)
+        });
+
+        let mut hasher = Sha256::new();
+        let mut received: u64 = 0;
+        let mut stream = resp.bytes_stream();
+        let mut stream_result: Result<(), ImageError> = Ok(());
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => {
+                    received += c.len() as u64;
+                    if received > desc.size {
+                        stream_result = Err(ImageError::SizeMismatch {
+                            blob: desc.digest.clone(),
+                            expected: desc.size,
+                            actual: received,
+                        });
+                        break;
+                    }
+                    hasher.update(&c);
+                    if tx.send(Ok(c)).await.is_err() {
+                        // The unpacker stopped early: its error says why.
+                        break;
+                    }
+                }
+                Err(e) => {
+                    stream_result =
+                        Err(s.error(format!("blob {}: {}", desc.digest, registry::describe(&e))));
+                    break;
+                }
+            }
+        }
+        if stream_result.is_ok() && !tx.is_closed() {
+            let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+            if received != desc.size {
+                stream_result = Err(ImageError::SizeMismatch {
+                    blob: desc.digest.clone(),
+                    expected: desc.size,
+                    actual: received,
+                });
+            } else if actual != desc.digest {
+                stream_result = Err(ImageError::DigestMismatch {
+                    blob: desc.digest.clone(),
+                    actual,
+                });
+            }
+        }
+        if stream_result.is_err() {
+            // Make the unpacker fail instead of accepting a truncated or unverified stream.
+            let _ = tx.send(Err(io::Error::other("download aborted"))).await;
+        }
+        drop(tx);
+        let unpacked = unpacker.await.map_err(|e| ImageError::Unpack {
+            layer: desc.digest.clone(),
+            entry: String::new(),
+            reason: format!("unpack task: {e}"),
+        });
+        let outcome = match (stream_result, unpacked) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) | (Ok(()), Ok(Err(e))) => Err(e),
+            (Ok(()), Ok(Ok(got))) if got != diff_id => Err(ImageError::DigestMismatch {
+                blob: format!("{} (diff id {diff_id})", desc.digest),
+                actual: got,
+            }),
+            (Ok(()), Ok(Ok(_))) => Ok(()),
+        };
+        let final_dir = self.dir.join(LAYERS).join(hex_of(chain));
+        let t = tmp.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
+            if let Err(e) = outcome {
+                let _ = remove_any(&t);
+                return Err(e);
+            }
+            // Flush the layer's files before it becomes visible, so a crash cannot leave a
+            // renamed but empty layer.
+            let f = fs::File::open(&t).map_err(io_at(&t))?;
+            nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| ImageError::io(&t, e.into()))?;
+            fs::rename(&t, &final_dir).map_err(|e| {
+                let _ = remove_any(&t);
+                ImageError::io(&final_dir, e)
+            })?;
+            fsync_dir(final_dir.parent().unwrap_or(&final_dir))
+        })
+        .await
+        .map_err(|e| ImageError::Unpack {
+            layer: desc.digest.clone(),
+            entry: String::new(),
+            reason: format!("finish task: {e}"),
+        })?
+    }
+
+    /// Mark `chains` as needed by a pull in progress.
+    fn hold(&self, chains: &[String]) -> InUse<'_> {
+        let mut st = lock(&self.state);
+        for c in chains {
+            *st.in_use.entry(c.clone()).or_insert(0) += 1;
+        }
+        InUse {
+            store: self,
+            chains: chains.to_vec(),
+        }
+    }
+
+    /// Add or merge `rec` into the index: a tag moves to the new image; the same image pulled
+    /// under another name gains that name.
+    fn commit(&self, rec: Record) -> Result<(ImageInfo, u64, Vec<u8>), ImageError> {
+        let (info, (generation, bytes)) = {
+            let mut st = lock(&self.state);
+            for other in st.images.iter_mut().filter(|o| o.info.id != rec.info.id) {
+                other
+                    .info
+                    .repo_tags
+                    .retain(|t| !rec.info.repo_tags.contains(t));
+            }
+            let info = match st.images.iter_mut().find(|o| o.info.id == rec.info.id) {
+                Some(existing) => {
+                    for t in &rec.info.repo_tags {
+                        if !existing.info.repo_tags.contains(t) {
+                            existing.info.repo_tags.push(t.clone());
+                        }
+                    }
+                    for d in &rec.info.repo_digests {
+                        if !existing.info.repo_digests.contains(d) {
+                            existing.info.repo_digests.push(d.clone());
+                        }
+                    }
+                    existing.info.clone()
+                }
+                None => {
+                    st.images.push(rec.clone());
+                    rec.info.clone()
+                }
+            };
+            (info, st.snapshot()?)
+        };
+        Ok((info, generation, bytes))
+    }
+
+    /// Delete layers and blobs that no image (and no pull in progress) refers to. Unused layers
+    /// are first renamed into `tmp/` under the state lock, so a pull that just found a layer
+    /// present cannot lose it afterwards; the slow delete happens outside the lock.
+    fn collect_garbage(&self) -> Result<(), ImageError> {
+        let layers_dir = self.dir.join(LAYERS);
+        let blobs_dir = self.dir.join(BLOBS);
+        let mut doomed: Vec<PathBuf> = Vec::new();
+        {
+            let st = lock(&self.state);
+            let keep_layers: BTreeSet<String> = st
+                .images
+                .iter()
+                .flat_map(|r| r.info.chain_ids.iter().map(|c| hex_of(c).to_string()))
+                .chain(st.in_use.keys().map(|c| hex_of(c).to_string()))
+                .collect();
+            for e in fs::read_dir(&layers_dir).map_err(io_at(&layers_dir))? {
+                let e = e.map_err(io_at(&layers_dir))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep_layers.contains(&name) {
+                    let to = self
+                        .dir
+                        .join(TMP)
+                        .join(format!("gc-{name}-{}", rand::random::<u64>()));
+                    fs::rename(e.path(), &to).map_err(io_at(&e.path()))?;
+                    doomed.push(to);
+                }
+            }
+            let keep_blobs: BTreeSet<String> = st
+                .images
+                .iter()
+                .flat_map(|r| {
+                    [
+                        Some(&r.info.id),
+                        Some(&r.manifest_digest),
+                        r.index_digest.as_ref(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .map(|d| hex_of(d).to_string())
+                })
+                .collect();
+            for e in fs::read_dir(&blobs_dir).map_err(io_at(&blobs_dir))? {
+                let e = e.map_err(io_at(&blobs_dir))?;
+                if !keep_blobs.contains(&*e.file_name().to_string_lossy()) {
+                    doomed.push(e.path());
+                }
+            }
+        }
+        for p in doomed {
+            remove_any(&p)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an error from one endpoint is worth trying the next one for (availability and
+/// content problems), as opposed to problems every copy of the image would have.
+fn next_endpoint_may_help(e: &ImageError) -> bool {
+    matches!(
+        e,
+        ImageError::Registry { .. }
+            | ImageError::NotFound { .. }
+            | ImageError::DigestMismatch { .. }
+            | ImageError::SizeMismatch { .. }
+            | ImageError::Malformed { .. }
+    )
+}
+
+/// Index of the image `q` names: an id (full, bare or a unique hex prefix), a tag or a digest.
+fn find(images: &[Record], q: &str) -> Option<usize> {
+    let hex = q.strip_prefix("sha256:").unwrap_or(q);
+    if !hex.is_empty()
+        && hex.len() <= 64
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        let hits: Vec<usize> = images
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| hex_of(&r.info.id).starts_with(hex))
+            .map(|(i, _)| i)
+            .collect();
+        if hits.len() == 1 {
+            return Some(hits[0]);
+        }
+        if q.starts_with("sha256:") || hex.len() == 64 {
+            return None;
+        }
+    }
+    let r = reference::normalize(q).ok()?;
+    if let Some(d) = &r.digest {
+        let want = r.with_digest(d);
+        return images
+            .iter()
+            .position(|x| x.info.repo_digests.contains(&want));
+    }
+    let tagged = r.tagged()?;
+    images
+        .iter()
+        .position(|x| x.info.repo_tags.contains(&tagged))
+}
+
+/// Chain ids per the OCI image spec: chain[0] = diff[0]; chain[n] = sha256(chain[n-1] + " " + diff[n]).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => registry::sha256_digest(format!("{prev} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// The hex part of `algorithm:hex`.
+fn hex_of(digest: &str) -> &str {
+    digest.split_once(':').map_or(digest, |(_, h)| h)
+}
+
+fn serialize(images: &[Record]) -> Result<Vec<u8>, ImageError> {
+    serde_json::to_vec_pretty(&IndexFile {
+        version: 1,
+        images: images.to_vec(),
+    })
+    .map_err(|e| ImageError::Malformed {
+        blob: INDEX.into(),
+        what: "image index".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Write the index snapshot of `generation` (tmp + fsync + rename + fsync of the directory),
+/// unless a newer one is already on disk.
+fn write_index(
+    dir: &Path,
+    written: &Mutex<u64>,
+    generation: u64,
+    bytes: &[u8],
+) -> Result<(), ImageError> {
+    let path = dir.join(INDEX);
+    let tmp = dir.join(format!(
+        ".{INDEX}.tmp-{generation}-{}",
+        rand::random::<u64>()
+    ));
+    let res = (|| -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        let mut w = lock(written);
+        if generation > *w {
+            fs::rename(&tmp, &path)?;
+            *w = generation;
+        } else {
+            fs::remove_file(&tmp)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(ImageError::io(path, e));
+    }
+    fsync_dir(dir)
+}
+
+/// tmp + fsync + rename + fsync of the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        rand::random::<u64>()
+    ));
+    let res = (|| -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(ImageError::io(path, e));
+    }
+    fsync_dir(dir)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), ImageError> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_at(dir))
+}
+
+/// Remove a file or a whole tree; absent is fine.
+fn remove_any(p: &Path) -> Result<(), ImageError> {
+    let res = match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) => Err(e),
+    };
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ImageError::io(p, e)),
+    }
+}
+
+/// Feeds the blocking unpacker from the download task's chunks.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(b)) => self.current = b,
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_id_formula() {
+        let d = vec!["sha256:aa".to_string(), "sha256:bb".to_string()];
+        let c = chain_ids(&d);
+        assert_eq!(c[0], "sha256:aa");
+        assert_eq!(c[1], registry::sha256_digest(b"sha256:aa sha256:bb"));
+    }
+
+    fn rec(id: &str, tags: &[&str]) -> Record {
+        Record {
+            info: ImageInfo {
+                id: format!("sha256:{id}"),
+                repo_tags: tags.iter().map(|s| s.to_string()).collect(),
+                repo_digests: vec![format!(
+                    "docker.io/library/busybox@sha256:{}",
+                    "d".repeat(64)
+                )],
+                ..Default::default()
+            },
+            manifest_digest: String::new(),
+            index_digest: None,
+        }
+    }
+
+    #[test]
+    fn find_by_id_tag_and_digest() {
+        let a = "a1".repeat(32);
+        let b = "a2".repeat(32);
+        let images = vec![
+            rec(&a, &["docker.io/library/busybox:1.36"]),
+            rec(&b, &["quay.io/x/y:latest"]),
+        ];
+        assert_eq!(find(&images, &format!("sha256:{a}")), Some(0));
+        assert_eq!(find(&images, &b), Some(1));
+        assert_eq!(find(&images, "a2a2"), Some(1));
+        assert_eq!(find(&images, "a"), None, "ambiguous prefix");
+        assert_eq!(find(&images, "busybox:1.36"), Some(0));
+        assert_eq!(find(&images, "quay.io/x/y"), Some(1));
+        assert_eq!(
+            find(&images, &format!("busybox@sha256:{}", "d".repeat(64))),
+            Some(0)
+        );
+        assert_eq!(find(&images, "busybox"), None);
+        assert_eq!(find(&images, "sha256:ffff"), None);
+    }
+}
