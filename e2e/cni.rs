@@ -161,10 +161,41 @@ impl Env {
         }
     }
 
-    /// nat rules that mention this network (bridge masquerade, portmap DNAT) by their comment.
-    fn nat_rules(&self) -> Vec<String> {
+    /// The per-pod chains (bridge masquerade, portmap DNAT) that this network's rules jump to; the
+    /// shared CNI-HOSTPORT-* chains are left alone, as the plugins do.
+    fn chains(&self) -> Vec<String> {
+        let mut chains = Vec::new();
+        for rule in self.nat_rules() {
+            let args = shell_words(&rule);
+            if let Some(pos) = args.iter().position(|a| a == "-j") {
+                if let Some(target) = args.get(pos + 1) {
+                    if target.starts_with("CNI-")
+                        && !target.starts_with("CNI-HOSTPORT-")
+                        && !chains.contains(target)
+                    {
+                        chains.push(target.clone());
+                    }
+                }
+            }
+        }
+        chains
+    }
+
+    /// Whether a nat chain of this name exists.
+    fn chain_exists(chain: &str) -> bool {
         run("iptables", &["-t", "nat", "-S"])
             .lines()
+            .any(|l| l == format!("-N {chain}"))
+    }
+
+    /// nat rules that mention this network (bridge masquerade, portmap DNAT) by their comment.
+    fn nat_rules(&self) -> Vec<String> {
+        // No panic here: Drop calls this, maybe while a failed assertion unwinds.
+        let out = Command::new("iptables").args(["-t", "nat", "-S"]).output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.lines()
             .filter(|l| l.contains(&self.network))
             .map(str::to_string)
             .collect()
@@ -179,18 +210,11 @@ impl Drop for Env {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
-        // Remove the rules that jump to this network's chains, then the chains.
-        let mut chains = Vec::new();
+        // Remove the rules that mention this network, then the chains they jump to.
+        let chains = self.chains();
         for rule in self.nat_rules() {
-            let args: Vec<String> = shell_words(&rule);
+            let args = shell_words(&rule);
             if args.first().map(String::as_str) == Some("-A") {
-                if let Some(pos) = args.iter().position(|a| a == "-j") {
-                    if let Some(target) = args.get(pos + 1) {
-                        if target.starts_with("CNI-") && !target.starts_with("CNI-HOSTPORT-") {
-                            chains.push(target.clone());
-                        }
-                    }
-                }
                 let mut del = vec!["-t".to_string(), "nat".into(), "-D".into()];
                 del.extend(args[1..].iter().cloned());
                 let _ = Command::new("iptables").args(&del).status();
@@ -285,13 +309,17 @@ async fn setup_and_teardown_with_real_plugins() {
     assert!(env.cache_entry().exists());
     // portmap installed a DNAT for the host port, bridge a masquerade chain.
     let rules = env.nat_rules().join("\n");
-    assert!(
-        rules.contains(&format!("{}", pod.port_mappings[0].host_port)),
-        "{rules}"
-    );
+    let dport = format!("--dports {}", pod.port_mappings[0].host_port);
+    assert!(rules.contains(&dport), "{rules}");
+    assert!(rules.contains("-j MASQUERADE"), "{rules}");
+    let chains = env.chains();
+    assert_eq!(chains.len(), 2, "masquerade and dnat chains: {chains:?}");
 
     cni.teardown(&pod).await.unwrap();
     assert_clean_after_teardown(&env);
+    for chain in &chains {
+        assert!(!Env::chain_exists(chain), "chain {chain} left");
+    }
     // The netns itself is still there (DEL must not need to remove it), with eth0 gone.
     let links = run("ip", &["-n", &env.netns, "link", "show"]);
     assert!(!links.contains("eth0"), "{links}");

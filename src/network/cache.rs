@@ -188,7 +188,10 @@ mod tests {
         assert_eq!(back.config_bytes(&path).unwrap(), b"{\"x\":1}");
 
         // Found by container and interface without knowing the network.
-        assert_eq!(cache.find("abc", "eth0").unwrap(), [path.clone()]);
+        assert_eq!(
+            cache.find("abc", "eth0").unwrap(),
+            std::slice::from_ref(&path)
+        );
         assert!(cache.find("ab", "eth0").unwrap().is_empty());
         assert!(cache.find("abc", "eth1").unwrap().is_empty());
 

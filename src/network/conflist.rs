@@ -337,7 +337,8 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("no valid network named \"other\""), "{msg}");
         assert!(msg.contains("05-broken.conflist"), "{msg}");
-        assert!(msg.contains("plugin absent not found"), "{msg}");
+        let err = load_network(net.path(), &dirs, Some("nope")).unwrap_err();
+        assert!(err.to_string().contains("plugin absent not found"), "{err}");
     }
 
     #[test]
