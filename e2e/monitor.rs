@@ -287,6 +287,7 @@ async fn a_runtime_error_carries_runcs_message_and_leaves_nothing() {
         panic!("unexpected error {err:?}")
     };
     assert_eq!(id, &b.id);
+    eprintln!("runc said: {message}");
     assert!(
         message.contains("/no/such/binary"),
         "runc's message: {message}"
@@ -317,12 +318,20 @@ async fn a_runtime_error_carries_runcs_message_and_leaves_nothing() {
 
 #[tokio::test]
 async fn no_log_path_discards_output_and_a_signal_is_128_plus_signo() {
-    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", "echo lost; kill -9 $$"]);
+    // The container's init ignores signals sent from inside its own pid namespace: kill it
+    // from outside, as the daemon's StopContainer does.
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", "echo lost; exec sleep 100"]);
     let mut req = b.request();
     req.log_path = None;
     let spawned = monitor::spawn(&req).await.expect("spawn");
     b.monitor_pid = Some(spawned.monitor_pid);
     b.start();
+    let out = b.runc(&["kill", &b.id, "KILL"]);
+    assert!(
+        out.status.success(),
+        "runc kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(b.wait(&spawned).await.exit_code, 137);
     assert!(!b.log_path().exists());
 }
