@@ -1,0 +1,592 @@
+//! The image store against a real `docker-registry` on loopback: images built with umoci from
+//! busybox-static and pushed with skopeo; pulls direct and through mirrors, a multi-platform
+//! index, missing and invalid references, a corrupted blob, garbage collection and overlay
+//! mounts of the pulled layers.
+//!
+//! Needs root (layer owners, whiteout device nodes, overlay mounts) and the tools installed by
+//! hack/: docker-registry, umoci, skopeo, busybox-static.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrio::config::{ImageConfig, MirrorConfig, RegistryConfig};
+use ferrio::image::manifest::Platform;
+use ferrio::image::{overlay, ImageError, ImageStore};
+use sha2::{Digest, Sha256};
+
+/// A docker-registry on a free loopback port with its own storage; killed by pid on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let reg = Registry { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reg
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Path of a blob's data file in the registry's filesystem storage.
+    fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Build image `tag` in the OCI layout `layout` with umoci: busybox-static as /bin/busybox, a
+/// /bin/sh link, a marker file, and a config with every field the store reads.
+fn build_image(layout: &Path, tag: &str, marker: &str, arch: &str) {
+    if !layout.join("index.json").exists() {
+        run(Command::new("umoci").args(["init", "--layout"]).arg(layout));
+    }
+    let image = format!("{}:{tag}", layout.display());
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    let bundle = layout.with_extension(format!("bundle-{tag}"));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::fs::write(rootfs.join("marker"), marker).unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    std::fs::remove_dir_all(&bundle).unwrap();
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--architecture",
+        arch,
+        "--os",
+        "linux",
+        "--config.entrypoint",
+        "/bin/busybox",
+        "--config.cmd",
+        "sh",
+        "--config.env",
+        "FOO=bar",
+        "--config.workingdir",
+        "/tmp",
+        "--config.user",
+        "1000:1000",
+        "--config.stopsignal",
+        "SIGQUIT",
+        "--config.volume",
+        "/data",
+        "--config.label",
+        "org.example=yes",
+    ]));
+}
+
+fn push(layout: &Path, tag: &str, reg: &Registry, dest: &str, all: bool) {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["--insecure-policy", "copy", "--dest-tls-verify=false"]);
+    if all {
+        cmd.arg("--all");
+    }
+    cmd.arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{}/{dest}", reg.host()));
+    run(&mut cmd);
+}
+
+/// The OCI layout's manifest (digest, parsed JSON) for `tag`.
+fn layout_manifest(layout: &Path, tag: &str) -> (String, serde_json::Value) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("tag {tag} not in layout"));
+    let digest = desc["digest"].as_str().unwrap().to_string();
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    (
+        digest,
+        serde_json::from_slice(&std::fs::read(blob).unwrap()).unwrap(),
+    )
+}
+
+/// A mirror config: `prefix` goes to the test registry (optionally after a dead mirror).
+fn mirror_cfg(prefix: &str, reg: &Registry, dead_first: bool) -> ImageConfig {
+    let mut mirror = Vec::new();
+    if dead_first {
+        // Nothing listens on port 1: connection refused at once.
+        mirror.push(MirrorConfig {
+            location: "127.0.0.1:1".into(),
+            insecure: true,
+        });
+    }
+    mirror.push(MirrorConfig {
+        location: reg.host(),
+        insecure: true,
+    });
+    ImageConfig {
+        registry: vec![RegistryConfig {
+            prefix: prefix.into(),
+            location: String::new(),
+            insecure: false,
+            fallback: false,
+            mirror,
+        }],
+        ..Default::default()
+    }
+}
+
+/// Config that lets the test registry itself be reached over plain HTTP.
+fn insecure_cfg(reg: &Registry) -> ImageConfig {
+    ImageConfig {
+        registry: vec![RegistryConfig {
+            prefix: reg.host(),
+            insecure: true,
+            fallback: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn dir_names(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_resolve_remove_through_mirror() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    build_image(&layout, "1.36", "busybox", &Platform::host().architecture);
+    push(&layout, "1.36", &reg, "library/busybox:1.36", false);
+    let (manifest_digest, manifest) = layout_manifest(&layout, "1.36");
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+
+    let root = work.path().join("images");
+    let store = std::sync::Arc::new(ImageStore::open(&root).unwrap());
+    // docker.io goes to the loopback mirror only (fallback off: never the internet), after a
+    // dead mirror that must be skipped quickly.
+    let cfg = mirror_cfg("docker.io", &reg, true);
+    let started = Instant::now();
+    let (a, b) = tokio::join!(
+        store.pull("busybox:1.36", &cfg, None),
+        store.pull("busybox:1.36", &cfg, None)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "dead mirror cost {:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.id, config_digest, "image id is the config digest");
+    assert_eq!(a, b, "concurrent pulls of one image agree");
+    assert_eq!(a.repo_tags, vec!["docker.io/library/busybox:1.36"]);
+    assert_eq!(
+        a.repo_digests,
+        vec![format!("docker.io/library/busybox@{manifest_digest}")]
+    );
+    assert_eq!(a.chain_ids.len(), 1);
+    assert!(a.size > 500_000, "size {}", a.size);
+    let c = &a.config;
+    assert_eq!(c.entrypoint, vec!["/bin/busybox"]);
+    assert_eq!(c.cmd, vec!["sh"]);
+    assert!(c.env.contains(&"FOO=bar".to_string()), "{:?}", c.env);
+    assert_eq!(c.working_dir, "/tmp");
+    assert_eq!(c.user, "1000:1000");
+    assert_eq!(c.stop_signal, "SIGQUIT");
+    assert_eq!(c.volumes, vec!["/data"]);
+    assert_eq!(c.labels.get("org.example").map(String::as_str), Some("yes"));
+
+    // The layer is unpacked once, with the file, link and content intact.
+    let layers = store.layer_dirs(&a);
+    assert_eq!(layers.len(), 1);
+    assert_eq!(
+        std::fs::read(layers[0].join("bin/busybox")).unwrap(),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(layers[0].join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert_eq!(dir_names(&root.join("layers")).len(), 1);
+    assert!(
+        dir_names(&root.join("tmp")).is_empty(),
+        "no leftovers after a pull"
+    );
+
+    // Every way kubelet and crictl name an image finds it.
+    let hex = a.id.trim_start_matches("sha256:");
+    for q in [
+        a.id.clone(),
+        hex.to_string(),
+        hex[..12].to_string(),
+        "busybox:1.36".into(),
+        "docker.io/library/busybox:1.36".into(),
+        format!("busybox@{manifest_digest}"),
+    ] {
+        assert_eq!(
+            store.resolve(&q).as_ref().map(|i| &i.id),
+            Some(&a.id),
+            "resolve {q}"
+        );
+    }
+    assert!(
+        store.resolve("busybox").is_none(),
+        "busybox:latest was never pulled"
+    );
+    assert_eq!(store.list().len(), 1);
+
+    // Pulled again under another tag: one image, two tags.
+    push(&layout, "1.36", &reg, "library/busybox:latest", false);
+    let again = store
+        .pull("docker.io/library/busybox", &cfg, None)
+        .await
+        .unwrap();
+    assert_eq!(again.id, a.id);
+    assert_eq!(store.list().len(), 1);
+    assert_eq!(store.list()[0].repo_tags.len(), 2);
+
+    // The index survives a restart.
+    drop(store);
+    let store = ImageStore::open(&root).unwrap();
+    assert_eq!(
+        store.resolve("busybox:1.36").map(|i| i.id),
+        Some(a.id.clone())
+    );
+
+    // Removing one of two tags only untags; removing by id frees layers and blobs; idempotent.
+    store.remove("busybox:latest").unwrap();
+    assert!(store.resolve("busybox:latest").is_none());
+    assert!(store.resolve("busybox:1.36").is_some());
+    store.remove(&a.id).unwrap();
+    store.remove(&a.id).unwrap();
+    assert!(store.list().is_empty());
+    assert!(dir_names(&root.join("layers")).is_empty());
+    assert!(dir_names(&root.join("blobs/sha256")).is_empty());
+    assert!(dir_names(&root.join("tmp")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_for_registry_k8s_io_and_overlay_rootfs() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    build_image(&layout, "3.10", "pause", &Platform::host().architecture);
+    push(&layout, "3.10", &reg, "pause:3.10", false);
+    let store = ImageStore::open(&work.path().join("images")).unwrap();
+    let cfg = mirror_cfg("registry.k8s.io", &reg, false);
+    let img = store
+        .pull("registry.k8s.io/pause:3.10", &cfg, None)
+        .await
+        .unwrap();
+    assert_eq!(img.repo_tags, vec!["registry.k8s.io/pause:3.10"]);
+    assert!(img.repo_digests[0].starts_with("registry.k8s.io/pause@sha256:"));
+
+    let rootfs = work.path().join("ctr");
+    let merged = overlay::mount_rootfs(&store.layer_dirs(&img), &rootfs).unwrap();
+    assert_eq!(merged, rootfs.join("merged"));
+    assert!(merged.join("bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_to_string(merged.join("marker")).unwrap(),
+        "pause"
+    );
+    // Writes go to the upper directory, never into the shared layer.
+    std::fs::write(merged.join("marker"), "changed").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("upper/marker")).unwrap(),
+        "changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(store.layer_dirs(&img)[0].join("marker")).unwrap(),
+        "pause"
+    );
+    overlay::unmount_rootfs(&rootfs).unwrap();
+    assert!(!rootfs.exists());
+    assert!(!overlay::is_mountpoint(&rootfs.join("merged")).unwrap());
+    overlay::unmount_rootfs(&rootfs).unwrap();
+    assert!(
+        store.layer_dirs(&img)[0].join("bin/busybox").is_file(),
+        "layer intact after unmount"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_platform_index_selects_this_node() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    let host = Platform::host();
+    let other = if host.architecture == "s390x" {
+        "ppc64le"
+    } else {
+        "s390x"
+    };
+    build_image(&layout, "native", "native", &host.architecture);
+    build_image(&layout, "foreign", "foreign", other);
+    let (native_digest, native) = layout_manifest(&layout, "native");
+    let (foreign_digest, _) = layout_manifest(&layout, "foreign");
+    let size_of = |d: &str| {
+        std::fs::metadata(
+            layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+        .len()
+    };
+    // An OCI index by hand: the foreign platform first, then ours, plus an attestation-like
+    // unknown/unknown entry that must never be chosen.
+    let mut native_platform = serde_json::json!({"os": "linux", "architecture": host.architecture});
+    if let Some(v) = &host.variant {
+        native_platform["variant"] = serde_json::json!(v);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": foreign_digest,
+             "size": size_of(&foreign_digest), "platform": {"os": "linux", "architecture": other}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": native_digest,
+             "size": size_of(&native_digest), "platform": native_platform},
+        ]
+    });
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let index_digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    std::fs::write(
+        layout
+            .join("blobs/sha256")
+            .join(index_digest.trim_start_matches("sha256:")),
+        &bytes,
+    )
+    .unwrap();
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest,
+            "size": bytes.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}
+        }));
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    push(&layout, "multi", &reg, "multi/app:v1", true);
+
+    let store = ImageStore::open(&work.path().join("images")).unwrap();
+    let name = format!("{}/multi/app:v1", reg.host());
+    let img = store.pull(&name, &insecure_cfg(&reg), None).await.unwrap();
+    assert_eq!(img.id, native["config"]["digest"].as_str().unwrap());
+    // The repo digest is the index's, so `name@digest` pulls the same on every platform.
+    assert_eq!(
+        img.repo_digests,
+        vec![format!("{}/multi/app@{index_digest}", reg.host())]
+    );
+    let layer = &store.layer_dirs(&img)[0];
+    assert_eq!(
+        std::fs::read_to_string(layer.join("marker")).unwrap(),
+        "native"
+    );
+    // By digest, too (no tag then).
+    let by_digest = store
+        .pull(
+            &format!("{}/multi/app@{index_digest}", reg.host()),
+            &insecure_cfg(&reg),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_digest.id, img.id);
+
+    // A node of a platform the index lacks gets a clear error naming what is there.
+    let other_store = ImageStore::open_with(
+        &work.path().join("images2"),
+        Default::default(),
+        Platform {
+            os: "linux".into(),
+            architecture: "mips64le".into(),
+            variant: None,
+        },
+    )
+    .unwrap();
+    let err = other_store
+        .pull(&name, &insecure_cfg(&reg), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ImageError::NoMatchingPlatform { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(other), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_references_missing_images_and_corrupt_blobs() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("images");
+    let store = ImageStore::open(&root).unwrap();
+    let cfg = mirror_cfg("docker.io", &reg, false);
+
+    match store.pull("Not A Valid//ref", &cfg, None).await {
+        Err(ImageError::InvalidReference { reference, .. }) => {
+            assert_eq!(reference, "Not A Valid//ref")
+        }
+        other => panic!("expected InvalidReference, got {other:?}"),
+    }
+    match store.pull("doesnotexist:1.0", &cfg, None).await {
+        Err(e @ ImageError::NotFound { .. }) => {
+            assert!(
+                e.to_string().contains("docker.io/library/doesnotexist:1.0"),
+                "{e}"
+            )
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // A registry that answers nothing at all is not "not found".
+    let dead = mirror_cfg("example.org", &reg, false);
+    let dead = ImageConfig {
+        registry: vec![RegistryConfig {
+            mirror: vec![MirrorConfig {
+                location: "127.0.0.1:1".into(),
+                insecure: true,
+            }],
+            ..dead.registry[0].clone()
+        }],
+        ..dead
+    };
+    let err = store
+        .pull("example.org/x:1", &dead, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Registry { .. }), "{err:?}");
+
+    // A layer whose bytes changed in the registry: the pull fails naming the blob, keeps nothing.
+    let layout = work.path().join("oci");
+    build_image(&layout, "t", "x", &Platform::host().architecture);
+    push(&layout, "t", &reg, "library/corrupt:t", false);
+    let (_, manifest) = layout_manifest(&layout, "t");
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = reg.blob_data(&layer);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+    let err = store.pull("corrupt:t", &cfg, None).await.unwrap_err();
+    assert!(err.to_string().contains(&layer), "{err}");
+    assert!(store.list().is_empty());
+    assert!(dir_names(&root.join("layers")).is_empty());
+    assert!(dir_names(&root.join("tmp")).is_empty());
+    assert!(dir_names(&root.join("blobs/sha256")).is_empty());
+}
+
+#[test]
+fn open_sweeps_leftovers_of_interrupted_pulls() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("images");
+    drop(ImageStore::open(&root).unwrap());
+    std::fs::create_dir_all(root.join("tmp/half-unpacked/diff/etc")).unwrap();
+    std::fs::create_dir_all(root.join("layers/abc/diff")).unwrap();
+    std::fs::write(root.join("blobs/sha256/def"), b"{}").unwrap();
+    let store = ImageStore::open(&root).unwrap();
+    assert!(store.list().is_empty());
+    assert!(dir_names(&root.join("tmp")).is_empty());
+    assert!(dir_names(&root.join("layers")).is_empty());
+    assert!(dir_names(&root.join("blobs/sha256")).is_empty());
+}
+
+#[test]
+fn overlay_with_more_layers_than_one_option_page() {
+    let work = tempfile::tempdir().unwrap();
+    // 200 layers with ~120-byte paths: ~24 KiB of absolute lowerdirs, far beyond one page.
+    let long = "l".repeat(100);
+    let layers: Vec<PathBuf> = (0..200)
+        .map(|i| {
+            let d = work.path().join(format!("{long}-{i:04}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(format!("f{i}")), i.to_string()).unwrap();
+            std::fs::write(d.join("top"), i.to_string()).unwrap();
+            d
+        })
+        .collect();
+    let dir = work.path().join("rootfs");
+    let merged = overlay::mount_rootfs(&layers, &dir).unwrap();
+    let top = std::fs::read_to_string(merged.join("top"));
+    let first = std::fs::read_to_string(merged.join("f0"));
+    let last = std::fs::read_to_string(merged.join("f199"));
+    overlay::unmount_rootfs(&dir).unwrap();
+    assert_eq!(top.unwrap(), "199", "the last layer is on top");
+    assert_eq!(first.unwrap(), "0");
+    assert_eq!(last.unwrap(), "199");
+    assert!(!dir.exists());
+}
