@@ -50,8 +50,9 @@ const READ_BUF: usize = 32 * 1024;
 
 /// Entry point of the `ferrio-monitor` binary: `args` excludes argv\[0\]; returns the exit status.
 pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
-    // Whatever the daemon leaked to us beyond the sync pipe must not reach the container.
-    let _ = sys::cloexec_from(SYNC_FD + 1);
+    // Whatever the daemon leaked to us beyond the sync pipe must neither stay open here nor
+    // reach the container. Nothing of ours is open yet.
+    let _ = sys::close_from(SYNC_FD + 1);
     let mut sync = SyncPipe(sys::take_inherited_fd(SYNC_FD).map(File::from));
     let args = match MonitorArgs::parse(args) {
         Ok(a) => a,

@@ -59,31 +59,33 @@ pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Marks every fd >= `low` close-on-exec, so that fds leaked into this process by whoever
-/// started it never reach the runtime or the container.
-pub fn cloexec_from(low: RawFd) -> io::Result<()> {
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: close_range only changes fd flags in the kernel's table; no memory is passed.
+/// Closes every fd >= `low`, so that fds leaked into this process by whoever started it (a
+/// daemon's pipe would never see EOF) neither stay open here nor reach the runtime or container.
+///
+/// Call it first thing in `main`, before anything in this process opened an fd of its own.
+pub fn close_from(low: RawFd) -> io::Result<()> {
+    // SAFETY: close_range only drops entries of the kernel's fd table; no memory is passed. The
+    // caller guarantees that no Rust object owns any fd >= `low` yet, so nothing is left holding
+    // a closed (or later reused) fd.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
             low as libc::c_uint,
             libc::c_uint::MAX,
-            CLOSE_RANGE_CLOEXEC,
+            0 as libc::c_uint,
         )
     };
     if rc == 0 {
         return Ok(());
     }
-    // Kernels older than 5.11 lack CLOSE_RANGE_CLOEXEC: walk /proc/self/fd instead.
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    // Kernels older than 5.9 lack close_range: walk /proc/self/fd instead.
     let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|fd| *fd >= low)
         .collect();
     for fd in fds {
         // The directory's own fd is in the list and already closed: ignore EBADF.
-        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        let _ = nix::unistd::close(fd);
     }
     Ok(())
 }
