@@ -1107,6 +1107,7 @@ mod tests {
         ipcns: Option<PathBuf>,
         pod_files: bool,
         restrict: bool,
+        cgroups_path: String,
     }
 
     impl Fixture {
@@ -1153,6 +1154,7 @@ mod tests {
                 ipcns: Some(PathBuf::from("/run/ferrio/ns/ipc-x")),
                 pod_files: true,
                 restrict: true,
+                cgroups_path: "/ferrio/pod/c1".into(),
                 dir,
             }
         }
@@ -1210,7 +1212,7 @@ mod tests {
                 },
                 image: &self.image,
                 rootfs: &rootfs,
-                cgroups_path: "/ferrio/pod/c1".into(),
+                cgroups_path: self.cgroups_path.clone(),
                 host: &self.host,
                 restrict_oom_score_adj: self.restrict,
             })
@@ -1611,7 +1613,7 @@ mod tests {
         assert_eq!(cpu.quota(), Some(50000));
         assert_eq!(cpu.period(), Some(100000));
         assert_eq!(cpu.cpus().as_deref(), Some("0"));
-        let mem = res.memory().clone().unwrap();
+        let mem = res.memory().unwrap();
         assert_eq!(mem.limit(), Some(64 << 20));
         assert_eq!(mem.swap(), Some(64 << 20));
         assert_eq!(res.hugepage_limits().as_ref().map(Vec::len), Some(2));
@@ -1632,7 +1634,7 @@ mod tests {
         let res = linux(&s).resources().clone().unwrap();
         assert!(res.hugepage_limits().is_none());
         assert!(res.unified().is_none());
-        assert_eq!(res.memory().clone().unwrap().swap(), None);
+        assert_eq!(res.memory().unwrap().swap(), None);
         assert_eq!(process(&s).oom_score_adj(), Some(-997));
     }
 
@@ -1973,5 +1975,113 @@ mod tests {
         assert!(check_cgroups_path("/a/b").is_ok());
         assert!(check_cgroups_path("kubepods.slice:cri-ferrio:abc").is_ok());
         assert!(check_cgroups_path("relative/path").is_err());
+    }
+
+    /// Runs a spec through the real runc: (exit status, stdout).
+    fn run_in_runc(f: &Fixture, name: &str) -> (i32, String) {
+        let id = format!("ferrio-spectest-{}-{name}", std::process::id());
+        let bundle = f.dir.path().join(format!("bundle-{name}"));
+        std::fs::create_dir_all(&bundle).unwrap();
+        let spec = f.spec();
+        spec.save(bundle.join("config.json")).unwrap();
+        let state_root = f.dir.path().join("runc-root");
+        let out = std::process::Command::new("/usr/sbin/runc")
+            .arg("--root")
+            .arg(&state_root)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        // runc run deletes the container; make sure of it, then of the cgroup leaves.
+        let _ = std::process::Command::new("/usr/sbin/runc")
+            .arg("--root")
+            .arg(&state_root)
+            .args(["delete", "-f", &id])
+            .output();
+        if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in ctrls.flatten() {
+                let _ = std::fs::remove_dir(c.path().join(f.cgroups_path.trim_start_matches('/')));
+            }
+        }
+        let _ = std::fs::remove_dir(
+            Path::new("/sys/fs/cgroup").join(f.cgroups_path.trim_start_matches('/')),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "runc failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), stdout)
+    }
+
+    #[test]
+    fn specs_run_under_real_runc() {
+        let can_run = nix::unistd::geteuid().is_root()
+            && Path::new("/usr/sbin/runc").exists()
+            && Path::new("/usr/bin/busybox").exists();
+        if !can_run {
+            eprintln!("skipped: needs root, /usr/sbin/runc and a static /usr/bin/busybox");
+            return;
+        }
+        let mut f = Fixture::new();
+        let bin = f.rootfs().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/usr/bin/busybox", bin.join("busybox")).unwrap();
+        f.host = HostFeatures::detect();
+        f.netns = None;
+        f.ipcns = None;
+        f.utsns = None;
+        f.cgroups_path = format!("/ferrio-spectest-{}", std::process::id());
+        f.image.entrypoint = vec!["/bin/busybox".into(), "sh".into(), "-c".into()];
+        f.image.cmd = vec![
+            "grep CapBnd /proc/self/status; cat /proc/self/oom_score_adj; \
+             /bin/busybox id -u; /bin/busybox touch /x 2>/dev/null && echo writable || echo readonly"
+                .into(),
+        ];
+        f.image.user = "alice".into();
+        f.sec().namespace_options = Some(NamespaceOption {
+            pid: NamespaceMode::Container as i32,
+            ..Default::default()
+        });
+        f.sec().readonly_rootfs = true;
+        f.sec().seccomp = Some(SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        });
+        {
+            let r = f.resources();
+            r.oom_score_adj = -998;
+            r.memory_limit_in_bytes = 64 << 20;
+            r.hugepage_limits = vec![HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            }];
+        }
+        let (_, out) = run_in_runc(&f, "plain");
+        // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE
+        assert!(out.contains("CapBnd:\t00000000000005fb"), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        let floor = f.host.min_oom_score_adj.max(-998);
+        assert_eq!(lines[1], floor.to_string(), "{out}");
+        assert_eq!(lines[2], "1000");
+        assert_eq!(lines[3], "readonly");
+
+        // privileged as root: exactly the host's bounding set, which runc must accept
+        f.image.user.clear();
+        f.privileged();
+        f.sec().readonly_rootfs = false;
+        let (_, out) = run_in_runc(&f, "privileged");
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let bnd = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(out.contains(&format!("CapBnd:\t{bnd}")), "{out} vs {bnd}");
+        assert!(out.contains("writable"));
     }
 }
