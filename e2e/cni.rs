@@ -206,10 +206,10 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
-            .status();
+            .output();
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
-            .status();
+            .output();
         // Remove the rules that mention this network, then the chains they jump to.
         let chains = self.chains();
         for rule in self.nat_rules() {
@@ -217,16 +217,16 @@ impl Drop for Env {
             if args.first().map(String::as_str) == Some("-A") {
                 let mut del = vec!["-t".to_string(), "nat".into(), "-D".into()];
                 del.extend(args[1..].iter().cloned());
-                let _ = Command::new("iptables").args(&del).status();
+                let _ = Command::new("iptables").args(&del).output();
             }
         }
         for chain in chains {
             let _ = Command::new("iptables")
                 .args(["-t", "nat", "-F", &chain])
-                .status();
+                .output();
             let _ = Command::new("iptables")
                 .args(["-t", "nat", "-X", &chain])
-                .status();
+                .output();
         }
     }
 }
@@ -397,4 +397,27 @@ fn shell_words_keeps_quoted_comments() {
     assert_eq!(w[7], r#"name: "n" id: "x""#);
     assert_eq!(w.last().unwrap(), "CNI-abc");
     let _ = Path::new(PLUGIN_DIR);
+}
+
+#[tokio::test]
+async fn teardown_after_the_netns_vanished_still_releases_the_ip() {
+    let env = Env::new();
+    env.write_conflist(&[]);
+    let cni = env.cni();
+    let pod = env.pod();
+    cni.setup(&pod).await.unwrap();
+    assert_eq!(env.reservations().len(), 1);
+
+    run("ip", &["netns", "del", &env.netns]);
+    cni.teardown(&pod).await.unwrap();
+    assert!(env.reservations().is_empty(), "{:?}", env.reservations());
+    assert!(env.bridge_ports().is_empty());
+    assert!(!env.cache_entry().exists());
+    // The bridge plugin cannot remove its masquerade chain without the netns (environment.md); the
+    // Drop guard removes it. portmap's DNAT needs no netns and is gone.
+    assert!(
+        !env.nat_rules().iter().any(|r| r.contains("dnat name")),
+        "{:?}",
+        env.nat_rules()
+    );
 }

@@ -139,7 +139,9 @@ impl Cni {
         })
         .await?;
 
-        let netns = if pod.netns.exists() {
+        // A pinned netns that was unmounted (or never pinned) is gone for the plugins: they get an empty
+        // CNI_NETNS and release what lives outside it instead of failing on a plain file.
+        let netns = if super::loopback::is_netns(&pod.netns) {
             pod.netns.to_string_lossy().into_owned()
         } else {
             String::new()

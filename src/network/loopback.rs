@@ -59,6 +59,12 @@ where
     })?
 }
 
+/// Whether `path` is a network namespace handle (a bind mount of nsfs or a /proc/<pid>/ns/net link).
+pub fn is_netns(path: &Path) -> bool {
+    use nix::sys::statfs::{statfs, NSFS_MAGIC};
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
 /// RTM_NEWLINK on an existing link picked by name, with IFF_UP set; waits for the kernel's ack.
 fn set_link_up(name: &str) -> std::io::Result<()> {
     let fd = socket::socket(
@@ -129,6 +135,14 @@ fn word(buf: &[u8], at: usize) -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recognises_netns_handles() {
+        assert!(is_netns(Path::new("/proc/self/ns/net")));
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert!(!is_netns(f.path()));
+        assert!(!is_netns(Path::new("/nonexistent/netns/x")));
+    }
 
     #[tokio::test]
     async fn missing_netns_is_an_io_error_naming_it() {

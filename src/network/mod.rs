@@ -17,6 +17,8 @@ mod result;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use futures::future::BoxFuture;
+
 pub use cni::Cni;
 pub use conflist::NetworkConfigList;
 pub use loopback::bring_loopback_up;
@@ -88,6 +90,32 @@ pub enum NetworkError {
     /// A config or cache file is malformed.
     #[error("invalid cni config {}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
+}
+
+/// The seam the sandbox code can hold as `Arc<dyn PodNetworking>`, so its unit tests can fake CNI.
+/// [`Cni`] is the real implementation; see its methods for the contract.
+pub trait PodNetworking: Send + Sync {
+    fn ready(&self) -> Result<String, NetworkError>;
+    fn setup<'a>(
+        &'a self,
+        pod: &'a PodNetwork,
+    ) -> BoxFuture<'a, Result<NetworkStatus, NetworkError>>;
+    fn teardown<'a>(&'a self, pod: &'a PodNetwork) -> BoxFuture<'a, Result<(), NetworkError>>;
+}
+
+impl PodNetworking for Cni {
+    fn ready(&self) -> Result<String, NetworkError> {
+        Cni::ready(self)
+    }
+    fn setup<'a>(
+        &'a self,
+        pod: &'a PodNetwork,
+    ) -> BoxFuture<'a, Result<NetworkStatus, NetworkError>> {
+        Box::pin(Cni::setup(self, pod))
+    }
+    fn teardown<'a>(&'a self, pod: &'a PodNetwork) -> BoxFuture<'a, Result<(), NetworkError>> {
+        Box::pin(Cni::teardown(self, pod))
+    }
 }
 
 impl NetworkError {
