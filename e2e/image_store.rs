@@ -25,7 +25,23 @@ struct Registry {
 
 impl Registry {
     fn start() -> Registry {
+        Self::start_with(None)
+    }
+
+    /// `htpasswd`: one `user:bcrypt-hash` line turns on basic auth.
+    fn start_with(htpasswd: Option<&str>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        let auth = match htpasswd {
+            Some(line) => {
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, format!("{line}\n")).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: ferrio-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+            None => String::new(),
+        };
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -35,7 +51,7 @@ impl Registry {
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 dir.path().join("storage").display()
             ),
         )
@@ -141,8 +157,15 @@ fn build_image(layout: &Path, tag: &str, marker: &str, arch: &str) {
 }
 
 fn push(layout: &Path, tag: &str, reg: &Registry, dest: &str, all: bool) {
+    push_as(layout, tag, reg, dest, all, None)
+}
+
+fn push_as(layout: &Path, tag: &str, reg: &Registry, dest: &str, all: bool, creds: Option<&str>) {
     let mut cmd = Command::new("skopeo");
     cmd.args(["--insecure-policy", "copy", "--dest-tls-verify=false"]);
+    if let Some(c) = creds {
+        cmd.arg(format!("--dest-creds={c}"));
+    }
     if all {
         cmd.arg("--all");
     }
@@ -589,4 +612,76 @@ fn overlay_with_more_layers_than_one_option_page() {
     assert_eq!(first.unwrap(), "0");
     assert_eq!(last.unwrap(), "199");
     assert!(!dir.exists());
+}
+
+/// bcrypt (cost 4, so the registry answers fast) of the password `s3cret`.
+const HTPASSWD: &str = "tester:$2b$04$vEeDbN.vrOtjl0Ki.8Zh3OVIOJsFKXEdWwany2IoyygP7m/TABujW";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_from_pull_request_credentials() {
+    use base64::Engine;
+    use ferrio::image::RegistryAuth;
+
+    let reg = Registry::start_with(Some(HTPASSWD));
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    build_image(&layout, "1", "private", &Platform::host().architecture);
+    push_as(
+        &layout,
+        "1",
+        &reg,
+        "private/app:1",
+        false,
+        Some("tester:s3cret"),
+    );
+    let store = ImageStore::open(&work.path().join("images")).unwrap();
+    let cfg = mirror_cfg("quay.io", &reg, false);
+
+    let err = store
+        .pull("quay.io/private/app:1", &cfg, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Registry { .. }), "{err:?}");
+    assert!(err.to_string().contains("basic auth"), "{err}");
+    let wrong = RegistryAuth {
+        username: "tester".into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    assert!(store
+        .pull("quay.io/private/app:1", &cfg, Some(&wrong))
+        .await
+        .is_err());
+    assert!(store.list().is_empty());
+
+    let right = RegistryAuth {
+        username: "tester".into(),
+        password: "s3cret".into(),
+        ..Default::default()
+    };
+    let img = store
+        .pull("quay.io/private/app:1", &cfg, Some(&right))
+        .await
+        .unwrap();
+    assert_eq!(img.repo_tags, vec!["quay.io/private/app:1"]);
+    store.remove(&img.id).unwrap();
+    // The base64 `auth` form of the same credentials.
+    let encoded = RegistryAuth {
+        auth: base64::engine::general_purpose::STANDARD.encode("tester:s3cret"),
+        ..Default::default()
+    };
+    let img2 = store
+        .pull("quay.io/private/app:1", &cfg, Some(&encoded))
+        .await
+        .unwrap();
+    assert_eq!(img2.id, img.id);
+}
+
+/// The daemon holds the store in an Arc and awaits pulls inside tonic handlers.
+#[allow(dead_code)]
+fn store_and_pull_are_send_and_sync(store: std::sync::Arc<ImageStore>, cfg: ImageConfig) {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    send_sync(&store);
+    send(async move { store.pull("busybox", &cfg, None).await });
 }

@@ -354,12 +354,13 @@ impl ImageStore {
         let _in_use = self.hold(&chain_ids);
 
         // Layers in parallel (bounded); each is skipped if its chain is already unpacked.
-        let jobs = image_manifest
-            .layers
-            .iter()
-            .zip(diff_ids.iter())
-            .zip(chain_ids.iter())
-            .map(|((desc, diff), chain)| self.ensure_layer(&*s, desc, diff, chain));
+        let session: &Session<'_> = s;
+        let mut jobs = Vec::with_capacity(chain_ids.len());
+        // A plain loop rather than `iter().map(..)`: a closure kept inside the future trips
+        // rustc's higher-ranked lifetime check and makes `pull` not `Send`.
+        for (i, desc) in image_manifest.layers.iter().enumerate() {
+            jobs.push(self.ensure_layer(session, desc, &diff_ids[i], &chain_ids[i]));
+        }
         futures::stream::iter(jobs)
             .buffer_unordered(PARALLEL_LAYERS)
             .try_collect::<Vec<()>>()
