@@ -66,6 +66,15 @@ impl Bundle {
         }
     }
 
+    /// Edits the bundle's config.json.
+    fn edit_spec(&self, f: impl FnOnce(&mut serde_json::Value)) {
+        let path = self.path("bundle/config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        f(&mut spec);
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -117,6 +126,11 @@ impl Bundle {
         .expect("container exits within 30s")
         .expect("wait_exit")
         .expect("exit file written");
+        // The exit file is the monitor's last act; the process itself follows right after.
+        let until = Instant::now() + Duration::from_secs(5);
+        while alive(spawned.monitor_pid) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(!alive(spawned.monitor_pid), "monitor gone after the exit");
         rec
     }
@@ -434,4 +448,23 @@ async fn delete_after_exit_leaves_no_cgroup() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(cgroup_leaves_left(&b.cgroup), Vec::<PathBuf>::new());
+}
+
+/// A container that outgrows its memory limit is OOM-killed: exit 137 and `oom_killed` from the
+/// memory cgroup's counter.
+#[tokio::test]
+async fn an_oom_kill_is_recorded() {
+    // The shell keeps the whole 64 MiB string in memory; the limit is 16 MiB without swap.
+    let script = "x=$(head -c 67108864 /dev/zero | tr '\\000' a); echo survived";
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", script]);
+    let limit = 16 * 1024 * 1024;
+    b.edit_spec(|spec| {
+        spec["linux"]["resources"]["memory"] = serde_json::json!({ "limit": limit, "swap": limit });
+    });
+    let spawned = monitor::spawn(&b.request()).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    let rec = b.wait(&spawned).await;
+    assert!(rec.oom_killed, "oom recorded: {rec:?}");
+    assert_eq!(rec.exit_code, 137);
 }

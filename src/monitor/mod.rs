@@ -228,8 +228,9 @@ pub fn read_exit(exit_file: &Path) -> Result<Option<ExitRecord>, MonitorError> {
 /// for a process that is not our child, e.g. after a daemon restart), then returns read_exit().
 /// If the pid is already gone, returns at once.
 ///
-/// A pid can be reused once its monitor is gone: the exit file is checked first, so a daemon that
-/// recovers after the exit never waits on a stranger.
+/// The exit file is checked first and returned at once when present: writing it is the monitor's
+/// last act, and a pid can be reused once its monitor is gone, so a daemon that recovers after
+/// the exit never waits on a stranger.
 pub async fn wait_exit(
     monitor_pid: i32,
     exit_file: &Path,
