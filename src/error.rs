@@ -1,1 +1,131 @@
-//! TODO
+//! The daemon's error type and the ONE place errors become gRPC status codes.
+//!
+//! Every room has its own small error enum; this wraps them and decides, variant by variant,
+//! which code a CRI client sees. The message is the room error's own text (it names the id,
+//! path or reference that was wrong).
+
+use crate::container::lifecycle::ContainerError;
+use crate::image::ImageError;
+use crate::network::NetworkError;
+use crate::oci::host::SpecError;
+use crate::sandbox::lifecycle::SandboxError;
+use crate::state::StateError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn image_code(e: &ImageError) -> Code {
+    match e {
+        ImageError::InvalidReference { .. } => Code::InvalidArgument,
+        ImageError::NotFound { .. } => Code::NotFound,
+        _ => Code::Unknown,
+    }
+}
+
+fn spec_code(e: &SpecError) -> Code {
+    match e {
+        SpecError::Invalid { .. } => Code::InvalidArgument,
+        _ => Code::Unknown,
+    }
+}
+
+fn state_code(e: &StateError) -> Code {
+    match e {
+        StateError::Ambiguous { .. } => Code::InvalidArgument,
+        _ => Code::Internal,
+    }
+}
+
+fn sandbox_code(e: &SandboxError) -> Code {
+    match e {
+        SandboxError::Invalid { .. } => Code::InvalidArgument,
+        SandboxError::NotFound(_) => Code::NotFound,
+        SandboxError::NotReady { .. } => Code::FailedPrecondition,
+        SandboxError::State(e) => state_code(e),
+        SandboxError::Image(e) => image_code(e),
+        SandboxError::Spec(e) => spec_code(e),
+        SandboxError::Network(NetworkError::NotReady { .. }) => Code::FailedPrecondition,
+        _ => Code::Unknown,
+    }
+}
+
+fn container_code(e: &ContainerError) -> Code {
+    match e {
+        ContainerError::Invalid { .. } => Code::InvalidArgument,
+        ContainerError::NotFound(_) | ContainerError::ImageNotFound(_) => Code::NotFound,
+        ContainerError::WrongState { .. } => Code::FailedPrecondition,
+        ContainerError::Sandbox(e) => sandbox_code(e),
+        ContainerError::State(e) => state_code(e),
+        ContainerError::Image(e) => image_code(e),
+        ContainerError::Spec(e) => spec_code(e),
+        _ => Code::Unknown,
+    }
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Sandbox(e) => sandbox_code(e),
+            Error::Container(e) => container_code(e),
+            Error::Image(e) => image_code(e),
+            Error::State(e) => state_code(e),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_variant() {
+        let s: Status = Error::from(SandboxError::NotFound("abc".into())).into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("abc"));
+        let s: Status = Error::from(ContainerError::Sandbox(SandboxError::Invalid {
+            field: "metadata".into(),
+            reason: "missing".into(),
+        }))
+        .into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let s: Status = Error::from(ImageError::NotFound {
+            reference: "x".into(),
+            detail: "y".into(),
+        })
+        .into();
+        assert_eq!(s.code(), Code::NotFound);
+        let s: Status = Error::from(ContainerError::WrongState {
+            id: "c".into(),
+            reason: "running".into(),
+        })
+        .into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+    }
+}

@@ -11,6 +11,7 @@
 //! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client and monitor-side process code.
 //! - [`image`]: references, registry client + mirrors, content store, layer unpack, overlay mounts.
 //! - [`network`]: CNI conflists, plugin exec, result cache, network namespaces.
+//! - [`rollback`]: the undo stack every multi-step create uses.
 //! - [`state`]: persistent records written atomically.
 //! - [`sys`]: the only room allowed `unsafe`.
 //!
@@ -25,6 +26,7 @@ pub mod image;
 pub mod monitor;
 pub mod network;
 pub mod oci;
+pub mod rollback;
 pub mod sandbox;
 pub mod server;
 pub mod state;

@@ -1,1 +1,153 @@
-fn main() {}
+//! `ferrio`: the daemon. Args -> Config::load -> Daemon::start (recovery) -> serve until a
+//! signal. Containers keep running when it exits.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use ferrio::config::{Config, DEFAULT_DROPIN_DIR};
+use ferrio::server;
+use nix::fcntl::{Flock, FlockArg};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "ferrio", version, about = "A Kubernetes CRI runtime")]
+struct Cli {
+    /// Config file (default /etc/ferrio/ferrio.toml, optional when not given).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Drop-in directory applied after the config file, in lexical order.
+    #[arg(long, global = true, default_value = DEFAULT_DROPIN_DIR)]
+    config_dir: PathBuf,
+    /// Overrides log_level from the config.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the complete effective config as commented TOML.
+    Config,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref(), Some(&cli.config_dir)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferrio: invalid config: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Some(level) = cli.log_level {
+        config.log_level = level;
+        if let Err((key, reason)) = config.validate() {
+            eprintln!("ferrio: --log-level: {key}: {reason}");
+            std::process::exit(2);
+        }
+    }
+    if let Some(Command::Config) = cli.command {
+        print!("{}", config.to_commented_toml());
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "ferrio={0},ferrio_monitor={0},warn",
+            config.log_level
+        )))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferrio: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(serve(config)) {
+        tracing::error!("{e:#}");
+        eprintln!("ferrio: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The ferrio-monitor binary: configured, or next to this executable.
+fn monitor_path(config: &Config) -> anyhow::Result<PathBuf> {
+    if !config.runtime.monitor_path.as_os_str().is_empty() {
+        return Ok(config.runtime.monitor_path.clone());
+    }
+    let exe = std::env::current_exe().context("cannot find the ferrio executable")?;
+    let p = exe.with_file_name("ferrio-monitor");
+    if !p.exists() {
+        bail!(
+            "ferrio-monitor not found next to {} (set runtime.monitor_path)",
+            exe.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Bind the CRI socket: parent created, one daemon per socket (a lock file beside it), a stale
+/// socket replaced, mode 0660.
+fn bind(listen: &Path) -> anyhow::Result<(tokio::net::UnixListener, Flock<std::fs::File>)> {
+    let dir = listen.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let lock_path = listen.with_extension("lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("open {}", lock_path.display()))?;
+    let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "{}: another ferrio is serving this socket ({e})",
+            listen.display()
+        )
+    })?;
+    if listen.exists() {
+        std::fs::remove_file(listen)
+            .with_context(|| format!("remove stale socket {}", listen.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(listen)
+        .with_context(|| format!("bind {}", listen.display()))?;
+    std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", listen.display()))?;
+    Ok((listener, lock))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let monitor = monitor_path(&config)?;
+    let listen = config.api.listen.clone();
+    // Take the socket before recovery so a second daemon cannot recover the same state.
+    let (listener, _lock) = bind(&listen)?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), root = %config.root.display(), runroot = %config.runroot.display(), "ferrio starting");
+    let daemon = server::Daemon::start(config, monitor)
+        .await
+        .context("cannot start")?;
+    tracing::info!(socket = %listen.display(), "serving CRI");
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down, containers keep running"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down, containers keep running"),
+        }
+    };
+    server::run(daemon, listener, shutdown)
+        .await
+        .context("grpc server")?;
+    let _ = std::fs::remove_file(&listen);
+    Ok(())
+}

@@ -1,1 +1,10 @@
-//! TODO
+//! Pod sandboxes: pinned namespaces, CNI, the pause container, pod files.
+//!
+//! Owns `<root>/sandboxes/<id>` (records), `<root>/overlay/<id>` (the pause rootfs),
+//! `<runroot>/sandboxes/<id>` (bundle, pod files, exit file) and the pod's pinned namespaces.
+//! Never imports `container`: stopping a pod's containers first is the server's job.
+
+pub mod files;
+pub mod namespaces;
+pub mod spec;
+pub mod lifecycle;

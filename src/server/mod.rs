@@ -1,1 +1,139 @@
-//! TODO
+//! The gRPC edge: CRI RuntimeService and ImageService on a unix socket.
+//!
+//! Handlers are thin: they validate and convert CRI messages, call the rooms below, and map
+//! errors through [`crate::error`]. Cross-object work (StopPodSandbox stops the pod's containers
+//! first) is orchestrated here. The socket is only served after recovery has finished.
+
+mod convert;
+mod image;
+mod runtime;
+
+use crate::config::Config;
+use crate::container::lifecycle::Containers;
+use crate::image::ImageStore;
+use crate::network::Cni;
+use crate::oci::host::HostFeatures;
+use crate::oci::OciRuntime;
+use crate::sandbox::lifecycle::Pods;
+use crate::state::Table;
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+/// Everything the daemon serves, built once at start.
+pub struct Daemon {
+    pub config: Arc<Config>,
+    pub pods: Arc<Pods>,
+    pub containers: Arc<Containers>,
+    pub images: Arc<ImageStore>,
+    pub cni: Arc<Cni>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+}
+
+impl Daemon {
+    /// Open the stores and recover every pod and container left by a previous run. Returns
+    /// only when recovery is complete.
+    pub async fn start(config: Config, monitor_path: PathBuf) -> Result<Arc<Daemon>, StartError> {
+        let config = Arc::new(config);
+        for dir in [&config.root, &config.runroot] {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let images = Arc::new(ImageStore::open(&config.root.join("images"))?);
+        let cni = Arc::new(Cni::new(
+            config.network.network_dir.clone(),
+            config.network.plugin_dirs.clone(),
+            config.root.join("cni-cache"),
+        ));
+        let runtimes: HashMap<String, OciRuntime> = config
+            .runtime
+            .runtimes
+            .iter()
+            .map(|(name, h)| {
+                let root = config.runtime_root(name).unwrap_or_default();
+                (
+                    name.clone(),
+                    OciRuntime {
+                        name: name.clone(),
+                        path: h.runtime_path.clone(),
+                        root,
+                    },
+                )
+            })
+            .collect();
+        let host = HostFeatures::detect();
+        let (sandboxes, broken) = Table::open(&config.root.join("sandboxes"))?;
+        for (path, e) in broken {
+            tracing::error!(path = %path.display(), error = %e, "skipping broken pod sandbox record");
+        }
+        let (containers, broken) = Table::open(&config.root.join("containers"))?;
+        for (path, e) in broken {
+            tracing::error!(path = %path.display(), error = %e, "skipping broken container record");
+        }
+        let pods = Arc::new(Pods::new(
+            config.clone(),
+            sandboxes,
+            images.clone(),
+            cni.clone(),
+            host,
+            runtimes,
+            monitor_path,
+        ));
+        let containers = Arc::new(Containers::new(pods.clone(), images.clone(), containers));
+        containers.recover().await;
+        pods.recover().await;
+        tracing::info!(
+            pods = pods.table.list().len(),
+            containers = containers.table.list().len(),
+            "recovery complete"
+        );
+        Ok(Arc::new(Daemon {
+            config,
+            pods,
+            containers,
+            images,
+            cni,
+        }))
+    }
+}
+
+/// Serve CRI on `listener` until `shutdown` resolves. Containers keep running afterwards.
+pub async fn run(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(
+            RuntimeServiceServer::new(runtime::RuntimeSvc(daemon.clone()))
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+        )
+        .add_service(
+            ImageServiceServer::new(image::ImageSvc(daemon))
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

@@ -1,0 +1,570 @@
+//! CreateContainer / StartContainer / StopContainer / RemoveContainer and recovery.
+//!
+//! Status is derived from facts (created, started_at, finished_at) rather than a stored state
+//! enum, as containerd does: a container is Running once started and until it has finished.
+
+use super::spec;
+use crate::image::ImageStore;
+use crate::monitor;
+use crate::oci::OciRuntime;
+use crate::rollback::Rollback;
+use crate::sandbox::lifecycle::{monitor_alive, write_bundle, Pods, Sandbox, SandboxError, SandboxState};
+use crate::state::names::Names;
+use crate::state::{Record, StateError, Table};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// After SIGKILL, how long to wait for the monitor to report the exit.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("container {0:?} not found")]
+    NotFound(String),
+    #[error("container {id}: {reason}")]
+    WrongState { id: String, reason: String },
+    #[error("image {0:?} not found: pull it first")]
+    ImageNotFound(String),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Spec(#[from] crate::oci::host::SpecError),
+    #[error(transparent)]
+    Monitor(#[from] monitor::MonitorError),
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn join_err(path: &Path) -> impl FnOnce(tokio::task::JoinError) -> ContainerError + '_ {
+    move |e| ContainerError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerMeta {
+    pub sandbox_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub name_key: String,
+    /// The CRI ContainerConfig as JSON.
+    pub config: serde_json::Value,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The image as the request named it.
+    pub image_ref: String,
+    /// `sha256:...` of the resolved image.
+    pub image_id: String,
+    /// Absolute log path; `None` when the pod has no log directory.
+    pub log_path: Option<PathBuf>,
+    pub created_at: i64,
+    pub cgroups_path: String,
+    /// Signal number StopContainer sends first (the image's STOPSIGNAL or SIGTERM).
+    pub stop_signal: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ContainerStatus {
+    /// The OCI runtime has created it (monitor running).
+    pub created: bool,
+    pub pid: i32,
+    pub monitor_pid: i32,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub oom_killed: bool,
+    /// Why the exit was inferred rather than reported (e.g. monitor vanished).
+    pub message: String,
+}
+
+/// The CRI-visible state, derived from the facts in the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Creating,
+    Created,
+    Running,
+    Exited,
+}
+
+impl ContainerStatus {
+    pub fn state(&self) -> ContainerState {
+        if self.finished_at > 0 {
+            ContainerState::Exited
+        } else if self.started_at > 0 {
+            ContainerState::Running
+        } else if self.created {
+            ContainerState::Created
+        } else {
+            ContainerState::Creating
+        }
+    }
+
+    /// CRI's reason for an exited container.
+    pub fn reason(&self) -> &'static str {
+        match self.state() {
+            ContainerState::Exited if self.oom_killed => "OOMKilled",
+            ContainerState::Exited if self.exit_code == 0 => "Completed",
+            ContainerState::Exited => "Error",
+            _ => "",
+        }
+    }
+}
+
+pub type Container = Record<ContainerMeta, ContainerStatus>;
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Parse `SIGTERM`, `TERM` or `15`.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+    name.parse::<nix::sys::signal::Signal>().ok().map(|s| s as i32)
+}
+
+/// The containers of this node.
+pub struct Containers {
+    pub pods: Arc<Pods>,
+    pub images: Arc<ImageStore>,
+    pub table: Table<ContainerMeta, ContainerStatus>,
+    pub names: Names,
+}
+
+/// Everything CreateContainer needs from the request.
+pub struct CreateRequest<'a> {
+    pub sandbox_id: &'a str,
+    pub config: &'a k8s_cri::v1::ContainerConfig,
+    pub sandbox_config: &'a k8s_cri::v1::PodSandboxConfig,
+}
+
+impl Containers {
+    pub fn new(pods: Arc<Pods>, images: Arc<ImageStore>, table: Table<ContainerMeta, ContainerStatus>) -> Self {
+        let names = Names::default();
+        for c in table.list() {
+            let _ = names.reserve(&c.meta.name_key, &c.id);
+        }
+        Containers {
+            pods,
+            images,
+            table,
+            names,
+        }
+    }
+
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.pods.config.runroot.join("containers").join(id)
+    }
+
+    fn overlay_dir(&self, id: &str) -> PathBuf {
+        self.pods.config.root.join("overlay").join(id)
+    }
+
+    fn exit_file(&self, id: &str) -> PathBuf {
+        self.run_dir(id).join("exit.json")
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Container>, ContainerError> {
+        self.table
+            .get(id)?
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))
+    }
+
+    /// The containers of one sandbox.
+    pub fn of_sandbox(&self, sandbox_id: &str) -> Vec<Arc<Container>> {
+        self.table
+            .list()
+            .into_iter()
+            .filter(|c| c.meta.sandbox_id == sandbox_id)
+            .collect()
+    }
+
+    fn runtime_for(&self, sandbox: &Sandbox) -> Result<OciRuntime, ContainerError> {
+        Ok(self.pods.runtime(&sandbox.meta.runtime_handler)?.clone())
+    }
+
+    /// CreateContainer. A retry of the same name key returns the container already made.
+    pub async fn create(self: &Arc<Self>, req: CreateRequest<'_>) -> Result<String, ContainerError> {
+        let sandbox = self.pods.get(req.sandbox_id)?;
+        if sandbox.status().state != SandboxState::Ready {
+            return Err(SandboxError::NotReady {
+                id: sandbox.id.clone(),
+            }
+            .into());
+        }
+        let md = req.config.metadata.as_ref().ok_or_else(|| ContainerError::Invalid {
+            field: "metadata".into(),
+            reason: "container config has no metadata".into(),
+        })?;
+        if md.name.is_empty() {
+            return Err(ContainerError::Invalid {
+                field: "metadata.name".into(),
+                reason: "must not be empty".into(),
+            });
+        }
+        let image_ref = req
+            .config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_ref.is_empty() {
+            return Err(ContainerError::Invalid {
+                field: "image".into(),
+                reason: "must name an image".into(),
+            });
+        }
+        let image = self
+            .images
+            .resolve(&image_ref)
+            .ok_or_else(|| ContainerError::ImageNotFound(image_ref.clone()))?;
+        let name_key = format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt);
+        if let Some(holder) = self.names.get(&name_key) {
+            return match self.table.get(&holder)? {
+                Some(c) if c.status().state() != ContainerState::Creating => Ok(holder),
+                _ => Err(ContainerError::Invalid {
+                    field: "metadata.name".into(),
+                    reason: format!("name {name_key:?} is reserved for container {holder}"),
+                }),
+            };
+        }
+        let id = crate::state::new_id();
+        self.names
+            .reserve(&name_key, &id)
+            .map_err(|holder| ContainerError::Invalid {
+                field: "metadata.name".into(),
+                reason: format!("name {name_key:?} is reserved for container {holder}"),
+            })?;
+        let mut rb = Rollback::new();
+        {
+            let this = self.clone();
+            let (k, i) = (name_key.clone(), id.clone());
+            rb.push("release name", async move { this.names.release(&k, &i) });
+        }
+        let log_path = if req.config.log_path.is_empty() {
+            None
+        } else if sandbox.meta.log_directory.is_empty() {
+            Path::new(&req.config.log_path)
+                .is_absolute()
+                .then(|| PathBuf::from(&req.config.log_path))
+        } else {
+            Some(Path::new(&sandbox.meta.log_directory).join(&req.config.log_path))
+        };
+        let cgroups_path = format!("{}/ferrio-{id}", sandbox.meta.cgroup_parent);
+        let meta = ContainerMeta {
+            sandbox_id: sandbox.id.clone(),
+            name: md.name.clone(),
+            attempt: md.attempt,
+            name_key: name_key.clone(),
+            config: serde_json::to_value(req.config).unwrap_or_default(),
+            labels: req.config.labels.clone().into_iter().collect(),
+            annotations: req.config.annotations.clone().into_iter().collect(),
+            image_ref: image_ref.clone(),
+            image_id: image.id.clone(),
+            log_path: log_path.clone(),
+            created_at: now_ns(),
+            cgroups_path: cgroups_path.clone(),
+            stop_signal: parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM),
+        };
+        let result = self
+            .create_steps(&id, meta, &sandbox, &image, &req, &mut rb)
+            .await;
+        match result {
+            Ok(()) => {
+                rb.commit();
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e, "container create failed, rolling back");
+                rb.run().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_steps(
+        self: &Arc<Self>,
+        id: &str,
+        meta: ContainerMeta,
+        sandbox: &Arc<Sandbox>,
+        image: &crate::image::ImageInfo,
+        req: &CreateRequest<'_>,
+        rb: &mut Rollback,
+    ) -> Result<(), ContainerError> {
+        let runtime = self.runtime_for(sandbox)?;
+        let cgroups_path = meta.cgroups_path.clone();
+        let log_path = meta.log_path.clone();
+        let rec = self.table.insert(id, meta, ContainerStatus::default()).await?;
+        {
+            let this = self.clone();
+            let id = id.to_string();
+            rb.push("remove record", async move {
+                let _ = this.table.remove(&id).await;
+            });
+        }
+        let run_dir = self.run_dir(id);
+        {
+            let rd = run_dir.clone();
+            let cg = cgroups_path.clone();
+            rb.push("remove run dir and cgroup", async move {
+                let _ = tokio::fs::remove_dir_all(&rd).await;
+                let _ = tokio::task::spawn_blocking(move || crate::oci::cgroups::remove(&cg)).await;
+            });
+        }
+
+        // Root filesystem: the image's layers under a fresh upper dir.
+        let layers = self.images.layer_dirs(image);
+        let ov = self.overlay_dir(id);
+        let ov2 = ov.clone();
+        let rootfs = tokio::task::spawn_blocking(move || crate::image::overlay::mount_rootfs(&layers, &ov2))
+            .await
+            .map_err(join_err(&ov))??;
+        {
+            let ov = ov.clone();
+            rb.push("unmount rootfs", async move {
+                let _ = tokio::task::spawn_blocking(move || crate::image::overlay::unmount_rootfs(&ov)).await;
+            });
+        }
+
+        let st = sandbox.status();
+        let ns = &sandbox.meta.namespaces;
+        let pf = &sandbox.meta.pod_files;
+        let oci = spec::container_spec(&spec::ContainerSpecInput {
+            id,
+            config: req.config,
+            sandbox: spec::SandboxContext {
+                config: req.sandbox_config,
+                netns: ns.net.as_deref(),
+                ipcns: ns.ipc.as_deref(),
+                utsns: ns.uts.as_deref(),
+                pause_pid: st.pause_pid,
+                pod_files: Some(spec::PodFiles {
+                    hosts: &pf.hosts,
+                    resolv_conf: &pf.resolv_conf,
+                    hostname: &pf.hostname,
+                }),
+            },
+            image: &image.config,
+            rootfs: &rootfs,
+            cgroups_path: cgroups_path.clone(),
+            host: &self.pods.host,
+            restrict_oom_score_adj: self.pods.config.runtime.restrict_oom_score_adj,
+        })?;
+        let mut oci = oci;
+        crate::sandbox::spec::set_sandbox_id(&mut oci, &sandbox.id);
+        let bundle = run_dir.join("bundle");
+        write_bundle(&bundle, &oci).await?;
+        if let Some(lp) = &log_path {
+            if let Some(dir) = lp.parent() {
+                tokio::fs::create_dir_all(dir).await.map_err(|source| ContainerError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        {
+            let rt = runtime.clone();
+            let id = id.to_string();
+            rb.push("delete container", async move {
+                let _ = rt.delete(&id).await;
+            });
+        }
+        let spawned = monitor::spawn(&monitor::MonitorSpawn {
+            monitor_path: self.pods.monitor_path.clone(),
+            id: id.to_string(),
+            bundle,
+            runtime_path: runtime.path.clone(),
+            runtime_root: runtime.root.clone(),
+            log_path,
+            exit_file: self.exit_file(id),
+            pid_file: run_dir.join("container.pid"),
+            cgroup_path: Some(cgroups_path),
+            tty: req.config.tty,
+            stdin: req.config.stdin,
+        })
+        .await?;
+        rec.update(|s| {
+            s.created = true;
+            s.pid = spawned.container_pid;
+            s.monitor_pid = spawned.monitor_pid;
+        })
+        .await?;
+        self.watch_exit(rec);
+        Ok(())
+    }
+
+    /// Record the exit when the container's monitor reports it (also across daemon restarts).
+    fn watch_exit(self: &Arc<Self>, rec: Arc<Container>) {
+        let exit_file = self.exit_file(&rec.id);
+        tokio::spawn(async move {
+            let pid = rec.status().monitor_pid;
+            // A pid that is no longer our monitor (gone, or recycled after a reboot) must not
+            // be waited on: its exit file says all there is.
+            let exit = if monitor_alive(pid, &rec.id) {
+                monitor::wait_exit(pid, &exit_file).await
+            } else {
+                monitor::read_exit(&exit_file)
+            };
+            let (code, at, oom, msg) = match exit {
+                Ok(Some(x)) => (x.exit_code, x.finished_at, x.oom_killed, String::new()),
+                Ok(None) => (255, now_ns(), false, "monitor exited without an exit record".to_string()),
+                Err(e) => (255, now_ns(), false, format!("cannot read exit record: {e}")),
+            };
+            if rec.status().finished_at == 0 {
+                let r = rec
+                    .update(|s| {
+                        s.finished_at = at.max(1);
+                        s.exit_code = code;
+                        s.oom_killed = oom;
+                        s.message = msg;
+                    })
+                    .await;
+                match r {
+                    Ok(_) => tracing::info!(id = %rec.id, exit_code = code, oom, "container exited"),
+                    Err(e) => tracing::warn!(id = %rec.id, error = %e, "cannot record container exit"),
+                }
+            }
+        });
+    }
+
+    /// StartContainer.
+    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let rec = self.get(id)?;
+        let st = rec.status();
+        if st.state() != ContainerState::Created {
+            return Err(ContainerError::WrongState {
+                id: rec.id.clone(),
+                reason: format!("cannot start a container in state {:?}", st.state()),
+            });
+        }
+        let sandbox = self.pods.get(&rec.meta.sandbox_id)?;
+        let runtime = self.runtime_for(&sandbox)?;
+        runtime.start(&rec.id).await?;
+        rec.update(|s| {
+            if s.started_at == 0 {
+                s.started_at = now_ns();
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// StopContainer: the stop signal, `timeout` seconds, then SIGKILL. Idempotent.
+    pub async fn stop(&self, rec: &Arc<Container>, timeout: i64) -> Result<(), ContainerError> {
+        let st = rec.status();
+        match st.state() {
+            ContainerState::Exited | ContainerState::Creating => return Ok(()),
+            ContainerState::Created | ContainerState::Running => {}
+        }
+        let runtime = match self.pods.get(&rec.meta.sandbox_id) {
+            Ok(s) => self.runtime_for(&s)?,
+            Err(_) => self.pods.runtime("")?.clone(),
+        };
+        let exited = |s: &ContainerStatus| s.finished_at > 0;
+        if timeout > 0 {
+            runtime.kill(&rec.id, rec.meta.stop_signal, false).await?;
+            let wait = rec.wait_for(exited);
+            if tokio::time::timeout(Duration::from_secs(timeout as u64), wait)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        runtime.kill(&rec.id, libc::SIGKILL, true).await?;
+        if tokio::time::timeout(KILL_WAIT, rec.wait_for(exited)).await.is_err() {
+            // The monitor did not report: trust the runtime's view.
+            if !monitor_alive(rec.status().monitor_pid, &rec.id) {
+                rec.update(|s| {
+                    if s.finished_at == 0 {
+                        s.finished_at = now_ns();
+                        s.exit_code = 137;
+                        s.message = "monitor gone; exit code assumed".into();
+                    }
+                })
+                .await?;
+            } else {
+                return Err(ContainerError::WrongState {
+                    id: rec.id.clone(),
+                    reason: "did not exit after SIGKILL".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// RemoveContainer: stops it if needed and leaves nothing behind. Idempotent.
+    pub async fn remove(&self, rec: &Arc<Container>) -> Result<(), ContainerError> {
+        self.stop(rec, 0).await?;
+        let runtime = match self.pods.get(&rec.meta.sandbox_id) {
+            Ok(s) => self.runtime_for(&s)?,
+            Err(_) => self.pods.runtime("")?.clone(),
+        };
+        runtime.delete(&rec.id).await?;
+        let ov = self.overlay_dir(&rec.id);
+        let run_dir = self.run_dir(&rec.id);
+        let cg = rec.meta.cgroups_path.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), ContainerError> {
+            crate::image::overlay::unmount_rootfs(&ov)?;
+            crate::oci::cgroups::remove(&cg);
+            match std::fs::remove_dir_all(&run_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ContainerError::Io {
+                    path: run_dir,
+                    source: e,
+                }),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(join_err(&self.run_dir(&rec.id)))??;
+        self.table.remove(&rec.id).await?;
+        self.names.release(&rec.meta.name_key, &rec.id);
+        Ok(())
+    }
+
+    /// After a daemon restart: exits that happened while it was down are read from the exit
+    /// files; live containers are watched again; half-created ones are reaped.
+    pub async fn recover(self: &Arc<Self>) {
+        for rec in self.table.list() {
+            let st = rec.status();
+            match st.state() {
+                ContainerState::Creating => {
+                    tracing::info!(id = %rec.id, "reaping container left half-created");
+                    if let Err(e) = self.remove(&rec).await {
+                        tracing::warn!(id = %rec.id, error = %e, "cannot reap half-created container");
+                    }
+                }
+                ContainerState::Exited => {}
+                ContainerState::Created | ContainerState::Running => {
+                    // wait_exit returns at once with the exit file when the monitor is gone.
+                    self.watch_exit(rec.clone());
+                }
+            }
+        }
+    }
+}

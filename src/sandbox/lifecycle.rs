@@ -1,0 +1,620 @@
+//! RunPodSandbox / StopPodSandbox / RemovePodSandbox and recovery, as one multi-step create
+//! with a rollback guard. Takes the CRI `PodSandboxConfig` only to hand it to [`super::spec`];
+//! everything persisted is ferrio's own types.
+
+use super::{files, namespaces, spec};
+use crate::config::Config;
+use crate::image::ImageStore;
+use crate::monitor;
+use crate::network::{Cni, PodNetwork, PortMapping};
+use crate::oci::host::HostFeatures;
+use crate::oci::OciRuntime;
+use crate::rollback::Rollback;
+use crate::state::names::Names;
+use crate::state::{Record, StateError, Table};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the pause process gets after SIGKILL before we give up waiting for its monitor.
+const PAUSE_KILL_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("pod sandbox {0:?} not found")]
+    NotFound(String),
+    #[error("pod sandbox {id} is not ready")]
+    NotReady { id: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Namespace(#[from] namespaces::NamespaceError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Spec(#[from] crate::oci::host::SpecError),
+    #[error(transparent)]
+    Monitor(#[from] monitor::MonitorError),
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
+    move |source| SandboxError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What never changes about a sandbox after RunPodSandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxMeta {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub attempt: u32,
+    /// The name reservation key `<name>_<namespace>_<uid>_<attempt>`.
+    pub name_key: String,
+    /// The CRI PodSandboxConfig as JSON (kept whole so status/verbose info can show it).
+    pub config: serde_json::Value,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub runtime_handler: String,
+    pub created_at: i64,
+    pub hostname: String,
+    pub log_directory: String,
+    /// The pod's cgroup, parent of every container's cgroup.
+    pub cgroup_parent: String,
+    pub host_network: bool,
+    pub namespaces: namespaces::Pinned,
+    pub pod_files: files::PodFilePaths,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum SandboxState {
+    /// Being created; hidden from List, reaped by recovery if the daemon died meanwhile.
+    #[default]
+    Creating,
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SandboxStatus {
+    pub state: SandboxState,
+    pub pause_pid: i32,
+    pub monitor_pid: i32,
+    /// Pod IPs, first one is the primary.
+    pub ips: Vec<String>,
+    /// CNI ADD done and DEL not yet run.
+    pub network_attached: bool,
+    /// The pause container exists in the OCI runtime.
+    pub pause_created: bool,
+}
+
+pub type Sandbox = Record<SandboxMeta, SandboxStatus>;
+
+/// Everything RunPodSandbox needs from the request, in ferrio's terms.
+pub struct RunRequest<'a> {
+    pub config: &'a k8s_cri::v1::PodSandboxConfig,
+    pub runtime_handler: &'a str,
+    pub dns: files::Dns,
+    pub port_mappings: Vec<PortMapping>,
+    pub host_network: bool,
+    pub host_ipc: bool,
+}
+
+/// The pod sandboxes of this node and the services their lifecycle uses.
+pub struct Pods {
+    pub config: Arc<Config>,
+    pub table: Table<SandboxMeta, SandboxStatus>,
+    pub names: Names,
+    pub images: Arc<ImageStore>,
+    pub cni: Arc<Cni>,
+    pub host: HostFeatures,
+    pub runtimes: HashMap<String, OciRuntime>,
+    pub monitor_path: PathBuf,
+    /// Serialises creates of one name key so a retry waits for the first attempt.
+    creating: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Default parent cgroup of pods whose config names none.
+pub const DEFAULT_CGROUP_PARENT: &str = "/ferrio";
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Pods {
+    pub fn new(
+        config: Arc<Config>,
+        table: Table<SandboxMeta, SandboxStatus>,
+        images: Arc<ImageStore>,
+        cni: Arc<Cni>,
+        host: HostFeatures,
+        runtimes: HashMap<String, OciRuntime>,
+        monitor_path: PathBuf,
+    ) -> Self {
+        let names = Names::default();
+        for s in table.list() {
+            let _ = names.reserve(&s.meta.name_key, &s.id);
+        }
+        Pods {
+            config,
+            table,
+            names,
+            images,
+            cni,
+            host,
+            runtimes,
+            monitor_path,
+            creating: Default::default(),
+        }
+    }
+
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.config.runroot.join("sandboxes").join(id)
+    }
+
+    fn overlay_dir(&self, id: &str) -> PathBuf {
+        self.config.root.join("overlay").join(id)
+    }
+
+    fn exit_file(&self, id: &str) -> PathBuf {
+        self.run_dir(id).join("exit.json")
+    }
+
+    /// The OCI runtime for a handler name ("" = the default).
+    pub fn runtime(&self, handler: &str) -> Result<&OciRuntime, SandboxError> {
+        let name = if handler.is_empty() {
+            self.config.runtime.default_runtime.as_str()
+        } else {
+            handler
+        };
+        self.runtimes.get(name).ok_or_else(|| SandboxError::Invalid {
+            field: "runtime_handler".into(),
+            reason: format!(
+                "unknown runtime handler {name:?} (configured: {})",
+                self.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
+        self.table
+            .get(id)?
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+
+    /// RunPodSandbox. A retry of the same pod (same name key) gets the same id.
+    pub async fn run(self: &Arc<Self>, req: RunRequest<'_>) -> Result<String, SandboxError> {
+        let md = req.config.metadata.as_ref().ok_or_else(|| SandboxError::Invalid {
+            field: "metadata".into(),
+            reason: "pod sandbox config has no metadata".into(),
+        })?;
+        for (field, v) in [("metadata.name", &md.name), ("metadata.namespace", &md.namespace), ("metadata.uid", &md.uid)] {
+            if v.is_empty() {
+                return Err(SandboxError::Invalid {
+                    field: field.into(),
+                    reason: "must not be empty".into(),
+                });
+            }
+        }
+        let runtime = self.runtime(req.runtime_handler)?.clone();
+        let name_key = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
+
+        // One create per name key at a time; a retry waits here, then finds the first one's id.
+        let lock = {
+            let mut m = self.creating.lock().await;
+            m.entry(name_key.clone()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        if let Some(existing) = self.names.get(&name_key) {
+            if let Ok(Some(s)) = self.table.get(&existing) {
+                if s.status().state != SandboxState::Creating {
+                    return Ok(existing);
+                }
+            }
+        }
+
+        let id = crate::state::new_id();
+        self.names
+            .reserve(&name_key, &id)
+            .map_err(|holder| SandboxError::Invalid {
+                field: "metadata.name".into(),
+                reason: format!("name {name_key:?} is reserved for pod sandbox {holder}"),
+            })?;
+        let mut rb = Rollback::new();
+        {
+            let this = self.clone();
+            let (k, i) = (name_key.clone(), id.clone());
+            rb.push("release name", async move { this.names.release(&k, &i) });
+        }
+        let result = self.create(&id, &name_key, &runtime, &req, &mut rb).await;
+        match result {
+            Ok(()) => {
+                rb.commit();
+                self.creating.lock().await.remove(&name_key);
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e, "pod sandbox create failed, rolling back");
+                rb.run().await;
+                self.creating.lock().await.remove(&name_key);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create(
+        self: &Arc<Self>,
+        id: &str,
+        name_key: &str,
+        runtime: &OciRuntime,
+        req: &RunRequest<'_>,
+        rb: &mut Rollback,
+    ) -> Result<(), SandboxError> {
+        let cfg = req.config;
+        let md = cfg.metadata.clone().unwrap_or_default();
+        let linux = cfg.linux.clone().unwrap_or_default();
+        let cgroup_parent = if linux.cgroup_parent.is_empty() {
+            format!("{DEFAULT_CGROUP_PARENT}/{}", &id[..12])
+        } else {
+            linux.cgroup_parent.clone()
+        };
+        if !cgroup_parent.starts_with('/') {
+            return Err(SandboxError::Invalid {
+                field: "linux.cgroup_parent".into(),
+                reason: format!("{cgroup_parent:?} is not an absolute cgroupfs path"),
+            });
+        }
+        let hostname = if cfg.hostname.is_empty() {
+            md.name.clone()
+        } else {
+            cfg.hostname.clone()
+        };
+        let run_dir = self.run_dir(id);
+        let ns_dir = self.config.namespaces_dir();
+        let pinned_plan = namespaces::Pinned {
+            net: (!req.host_network).then(|| namespaces::path_for(&ns_dir, "net", id)),
+            ipc: (!req.host_ipc).then(|| namespaces::path_for(&ns_dir, "ipc", id)),
+            uts: (!req.host_network).then(|| namespaces::path_for(&ns_dir, "uts", id)),
+        };
+        let meta = SandboxMeta {
+            name: md.name.clone(),
+            namespace: md.namespace.clone(),
+            uid: md.uid.clone(),
+            attempt: md.attempt,
+            name_key: name_key.to_string(),
+            config: serde_json::to_value(cfg).unwrap_or_default(),
+            labels: cfg.labels.clone().into_iter().collect(),
+            annotations: cfg.annotations.clone().into_iter().collect(),
+            runtime_handler: runtime.name.clone(),
+            created_at: now_ns(),
+            hostname: hostname.clone(),
+            log_directory: cfg.log_directory.clone(),
+            cgroup_parent: cgroup_parent.clone(),
+            host_network: req.host_network,
+            namespaces: pinned_plan.clone(),
+            pod_files: files::PodFilePaths {
+                hostname: run_dir.join("hostname"),
+                hosts: run_dir.join("hosts"),
+                resolv_conf: run_dir.join("resolv.conf"),
+            },
+            port_mappings: req.port_mappings.clone(),
+        };
+
+        // Record first, so a daemon killed from here on finds the object and reaps it.
+        let rec = self.table.insert(id, meta, SandboxStatus::default()).await?;
+        {
+            let this = self.clone();
+            let id = id.to_string();
+            rb.push("remove record", async move {
+                let _ = this.table.remove(&id).await;
+            });
+        }
+        {
+            let rd = run_dir.clone();
+            rb.push("remove run dir", async move {
+                let _ = tokio::fs::remove_dir_all(&rd).await;
+            });
+        }
+        {
+            let cg = cgroup_parent.clone();
+            rb.push("remove cgroup", async move {
+                let _ = tokio::task::spawn_blocking(move || crate::oci::cgroups::remove(&cg)).await;
+            });
+        }
+
+        // Namespaces.
+        let want = namespaces::Wanted {
+            net: pinned_plan.net.is_some(),
+            ipc: pinned_plan.ipc.is_some(),
+            uts: pinned_plan.uts.is_some(),
+        };
+        let (d, i, h) = (ns_dir.clone(), id.to_string(), hostname.clone());
+        let pinned = tokio::task::spawn_blocking(move || namespaces::pin(&d, &i, want, &h))
+            .await
+            .map_err(|e| SandboxError::Io {
+                path: ns_dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        {
+            let p = pinned.clone();
+            rb.push("unpin namespaces", async move {
+                let _ = tokio::task::spawn_blocking(move || namespaces::unpin(&p)).await;
+            });
+        }
+
+        // Network: DEL must run before the namespaces are unpinned, so its undo goes on top.
+        let mut ips = Vec::new();
+        if let Some(netns) = &pinned.net {
+            let pod_net = self.pod_network(id, &rec.meta, netns);
+            rec.update(|s| s.network_attached = true).await?;
+            {
+                let this = self.clone();
+                let pn = pod_net.clone();
+                rb.push("cni del", async move {
+                    if let Err(e) = this.cni.teardown(&pn).await {
+                        tracing::warn!(id = %pn.id, error = %e, "cni teardown during rollback failed");
+                    }
+                });
+            }
+            let st = self.cni.setup(&pod_net).await?;
+            ips = st.ips.iter().map(|ip| ip.to_string()).collect();
+        }
+
+        // Pod files.
+        let (rd, hn, ip0, dns) = (
+            run_dir.clone(),
+            hostname.clone(),
+            ips.first().cloned(),
+            req.dns.clone(),
+        );
+        tokio::task::spawn_blocking(move || files::write(&rd, &hn, ip0.as_deref(), &dns))
+            .await
+            .map_err(|e| SandboxError::Io {
+                path: run_dir.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(io_err(&run_dir))?;
+
+        // The pause image: pulled on first use.
+        let sandbox_image = self.config.image.sandbox_image.clone();
+        let image = match self.images.resolve(&sandbox_image) {
+            Some(i) => i,
+            None => self.images.pull(&sandbox_image, &self.config.image, None).await?,
+        };
+        let layers = self.images.layer_dirs(&image);
+        let ov = self.overlay_dir(id);
+        let ov2 = ov.clone();
+        let rootfs = tokio::task::spawn_blocking(move || crate::image::overlay::mount_rootfs(&layers, &ov2))
+            .await
+            .map_err(|e| SandboxError::Io {
+                path: ov.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        {
+            let ov = ov.clone();
+            rb.push("unmount pause rootfs", async move {
+                let _ = tokio::task::spawn_blocking(move || crate::image::overlay::unmount_rootfs(&ov)).await;
+            });
+        }
+
+        // The pause container.
+        let cgroups_path = format!("{cgroup_parent}/ferrio-{id}");
+        let spec = spec::pause_spec(&spec::PauseSpecInput {
+            config: cfg,
+            image: &image.config,
+            rootfs: &rootfs,
+            netns: pinned.net.as_deref(),
+            ipcns: pinned.ipc.as_deref(),
+            utsns: pinned.uts.as_deref(),
+            cgroups_path: cgroups_path.clone(),
+            hostname: hostname.clone(),
+            host: &self.host,
+            restrict_oom_score_adj: self.config.runtime.restrict_oom_score_adj,
+        })?;
+        let mut spec = spec;
+        spec::set_sandbox_id(&mut spec, id);
+        let bundle = run_dir.join("bundle");
+        write_bundle(&bundle, &spec).await?;
+        {
+            let rt = runtime.clone();
+            let id = id.to_string();
+            rb.push("delete pause container", async move {
+                let _ = rt.delete(&id).await;
+            });
+        }
+        let spawned = monitor::spawn(&monitor::MonitorSpawn {
+            monitor_path: self.monitor_path.clone(),
+            id: id.to_string(),
+            bundle: bundle.clone(),
+            runtime_path: runtime.path.clone(),
+            runtime_root: runtime.root.clone(),
+            log_path: None,
+            exit_file: self.exit_file(id),
+            pid_file: run_dir.join("pause.pid"),
+            cgroup_path: Some(cgroups_path.clone()),
+            tty: false,
+            stdin: false,
+        })
+        .await?;
+        rec.update(|s| {
+            s.pause_created = true;
+            s.pause_pid = spawned.container_pid;
+            s.monitor_pid = spawned.monitor_pid;
+        })
+        .await?;
+        runtime.start(id).await?;
+        rec.update(|s| {
+            s.state = SandboxState::Ready;
+            s.ips = ips.clone();
+        })
+        .await?;
+        self.watch_pause(rec.clone());
+        tracing::info!(id = %id, pod = %format!("{}/{}", md.namespace, md.name), ip = ?ips, "pod sandbox ready");
+        Ok(())
+    }
+
+    fn pod_network(&self, id: &str, meta: &SandboxMeta, netns: &Path) -> PodNetwork {
+        PodNetwork {
+            id: id.to_string(),
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            netns: netns.to_path_buf(),
+            ifname: "eth0".into(),
+            port_mappings: meta.port_mappings.clone(),
+        }
+    }
+
+    /// Mark the sandbox not ready when its pause process exits.
+    pub fn watch_pause(self: &Arc<Self>, rec: Arc<Sandbox>) {
+        let exit_file = self.exit_file(&rec.id);
+        tokio::spawn(async move {
+            let pid = rec.status().monitor_pid;
+            if pid <= 0 {
+                return;
+            }
+            let _ = monitor::wait_exit(pid, &exit_file).await;
+            if rec.status().state == SandboxState::Ready {
+                tracing::info!(id = %rec.id, "pause process exited; pod sandbox not ready");
+                let _ = rec.update(|s| s.state = SandboxState::NotReady).await;
+            }
+        });
+    }
+
+    /// StopPodSandbox for the sandbox itself (its containers are stopped by the caller first):
+    /// CNI DEL while the netns still exists, then the pause process. Idempotent.
+    pub async fn stop(self: &Arc<Self>, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
+        let st = rec.status();
+        if st.network_attached {
+            if let Some(netns) = &rec.meta.namespaces.net {
+                let pn = self.pod_network(&rec.id, &rec.meta, netns);
+                self.cni.teardown(&pn).await?;
+            }
+            rec.update(|s| s.network_attached = false).await?;
+        }
+        if st.pause_created {
+            let runtime = self.runtime(&rec.meta.runtime_handler)?;
+            runtime.kill(&rec.id, libc::SIGKILL, true).await?;
+            if st.monitor_pid > 0 {
+                let _ = tokio::time::timeout(
+                    PAUSE_KILL_WAIT,
+                    monitor::wait_exit(st.monitor_pid, &self.exit_file(&rec.id)),
+                )
+                .await;
+            }
+        }
+        if rec.status().state != SandboxState::NotReady {
+            rec.update(|s| s.state = SandboxState::NotReady).await?;
+        }
+        Ok(())
+    }
+
+    /// RemovePodSandbox for the sandbox itself (containers removed by the caller first).
+    /// Leaves nothing: runtime state, mounts, namespaces, cgroups, files, record. Idempotent.
+    pub async fn remove(self: &Arc<Self>, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
+        self.stop(rec).await?;
+        let id = rec.id.clone();
+        if rec.status().pause_created {
+            self.runtime(&rec.meta.runtime_handler)?.delete(&id).await?;
+            rec.update(|s| s.pause_created = false).await?;
+        }
+        let ov = self.overlay_dir(&id);
+        let pinned = rec.meta.namespaces.clone();
+        let cg = rec.meta.cgroup_parent.clone();
+        let run_dir = self.run_dir(&id);
+        tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
+            crate::image::overlay::unmount_rootfs(&ov)?;
+            namespaces::unpin(&pinned);
+            let left = crate::oci::cgroups::remove(&cg);
+            if !left.is_empty() {
+                tracing::warn!(cgroups = ?left, "pod cgroups still busy");
+            }
+            match std::fs::remove_dir_all(&run_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&run_dir)(e)),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| SandboxError::Io {
+            path: self.run_dir(&id),
+            source: std::io::Error::other(e),
+        })??;
+        self.table.remove(&id).await?;
+        self.names.release(&rec.meta.name_key, &id);
+        Ok(())
+    }
+
+    /// After a daemon restart: finish or reap every sandbox. Half-created ones are removed;
+    /// ready ones whose pause died are marked not ready; live ones are watched again.
+    pub async fn recover(self: &Arc<Self>) {
+        for rec in self.table.list() {
+            let st = rec.status();
+            if st.state == SandboxState::Creating {
+                tracing::info!(id = %rec.id, "reaping pod sandbox left half-created");
+                if let Err(e) = self.remove(&rec).await {
+                    tracing::warn!(id = %rec.id, error = %e, "cannot reap half-created pod sandbox");
+                }
+                continue;
+            }
+            if st.state == SandboxState::Ready {
+                if monitor_alive(st.monitor_pid, &rec.id) {
+                    self.watch_pause(rec.clone());
+                } else {
+                    let _ = rec.update(|s| s.state = SandboxState::NotReady).await;
+                }
+            }
+        }
+    }
+}
+
+/// Write `config.json` into a fresh bundle directory.
+pub async fn write_bundle(bundle: &Path, spec: &oci_spec::runtime::Spec) -> Result<(), SandboxError> {
+    let b = bundle.to_path_buf();
+    let json = serde_json::to_vec(spec).map_err(|e| SandboxError::Io {
+        path: b.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
+        std::fs::create_dir_all(&b).map_err(io_err(&b))?;
+        crate::state::write_atomic(&b.join("config.json"), &json)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| SandboxError::Io {
+        path: bundle.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?
+}
+
+/// True when `pid` is still the ferrio-monitor of object `id` (not a recycled pid).
+pub fn monitor_alive(pid: i32, id: &str) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(c) => {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("ferrio-monitor") && c.contains(id)
+        }
+        Err(_) => false,
+    }
+}
