@@ -54,7 +54,10 @@ impl Env {
     /// Create the dirs, the conflist and the config file. Panics if `FERRIO_TEST_REGISTRY` is
     /// unset: tests never pull from the internet.
     pub fn new(opts: Opts) -> Env {
-        let registry = std::env::var(REGISTRY_ENV).unwrap_or_else(|_| {
+        let registry = std::env::var(REGISTRY_ENV)
+            .ok()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| {
             panic!(
                 "{REGISTRY_ENV} is not set: start the test registry with `hack/test-registry.sh start` \
                  and export {REGISTRY_ENV}=127.0.0.1:5055 (or run `make test`)"
