@@ -468,3 +468,34 @@ async fn an_oom_kill_is_recorded() {
     assert!(rec.oom_killed, "oom recorded: {rec:?}");
     assert_eq!(rec.exit_code, 137);
 }
+
+/// Text without a newline is not held back for ever: after a second it is logged as `P`.
+#[tokio::test]
+async fn a_waiting_partial_line_is_logged_before_its_newline() {
+    let script = "printf 'prompt> '; sleep 2; echo answer";
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", script]);
+    let spawned = monitor::spawn(&b.request()).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    // While the container sleeps, the prompt is already in the log.
+    let until = Instant::now() + Duration::from_millis(1900);
+    let mut seen = false;
+    while Instant::now() < until && !seen {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = std::fs::read_to_string(b.log_path())
+            .unwrap_or_default()
+            .contains("prompt>");
+    }
+    assert!(
+        seen,
+        "partial line logged before the container wrote its newline"
+    );
+    assert_eq!(b.wait(&spawned).await.exit_code, 0);
+    assert_eq!(
+        b.log_records(),
+        vec![
+            ("stdout".into(), "P".into(), "prompt> ".into()),
+            ("stdout".into(), "F".into(), "answer".into()),
+        ]
+    );
+}

@@ -4,13 +4,14 @@
 //! `F` ends a line; `P` is one piece of a line that goes on in the next record of the same stream.
 //! Partial data is kept per stream until its newline arrives, so a line that the container wrote in
 //! several small writes still becomes one `F` record; a line longer than [`MAX_LINE`] is cut into
-//! `P` records so that the monitor's memory stays bounded; what is left at EOF becomes a `P` record.
+//! `P` records so that the monitor's memory stays bounded; text that waited too long for its
+//! newline (a prompt, see [`CriLog::flush_stale`]) or is left at EOF becomes a `P` record.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// The longest text one record carries (conmon uses a similar bound).
 pub const MAX_LINE: usize = 16 * 1024;
@@ -48,6 +49,8 @@ pub struct CriLog<W: Write = File> {
     path: Option<PathBuf>,
     /// Text of the current, unfinished line of each stream.
     partial: [Vec<u8>; 2],
+    /// Since when each stream's partial text has waited for its newline.
+    partial_since: [Option<Instant>; 2],
     /// Scratch buffer for one record, reused so that writing a record does not allocate.
     record: Vec<u8>,
 }
@@ -88,6 +91,7 @@ impl<W: Write> CriLog<W> {
             sink,
             path: None,
             partial: [Vec::new(), Vec::new()],
+            partial_since: [None, None],
             record: Vec::new(),
         }
     }
@@ -122,6 +126,9 @@ impl<W: Write> CriLog<W> {
                 self.emit(stream, b'P', None)
             } else {
                 self.partial[i].extend_from_slice(data);
+                if self.partial_since[i].is_none() {
+                    self.partial_since[i] = Some(Instant::now());
+                }
                 break;
             };
             // Keep going after a failed write: the pipe must be drained or the container blocks.
@@ -139,6 +146,26 @@ impl<W: Write> CriLog<W> {
             return Ok(());
         }
         self.emit(stream, b'P', None)
+    }
+
+    /// Writes out, as `P` records, partial lines that have waited `max_age` or longer for their
+    /// newline (a prompt without one must still reach `kubectl logs -f`). Returns how long until
+    /// the next remaining partial line is due, if any.
+    pub fn flush_stale(&mut self, max_age: Duration) -> Option<Duration> {
+        let mut next: Option<Duration> = None;
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let Some(since) = self.partial_since[stream.index()] else {
+                continue;
+            };
+            let age = since.elapsed();
+            if age >= max_age {
+                let _ = self.flush_partial(stream);
+            } else {
+                let due = max_age - age;
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        next
     }
 
     /// Whether `stream` has text waiting for its newline.
@@ -165,6 +192,7 @@ impl<W: Write> CriLog<W> {
         self.record.push(b'\n');
         if text.is_none() {
             self.partial[i].clear();
+            self.partial_since[i] = None;
         }
         // Drop buffers that a very long line grew, so an idle monitor stays small.
         if self.partial[i].capacity() > MAX_LINE {
@@ -285,6 +313,27 @@ mod tests {
             ("P", &b"no newline"[..])
         );
         assert!(!log.has_partial(Stream::Stdout));
+    }
+
+    #[test]
+    fn stale_partial_lines_are_flushed_fresh_ones_kept() {
+        let mut log = CriLog::new(Some(Vec::new()));
+        log.write(Stream::Stdout, b"prompt> ").unwrap();
+        let due = log
+            .flush_stale(Duration::from_secs(60))
+            .expect("a partial line is pending");
+        assert!(due <= Duration::from_secs(60));
+        assert!(log.sink_mut().unwrap().is_empty());
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(log.flush_stale(Duration::from_millis(1)), None);
+        log.write(Stream::Stdout, b"answer\n").unwrap();
+        let recs = parse(log.sink_mut().unwrap());
+        let got: Vec<_> = recs
+            .iter()
+            .map(|r| (r.2.as_str(), r.3.as_slice()))
+            .collect();
+        assert_eq!(got, vec![("P", &b"prompt> "[..]), ("F", &b"answer"[..])]);
+        assert_eq!(log.flush_stale(Duration::from_millis(1)), None);
     }
 
     #[test]

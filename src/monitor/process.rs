@@ -42,6 +42,9 @@ use crate::sys;
 /// the init and hold the pipes must not keep the monitor alive for ever).
 const EOF_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a partial line waits for its newline before it is logged as a `P` record.
+const PARTIAL_FLUSH: Duration = Duration::from_secs(1);
+
 /// How much of the runtime's own output is kept to explain a failed create.
 const CREATE_OUTPUT_MAX: usize = 8 * 1024;
 
@@ -262,12 +265,21 @@ impl Monitor {
     /// The event loop; returns the monitor's exit status.
     fn run(mut self, mut sync: SyncPipe) -> i32 {
         loop {
-            let timeout = match &self.phase {
+            let flush_due = self.log.flush_stale(PARTIAL_FLUSH);
+            let exit_due = match &self.phase {
                 Phase::Exited { deadline, .. } => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                    Some(deadline.saturating_duration_since(Instant::now()))
                 }
-                _ => PollTimeout::NONE,
+                _ => None,
+            };
+            let timeout = match (flush_due, exit_due) {
+                (None, None) => PollTimeout::NONE,
+                (a, b) => {
+                    let wait = a.unwrap_or(Duration::MAX).min(b.unwrap_or(Duration::MAX));
+                    // Round up so that a due time under a millisecond does not spin.
+                    let wait = wait.max(Duration::from_millis(1));
+                    PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX)
+                }
             };
             let (sig_ready, ready) = {
                 let mut fds = Vec::with_capacity(1 + self.outputs.len());
