@@ -499,3 +499,48 @@ async fn a_waiting_partial_line_is_logged_before_its_newline() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_missing_monitor_binary_is_a_spawn_error() {
+    let b = Bundle::new(&["/bin/busybox", "true"]);
+    let mut req = b.request();
+    req.monitor_path = b.path("no-such-monitor");
+    let err = monitor::spawn(&req).await.expect_err("no binary");
+    assert!(matches!(err, MonitorError::Spawn { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-monitor"), "{err}");
+}
+
+/// With `stdin` the container's stdin stays open (for attach) instead of reading EOF at once.
+#[tokio::test]
+async fn stdin_stays_open_when_asked() {
+    let script = "if read x; then echo got; else echo eof; fi";
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", script]);
+    let mut req = b.request();
+    req.stdin = true;
+    let spawned = monitor::spawn(&req).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        monitor::read_exit(&b.path("exit")).unwrap().is_none(),
+        "still reading stdin"
+    );
+    let out = b.runc(&["kill", &b.id, "KILL"]);
+    assert!(
+        out.status.success(),
+        "runc kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.wait(&spawned).await.exit_code, 137);
+
+    // Without it, stdin is /dev/null.
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", script]);
+    let spawned = monitor::spawn(&b.request()).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    assert_eq!(b.wait(&spawned).await.exit_code, 0);
+    assert_eq!(
+        b.log_records(),
+        vec![("stdout".into(), "F".into(), "eof".into())]
+    );
+}
