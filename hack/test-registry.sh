@@ -70,6 +70,16 @@ push() { # layout tag name
   skopeo copy --quiet --dest-tls-verify=false "oci:$1:$2" "docker://$ADDR/$3:$2"
 }
 
+# Add DIR as one layer. GNU tar writes the archive: umoci 0.4.7's own `insert` can end a layer
+# without the last entry's padding and the end-of-archive blocks, which strict unpackers refuse.
+add_layer() {
+  local image=$1 dir=$2 tarball
+  tarball=$(mktemp /var/tmp/ferrio-layer.XXXXXX)
+  tar -C "$dir" -cf "$tarball" --numeric-owner .
+  umoci raw add-layer --image "$image" "$tarball"
+  rm -f "$tarball"
+}
+
 build_pause() {
   if has_image pause 3.10; then
     log "pause:3.10 already present"
@@ -85,7 +95,7 @@ build_pause() {
   cp "$CATATONIT" "$work/root/pause"
   umoci init --layout "$work/oci"
   umoci new --image "$work/oci:3.10"
-  umoci insert --image "$work/oci:3.10" "$work/root/pause" /pause
+  add_layer "$work/oci:3.10" "$work/root"
   # catatonit -P is pause mode: it runs no program, reaps zombies and exits on SIGTERM/SIGINT.
   umoci config --image "$work/oci:3.10" --config.entrypoint /pause --config.entrypoint -P \
     --config.user 65535:65535
@@ -129,8 +139,8 @@ test:x:1000:
 GROUP
   umoci init --layout "$work/oci"
   umoci new --image "$work/oci:1.36"
-  # One layer holding the whole tree; umoci keeps the hard links.
-  umoci insert --image "$work/oci:1.36" "$r" /
+  # One layer holding the whole tree, hard links kept.
+  add_layer "$work/oci:1.36" "$r"
   umoci config --image "$work/oci:1.36" --config.cmd sh \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
   push "$work/oci" 1.36 library/busybox
