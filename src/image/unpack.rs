@@ -195,6 +195,11 @@ impl Unpacker<'_> {
         name: &str,
     ) -> Result<Option<PathBuf>, ImageError> {
         let raw = entry.path().map_err(|e| self.fail(name, e))?.into_owned();
+        // umoci and some other builders emit the layer root as "/": that names the root
+        // itself, not a path outside it. Every other absolute name is still refused.
+        if raw == Path::new("/") {
+            return Ok(None);
+        }
         let rel = self.clean(name, &raw)?;
         if rel.as_os_str().is_empty() {
             // "./": the layer root itself; its owner and mode are the overlay's business.
