@@ -9,6 +9,9 @@ use nix::fcntl::{Flock, FlockArg};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// How long in-flight requests may run after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Parser)]
 #[command(name = "ferrio", version, about = "A Kubernetes CRI runtime")]
 struct Cli {
@@ -131,7 +134,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start")?;
     tracing::info!(socket = %listen.display(), "serving CRI");
-    let shutdown = async {
+    let signal = async {
         use tokio::signal::unix::{signal, SignalKind};
         let (mut term, mut int) = match (
             signal(SignalKind::terminate()),
@@ -145,9 +148,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = int.recv() => tracing::info!("SIGINT: shutting down, containers keep running"),
         }
     };
-    server::run(daemon, listener, shutdown)
-        .await
-        .context("grpc server")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = server::run(daemon, listener, async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("grpc server")?,
+        _ = signal => {
+            let _ = stop_tx.send(());
+            // Graceful shutdown waits for clients to hang up; kubelet never does, so in-flight
+            // requests get a bounded grace period.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r.context("grpc server")?,
+                Err(_) => tracing::info!("clients still connected after {:?}; exiting", SHUTDOWN_GRACE),
+            }
+        }
+    }
     let _ = std::fs::remove_file(&listen);
     Ok(())
 }
