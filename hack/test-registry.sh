@@ -9,7 +9,10 @@ set -euo pipefail
 
 ADDR=${FERRIO_TEST_REGISTRY_ADDR:-127.0.0.1:5055}
 BASE=/var/tmp/ferrio-test-registry
-DATA=$BASE/data
+# Bump when the image recipes below change: a new storage dir makes `start` rebuild the images even
+# where an older registry still serves the old ones.
+IMAGES_VERSION=2
+DATA=$BASE/data-v$IMAGES_VERSION
 CONFIG=$BASE/config.yml
 PIDFILE=$BASE/registry.pid
 LOG=$BASE/registry.log
@@ -30,10 +33,21 @@ has_image() { # name tag
 
 start_registry() {
   if serving; then
-    log "reusing the registry serving on $ADDR"
-    return
+    if grep -qs "rootdirectory: $DATA\$" "$CONFIG"; then
+      log "reusing the registry serving on $ADDR"
+      return
+    fi
+    if [ -f "$PIDFILE" ] && [ "$(cat "/proc/$(cat "$PIDFILE")/comm" 2>/dev/null)" = docker-registry ]; then
+      log "restarting our registry: its images are from an older recipe"
+      stop_registry
+    else
+      log "something else serves on $ADDR; using it as it is"
+      return
+    fi
   fi
   mkdir -p "$DATA"
+  # Storage of older recipes is dead weight.
+  find "$BASE" -mindepth 1 -maxdepth 1 -name 'data*' ! -path "$DATA" -exec rm -rf {} +
   # Our own config: the Debian package's sample enables htpasswd auth and listens on all addresses.
   cat >"$CONFIG" <<YAML
 version: 0.1
