@@ -311,23 +311,25 @@ impl Config {
                 file: names.clone().into(),
                 message: one_line(&e.to_string()),
             })?;
-        cfg.validate().map_err(|(key, reason)| ConfigError::Invalid {
-            file: names,
-            key,
-            reason,
-        })?;
+        cfg.validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                file: names,
+                key,
+                reason,
+            })?;
         Ok(cfg)
     }
 
     /// Deserialize one file on its own so an unknown key or a wrong type is reported against the
     /// file that holds it, with the key's path in the message.
     fn check_file(file: &Path, t: &toml::Table) -> Result<(), ConfigError> {
-        let _: Config = toml::Value::Table(t.clone()).try_into().map_err(
-            |e: toml::de::Error| ConfigError::Parse {
-                file: file.to_path_buf(),
-                message: one_line(&e.to_string()),
-            },
-        )?;
+        let _: Config =
+            toml::Value::Table(t.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    file: file.to_path_buf(),
+                    message: one_line(&e.to_string()),
+                })?;
         Ok(())
     }
 
@@ -335,13 +337,12 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let file = Path::new("<string>");
         let t = parse_table(file, text)?;
-        let cfg: Config =
-            toml::Value::Table(t)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    file: file.to_path_buf(),
-                    message: one_line(&e.to_string()),
-                })?;
+        let cfg: Config = toml::Value::Table(t)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                file: file.to_path_buf(),
+                message: one_line(&e.to_string()),
+            })?;
         cfg.validate()
             .map_err(|(key, reason)| ConfigError::Invalid {
                 file: "<string>".into(),
@@ -358,7 +359,10 @@ impl Config {
             return bad("root", format!("{:?} is not an absolute path", self.root));
         }
         if !self.runroot.is_absolute() {
-            return bad("runroot", format!("{:?} is not an absolute path", self.runroot));
+            return bad(
+                "runroot",
+                format!("{:?} is not an absolute path", self.runroot),
+            );
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return bad(
@@ -390,7 +394,11 @@ impl Config {
                 ),
             );
         }
-        if !self.runtime.runtimes.contains_key(&self.runtime.default_runtime) {
+        if !self
+            .runtime
+            .runtimes
+            .contains_key(&self.runtime.default_runtime)
+        {
             return bad(
                 "runtime.default_runtime",
                 format!(
@@ -427,13 +435,19 @@ impl Config {
                 if m.location.is_empty() || m.location.contains("://") {
                     return bad(
                         &format!("image.registry[{i}].mirror[{j}].location"),
-                        format!("{:?} must be host[:port][/path], without a scheme", m.location),
+                        format!(
+                            "{:?} must be host[:port][/path], without a scheme",
+                            m.location
+                        ),
                     );
                 }
             }
         }
         if self.network.plugin_dirs.is_empty() {
-            return bad("network.plugin_dirs", "must name at least one directory".into());
+            return bad(
+                "network.plugin_dirs",
+                "must name at least one directory".into(),
+            );
         }
         Ok(())
     }
@@ -584,27 +598,37 @@ plugin_dirs = ["/opt/cni/bin"]
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::from_toml("[api]\nlisten_on = \"/x\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("[api]\nlisten_on = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen_on"), "{e}");
     }
 
     #[test]
     fn wrong_type_is_named() {
-        let e = Config::from_toml("[api]\nstream_port = \"x\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("[api]\nstream_port = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stream_port"), "{e}");
     }
 
     #[test]
     fn invalid_values_name_key_and_reason() {
-        let e = Config::from_toml("log_level = \"loud\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("log_level = \"loud\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("log_level") && e.contains("loud"), "{e}");
         let e = Config::from_toml("[runtime]\ndefault_runtime = \"kata\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("runtime.default_runtime"), "{e}");
-        let e = Config::from_toml("[runtime]\ncgroup_manager = \"x\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("[runtime]\ncgroup_manager = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("runtime.cgroup_manager"), "{e}");
-        let e = Config::from_toml("root = \"rel\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("root = \"rel\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("root"), "{e}");
         let e = Config::from_toml(
             "[[image.registry]]\nprefix = \"a\"\n[[image.registry.mirror]]\nlocation = \"http://x\"\n",
@@ -626,7 +650,10 @@ plugin_dirs = ["/opt/cni/bin"]
         std::fs::write(d.join("ignored.txt"), "garbage").unwrap();
         let c = Config::load(Some(&main), Some(&d)).unwrap();
         assert_eq!(c.log_level, "error");
-        assert_eq!(c.api.stream_port, 1000, "a drop-in keeps keys it does not set");
+        assert_eq!(
+            c.api.stream_port, 1000,
+            "a drop-in keeps keys it does not set"
+        );
     }
 
     #[test]
@@ -651,10 +678,15 @@ plugin_dirs = ["/opt/cni/bin"]
         )
         .unwrap();
         assert_eq!(
-            c.registry_for("docker.io/library/busybox:1").unwrap().prefix,
+            c.registry_for("docker.io/library/busybox:1")
+                .unwrap()
+                .prefix,
             "docker.io/library"
         );
-        assert_eq!(c.registry_for("docker.io/other/x").unwrap().prefix, "docker.io");
+        assert_eq!(
+            c.registry_for("docker.io/other/x").unwrap().prefix,
+            "docker.io"
+        );
         assert!(c.registry_for("quay.io/x").is_none());
     }
 

@@ -8,7 +8,9 @@ use crate::image::ImageStore;
 use crate::monitor;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
-use crate::sandbox::lifecycle::{monitor_alive, write_bundle, Pods, Sandbox, SandboxError, SandboxState};
+use crate::sandbox::lifecycle::{
+    monitor_alive, write_bundle, Pods, Sandbox, SandboxError, SandboxState,
+};
 use crate::state::names::Names;
 use crate::state::{Record, StateError, Table};
 use serde::{Deserialize, Serialize};
@@ -144,8 +146,14 @@ pub fn parse_signal(s: &str) -> Option<i32> {
         return (1..=64).contains(&n).then_some(n);
     }
     let name = s.to_ascii_uppercase();
-    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
-    name.parse::<nix::sys::signal::Signal>().ok().map(|s| s as i32)
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
 }
 
 /// The containers of this node.
@@ -164,7 +172,11 @@ pub struct CreateRequest<'a> {
 }
 
 impl Containers {
-    pub fn new(pods: Arc<Pods>, images: Arc<ImageStore>, table: Table<ContainerMeta, ContainerStatus>) -> Self {
+    pub fn new(
+        pods: Arc<Pods>,
+        images: Arc<ImageStore>,
+        table: Table<ContainerMeta, ContainerStatus>,
+    ) -> Self {
         let names = Names::default();
         for c in table.list() {
             let _ = names.reserve(&c.meta.name_key, &c.id);
@@ -209,7 +221,10 @@ impl Containers {
     }
 
     /// CreateContainer. A retry of the same name key returns the container already made.
-    pub async fn create(self: &Arc<Self>, req: CreateRequest<'_>) -> Result<String, ContainerError> {
+    pub async fn create(
+        self: &Arc<Self>,
+        req: CreateRequest<'_>,
+    ) -> Result<String, ContainerError> {
         let sandbox = self.pods.get(req.sandbox_id)?;
         if sandbox.status().state != SandboxState::Ready {
             return Err(SandboxError::NotReady {
@@ -217,10 +232,14 @@ impl Containers {
             }
             .into());
         }
-        let md = req.config.metadata.as_ref().ok_or_else(|| ContainerError::Invalid {
-            field: "metadata".into(),
-            reason: "container config has no metadata".into(),
-        })?;
+        let md = req
+            .config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| ContainerError::Invalid {
+                field: "metadata".into(),
+                reason: "container config has no metadata".into(),
+            })?;
         if md.name.is_empty() {
             return Err(ContainerError::Invalid {
                 field: "metadata.name".into(),
@@ -319,7 +338,10 @@ impl Containers {
         let runtime = self.runtime_for(sandbox)?;
         let cgroups_path = meta.cgroups_path.clone();
         let log_path = meta.log_path.clone();
-        let rec = self.table.insert(id, meta, ContainerStatus::default()).await?;
+        let rec = self
+            .table
+            .insert(id, meta, ContainerStatus::default())
+            .await?;
         {
             let this = self.clone();
             let id = id.to_string();
@@ -341,13 +363,16 @@ impl Containers {
         let layers = self.images.layer_dirs(image);
         let ov = self.overlay_dir(id);
         let ov2 = ov.clone();
-        let rootfs = tokio::task::spawn_blocking(move || crate::image::overlay::mount_rootfs(&layers, &ov2))
-            .await
-            .map_err(join_err(&ov))??;
+        let rootfs =
+            tokio::task::spawn_blocking(move || crate::image::overlay::mount_rootfs(&layers, &ov2))
+                .await
+                .map_err(join_err(&ov))??;
         {
             let ov = ov.clone();
             rb.push("unmount rootfs", async move {
-                let _ = tokio::task::spawn_blocking(move || crate::image::overlay::unmount_rootfs(&ov)).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || crate::image::overlay::unmount_rootfs(&ov))
+                        .await;
             });
         }
 
@@ -381,10 +406,12 @@ impl Containers {
         write_bundle(&bundle, &oci).await?;
         if let Some(lp) = &log_path {
             if let Some(dir) = lp.parent() {
-                tokio::fs::create_dir_all(dir).await.map_err(|source| ContainerError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|source| ContainerError::Io {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
             }
         }
         {
@@ -432,8 +459,18 @@ impl Containers {
             };
             let (code, at, oom, msg) = match exit {
                 Ok(Some(x)) => (x.exit_code, x.finished_at, x.oom_killed, String::new()),
-                Ok(None) => (255, now_ns(), false, "monitor exited without an exit record".to_string()),
-                Err(e) => (255, now_ns(), false, format!("cannot read exit record: {e}")),
+                Ok(None) => (
+                    255,
+                    now_ns(),
+                    false,
+                    "monitor exited without an exit record".to_string(),
+                ),
+                Err(e) => (
+                    255,
+                    now_ns(),
+                    false,
+                    format!("cannot read exit record: {e}"),
+                ),
             };
             if rec.status().finished_at == 0 {
                 let r = rec
@@ -445,8 +482,12 @@ impl Containers {
                     })
                     .await;
                 match r {
-                    Ok(_) => tracing::info!(id = %rec.id, exit_code = code, oom, "container exited"),
-                    Err(e) => tracing::warn!(id = %rec.id, error = %e, "cannot record container exit"),
+                    Ok(_) => {
+                        tracing::info!(id = %rec.id, exit_code = code, oom, "container exited")
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %rec.id, error = %e, "cannot record container exit")
+                    }
                 }
             }
         });
@@ -497,7 +538,10 @@ impl Containers {
             }
         }
         runtime.kill(&rec.id, libc::SIGKILL, true).await?;
-        if tokio::time::timeout(KILL_WAIT, rec.wait_for(exited)).await.is_err() {
+        if tokio::time::timeout(KILL_WAIT, rec.wait_for(exited))
+            .await
+            .is_err()
+        {
             // The monitor did not report: trust the runtime's view.
             if !monitor_alive(rec.status().monitor_pid, &rec.id) {
                 rec.update(|s| {

@@ -50,7 +50,12 @@ pub fn hosts(hostname: &str, ip: Option<&str>) -> String {
 }
 
 /// Write the three files into `dir`.
-pub fn write(dir: &Path, hostname: &str, ip: Option<&str>, dns: &Dns) -> std::io::Result<PodFilePaths> {
+pub fn write(
+    dir: &Path,
+    hostname: &str,
+    ip: Option<&str>,
+    dns: &Dns,
+) -> std::io::Result<PodFilePaths> {
     std::fs::create_dir_all(dir)?;
     let paths = PodFilePaths {
         hostname: dir.join("hostname"),
@@ -79,7 +84,10 @@ mod tests {
             resolv_conf(&dns, "nameserver 1.1.1.1\n"),
             "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
         );
-        assert_eq!(resolv_conf(&Dns::default(), "nameserver 1.1.1.1\n"), "nameserver 1.1.1.1\n");
+        assert_eq!(
+            resolv_conf(&Dns::default(), "nameserver 1.1.1.1\n"),
+            "nameserver 1.1.1.1\n"
+        );
     }
 
     #[test]
@@ -87,7 +95,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "web-0", Some("10.1.2.3"), &Dns::default()).unwrap();
         assert_eq!(std::fs::read_to_string(&p.hostname).unwrap(), "web-0\n");
-        assert!(std::fs::read_to_string(&p.hosts).unwrap().contains("10.1.2.3\tweb-0"));
+        assert!(std::fs::read_to_string(&p.hosts)
+            .unwrap()
+            .contains("10.1.2.3\tweb-0"));
         assert!(p.resolv_conf.exists());
     }
 }

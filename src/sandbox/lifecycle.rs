@@ -186,13 +186,15 @@ impl Pods {
         } else {
             handler
         };
-        self.runtimes.get(name).ok_or_else(|| SandboxError::Invalid {
-            field: "runtime_handler".into(),
-            reason: format!(
-                "unknown runtime handler {name:?} (configured: {})",
-                self.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        })
+        self.runtimes
+            .get(name)
+            .ok_or_else(|| SandboxError::Invalid {
+                field: "runtime_handler".into(),
+                reason: format!(
+                    "unknown runtime handler {name:?} (configured: {})",
+                    self.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            })
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
@@ -203,11 +205,19 @@ impl Pods {
 
     /// RunPodSandbox. A retry of the same pod (same name key) gets the same id.
     pub async fn run(self: &Arc<Self>, req: RunRequest<'_>) -> Result<String, SandboxError> {
-        let md = req.config.metadata.as_ref().ok_or_else(|| SandboxError::Invalid {
-            field: "metadata".into(),
-            reason: "pod sandbox config has no metadata".into(),
-        })?;
-        for (field, v) in [("metadata.name", &md.name), ("metadata.namespace", &md.namespace), ("metadata.uid", &md.uid)] {
+        let md = req
+            .config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| SandboxError::Invalid {
+                field: "metadata".into(),
+                reason: "pod sandbox config has no metadata".into(),
+            })?;
+        for (field, v) in [
+            ("metadata.name", &md.name),
+            ("metadata.namespace", &md.namespace),
+            ("metadata.uid", &md.uid),
+        ] {
             if v.is_empty() {
                 return Err(SandboxError::Invalid {
                     field: field.into(),
@@ -320,7 +330,10 @@ impl Pods {
         };
 
         // Record first, so a daemon killed from here on finds the object and reaps it.
-        let rec = self.table.insert(id, meta, SandboxStatus::default()).await?;
+        let rec = self
+            .table
+            .insert(id, meta, SandboxStatus::default())
+            .await?;
         {
             let this = self.clone();
             let id = id.to_string();
@@ -398,21 +411,28 @@ impl Pods {
         let sandbox_image = self.config.image.sandbox_image.clone();
         let image = match self.images.resolve(&sandbox_image) {
             Some(i) => i,
-            None => self.images.pull(&sandbox_image, &self.config.image, None).await?,
+            None => {
+                self.images
+                    .pull(&sandbox_image, &self.config.image, None)
+                    .await?
+            }
         };
         let layers = self.images.layer_dirs(&image);
         let ov = self.overlay_dir(id);
         let ov2 = ov.clone();
-        let rootfs = tokio::task::spawn_blocking(move || crate::image::overlay::mount_rootfs(&layers, &ov2))
-            .await
-            .map_err(|e| SandboxError::Io {
-                path: ov.clone(),
-                source: std::io::Error::other(e),
-            })??;
+        let rootfs =
+            tokio::task::spawn_blocking(move || crate::image::overlay::mount_rootfs(&layers, &ov2))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    path: ov.clone(),
+                    source: std::io::Error::other(e),
+                })??;
         {
             let ov = ov.clone();
             rb.push("unmount pause rootfs", async move {
-                let _ = tokio::task::spawn_blocking(move || crate::image::overlay::unmount_rootfs(&ov)).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || crate::image::overlay::unmount_rootfs(&ov))
+                        .await;
             });
         }
 
@@ -587,7 +607,10 @@ impl Pods {
 }
 
 /// Write `config.json` into a fresh bundle directory.
-pub async fn write_bundle(bundle: &Path, spec: &oci_spec::runtime::Spec) -> Result<(), SandboxError> {
+pub async fn write_bundle(
+    bundle: &Path,
+    spec: &oci_spec::runtime::Spec,
+) -> Result<(), SandboxError> {
     let b = bundle.to_path_buf();
     let json = serde_json::to_vec(spec).map_err(|e| SandboxError::Io {
         path: b.clone(),

@@ -24,9 +24,10 @@ impl ImageSvc {
         }
         cfg.pinned_images.iter().any(|p| {
             let pat = glob::Pattern::new(p).ok();
-            i.repo_tags.iter().chain(i.repo_digests.iter()).any(|name| {
-                name == p || pat.as_ref().is_some_and(|g| g.matches(name))
-            })
+            i.repo_tags
+                .iter()
+                .chain(i.repo_digests.iter())
+                .any(|name| name == p || pat.as_ref().is_some_and(|g| g.matches(name)))
         })
     }
 
@@ -45,7 +46,10 @@ fn image_name(spec: Option<cri::ImageSpec>) -> Result<String, Status> {
 
 #[tonic::async_trait]
 impl ImageService for ImageSvc {
-    async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> Res<cri::ListImagesResponse> {
+    async fn list_images(
+        &self,
+        req: Request<cri::ListImagesRequest>,
+    ) -> Res<cri::ListImagesResponse> {
         let filter = req
             .into_inner()
             .filter
@@ -53,7 +57,12 @@ impl ImageService for ImageSvc {
             .map(|s| s.image)
             .unwrap_or_default();
         let images = if filter.is_empty() {
-            self.0.images.list().iter().map(|i| self.to_cri(i)).collect()
+            self.0
+                .images
+                .list()
+                .iter()
+                .map(|i| self.to_cri(i))
+                .collect()
         } else {
             self.0
                 .images
@@ -111,7 +120,10 @@ impl ImageService for ImageSvc {
         Ok(Response::new(cri::PullImageResponse { image_ref: info.id }))
     }
 
-    async fn remove_image(&self, req: Request<cri::RemoveImageRequest>) -> Res<cri::RemoveImageResponse> {
+    async fn remove_image(
+        &self,
+        req: Request<cri::RemoveImageRequest>,
+    ) -> Res<cri::RemoveImageResponse> {
         let name = image_name(req.into_inner().image)?;
         let Some(i) = self.0.images.resolve(&name) else {
             return Ok(Response::new(cri::RemoveImageResponse {}));

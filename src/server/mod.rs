@@ -4,12 +4,18 @@
 //! errors through [`crate::error`]. Cross-object work (StopPodSandbox stops the pod's containers
 //! first) is orchestrated here. The socket is only served after recovery has finished.
 
+mod container;
 mod convert;
 mod image;
+mod pod;
 mod runtime;
+mod stats;
+mod status;
+mod stream;
 
 use crate::config::Config;
 use crate::container::lifecycle::Containers;
+use crate::error::Error;
 use crate::image::ImageStore;
 use crate::network::Cni;
 use crate::oci::host::HostFeatures;
@@ -24,6 +30,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Response, Status};
+
+pub(crate) type Res<T> = Result<Response<T>, Status>;
+
+pub(crate) fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not implemented by this ferrio version"))
+}
+
+/// Run `fut` to completion even if the client goes away: kubelet retries a timed-out create
+/// and must find the first attempt's result, not a half-done object.
+pub(crate) async fn detached<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(fut)
+        .await
+        .map_err(|e| Status::internal(format!("request task failed: {e}")))?
+        .map_err(Status::from)
+}
 
 /// Everything the daemon serves, built once at start.
 pub struct Daemon {

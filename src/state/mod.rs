@@ -69,12 +69,14 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError
 /// Read and parse a JSON file; `Ok(None)` when it does not exist.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StateError::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path)(e)),
     }
@@ -116,7 +118,10 @@ where
 
     /// A snapshot of the current status.
     pub fn status(&self) -> S {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Apply `f` to a copy of the status, persist it atomically, then publish it. If the write
@@ -207,7 +212,12 @@ where
     }
 
     /// Persist a new record and add it to the table.
-    pub async fn insert(&self, id: &str, meta: M, status: S) -> Result<Arc<Record<M, S>>, StateError> {
+    pub async fn insert(
+        &self,
+        id: &str,
+        meta: M,
+        status: S,
+    ) -> Result<Arc<Record<M, S>>, StateError> {
         let dir = self.dir.join(id);
         let rec = Arc::new(Record::new(id.to_string(), dir.clone(), meta, status));
         let r = rec.clone();
@@ -325,8 +335,12 @@ mod tests {
     async fn ambiguous_prefix_is_an_error_and_broken_records_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let (t, _) = Table::<M, S>::open(dir.path()).unwrap();
-        t.insert("ab1", M { name: "a".into() }, S::default()).await.unwrap();
-        t.insert("ab2", M { name: "b".into() }, S::default()).await.unwrap();
+        t.insert("ab1", M { name: "a".into() }, S::default())
+            .await
+            .unwrap();
+        t.insert("ab2", M { name: "b".into() }, S::default())
+            .await
+            .unwrap();
         assert!(matches!(t.get("ab"), Err(StateError::Ambiguous { .. })));
         std::fs::create_dir(dir.path().join("zz")).unwrap();
         std::fs::write(dir.path().join("zz/meta.json"), "{not json").unwrap();
@@ -341,7 +355,10 @@ mod tests {
     async fn wait_for_sees_a_later_update() {
         let dir = tempfile::tempdir().unwrap();
         let (t, _) = Table::<M, S>::open(dir.path()).unwrap();
-        let r = t.insert("a", M { name: "a".into() }, S::default()).await.unwrap();
+        let r = t
+            .insert("a", M { name: "a".into() }, S::default())
+            .await
+            .unwrap();
         let r2 = r.clone();
         let h = tokio::spawn(async move { r2.wait_for(|s| s.n == 2).await });
         r.update(|s| s.n = 1).await.unwrap();

@@ -1,0 +1,155 @@
+//! Container RPCs: Create/Start/Stop/Remove/List/Status, update, log reopen, exec-sync.
+
+use super::Daemon;
+use super::{detached, not_yet, Res};
+use k8s_cri::v1 as cri;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::container::lifecycle::CreateRequest;
+use crate::error::Error;
+
+pub(super) async fn create_container(
+    d: &Arc<Daemon>,
+    req: Request<cri::CreateContainerRequest>,
+) -> Res<cri::CreateContainerResponse> {
+    let req = req.into_inner();
+    let config = req.config.ok_or_else(|| {
+        Status::invalid_argument("config: CreateContainerRequest has no container config")
+    })?;
+    let d = d.clone();
+    let id = detached(async move {
+        let sandbox = d.pods.get(&req.pod_sandbox_id)?;
+        // kubelet always sends the pod config; other clients may not.
+        let sandbox_config = match req.sandbox_config {
+            Some(c) => c,
+            None => serde_json::from_value(sandbox.meta.config.clone()).unwrap_or_default(),
+        };
+        let create = CreateRequest {
+            sandbox_id: &sandbox.id,
+            config: &config,
+            sandbox_config: &sandbox_config,
+        };
+        Ok(d.containers.create(create).await?)
+    })
+    .await?;
+    Ok(Response::new(cri::CreateContainerResponse {
+        container_id: id,
+    }))
+}
+
+pub(super) async fn start_container(
+    d: &Arc<Daemon>,
+    req: Request<cri::StartContainerRequest>,
+) -> Res<cri::StartContainerResponse> {
+    let id = req.into_inner().container_id;
+    let d = d.clone();
+    detached(async move { Ok(d.containers.start(&id).await?) }).await?;
+    Ok(Response::new(cri::StartContainerResponse {}))
+}
+
+pub(super) async fn stop_container(
+    d: &Arc<Daemon>,
+    req: Request<cri::StopContainerRequest>,
+) -> Res<cri::StopContainerResponse> {
+    let req = req.into_inner();
+    let d = d.clone();
+    detached(async move {
+        let Some(rec) = d.containers.table.get(&req.container_id)? else {
+            return Ok(());
+        };
+        Ok(d.containers.stop(&rec, req.timeout).await?)
+    })
+    .await?;
+    Ok(Response::new(cri::StopContainerResponse {}))
+}
+
+pub(super) async fn remove_container(
+    d: &Arc<Daemon>,
+    req: Request<cri::RemoveContainerRequest>,
+) -> Res<cri::RemoveContainerResponse> {
+    let id = req.into_inner().container_id;
+    let d = d.clone();
+    detached(async move {
+        let Some(rec) = d.containers.table.get(&id)? else {
+            return Ok(());
+        };
+        Ok(d.containers.remove(&rec).await?)
+    })
+    .await?;
+    Ok(Response::new(cri::RemoveContainerResponse {}))
+}
+
+pub(super) async fn list_containers(
+    d: &Arc<Daemon>,
+    req: Request<cri::ListContainersRequest>,
+) -> Res<cri::ListContainersResponse> {
+    let filter = req.into_inner().filter.unwrap_or_default();
+    let containers = d
+        .containers
+        .table
+        .list()
+        .into_iter()
+        .filter(|c| c.status().state() != crate::container::lifecycle::ContainerState::Creating)
+        .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+        .filter(|c| {
+            filter.pod_sandbox_id.is_empty()
+                || c.meta.sandbox_id.starts_with(&filter.pod_sandbox_id)
+        })
+        .filter(|c| convert::matches(&c.meta.labels, &filter.label_selector))
+        .map(|c| convert::container(&c))
+        .filter(|c| filter.state.as_ref().is_none_or(|f| f.state == c.state))
+        .collect();
+    Ok(Response::new(cri::ListContainersResponse { containers }))
+}
+
+pub(super) async fn container_status(
+    d: &Arc<Daemon>,
+    req: Request<cri::ContainerStatusRequest>,
+) -> Res<cri::ContainerStatusResponse> {
+    let req = req.into_inner();
+    let rec = d.containers.get(&req.container_id).map_err(Error::from)?;
+    let mut info = std::collections::HashMap::new();
+    if req.verbose {
+        let v = serde_json::json!({
+            "config": rec.meta.config,
+            "status": rec.status(),
+            "sandboxID": rec.meta.sandbox_id,
+            "cgroupsPath": rec.meta.cgroups_path,
+        });
+        info.insert("info".to_string(), v.to_string());
+    }
+    Ok(Response::new(cri::ContainerStatusResponse {
+        status: Some(convert::container_status(&rec)),
+        info,
+    }))
+}
+
+pub(super) async fn update_container_resources(
+    _d: &Arc<Daemon>,
+    _req: Request<cri::UpdateContainerResourcesRequest>,
+) -> Res<cri::UpdateContainerResourcesResponse> {
+    Err(not_yet("UpdateContainerResources"))
+}
+
+pub(super) async fn reopen_container_log(
+    _d: &Arc<Daemon>,
+    _req: Request<cri::ReopenContainerLogRequest>,
+) -> Res<cri::ReopenContainerLogResponse> {
+    Err(not_yet("ReopenContainerLog"))
+}
+
+pub(super) async fn exec_sync(
+    _d: &Arc<Daemon>,
+    _req: Request<cri::ExecSyncRequest>,
+) -> Res<cri::ExecSyncResponse> {
+    Err(not_yet("ExecSync"))
+}
+
+pub(super) async fn checkpoint_container(
+    _d: &Arc<Daemon>,
+    _req: Request<cri::CheckpointContainerRequest>,
+) -> Res<cri::CheckpointContainerResponse> {
+    Err(not_yet("CheckpointContainer"))
+}

@@ -1,0 +1,164 @@
+//! Pod sandbox RPCs: Run/Stop/Remove/Status/List.
+
+use super::Daemon;
+use super::{detached, Res};
+use k8s_cri::v1 as cri;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::error::Error;
+use crate::network::PortMapping;
+use crate::sandbox::files::Dns;
+use crate::sandbox::lifecycle::RunRequest;
+
+pub(super) async fn run_pod_sandbox(
+    d: &Arc<Daemon>,
+    req: Request<cri::RunPodSandboxRequest>,
+) -> Res<cri::RunPodSandboxResponse> {
+    let req = req.into_inner();
+    let config = req.config.ok_or_else(|| {
+        Status::invalid_argument("config: RunPodSandboxRequest has no pod sandbox config")
+    })?;
+    let pods = d.pods.clone();
+    let handler = req.runtime_handler;
+    let id = detached(async move {
+        let ns = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let dns = config
+            .dns_config
+            .as_ref()
+            .map(|d| Dns {
+                servers: d.servers.clone(),
+                searches: d.searches.clone(),
+                options: d.options.clone(),
+            })
+            .unwrap_or_default();
+        let port_mappings = config
+            .port_mappings
+            .iter()
+            .map(|p| PortMapping {
+                protocol: protocol(p.protocol),
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: p.host_ip.clone(),
+            })
+            .collect();
+        let run = RunRequest {
+            config: &config,
+            runtime_handler: &handler,
+            dns,
+            port_mappings,
+            host_network: ns.network == cri::NamespaceMode::Node as i32,
+            host_ipc: ns.ipc == cri::NamespaceMode::Node as i32,
+        };
+        Ok(pods.run(run).await?)
+    })
+    .await?;
+    Ok(Response::new(cri::RunPodSandboxResponse {
+        pod_sandbox_id: id,
+    }))
+}
+
+pub(super) async fn stop_pod_sandbox(
+    d: &Arc<Daemon>,
+    req: Request<cri::StopPodSandboxRequest>,
+) -> Res<cri::StopPodSandboxResponse> {
+    let id = req.into_inner().pod_sandbox_id;
+    let d = d.clone();
+    detached(async move {
+        // Stop of an unknown pod is success (critest's idempotence specs).
+        let Some(rec) = d.pods.table.get(&id)? else {
+            return Ok(());
+        };
+        for c in d.containers.of_sandbox(&rec.id) {
+            d.containers.stop(&c, 0).await?;
+        }
+        d.pods.stop(&rec).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(Response::new(cri::StopPodSandboxResponse {}))
+}
+
+pub(super) async fn remove_pod_sandbox(
+    d: &Arc<Daemon>,
+    req: Request<cri::RemovePodSandboxRequest>,
+) -> Res<cri::RemovePodSandboxResponse> {
+    let id = req.into_inner().pod_sandbox_id;
+    let d = d.clone();
+    detached(async move {
+        let Some(rec) = d.pods.table.get(&id)? else {
+            return Ok(());
+        };
+        for c in d.containers.of_sandbox(&rec.id) {
+            d.containers.remove(&c).await?;
+        }
+        d.pods.remove(&rec).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(Response::new(cri::RemovePodSandboxResponse {}))
+}
+
+pub(super) async fn pod_sandbox_status(
+    d: &Arc<Daemon>,
+    req: Request<cri::PodSandboxStatusRequest>,
+) -> Res<cri::PodSandboxStatusResponse> {
+    let req = req.into_inner();
+    let rec = d.pods.get(&req.pod_sandbox_id).map_err(Error::from)?;
+    let mut info = std::collections::HashMap::new();
+    if req.verbose {
+        let v = serde_json::json!({
+            "config": rec.meta.config,
+            "status": rec.status(),
+            "namespaces": rec.meta.namespaces,
+            "cgroupParent": rec.meta.cgroup_parent,
+        });
+        info.insert("info".to_string(), v.to_string());
+    }
+    let containers = d
+        .containers
+        .of_sandbox(&rec.id)
+        .iter()
+        .map(|c| convert::container_status(c))
+        .collect();
+    Ok(Response::new(cri::PodSandboxStatusResponse {
+        status: Some(convert::pod_sandbox_status(&rec)),
+        info,
+        containers_statuses: containers,
+        timestamp: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+    }))
+}
+
+pub(super) async fn list_pod_sandbox(
+    d: &Arc<Daemon>,
+    req: Request<cri::ListPodSandboxRequest>,
+) -> Res<cri::ListPodSandboxResponse> {
+    let filter = req.into_inner().filter.unwrap_or_default();
+    let items = d
+        .pods
+        .table
+        .list()
+        .into_iter()
+        .filter(|s| s.status().state != crate::sandbox::lifecycle::SandboxState::Creating)
+        .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
+        .filter(|s| convert::matches(&s.meta.labels, &filter.label_selector))
+        .map(|s| convert::pod_sandbox(&s))
+        .filter(|p| filter.state.as_ref().is_none_or(|f| f.state == p.state))
+        .collect();
+    Ok(Response::new(cri::ListPodSandboxResponse { items }))
+}
+
+fn protocol(p: i32) -> String {
+    match cri::Protocol::try_from(p).unwrap_or(cri::Protocol::Tcp) {
+        cri::Protocol::Tcp => "tcp",
+        cri::Protocol::Udp => "udp",
+        cri::Protocol::Sctp => "sctp",
+    }
+    .to_string()
+}

@@ -1,0 +1,91 @@
+//! Version, Status, RuntimeConfig, UpdateRuntimeConfig.
+
+use super::Daemon;
+use super::Res;
+use k8s_cri::v1 as cri;
+use std::sync::Arc;
+use tonic::{Request, Response};
+
+pub(super) async fn version(
+    _d: &Arc<Daemon>,
+    _req: Request<cri::VersionRequest>,
+) -> Res<cri::VersionResponse> {
+    Ok(Response::new(cri::VersionResponse {
+        version: "0.1.0".into(),
+        runtime_name: "ferrio".into(),
+        runtime_version: env!("CARGO_PKG_VERSION").into(),
+        runtime_api_version: "v1".into(),
+    }))
+}
+
+pub(super) async fn status(
+    d: &Arc<Daemon>,
+    _req: Request<cri::StatusRequest>,
+) -> Res<cri::StatusResponse> {
+    let runtime_ready = cri::RuntimeCondition {
+        r#type: "RuntimeReady".into(),
+        status: true,
+        reason: String::new(),
+        message: String::new(),
+    };
+    let network_ready = match d.cni.ready() {
+        Ok(_) => cri::RuntimeCondition {
+            r#type: "NetworkReady".into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        },
+        Err(e) => cri::RuntimeCondition {
+            r#type: "NetworkReady".into(),
+            status: false,
+            reason: "NetworkPluginNotReady".into(),
+            message: format!("network plugin not ready: {e}"),
+        },
+    };
+    let runtime_handlers = d
+        .config
+        .runtime
+        .runtimes
+        .keys()
+        .map(|name| cri::RuntimeHandler {
+            name: name.clone(),
+            features: Some(cri::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            }),
+        })
+        .collect();
+    Ok(Response::new(cri::StatusResponse {
+        status: Some(cri::RuntimeStatus {
+            conditions: vec![runtime_ready, network_ready],
+        }),
+        info: Default::default(),
+        runtime_handlers,
+        features: None,
+    }))
+}
+
+pub(super) async fn runtime_config(
+    d: &Arc<Daemon>,
+    _req: Request<cri::RuntimeConfigRequest>,
+) -> Res<cri::RuntimeConfigResponse> {
+    let driver = if d.config.runtime.cgroup_manager == "systemd" {
+        cri::CgroupDriver::Systemd
+    } else {
+        cri::CgroupDriver::Cgroupfs
+    };
+    Ok(Response::new(cri::RuntimeConfigResponse {
+        linux: Some(cri::LinuxRuntimeConfiguration {
+            cgroup_driver: driver as i32,
+        }),
+    }))
+}
+
+pub(super) async fn update_runtime_config(
+    _d: &Arc<Daemon>,
+    _req: Request<cri::UpdateRuntimeConfigRequest>,
+) -> Res<cri::UpdateRuntimeConfigResponse> {
+    // kubelet sends the pod CIDR here; CNI's own config decides addresses, so there is
+    // nothing to apply.
+    Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+}
