@@ -139,3 +139,97 @@ fn leak_check_sees_leftovers_and_cleanup_removes_them() {
     assert!(!cg.exists());
     assert!(!std::path::Path::new(&format!("/sys/class/net/{}", env.bridge())).exists());
 }
+
+/// The leak check against a real daemon: a running pod with a running container is seen as
+/// everything a pod holds (so the lifecycle tests' clean result means something), and removing
+/// them through CRI leaves nothing.
+#[tokio::test]
+async fn leak_check_sees_a_running_pod() {
+    use crate::harness::{container_config, pod_config, wait_for_container_state, Daemon};
+    use k8s_cri::v1::*;
+
+    let d = Daemon::start(Opts::default()).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let image = "docker.io/library/busybox:1.36";
+    cri.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pod = pod_config(&env, "leaky");
+    let parent = pod.linux.as_ref().unwrap().cgroup_parent.clone();
+    let pod_id = cri
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let ctr_id = cri
+        .rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(container_config("sleeper", image, &["sleep", "1000"])),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    cri.rt
+        .start_container(StartContainerRequest {
+            container_id: ctr_id.clone(),
+        })
+        .await
+        .unwrap();
+    wait_for_container_state(
+        &mut cri,
+        &ctr_id,
+        ContainerState::ContainerRunning,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let mut learned = LearnedPids::default();
+    learned.learn_cgroup(&parent);
+
+    let found = env.leaks(&[d.pid()], &learned).join("\n");
+    for want in [
+        "mount ",
+        "namespace file",
+        "runc state",
+        "still on bridge",
+        "IP reservation",
+        "iptables nat rule",
+        "cgroup directory",
+        "process ",
+        "still exists",
+    ] {
+        assert!(
+            found.contains(want),
+            "a running pod shows {want:?}:\n{found}"
+        );
+    }
+
+    cri.rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap();
+    cri.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await
+        .unwrap();
+    d.assert_no_leaks(&learned);
+}
