@@ -5,6 +5,6 @@
 //! Never imports `container`: stopping a pod's containers first is the server's job.
 
 pub mod files;
+pub mod lifecycle;
 pub mod namespaces;
 pub mod spec;
-pub mod lifecycle;

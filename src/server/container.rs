@@ -126,12 +126,6 @@ pub(super) async fn container_status(
     }))
 }
 
-pub(super) async fn update_container_resources(
-    _d: &Arc<Daemon>,
-    _req: Request<cri::UpdateContainerResourcesRequest>,
-) -> Res<cri::UpdateContainerResourcesResponse> {
-    Err(not_yet("UpdateContainerResources"))
-}
 
 pub(super) async fn reopen_container_log(
     _d: &Arc<Daemon>,

@@ -8,6 +8,7 @@ mod container;
 mod convert;
 mod image;
 mod pod;
+mod resources;
 mod runtime;
 mod stats;
 mod status;

@@ -1,6 +1,6 @@
 //! CRI RuntimeService: the trait, delegating to one file per RPC family.
 
-use super::{container, not_yet, pod, stats, status, stream, Daemon, Res};
+use super::{container, not_yet, pod, resources, stats, status, stream, Daemon, Res};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use std::pin::Pin;
@@ -96,7 +96,7 @@ impl RuntimeService for RuntimeSvc {
         &self,
         _req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Res<cri::UpdateContainerResourcesResponse> {
-        container::update_container_resources(&self.0, _req).await
+        resources::update_container_resources(&self.0, _req).await
     }
 
     async fn reopen_container_log(
