@@ -1,10 +1,215 @@
-//! Removing the cgroup directories a container or pod used.
+//! The cgroups of containers and pods: where they live (cgroupfs paths and systemd slice
+//! syntax), what they use (stats from cgroup v1 or v2 files), and removing them.
 //!
 //! `runc delete` removes only the leaf cgroup, and a failed create can leave the leaf behind; the
 //! daemon removes both the leaf and the pod's parent here. Only `rmdir` is ever used: a cgroup
-//! that still has processes stays, and nothing is ever mounted or unmounted.
+//! that still has processes stays, and nothing is ever mounted or unmounted. Stats are plain
+//! file reads (callers run them on the blocking pool).
 
 use std::path::{Path, PathBuf};
+
+/// Where every cgroup hierarchy is mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Who creates the cgroups: runc itself under absolute paths (`cgroupfs`), or systemd scopes
+/// inside slices (`systemd`, runc's `--systemd-cgroup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CgroupDriver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+impl CgroupDriver {
+    /// From the config's `cgroup_manager` (validated there to be one of the two names).
+    pub fn from_config(name: &str) -> CgroupDriver {
+        if name == "systemd" {
+            CgroupDriver::Systemd
+        } else {
+            CgroupDriver::Cgroupfs
+        }
+    }
+
+    /// The OCI `cgroupsPath` of object `id` under the pod's `parent`: `<parent>/ferrio-<id>` for
+    /// cgroupfs, `<slice>:ferrio:<id>` for systemd (runc then makes `ferrio-<id>.scope`).
+    pub fn cgroups_path(self, parent: &str, id: &str) -> String {
+        match self {
+            CgroupDriver::Cgroupfs => format!("{}/ferrio-{id}", parent.trim_end_matches('/')),
+            CgroupDriver::Systemd => format!("{}:ferrio:{id}", to_slice(parent)),
+        }
+    }
+}
+
+/// A pod's cgroup parent as a systemd slice name. kubelet's systemd driver already sends
+/// `kubepods-burstable-pod<uid>.slice`; a cgroupfs-style path `/kubepods/burstable/pod<uid>`
+/// becomes `kubepods-burstable-pod<uid>.slice` (dashes inside a component are escaped as
+/// systemd does not allow them in a slice component); an empty parent is `system.slice`.
+pub fn to_slice(parent: &str) -> String {
+    let p = parent.trim_matches('/');
+    if p.is_empty() {
+        return "system.slice".into();
+    }
+    if !p.contains('/') && p.ends_with(".slice") {
+        return p.to_string();
+    }
+    let parts: Vec<String> = p
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(|c| c.trim_end_matches(".slice").replace('-', "_"))
+        .collect();
+    format!("{}.slice", parts.join("-"))
+}
+
+/// The cgroupfs path of a systemd slice: `a-b-c.slice` lives at `/a.slice/a-b.slice/a-b-c.slice`
+/// (each dash opens a nested slice). `-.slice` is the root.
+pub fn expand_slice(slice: &str) -> Option<String> {
+    let name = slice.strip_suffix(".slice")?;
+    if name == "-" || name.is_empty() {
+        return Some("/".into());
+    }
+    if name.starts_with('-') || name.ends_with('-') || name.contains("--") || name.contains('/') {
+        return None;
+    }
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in name.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push('/');
+        path.push_str(&prefix);
+        path.push_str(".slice");
+    }
+    Some(path)
+}
+
+/// The path below the hierarchy roots of an OCI `cgroupsPath`: an absolute cgroupfs path as it
+/// is, systemd's `slice:prefix:name` as `/<expanded slice>/<prefix>-<name>.scope`.
+pub fn fs_path(cgroups_path: &str) -> Option<String> {
+    if cgroups_path.starts_with('/') {
+        return Some(cgroups_path.to_string());
+    }
+    let mut it = cgroups_path.splitn(3, ':');
+    let (slice, prefix, name) = (it.next()?, it.next()?, it.next()?);
+    let base = expand_slice(if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    })?;
+    let leaf = if name.ends_with(".slice") {
+        name.to_string()
+    } else if prefix.is_empty() {
+        format!("{name}.scope")
+    } else {
+        format!("{prefix}-{name}.scope")
+    };
+    Some(format!("{}/{leaf}", base.trim_end_matches('/')))
+}
+
+/// Whether the host is cgroup v2 only (the unified hierarchy mounted at the root).
+pub fn is_v2() -> bool {
+    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
+}
+
+/// What a cgroup (and everything below it) uses. `None` where the host has no such file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    /// Cumulative CPU time, nanoseconds.
+    pub cpu_usage_ns: Option<u64>,
+    /// Memory charged to the cgroup, page cache included.
+    pub memory_usage: Option<u64>,
+    /// Usage minus inactive file pages: what kubelet evicts on.
+    pub memory_working_set: Option<u64>,
+    /// Anonymous memory (v1 `rss`, v2 `anon`).
+    pub memory_rss: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+    /// The memory limit, `None` when unlimited.
+    pub memory_limit: Option<u64>,
+    /// Processes and threads in the cgroup.
+    pub pids: Option<u64>,
+}
+
+impl CgroupStats {
+    /// The limit minus the working set, when there is a limit.
+    pub fn memory_available(&self) -> Option<u64> {
+        Some(
+            self.memory_limit?
+                .saturating_sub(self.memory_working_set.unwrap_or(0)),
+        )
+    }
+}
+
+/// Stats of the cgroup at `path` (a path below the hierarchy roots, see [`fs_path`]) on this host.
+pub fn read_stats(path: &str) -> CgroupStats {
+    read_stats_under(Path::new(CGROUP_ROOT), is_v2(), path)
+}
+
+/// Stats of `path` with the hierarchies mounted at `root` (v1: `root/<controller>/path`,
+/// v2: `root/path`). Files that are missing or unparsable leave their fields `None`.
+pub fn read_stats_under(root: &Path, v2: bool, path: &str) -> CgroupStats {
+    let rel = path.trim_start_matches('/');
+    if rel.split('/').any(|c| c == "..") {
+        return CgroupStats::default();
+    }
+    if v2 {
+        let dir = root.join(rel);
+        let cpu = parse_flat(&read(&dir.join("cpu.stat")));
+        let mem = parse_flat(&read(&dir.join("memory.stat")));
+        let usage = read_u64(&dir.join("memory.current"));
+        CgroupStats {
+            cpu_usage_ns: cpu.get("usage_usec").map(|u| u.saturating_mul(1000)),
+            memory_usage: usage,
+            memory_working_set: usage
+                .map(|u| u.saturating_sub(mem.get("inactive_file").copied().unwrap_or(0))),
+            memory_rss: mem.get("anon").copied(),
+            page_faults: mem.get("pgfault").copied(),
+            major_page_faults: mem.get("pgmajfault").copied(),
+            memory_limit: read_u64(&dir.join("memory.max")),
+            pids: read_u64(&dir.join("pids.current")),
+        }
+    } else {
+        let cpuacct = root.join("cpuacct").join(rel);
+        let memory = root.join("memory").join(rel);
+        let mem = parse_flat(&read(&memory.join("memory.stat")));
+        let usage = read_u64(&memory.join("memory.usage_in_bytes"));
+        // The total_* keys include child cgroups; the pod's parent has its containers below.
+        let total = |k: &str| mem.get(&format!("total_{k}")).or(mem.get(k)).copied();
+        CgroupStats {
+            cpu_usage_ns: read_u64(&cpuacct.join("cpuacct.usage")),
+            memory_usage: usage,
+            memory_working_set: usage
+                .map(|u| u.saturating_sub(total("inactive_file").unwrap_or(0))),
+            memory_rss: total("rss"),
+            page_faults: total("pgfault"),
+            major_page_faults: total("pgmajfault"),
+            // v1 reports "unlimited" as a huge page-aligned number.
+            memory_limit: read_u64(&memory.join("memory.limit_in_bytes"))
+                .filter(|l| *l < (1u64 << 62)),
+            pids: read_u64(&root.join("pids").join(rel).join("pids.current")),
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// One number per file (`max` counts as absent).
+fn read_u64(path: &Path) -> Option<u64> {
+    read(path).trim().parse().ok()
+}
+
+/// `key value` lines (memory.stat, cpu.stat).
+fn parse_flat(text: &str) -> std::collections::HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
 
 /// Mount points of every cgroup hierarchy (v1 controllers and the unified v2 mount).
 pub fn mountpoints() -> Vec<PathBuf> {
@@ -26,6 +231,9 @@ pub fn mountpoints() -> Vec<PathBuf> {
 /// `rmdir` the cgroup at absolute `path` in every hierarchy where it exists, deepest first for
 /// any children left by the runtime. Returns the directories that could not be removed.
 pub fn remove(path: &str) -> Vec<PathBuf> {
+    let Some(path) = fs_path(path) else {
+        return Vec::new();
+    };
     let rel = path.trim_start_matches('/');
     if rel.is_empty() || rel.split('/').any(|c| c == "..") {
         return Vec::new();
@@ -57,6 +265,110 @@ fn remove_tree(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn testdata(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/oci/testdata")
+            .join(name)
+    }
+
+    #[test]
+    fn v1_stats_from_fixture_files() {
+        let s = read_stats_under(&testdata("cgroup-v1"), false, "/pod/ctr");
+        assert_eq!(s.cpu_usage_ns, Some(1_234_567_890));
+        assert_eq!(s.memory_usage, Some(10_485_760));
+        // usage minus total_inactive_file
+        assert_eq!(s.memory_working_set, Some(10_485_760 - 2_097_152));
+        assert_eq!(s.memory_rss, Some(4_194_304));
+        assert_eq!(s.page_faults, Some(1500));
+        assert_eq!(s.major_page_faults, Some(3));
+        assert_eq!(s.memory_limit, Some(67_108_864));
+        assert_eq!(s.memory_available(), Some(67_108_864 - 8_388_608));
+        assert_eq!(s.pids, Some(4));
+        // unlimited memory reads as no limit
+        let s = read_stats_under(&testdata("cgroup-v1"), false, "/pod");
+        assert_eq!(s.memory_limit, None);
+        assert_eq!(s.memory_available(), None);
+    }
+
+    #[test]
+    fn v2_stats_from_fixture_files() {
+        let s = read_stats_under(&testdata("cgroup-v2"), true, "/pod/ctr");
+        assert_eq!(s.cpu_usage_ns, Some(987_654_000));
+        assert_eq!(s.memory_usage, Some(20_971_520));
+        assert_eq!(s.memory_working_set, Some(20_971_520 - 1_048_576));
+        assert_eq!(s.memory_rss, Some(3_145_728));
+        assert_eq!(s.page_faults, Some(2200));
+        assert_eq!(s.major_page_faults, Some(7));
+        assert_eq!(s.memory_limit, Some(134_217_728));
+        assert_eq!(s.pids, Some(2));
+        // memory.max "max" is no limit
+        let s = read_stats_under(&testdata("cgroup-v2"), true, "/pod");
+        assert_eq!(s.memory_limit, None);
+        assert_eq!(s.pids, Some(3));
+    }
+
+    #[test]
+    fn missing_cgroup_reads_as_empty() {
+        let s = read_stats_under(&testdata("cgroup-v2"), true, "/nope");
+        assert_eq!(s, CgroupStats::default());
+        let s = read_stats_under(&testdata("cgroup-v1"), false, "/../etc");
+        assert_eq!(s, CgroupStats::default());
+    }
+
+    #[test]
+    fn live_stats_of_our_own_cgroup() {
+        // Whatever layout this host has, the root cgroup's memory is readable on v1.
+        if !is_v2() {
+            let s = read_stats("/");
+            assert!(s.cpu_usage_ns.unwrap_or(0) > 0, "{s:?}");
+            assert!(s.memory_usage.unwrap_or(0) > 0, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn systemd_slices() {
+        assert_eq!(to_slice(""), "system.slice");
+        assert_eq!(to_slice("/"), "system.slice");
+        assert_eq!(
+            to_slice("kubepods-burstable-pod12.slice"),
+            "kubepods-burstable-pod12.slice"
+        );
+        assert_eq!(
+            to_slice("/kubepods/burstable/pod1-2"),
+            "kubepods-burstable-pod1_2.slice"
+        );
+        assert_eq!(
+            expand_slice("kubepods-burstable-pod12.slice").as_deref(),
+            Some("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice")
+        );
+        assert_eq!(expand_slice("-.slice").as_deref(), Some("/"));
+        assert_eq!(expand_slice("a--b.slice"), None);
+        assert_eq!(expand_slice("a.scope"), None);
+    }
+
+    #[test]
+    fn cgroups_paths_per_driver() {
+        let d = CgroupDriver::from_config("cgroupfs");
+        assert_eq!(
+            d.cgroups_path("/kubepods/pod1/", "abc"),
+            "/kubepods/pod1/ferrio-abc"
+        );
+        let d = CgroupDriver::from_config("systemd");
+        assert_eq!(d, CgroupDriver::Systemd);
+        let p = d.cgroups_path("kubepods-besteffort-pod9.slice", "abc");
+        assert_eq!(p, "kubepods-besteffort-pod9.slice:ferrio:abc");
+        assert_eq!(
+            fs_path(&p).as_deref(),
+            Some("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod9.slice/ferrio-abc.scope")
+        );
+        assert_eq!(fs_path("/a/b").as_deref(), Some("/a/b"));
+        assert_eq!(
+            fs_path(":ferrio:x").as_deref(),
+            Some("/system.slice/ferrio-x.scope")
+        );
+        assert_eq!(fs_path("nonsense"), None);
+    }
 
     #[test]
     fn refuses_relative_escapes_and_root() {
