@@ -45,6 +45,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub image: ImageConfig,
     pub network: NetworkConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -133,6 +134,29 @@ pub struct NetworkConfig {
     pub network_dir: PathBuf,
     /// Directories searched for CNI plugin binaries.
     pub plugin_dirs: Vec<PathBuf>,
+    /// The conflist (by its `name`) pods get; "" = the first valid one in lexical order.
+    pub cni_default_network: String,
+    /// Seconds one CNI plugin call may run before it is killed and the pod's create fails.
+    pub cni_plugin_timeout: u64,
+}
+
+/// The `[metrics]` table: a Prometheus endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` over HTTP.
+    pub enable: bool,
+    /// ip:port to listen on; loopback by default so nothing is exposed by accident.
+    pub address: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enable: false,
+            address: "127.0.0.1:9537".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -145,6 +169,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             image: ImageConfig::default(),
             network: NetworkConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -212,6 +237,8 @@ impl Default for NetworkConfig {
         NetworkConfig {
             network_dir: "/etc/cni/net.d".into(),
             plugin_dirs: vec!["/opt/cni/bin".into()],
+            cni_default_network: String::new(),
+            cni_plugin_timeout: 60,
         }
     }
 }
@@ -443,6 +470,23 @@ impl Config {
                 }
             }
         }
+        if self
+            .metrics
+            .address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return bad(
+                "metrics.address",
+                format!("{:?} is not an ip:port address", self.metrics.address),
+            );
+        }
+        if self.network.cni_plugin_timeout == 0 {
+            return bad(
+                "network.cni_plugin_timeout",
+                "must be at least 1 second".into(),
+            );
+        }
         if self.network.plugin_dirs.is_empty() {
             return bad(
                 "network.plugin_dirs",
@@ -537,7 +581,12 @@ fn comment_for(line: &str) -> Option<&'static str> {
         "fallback" => "After the mirrors, try location itself.",
         "[network]" => "CNI.",
         "network_dir" => "CNI conflists, loaded in lexical order.",
+        "cni_default_network" => "Network (conflist name) pods get; \"\" = first valid one.",
+        "cni_plugin_timeout" => "Seconds a CNI plugin call may run before it is killed.",
         "plugin_dirs" => "Directories of CNI plugin binaries.",
+        "[metrics]" => "Prometheus endpoint.",
+        "enable" => "Serve /metrics.",
+        "address" => "ip:port of the metrics endpoint (loopback by default).",
         _ => return None,
     })
 }

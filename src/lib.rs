@@ -10,6 +10,7 @@
 //! - [`oci`]: the OCI runtime (runc/crun) as a process; bundles.
 //! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client and monitor-side process code.
 //! - [`image`]: references, registry client + mirrors, content store, layer unpack, overlay mounts.
+//! - [`metrics`]: Prometheus instruments; reads state, never changes it.
 //! - [`network`]: CNI conflists, plugin exec, result cache, network namespaces.
 //! - [`rollback`]: the undo stack every multi-step create uses.
 //! - [`state`]: persistent records written atomically.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod image;
+pub mod metrics;
 pub mod monitor;
 pub mod network;
 pub mod oci;

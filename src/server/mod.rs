@@ -7,6 +7,7 @@
 mod container;
 mod convert;
 mod image;
+mod observe;
 mod pod;
 mod resources;
 mod runtime;
@@ -57,6 +58,7 @@ pub struct Daemon {
     pub containers: Arc<Containers>,
     pub images: Arc<ImageStore>,
     pub cni: Arc<Cni>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,11 +86,17 @@ impl Daemon {
             })?;
         }
         let images = Arc::new(ImageStore::open(&config.root.join("images"))?);
-        let cni = Arc::new(Cni::new(
-            config.network.network_dir.clone(),
-            config.network.plugin_dirs.clone(),
-            config.root.join("cni-cache"),
-        ));
+        let cni = Arc::new(
+            Cni::new(
+                config.network.network_dir.clone(),
+                config.network.plugin_dirs.clone(),
+                config.root.join("cni-cache"),
+            )
+            .with_timeout(std::time::Duration::from_secs(
+                config.network.cni_plugin_timeout,
+            ))
+            .with_default_network(Some(config.network.cni_default_network.clone())),
+        );
         let runtimes: HashMap<String, OciRuntime> = config
             .runtime
             .runtimes
@@ -101,6 +109,7 @@ impl Daemon {
                         name: name.clone(),
                         path: h.runtime_path.clone(),
                         root,
+                        systemd_cgroup: config.runtime.cgroup_manager == "systemd",
                     },
                 )
             })
@@ -131,13 +140,79 @@ impl Daemon {
             containers = containers.table.list().len(),
             "recovery complete"
         );
-        Ok(Arc::new(Daemon {
+        let daemon = Arc::new(Daemon {
             config,
             pods,
             containers,
             images,
             cni,
-        }))
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        });
+        if daemon.config.metrics.enable {
+            let addr = daemon.config.metrics.address.clone();
+            let listener = crate::metrics::bind(&addr)
+                .await
+                .map_err(|source| StartError::Io {
+                    path: addr.clone().into(),
+                    source,
+                })?;
+            let weak = Arc::downgrade(&daemon);
+            tokio::spawn(crate::metrics::serve(listener, move || {
+                weak.upgrade()
+                    .map(|d| d.metrics.render(&d.snapshot()))
+                    .unwrap_or_default()
+            }));
+            tracing::info!(address = %addr, "serving metrics");
+        }
+        Ok(daemon)
+    }
+}
+
+impl Daemon {
+    /// Object counts for the metrics endpoint, from the in-memory tables.
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        use crate::container::lifecycle::ContainerState;
+        use crate::sandbox::lifecycle::SandboxState;
+        let (mut created, mut running, mut exited, mut oom, mut monitors) = (0, 0, 0, 0, 0);
+        for c in self.containers.table.list() {
+            let st = c.status();
+            match st.state() {
+                ContainerState::Created => created += 1,
+                ContainerState::Running => running += 1,
+                ContainerState::Exited => exited += 1,
+                ContainerState::Creating => {}
+            }
+            if st.oom_killed {
+                oom += 1;
+            }
+            if matches!(
+                st.state(),
+                ContainerState::Created | ContainerState::Running
+            ) {
+                monitors += 1;
+            }
+        }
+        let (mut ready, mut notready) = (0, 0);
+        for s in self.pods.table.list() {
+            match s.status().state {
+                SandboxState::Ready => {
+                    ready += 1;
+                    monitors += 1;
+                }
+                SandboxState::NotReady => notready += 1,
+                SandboxState::Creating => {}
+            }
+        }
+        crate::metrics::Snapshot {
+            containers: vec![
+                ("created", created),
+                ("running", running),
+                ("exited", exited),
+            ],
+            sandboxes: vec![("ready", ready), ("notready", notready)],
+            oom_killed: oom,
+            monitors,
+        }
     }
 }
 
@@ -148,7 +223,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = UnixListenerStream::new(listener);
+    let observe = observe::ObserveLayer(daemon.metrics.clone());
     tonic::transport::Server::builder()
+        .layer(observe)
         .add_service(
             RuntimeServiceServer::new(runtime::RuntimeSvc(daemon.clone()))
                 .max_decoding_message_size(16 << 20)
