@@ -1,4 +1,4 @@
-//! `runc`/`crun` verbs other than create: start, kill, delete, state.
+//! `runc`/`crun` verbs other than create: start, kill, delete, state, update.
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub struct OciRuntime {
     pub path: PathBuf,
     /// The runtime's `--root`.
     pub root: PathBuf,
+    /// Pass `--systemd-cgroup`: cgroups paths are `slice:prefix:name` and systemd makes them.
+    pub systemd_cgroup: bool,
 }
 
 /// The part of `runc state` the daemon uses.
@@ -50,12 +52,46 @@ fn is_missing(message: &str) -> bool {
 }
 
 impl OciRuntime {
+    /// The global flags every verb gets (`--root`, and `--systemd-cgroup` for the systemd driver);
+    /// the monitor puts the same in front of `create`.
+    pub fn global_args(&self) -> Vec<std::ffi::OsString> {
+        let mut v = vec!["--root".into(), self.root.clone().into_os_string()];
+        if self.systemd_cgroup {
+            v.push("--systemd-cgroup".into());
+        }
+        v
+    }
+
     async fn run(&self, verb: &'static str, id: &str, args: &[&str]) -> Result<Vec<u8>, OciError> {
+        self.run_with_input(verb, id, args, None).await
+    }
+
+    async fn run_with_input(
+        &self,
+        verb: &'static str,
+        id: &str,
+        args: &[&str],
+        input: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, OciError> {
         let mut cmd = tokio::process::Command::new(&self.path);
-        cmd.arg("--root").arg(&self.root).args(args);
-        cmd.stdin(std::process::Stdio::null());
+        cmd.args(self.global_args()).args(args);
+        cmd.stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        });
+        cmd.stdout(std::process::Stdio::piped());
+        cmd.stderr(std::process::Stdio::piped());
         cmd.kill_on_drop(true);
-        let fut = cmd.output();
+        let fut = async move {
+            let mut child = cmd.spawn()?;
+            if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+                use tokio::io::AsyncWriteExt;
+                stdin.write_all(&data).await?;
+                // Dropping stdin closes it: the runtime reads to EOF.
+            }
+            child.wait_with_output().await
+        };
         let out = match tokio::time::timeout(VERB_TIMEOUT, fut).await {
             Err(_) => {
                 return Err(OciError::Timeout {
@@ -121,6 +157,29 @@ impl OciRuntime {
         }
     }
 
+    /// `update --resources -`: new cgroup limits (an OCI `LinuxResources` object) for a
+    /// created or running container.
+    pub async fn update(
+        &self,
+        id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), OciError> {
+        let json = serde_json::to_vec(resources).map_err(|e| OciError::Failed {
+            runtime: self.name.clone(),
+            verb: "update",
+            id: id.to_string(),
+            message: format!("cannot encode resources: {e}"),
+        })?;
+        self.run_with_input(
+            "update",
+            id,
+            &["update", "--resources", "-", id],
+            Some(json),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `state`; `None` when the runtime does not know the container.
     pub async fn state(&self, id: &str) -> Result<Option<OciState>, OciError> {
         match self.run("state", id, &["state", id]).await {
@@ -149,6 +208,7 @@ mod tests {
             name: "runc".into(),
             path: "/usr/sbin/runc".into(),
             root: root.path().into(),
+            systemd_cgroup: false,
         };
         if !rt.path.exists() {
             panic!("runc is required: run hack/install-deps.sh");
@@ -158,5 +218,24 @@ mod tests {
         rt.kill("nope", 15, false).await.unwrap();
         let e = rt.start("nope").await.unwrap_err().to_string();
         assert!(e.contains("runc start nope"), "{e}");
+        let e = rt
+            .update("nope", &Default::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runc update nope"), "{e}");
+    }
+
+    #[test]
+    fn systemd_flag_is_global() {
+        let mut rt = OciRuntime {
+            name: "runc".into(),
+            path: "/usr/sbin/runc".into(),
+            root: "/run/x".into(),
+            systemd_cgroup: false,
+        };
+        assert_eq!(rt.global_args(), ["--root", "/run/x"]);
+        rt.systemd_cgroup = true;
+        assert_eq!(rt.global_args(), ["--root", "/run/x", "--systemd-cgroup"]);
     }
 }
