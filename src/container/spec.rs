@@ -836,6 +836,12 @@ fn mounts(
                     "recursive_read_only needs readonly and private propagation",
                 ));
             }
+            if !input.host.recursive_read_only_mounts {
+                return Err(SpecError::invalid(
+                    field,
+                    "recursive read-only mounts need kernel 5.12 or later",
+                ));
+            }
             options.push("rro".into());
         } else if m.readonly {
             options.push("ro".into());
@@ -1846,6 +1852,9 @@ mod tests {
             .as_ref()
             .unwrap()
             .contains(&"rro".to_string()));
+        f.host.recursive_read_only_mounts = false;
+        assert_eq!(invalid_field(f.build()), "mounts[0]");
+        f.host.recursive_read_only_mounts = true;
         f.config.mounts[0].container_path = "relative".into();
         assert_eq!(invalid_field(f.build()), "mounts[0]");
 

@@ -113,6 +113,11 @@ pub struct HostFeatures {
     /// Swap limits can be set (v1 `memory.memsw.*`, or v2 `memory.swap.max`); runc fails
     /// on a swap limit otherwise.
     pub memory_swap: bool,
+    /// Recursive read-only bind mounts (`rro`): `mount_setattr(2)` with `MOUNT_ATTR_RDONLY` and
+    /// `AT_RECURSIVE`, in kernels from 5.12 on.
+    pub recursive_read_only_mounts: bool,
+    /// The kernel lets us create user namespaces (`user.max_user_namespaces` > 0).
+    pub user_namespaces: bool,
 }
 
 impl Default for HostFeatures {
@@ -127,6 +132,8 @@ impl Default for HostFeatures {
             cgroup_v2: true,
             seccomp: true,
             memory_swap: true,
+            recursive_read_only_mounts: true,
+            user_namespaces: true,
         }
     }
 }
@@ -177,6 +184,14 @@ impl HostFeatures {
             cgroup_v2,
             seccomp: status.lines().any(|l| l.starts_with("Seccomp:")),
             memory_swap,
+            recursive_read_only_mounts: kernel_at_least(
+                &read("/proc/sys/kernel/osrelease"),
+                (5, 12),
+            ),
+            user_namespaces: read("/proc/sys/user/max_user_namespaces")
+                .trim()
+                .parse::<u64>()
+                .is_ok_and(|n| n > 0),
         }
     }
 
@@ -200,6 +215,18 @@ impl HostFeatures {
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Whether a kernel release string (`6.1.0-18-amd64`) is at least `(major, minor)`. An
+/// unparsable release counts as too old.
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut it = release.trim().split(['.', '-', '+']);
+    let major = it.next().and_then(|v| v.parse::<u32>().ok());
+    let minor = it.next().and_then(|v| v.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(a), Some(b)) => (a, b) >= want,
+        _ => false,
+    }
 }
 
 /// The hex value of a `/proc/<pid>/status` line such as `CapBnd:\t000001ffffffffff`.
@@ -324,6 +351,16 @@ mod tests {
         assert_eq!(h.clamp_oom_score_adj(-998, false), -998);
         assert_eq!(h.clamp_oom_score_adj(500, true), 500);
         assert_eq!(h.clamp_oom_score_adj(-5000, false), -1000);
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert!(kernel_at_least("6.18.44-fc-v595", (5, 12)));
+        assert!(kernel_at_least("5.12.0", (5, 12)));
+        assert!(!kernel_at_least("5.11.22-generic", (5, 12)));
+        assert!(!kernel_at_least("4.19.0-25-amd64", (5, 12)));
+        assert!(!kernel_at_least("garbage", (5, 12)));
+        assert!(!kernel_at_least("", (5, 12)));
     }
 
     #[test]

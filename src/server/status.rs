@@ -50,7 +50,9 @@ pub(super) async fn status(
         .map(|name| cri::RuntimeHandler {
             name: name.clone(),
             features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: d.pods.host.recursive_read_only_mounts,
+                // The spec translators refuse pod user namespaces (no idmapped rootfs yet),
+                // whatever the kernel could do.
                 user_namespaces: false,
             }),
         })
@@ -61,7 +63,9 @@ pub(super) async fn status(
         }),
         info: Default::default(),
         runtime_handlers,
-        features: None,
+        features: Some(cri::RuntimeFeatures {
+            supplemental_groups_policy: true,
+        }),
     }))
 }
 
