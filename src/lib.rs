@@ -14,6 +14,7 @@
 //! - [`network`]: CNI conflists, plugin exec, result cache, network namespaces.
 //! - [`rollback`]: the undo stack every multi-step create uses.
 //! - [`state`]: persistent records written atomically.
+//! - [`streaming`]: the exec/attach/port-forward HTTP server (SPDY/3.1, WebSocket, one-shot tokens).
 //! - [`sys`]: the only room allowed `unsafe`.
 //!
 //! Rooms below `server` never import `server` nor CRI proto types (only `server/` and the
@@ -32,4 +33,5 @@ pub mod rollback;
 pub mod sandbox;
 pub mod server;
 pub mod state;
+pub mod streaming;
 pub mod sys;
