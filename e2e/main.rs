@@ -4,3 +4,5 @@
 mod harness;
 mod harness_check;
 mod lifecycle;
+mod sandbox;
+mod observability;

@@ -34,6 +34,7 @@ pub struct Metrics {
     sandboxes: IntGaugeVec,
     oom: IntGauge,
     monitors: IntGauge,
+    events_dropped: prometheus::IntCounter,
 }
 
 /// The RPCs whose outcome counts as an image pull.
@@ -92,8 +93,14 @@ impl Metrics {
             "ferrio-monitor processes of live containers and pods",
         )
         .expect("static metric definition");
+        let events_dropped = prometheus::IntCounter::new(
+            "ferrio_container_events_dropped_total",
+            "Container events a slow GetContainerEvents subscriber missed",
+        )
+        .expect("static metric definition");
         for c in [
-            Box::new(operations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(events_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(operations.clone()),
             Box::new(errors.clone()),
             Box::new(latency.clone()),
             Box::new(image_pulls.clone()),
@@ -114,7 +121,13 @@ impl Metrics {
             sandboxes,
             oom,
             monitors,
+            events_dropped,
         }
+    }
+
+    /// A GetContainerEvents subscriber fell behind and missed `n` events.
+    pub fn events_dropped(&self, n: u64) {
+        self.events_dropped.inc_by(n);
     }
 
     /// One finished RPC; `code` is the gRPC status code (0 = OK).

@@ -6,6 +6,7 @@
 
 mod container;
 mod convert;
+mod events;
 mod image;
 mod observe;
 mod pod;
@@ -59,6 +60,7 @@ pub struct Daemon {
     pub images: Arc<ImageStore>,
     pub cni: Arc<Cni>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub events: events::Events,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +149,9 @@ impl Daemon {
             images,
             cni,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            events: events::Events::new(),
         });
+        events::spawn(&daemon);
         if daemon.config.metrics.enable {
             let addr = daemon.config.metrics.address.clone();
             let listener = crate::metrics::bind(&addr)

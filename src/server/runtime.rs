@@ -1,6 +1,6 @@
 //! CRI RuntimeService: the trait, delegating to one file per RPC family.
 
-use super::{container, not_yet, pod, resources, stats, status, stream, Daemon, Res};
+use super::{container, pod, resources, stats, status, stream, Daemon, Res};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use std::pin::Pin;
@@ -179,7 +179,18 @@ impl RuntimeService for RuntimeSvc {
         &self,
         _req: Request<cri::GetEventsRequest>,
     ) -> Res<Self::GetContainerEventsStream> {
-        Err(not_yet("GetContainerEvents"))
+        use tokio_stream::StreamExt;
+        let metrics = self.0.metrics.clone();
+        let rx = self.0.events.subscribe();
+        let stream =
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| match r {
+                Ok(ev) => Some(Ok(ev)),
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    metrics.events_dropped(n);
+                    None
+                }
+            });
+        Ok(tonic::Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(

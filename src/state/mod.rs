@@ -82,6 +82,17 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
     }
 }
 
+/// What happened to a record, for subscribers of [`Table::subscribe`] (container events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Inserted(String),
+    Updated(String),
+    Removed(String),
+}
+
+/// How many changes a slow subscriber may fall behind before it misses some.
+const CHANGE_BUFFER: usize = 1024;
+
 /// One persisted object: immutable metadata and a status changed only through closures.
 #[derive(Debug)]
 pub struct Record<M, S> {
@@ -93,6 +104,8 @@ pub struct Record<M, S> {
     writer: tokio::sync::Mutex<()>,
     /// Bumped after every update so callers can wait for a status change (e.g. an exit).
     changed: tokio::sync::watch::Sender<u64>,
+    /// The table's change feed; sending never blocks and never fails the update.
+    feed: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl<M, S> Record<M, S>
@@ -100,7 +113,13 @@ where
     M: Serialize + DeserializeOwned + Send + Sync + 'static,
     S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    fn new(id: String, dir: PathBuf, meta: M, status: S) -> Self {
+    fn new(
+        id: String,
+        dir: PathBuf,
+        meta: M,
+        status: S,
+        feed: tokio::sync::broadcast::Sender<Change>,
+    ) -> Self {
         Record {
             id,
             meta,
@@ -108,6 +127,7 @@ where
             status: Mutex::new(status),
             writer: tokio::sync::Mutex::new(()),
             changed: tokio::sync::watch::channel(0).0,
+            feed,
         }
     }
 
@@ -140,6 +160,7 @@ where
             })??;
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
         self.changed.send_modify(|n| *n += 1);
+        let _ = self.feed.send(Change::Updated(self.id.clone()));
         Ok(next)
     }
 
@@ -163,6 +184,7 @@ where
 pub struct Table<M, S> {
     dir: PathBuf,
     map: RwLock<BTreeMap<String, Arc<Record<M, S>>>>,
+    feed: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl<M, S> Table<M, S>
@@ -176,6 +198,7 @@ where
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut map = BTreeMap::new();
         let mut broken = Vec::new();
+        let feed = tokio::sync::broadcast::channel(CHANGE_BUFFER).0;
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
             let path = entry.path();
@@ -187,7 +210,8 @@ where
             let status = read_json::<S>(&path.join("status.json"));
             match (meta, status) {
                 (Ok(Some(m)), Ok(Some(s))) => {
-                    map.insert(id.clone(), Arc::new(Record::new(id, path, m, s)));
+                    let rec = Record::new(id.clone(), path, m, s, feed.clone());
+                    map.insert(id, Arc::new(rec));
                 }
                 (Err(e), _) | (_, Err(e)) => broken.push((path, e)),
                 _ => broken.push((
@@ -206,6 +230,7 @@ where
             Table {
                 dir: dir.to_path_buf(),
                 map: RwLock::new(map),
+                feed,
             },
             broken,
         ))
@@ -219,7 +244,13 @@ where
         status: S,
     ) -> Result<Arc<Record<M, S>>, StateError> {
         let dir = self.dir.join(id);
-        let rec = Arc::new(Record::new(id.to_string(), dir.clone(), meta, status));
+        let rec = Arc::new(Record::new(
+            id.to_string(),
+            dir.clone(),
+            meta,
+            status,
+            self.feed.clone(),
+        ));
         let r = rec.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StateError> {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -235,15 +266,26 @@ where
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), rec.clone());
+        let _ = self.feed.send(Change::Inserted(id.to_string()));
         Ok(rec)
+    }
+
+    /// Every insert, update and removal from now on. A subscriber that falls more than
+    /// `CHANGE_BUFFER` changes behind is told how many it missed; the table never waits for it.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.feed.subscribe()
     }
 
     /// Forget a record and delete its directory. Idempotent.
     pub async fn remove(&self, id: &str) -> Result<(), StateError> {
-        self.map
+        let removed = self
+            .map
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        if removed.is_some() {
+            let _ = self.feed.send(Change::Removed(id.to_string()));
+        }
         let dir = self.dir.join(id);
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&dir)(e)),
@@ -364,6 +406,24 @@ mod tests {
         r.update(|s| s.n = 1).await.unwrap();
         r.update(|s| s.n = 2).await.unwrap();
         assert_eq!(h.await.unwrap().n, 2);
+    }
+
+    #[tokio::test]
+    async fn changes_are_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, _) = Table::<M, S>::open(dir.path()).unwrap();
+        let mut rx = t.subscribe();
+        let r = t
+            .insert("a", M { name: "a".into() }, S::default())
+            .await
+            .unwrap();
+        r.update(|s| s.n = 1).await.unwrap();
+        t.remove("a").await.unwrap();
+        t.remove("a").await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), Change::Inserted("a".into()));
+        assert_eq!(rx.recv().await.unwrap(), Change::Updated("a".into()));
+        assert_eq!(rx.recv().await.unwrap(), Change::Removed("a".into()));
+        assert!(rx.try_recv().is_err(), "a second remove publishes nothing");
     }
 
     #[test]
