@@ -21,11 +21,17 @@
 //! - [`process`]: the monitor's event loop (spawned as `ferrio-monitor`; uses only this module
 //!   and `sys`).
 //! - [`oom`]: reading the OOM-kill counter of the container's memory cgroup.
+//! - [`attach`]: the attach socket's wire protocol and the daemon-side [`attach::AttachClient`]
+//!   (CRI Attach, ReopenContainerLog).
+//! - [`exec`]: `<runtime> exec` from the daemon: ExecSync with its timeout, and
+//!   [`exec::spawn_exec`] sessions for streaming Exec.
 //! - this file: the daemon side, [`spawn`], [`read_exit`] and [`wait_exit`].
 //!
 //! The daemon starts the container itself (`<runtime> start`) once [`spawn`] returned, and
 //! deletes it after the exit; the monitor never starts, stops or deletes the container.
 
+pub mod attach;
+pub mod exec;
 pub mod log;
 pub mod oom;
 pub mod process;

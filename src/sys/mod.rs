@@ -37,6 +37,20 @@ pub async fn pidfd_exited(fd: OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Registers an owned fd (non-blocking, set by the caller) with the tokio reactor for read and
+/// write readiness.
+pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the OwnedFd is moved into the AsyncFd, so it stays open and is not replaced while
+    // registered, and it is closed only after the AsyncFd deregistered it on drop.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            fd,
+            tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+        )
+    }
+    .map_err(|e| e.into_parts().1)
+}
+
 /// Forks the calling process.
 ///
 /// Only call this from a process that has a single thread (the monitor before it creates anything
@@ -118,6 +132,76 @@ pub fn pass_fd_at(cmd: &mut std::process::Command, fd: RawFd, target: RawFd) {
     unsafe {
         cmd.pre_exec(hook);
     }
+}
+
+/// Receives one file descriptor sent with `SCM_RIGHTS` on the unix socket `sock` (blocking per
+/// the socket's mode), as `runc --console-socket` sends a pty master. Returns the fd and the
+/// bytes that came with it (runc sends the terminal's name).
+pub fn recv_fd(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<(OwnedFd, Vec<u8>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut data = [0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let (fds, n) = loop {
+        let mut iov = [io::IoSliceMut::new(&mut data)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().map_err(io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(r) = c {
+                        fds.extend(r);
+                    }
+                }
+                break (fds, msg.bytes);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut owned: Vec<OwnedFd> = fds
+        .into_iter()
+        // SAFETY: the kernel installed these fds in our table for this message; nothing else
+        // in the process knows their numbers, so each gets exactly one owner here.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    if owned.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no file descriptor in the message",
+        ));
+    }
+    // Extra fds (never sent by runc) are closed by dropping them.
+    let first = owned.swap_remove(0);
+    Ok((first, data[..n].to_vec()))
+}
+
+/// Sets the window size of the terminal whose (pty master) fd is `fd`.
+pub fn set_winsize(fd: std::os::fd::BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which points at a live local
+    // value for the duration of the call; the fd is borrowed and open.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCSWINSZ,
+            &ws as *const libc::winsize,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
