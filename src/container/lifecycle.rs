@@ -92,6 +92,10 @@ pub struct ContainerStatus {
     pub oom_killed: bool,
     /// Why the exit was inferred rather than reported (e.g. monitor vanished).
     pub message: String,
+    /// The CRI `LinuxContainerResources` (JSON) last applied by UpdateContainerResources;
+    /// `None` while the create request's still hold.
+    #[serde(default)]
+    pub resources: Option<serde_json::Value>,
 }
 
 /// The CRI-visible state, derived from the facts in the status.
