@@ -57,6 +57,10 @@ pub struct ApiConfig {
     pub stream_address: String,
     /// Port of the streaming server; 0 picks a free port.
     pub stream_port: u16,
+    /// Close a streaming connection after this long without traffic (`90s`, `4h`); "" never.
+    pub stream_idle_timeout: String,
+    /// How long an Exec/Attach/PortForward URL stays valid before its first use.
+    pub stream_token_ttl: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -180,6 +184,8 @@ impl Default for ApiConfig {
             listen: "/run/ferrio/ferrio.sock".into(),
             stream_address: "127.0.0.1".into(),
             stream_port: 0,
+            stream_idle_timeout: String::new(),
+            stream_token_ttl: "1m".into(),
         }
     }
 }
@@ -412,6 +418,14 @@ impl Config {
                 format!("{:?} is not an IP address", self.api.stream_address),
             );
         }
+        for (key, value) in [
+            ("api.stream_idle_timeout", &self.api.stream_idle_timeout),
+            ("api.stream_token_ttl", &self.api.stream_token_ttl),
+        ] {
+            if let Err(reason) = crate::streaming::parse_duration(value) {
+                return bad(key, reason);
+            }
+        }
         if !["cgroupfs", "systemd"].contains(&self.runtime.cgroup_manager.as_str()) {
             return bad(
                 "runtime.cgroup_manager",
@@ -562,6 +576,8 @@ fn comment_for(line: &str) -> Option<&'static str> {
         "listen" => "Unix socket kubelet and crictl connect to.",
         "stream_address" => "Address of the exec/attach/port-forward server.",
         "stream_port" => "Port of the streaming server; 0 picks a free one.",
+        "stream_idle_timeout" => "Close an idle exec/attach/port-forward connection after this long (\"90s\", \"4h\"); \"\" never.",
+        "stream_token_ttl" => "How long an Exec/Attach/PortForward URL stays valid before its first use.",
         "[runtime]" => "OCI runtimes and how containers are run.",
         "default_runtime" => "Handler used when a pod names none.",
         "cgroup_manager" => "\"cgroupfs\" or \"systemd\".",

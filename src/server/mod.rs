@@ -60,6 +60,8 @@ pub struct Daemon {
     pub images: Arc<ImageStore>,
     pub cni: Arc<Cni>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The exec/attach/port-forward server the Exec, Attach and PortForward URLs point at.
+    pub streaming: Arc<crate::streaming::Server>,
     pub events: events::Events,
 }
 
@@ -74,6 +76,8 @@ pub enum StartError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Streaming(#[from] crate::streaming::StreamError),
 }
 
 impl Daemon {
@@ -142,6 +146,7 @@ impl Daemon {
             containers = containers.table.list().len(),
             "recovery complete"
         );
+        let streaming = stream::start_server(&config, &pods, &containers).await?;
         let daemon = Arc::new(Daemon {
             config,
             pods,
@@ -149,6 +154,7 @@ impl Daemon {
             images,
             cni,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            streaming,
             events: events::Events::new(),
         });
         events::spawn(&daemon);
