@@ -6,3 +6,5 @@
 
 pub mod lifecycle;
 pub mod spec;
+pub mod stats;
+pub mod update;

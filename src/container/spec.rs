@@ -1013,6 +1013,18 @@ fn collect_host_devices(dir: &Path, out: &mut Vec<LinuxDevice>) {
 // ---------------------------------------------------------------------------------------
 // Resources
 
+/// The OCI resources for `runc update` from an UpdateContainerResources request: the same
+/// rules and host quirks as at create (hugepages dropped without hugetlb, swap only where it
+/// can be limited, `unified` only on cgroup v2), without device rules, which update ignores.
+pub fn update_resources(
+    r: &LinuxContainerResources,
+    host: &HostFeatures,
+) -> Result<LinuxResources, SpecError> {
+    let mut out = linux_resources(Some(r), Vec::new(), host)?;
+    out.set_devices(None);
+    Ok(out)
+}
+
 fn linux_resources(
     r: Option<&LinuxContainerResources>,
     device_rules: Vec<LinuxDeviceCgroup>,
@@ -1977,6 +1989,44 @@ mod tests {
         assert_eq!(a[ANN_SANDBOX_UID], "uid-1");
         assert_eq!(a[ANN_IMAGE_NAME], "docker.io/library/busybox:1.36");
         assert_eq!(process(&s).no_new_privileges(), Some(true));
+    }
+
+    #[test]
+    fn update_resources_follow_the_host() {
+        let r = LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 128 << 20,
+            memory_swap_limit_in_bytes: 128 << 20,
+            hugepage_limits: vec![HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            }],
+            unified: [("memory.high".to_string(), "100M".to_string())].into(),
+            ..Default::default()
+        };
+        let host = HostFeatures {
+            hugetlb: false,
+            cgroup_v2: false,
+            memory_swap: false,
+            ..HostFeatures::default()
+        };
+        let out = update_resources(&r, &host).unwrap();
+        assert!(out.devices().is_none());
+        assert!(out.hugepage_limits().is_none());
+        assert!(out.unified().is_none());
+        let cpu = out.cpu().as_ref().unwrap();
+        assert_eq!(cpu.shares(), Some(512));
+        assert_eq!(cpu.quota(), Some(50_000));
+        assert_eq!(cpu.period(), Some(100_000));
+        let mem = out.memory().as_ref().unwrap();
+        assert_eq!(mem.limit(), Some(128 << 20));
+        assert_eq!(mem.swap(), None);
+        let out = update_resources(&r, &HostFeatures::default()).unwrap();
+        assert_eq!(out.hugepage_limits().as_ref().map(Vec::len), Some(1));
+        assert!(out.unified().is_some());
+        assert_eq!(out.memory().as_ref().unwrap().swap(), Some(128 << 20));
     }
 
     #[test]

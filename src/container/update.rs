@@ -1,0 +1,52 @@
+//! UpdateContainerResources: new cgroup limits through the OCI runtime's `update`, remembered in
+//! the container's record so ContainerStatus reports what is in force.
+//!
+//! Owns nothing on disk of its own: the limits go to the runtime (which writes the cgroup files)
+//! and to the record's status (through [`crate::state::Record::update`]).
+
+use super::lifecycle::{Container, ContainerError, ContainerState, Containers};
+use super::spec;
+use k8s_cri::v1::LinuxContainerResources;
+
+impl Containers {
+    /// Apply `resources` to container `id`. A created or running container gets them through
+    /// the runtime first (a refusal leaves the record unchanged); an exited one only has them
+    /// recorded, as containerd does, since there is no cgroup left to change.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: &LinuxContainerResources,
+    ) -> Result<(), ContainerError> {
+        let rec = self.get(id)?;
+        let oci = spec::update_resources(resources, &self.pods.host)?;
+        match rec.status().state() {
+            ContainerState::Created | ContainerState::Running => {
+                let sandbox = self.pods.get(&rec.meta.sandbox_id)?;
+                let runtime = self.pods.runtime(&sandbox.meta.runtime_handler)?.clone();
+                runtime.update(&rec.id, &oci).await?;
+            }
+            ContainerState::Creating => {
+                return Err(ContainerError::WrongState {
+                    id: rec.id.clone(),
+                    reason: "cannot update a container that is still being created".into(),
+                })
+            }
+            ContainerState::Exited => {}
+        }
+        let json = serde_json::to_value(resources).map_err(|e| ContainerError::Invalid {
+            field: "linux".into(),
+            reason: format!("unencodable resources: {e}"),
+        })?;
+        rec.update(|s| s.resources = Some(json)).await?;
+        Ok(())
+    }
+}
+
+/// The resources in force for `c`: the last update's, or else the create request's.
+pub fn current_resources(c: &Container) -> Option<LinuxContainerResources> {
+    let value = match c.status().resources {
+        Some(v) => v,
+        None => c.meta.config.pointer("/linux/resources")?.clone(),
+    };
+    serde_json::from_value(value).ok()
+}
