@@ -139,6 +139,10 @@ impl Daemon {
             monitor_path,
         ));
         let containers = Arc::new(Containers::new(pods.clone(), images.clone(), containers));
+        let boot_file = config.root.join("boot_id");
+        if rebooted(&boot_file) {
+            mark_lost_in_reboot(&pods, &containers).await;
+        }
         containers.recover().await;
         pods.recover().await;
         tracing::info!(
@@ -175,6 +179,62 @@ impl Daemon {
             tracing::info!(address = %addr, "serving metrics");
         }
         Ok(daemon)
+    }
+}
+
+/// The kernel's id of this boot.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// True when the records under root were written during an earlier boot. Records the current
+/// boot either way.
+fn rebooted(boot_file: &std::path::Path) -> bool {
+    let now = boot_id();
+    let before = std::fs::read_to_string(boot_file)
+        .map(|s| s.trim().to_string())
+        .ok();
+    if before.as_deref() != Some(now.as_str()) {
+        if let Err(e) = crate::state::write_atomic(boot_file, now.as_bytes()) {
+            tracing::warn!(path = %boot_file.display(), error = %e, "cannot record the boot id");
+        }
+    }
+    matches!(before, Some(b) if b != now)
+}
+
+/// After a reboot no container process and no pause process survived: say so in the records
+/// (exited, not ready), so that Stop/Remove then reclaim every host resource they still hold
+/// (CNI reservations in root, cgroups, records) without waiting for processes that are gone.
+async fn mark_lost_in_reboot(pods: &Arc<Pods>, containers: &Arc<Containers>) {
+    use crate::container::lifecycle::ContainerState;
+    use crate::sandbox::lifecycle::SandboxState;
+    tracing::info!("the machine rebooted since the last run: containers exited, pods not ready");
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1);
+    for c in containers.table.list() {
+        if matches!(
+            c.status().state(),
+            ContainerState::Created | ContainerState::Running
+        ) {
+            let r = c
+                .update(|s| {
+                    s.finished_at = now;
+                    s.exit_code = 255;
+                    s.message = "the machine rebooted while the container was running".into();
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(id = %c.id, error = %e, "cannot mark container exited after reboot");
+            }
+        }
+    }
+    for p in pods.table.list() {
+        if p.status().state == SandboxState::Ready {
+            if let Err(e) = p.update(|s| s.state = SandboxState::NotReady).await {
+                tracing::warn!(id = %p.id, error = %e, "cannot mark pod not ready after reboot");
+            }
+        }
     }
 }
 
