@@ -6,3 +6,4 @@ mod harness_check;
 mod lifecycle;
 mod sandbox;
 mod observability;
+mod recovery;
