@@ -115,13 +115,8 @@ pub async fn serve_spdy(
                 continue;
             }
         }
-        if let Some((Some(data), Some(error))) = pending
-            .get(&id)
-            .map(|(d, e)| (d.is_some(), e.is_some()))
-            .filter(|(d, e)| *d && *e)
-            .and_then(|_| pending.remove(&id))
-            .map(|(d, e)| (d, e))
-        {
+        let complete = entry.0.is_some() && entry.1.is_some();
+        if let Some((Some(data), Some(error))) = complete.then(|| pending.remove(&id)).flatten() {
             tasks.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
             tasks.push(tokio::spawn(forward_pair(
                 data,

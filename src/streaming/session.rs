@@ -622,18 +622,15 @@ mod tests {
         let mut got = Vec::new();
         let mut frames = 0;
         while got.len() < 25 {
-            match peer.recv().await.unwrap() {
-                Frame::Data { data, .. } => {
-                    assert!(data.len() <= 10, "window respected: {}", data.len());
-                    got.extend_from_slice(&data);
-                    frames += 1;
-                    peer.send(Frame::WindowUpdate {
-                        stream_id: 1,
-                        delta: data.len() as u32,
-                    })
-                    .await;
-                }
-                _ => {}
+            if let Frame::Data { data, .. } = peer.recv().await.unwrap() {
+                assert!(data.len() <= 10, "window respected: {}", data.len());
+                got.extend_from_slice(&data);
+                frames += 1;
+                peer.send(Frame::WindowUpdate {
+                    stream_id: 1,
+                    delta: data.len() as u32,
+                })
+                .await;
             }
         }
         assert!(frames >= 3);

@@ -134,10 +134,8 @@ pub async fn serve_command<S>(
                         let _ = resize_tx.send(s).await;
                     }
                 }
-                CLOSE if version >= Version::V5 => {
-                    if data.first() == Some(&STDIN) {
-                        stdin_tx = None;
-                    }
+                CLOSE if version >= Version::V5 && data.first() == Some(&STDIN) => {
+                    stdin_tx = None;
                 }
                 _ => {}
             }
@@ -206,11 +204,7 @@ where
     tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if far_wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if far_wr.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
