@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::image::ImageStore;
 use crate::monitor;
 use crate::network::{Cni, PodNetwork, PortMapping};
+use crate::oci::cgroups::{self, CgroupDriver};
 use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
@@ -74,8 +75,13 @@ pub struct SandboxMeta {
     pub created_at: i64,
     pub hostname: String,
     pub log_directory: String,
-    /// The pod's cgroup, parent of every container's cgroup.
+    /// The pod's cgroup, parent of every container's cgroup: an absolute cgroupfs path, or a
+    /// systemd slice name with `cgroup_manager = "systemd"`.
     pub cgroup_parent: String,
+    /// Where the pod's cgroup lives below the hierarchy roots (a slice expanded), removed with
+    /// the pod. Empty in records written before it existed: `cgroup_parent` then.
+    #[serde(default)]
+    pub cgroup_dir: String,
     pub host_network: bool,
     pub namespaces: namespaces::Pinned,
     pub pod_files: files::PodFilePaths,
@@ -102,6 +108,9 @@ pub struct SandboxStatus {
     pub network_attached: bool,
     /// The pause container exists in the OCI runtime.
     pub pause_created: bool,
+    /// The CNI result of the last plugin, for PodSandboxStatus's verbose info.
+    #[serde(default)]
+    pub network_result: Option<serde_json::Value>,
 }
 
 pub type Sandbox = Record<SandboxMeta, SandboxStatus>;
@@ -132,6 +141,65 @@ pub struct Pods {
 
 /// Default parent cgroup of pods whose config names none.
 pub const DEFAULT_CGROUP_PARENT: &str = "/ferrio";
+
+/// Where a pod's cgroup goes: the parent containers are put under (`cgroup_parent` in the
+/// driver's syntax), the pause container's OCI `cgroupsPath`, and the directory below the
+/// hierarchy roots that is removed with the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodCgroup {
+    pub parent: String,
+    pub pause_path: String,
+    pub dir: String,
+}
+
+/// The pod cgroup of sandbox `id` for the requested `cgroup_parent` ("" = ferrio's own).
+/// cgroupfs wants an absolute path; systemd a slice name, and a cgroupfs-style path is turned
+/// into one (`/kubepods/burstable/pod1` -> `kubepods-burstable-pod1.slice`).
+pub fn pod_cgroup(
+    driver: CgroupDriver,
+    requested: &str,
+    id: &str,
+) -> Result<PodCgroup, SandboxError> {
+    let short = &id[..id.len().min(12)];
+    let invalid = |reason: String| SandboxError::Invalid {
+        field: "linux.cgroup_parent".into(),
+        reason,
+    };
+    match driver {
+        CgroupDriver::Cgroupfs => {
+            let parent = if requested.is_empty() {
+                format!("{DEFAULT_CGROUP_PARENT}/{short}")
+            } else {
+                requested.trim_end_matches('/').to_string()
+            };
+            if !parent.starts_with('/') || parent == "/" || parent.split('/').any(|c| c == "..") {
+                return Err(invalid(format!(
+                    "{requested:?} is not an absolute cgroupfs path"
+                )));
+            }
+            Ok(PodCgroup {
+                pause_path: driver.cgroups_path(&parent, id),
+                dir: parent.clone(),
+                parent,
+            })
+        }
+        CgroupDriver::Systemd => {
+            let parent = if requested.is_empty() {
+                cgroups::to_slice(&format!("{DEFAULT_CGROUP_PARENT}/pod{short}"))
+            } else {
+                cgroups::to_slice(requested)
+            };
+            let dir = cgroups::expand_slice(&parent)
+                .filter(|d| d != "/")
+                .ok_or_else(|| invalid(format!("{requested:?} is not a valid systemd slice")))?;
+            Ok(PodCgroup {
+                pause_path: driver.cgroups_path(&parent, id),
+                dir,
+                parent,
+            })
+        }
+    }
+}
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -228,19 +296,42 @@ impl Pods {
         let runtime = self.runtime(req.runtime_handler)?.clone();
         let name_key = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
 
-        // One create per name key at a time; a retry waits here, then finds the first one's id.
+        // One create per name key at a time; a retry (kubelet gave up waiting) waits here for
+        // the first attempt and then gets its id instead of "name is reserved".
         let lock = {
             let mut m = self.creating.lock().await;
             m.entry(name_key.clone()).or_default().clone()
         };
-        let _guard = lock.lock().await;
-        if let Some(existing) = self.names.get(&name_key) {
+        let result = {
+            let _guard = lock.lock().await;
+            self.run_locked(&name_key, &runtime, &req).await
+        };
+        // Forget the lock only when nobody else holds it: a waiter that cloned it must keep
+        // excluding a newcomer. Clones happen under the map's lock, so the count is exact here.
+        {
+            let mut m = self.creating.lock().await;
+            if Arc::strong_count(&lock) <= 2 {
+                m.remove(&name_key);
+            }
+        }
+        result
+    }
+
+    async fn run_locked(
+        self: &Arc<Self>,
+        name_key: &str,
+        runtime: &OciRuntime,
+        req: &RunRequest<'_>,
+    ) -> Result<String, SandboxError> {
+        if let Some(existing) = self.names.get(name_key) {
             if let Ok(Some(s)) = self.table.get(&existing) {
                 if s.status().state != SandboxState::Creating {
+                    tracing::debug!(id = %existing, name = %name_key, "run pod sandbox retried; same id");
                     return Ok(existing);
                 }
             }
         }
+        let name_key = name_key.to_string();
 
         let id = crate::state::new_id();
         self.names
@@ -255,17 +346,15 @@ impl Pods {
             let (k, i) = (name_key.clone(), id.clone());
             rb.push("release name", async move { this.names.release(&k, &i) });
         }
-        let result = self.create(&id, &name_key, &runtime, &req, &mut rb).await;
+        let result = self.create(&id, &name_key, runtime, req, &mut rb).await;
         match result {
             Ok(()) => {
                 rb.commit();
-                self.creating.lock().await.remove(&name_key);
                 Ok(id)
             }
             Err(e) => {
                 tracing::warn!(id = %id, error = %e, "pod sandbox create failed, rolling back");
                 rb.run().await;
-                self.creating.lock().await.remove(&name_key);
                 Err(e)
             }
         }
@@ -282,17 +371,11 @@ impl Pods {
         let cfg = req.config;
         let md = cfg.metadata.clone().unwrap_or_default();
         let linux = cfg.linux.clone().unwrap_or_default();
-        let cgroup_parent = if linux.cgroup_parent.is_empty() {
-            format!("{DEFAULT_CGROUP_PARENT}/{}", &id[..12])
-        } else {
-            linux.cgroup_parent.clone()
-        };
-        if !cgroup_parent.starts_with('/') {
-            return Err(SandboxError::Invalid {
-                field: "linux.cgroup_parent".into(),
-                reason: format!("{cgroup_parent:?} is not an absolute cgroupfs path"),
-            });
-        }
+        let driver = CgroupDriver::from_config(&self.config.runtime.cgroup_manager);
+        let pod_cg = pod_cgroup(driver, &linux.cgroup_parent, id)?;
+        let cgroup_parent = pod_cg.parent.clone();
+        // Refuse bad sysctls before anything is made (the pause spec checks them again).
+        spec::validate_sysctls(Some(&linux.sysctls), req.host_network, req.host_ipc)?;
         let hostname = if cfg.hostname.is_empty() {
             md.name.clone()
         } else {
@@ -319,6 +402,7 @@ impl Pods {
             hostname: hostname.clone(),
             log_directory: cfg.log_directory.clone(),
             cgroup_parent: cgroup_parent.clone(),
+            cgroup_dir: pod_cg.dir.clone(),
             host_network: req.host_network,
             namespaces: pinned_plan.clone(),
             pod_files: files::PodFilePaths {
@@ -348,7 +432,7 @@ impl Pods {
             });
         }
         {
-            let cg = cgroup_parent.clone();
+            let cg = pod_cg.dir.clone();
             rb.push("remove cgroup", async move {
                 let _ = tokio::task::spawn_blocking(move || crate::oci::cgroups::remove(&cg)).await;
             });
@@ -390,6 +474,8 @@ impl Pods {
             }
             let st = self.cni.setup(&pod_net).await?;
             ips = st.ips.iter().map(|ip| ip.to_string()).collect();
+            let result = st.result;
+            rec.update(|s| s.network_result = Some(result)).await?;
         }
 
         // Pod files.
@@ -437,7 +523,7 @@ impl Pods {
         }
 
         // The pause container.
-        let cgroups_path = format!("{cgroup_parent}/ferrio-{id}");
+        let cgroups_path = pod_cg.pause_path.clone();
         let spec = spec::pause_spec(&spec::PauseSpecInput {
             config: cfg,
             image: &image.config,
@@ -559,7 +645,11 @@ impl Pods {
         }
         let ov = self.overlay_dir(&id);
         let pinned = rec.meta.namespaces.clone();
-        let cg = rec.meta.cgroup_parent.clone();
+        let cg = if rec.meta.cgroup_dir.is_empty() {
+            rec.meta.cgroup_parent.clone()
+        } else {
+            rec.meta.cgroup_dir.clone()
+        };
         let run_dir = self.run_dir(&id);
         tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
             crate::image::overlay::unmount_rootfs(&ov)?;
@@ -639,5 +729,56 @@ pub fn monitor_alive(pid: i32, id: &str) -> bool {
             c.contains("ferrio-monitor") && c.contains(id)
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn cgroupfs_parent_is_absolute_and_defaults_to_ferrio() {
+        let c = pod_cgroup(CgroupDriver::Cgroupfs, "", ID).unwrap();
+        assert_eq!(c.parent, "/ferrio/0123456789ab");
+        assert_eq!(c.dir, "/ferrio/0123456789ab");
+        assert_eq!(c.pause_path, format!("/ferrio/0123456789ab/ferrio-{ID}"));
+        let c = pod_cgroup(CgroupDriver::Cgroupfs, "/kubepods/burstable/pod1/", ID).unwrap();
+        assert_eq!(c.parent, "/kubepods/burstable/pod1");
+        assert_eq!(
+            c.pause_path,
+            format!("/kubepods/burstable/pod1/ferrio-{ID}")
+        );
+        for bad in ["kubepods", "/", "/a/../b", "kubepods-pod1.slice"] {
+            let e = pod_cgroup(CgroupDriver::Cgroupfs, bad, ID).unwrap_err();
+            assert!(
+                matches!(&e, SandboxError::Invalid { field, .. } if field == "linux.cgroup_parent"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn systemd_parent_is_a_slice_and_the_pause_a_scope() {
+        let c = pod_cgroup(CgroupDriver::Systemd, "kubepods-burstable-pod1.slice", ID).unwrap();
+        assert_eq!(c.parent, "kubepods-burstable-pod1.slice");
+        assert_eq!(
+            c.dir,
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice"
+        );
+        assert_eq!(
+            c.pause_path,
+            format!("kubepods-burstable-pod1.slice:ferrio:{ID}")
+        );
+        // A cgroupfs-style path is converted to slice syntax.
+        let c = pod_cgroup(CgroupDriver::Systemd, "/kubepods/besteffort/pod2", ID).unwrap();
+        assert_eq!(c.parent, "kubepods-besteffort-pod2.slice");
+        // ferrio's default gets a slice of its own per pod, never a shared one.
+        let c = pod_cgroup(CgroupDriver::Systemd, "", ID).unwrap();
+        assert_eq!(c.parent, "ferrio-pod0123456789ab.slice");
+        assert_eq!(c.dir, "/ferrio.slice/ferrio-pod0123456789ab.slice");
+        let e = pod_cgroup(CgroupDriver::Systemd, "-.slice", ID).unwrap_err();
+        assert!(matches!(e, SandboxError::Invalid { .. }), "{e}");
     }
 }

@@ -29,6 +29,18 @@ pub(super) async fn run_pod_sandbox(
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.clone())
             .unwrap_or_default();
+        // TARGET names a container's namespace: meaningless for the pod itself.
+        for (field, mode) in [
+            ("network", ns.network),
+            ("pid", ns.pid),
+            ("ipc", ns.ipc),
+        ] {
+            if mode == cri::NamespaceMode::Target as i32 {
+                return Err(Error::InvalidArgument(format!(
+                    "linux.security_context.namespace_options.{field}: TARGET is only valid for containers"
+                )));
+            }
+        }
         let dns = config
             .dns_config
             .as_ref()
@@ -113,11 +125,26 @@ pub(super) async fn pod_sandbox_status(
     let rec = d.pods.get(&req.pod_sandbox_id).map_err(Error::from)?;
     let mut info = std::collections::HashMap::new();
     if req.verbose {
+        let st = rec.status();
         let v = serde_json::json!({
-            "config": rec.meta.config,
-            "status": rec.status(),
+            "id": rec.id,
+            "nameKey": rec.meta.name_key,
+            "pid": st.pause_pid,
+            "monitorPid": st.monitor_pid,
+            "runtimeHandler": rec.meta.runtime_handler,
+            "image": d.config.image.sandbox_image,
+            "hostname": rec.meta.hostname,
+            "hostNetwork": rec.meta.host_network,
             "namespaces": rec.meta.namespaces,
+            "podFiles": rec.meta.pod_files,
             "cgroupParent": rec.meta.cgroup_parent,
+            "portMappings": rec.meta.port_mappings,
+            "network": {
+                "ips": st.ips,
+                "attached": st.network_attached,
+                "cniResult": st.network_result,
+            },
+            "config": rec.meta.config,
         });
         info.insert("info".to_string(), v.to_string());
     }
