@@ -7,3 +7,4 @@ mod lifecycle;
 mod sandbox;
 mod observability;
 mod recovery;
+mod containers;

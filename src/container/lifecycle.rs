@@ -44,6 +44,11 @@ pub enum ContainerError {
     Monitor(#[from] monitor::MonitorError),
     #[error(transparent)]
     Oci(#[from] crate::oci::OciError),
+    #[error("container {id}: {source}")]
+    Attach {
+        id: String,
+        source: crate::monitor::attach::AttachError,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -495,6 +500,95 @@ impl Containers {
                 }
             }
         });
+    }
+
+    /// The bundle directory of container `id` (config.json, the monitor's attach socket).
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.run_dir(id).join("bundle")
+    }
+
+    /// The attach socket of container `id`'s monitor (see [`monitor::attach`]).
+    pub fn attach_socket(&self, id: &str) -> PathBuf {
+        monitor::attach::socket_path(&self.bundle_dir(id))
+    }
+
+    /// What `<runtime> exec` needs to run `cmd` in the running container `rec` (for ExecSync and
+    /// the streaming server's Exec via [`monitor::exec::spawn_exec`]).
+    pub fn exec_spec(
+        &self,
+        rec: &Container,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<monitor::exec::ExecSpec, ContainerError> {
+        if rec.status().state() != ContainerState::Running {
+            return Err(ContainerError::WrongState {
+                id: rec.id.clone(),
+                reason: format!(
+                    "cannot exec in a container in state {:?}",
+                    rec.status().state()
+                ),
+            });
+        }
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid {
+                field: "cmd".into(),
+                reason: "must not be empty".into(),
+            });
+        }
+        let runtime = match self.pods.get(&rec.meta.sandbox_id) {
+            Ok(s) => self.runtime_for(&s)?,
+            Err(_) => self.pods.runtime("")?.clone(),
+        };
+        Ok(monitor::exec::ExecSpec {
+            runtime_path: runtime.path.clone(),
+            runtime_root: runtime.root.clone(),
+            id: rec.id.clone(),
+            cmd,
+            tty,
+            stdin,
+            state_dir: self.run_dir(&rec.id),
+        })
+    }
+
+    /// ExecSync: runs `cmd` and returns its exit code and output; a timeout (0 = none) kills
+    /// the process and still answers with what was captured.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<monitor::exec::ExecSyncOutput, ContainerError> {
+        let rec = self.get(id)?;
+        let spec = self.exec_spec(&rec, cmd, false, false)?;
+        let timeout = (!timeout.is_zero()).then_some(timeout);
+        let out =
+            monitor::exec::exec_sync(&spec, timeout, monitor::exec::EXEC_SYNC_OUTPUT_MAX).await?;
+        if out.timed_out {
+            tracing::info!(id = %rec.id, ?timeout, "exec sync timed out; process killed");
+        }
+        Ok(out)
+    }
+
+    /// ReopenContainerLog: the monitor reopens the log file at its path (kubelet renamed the old
+    /// one). A container that is not running has no monitor to ask: an error, as in CRI-O.
+    pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
+        let rec = self.get(id)?;
+        if rec.status().state() != ContainerState::Running {
+            return Err(ContainerError::WrongState {
+                id: rec.id.clone(),
+                reason: "container is not running".into(),
+            });
+        }
+        if rec.meta.log_path.is_none() {
+            return Ok(());
+        }
+        monitor::attach::reopen_log(&self.attach_socket(&rec.id))
+            .await
+            .map_err(|source| ContainerError::Attach {
+                id: rec.id.clone(),
+                source,
+            })
     }
 
     /// StartContainer.

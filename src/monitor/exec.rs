@@ -245,9 +245,8 @@ impl ExecSession {
     /// then comes through [`wait`](Self::wait).
     pub async fn kill(&mut self) {
         match self.exec_pid().await {
-            Some(pid) => {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            // Its children too: a shell's `sleep` would otherwise live on in the container.
+            Some(pid) => kill_tree(pid),
             None => {
                 let _ = self.child.start_kill();
             }
@@ -373,6 +372,30 @@ async fn read_capped(
         }
     }
     buf
+}
+
+/// SIGKILLs `pid` and every descendant it has now (found through /proc's children lists).
+fn kill_tree(pid: i32) {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() && tree.len() < 4096 {
+        let p = tree[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                tree.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<i32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    for p in tree {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
 }
 
 fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {

@@ -126,19 +126,41 @@ pub(super) async fn container_status(
     }))
 }
 
-
 pub(super) async fn reopen_container_log(
-    _d: &Arc<Daemon>,
-    _req: Request<cri::ReopenContainerLogRequest>,
+    d: &Arc<Daemon>,
+    req: Request<cri::ReopenContainerLogRequest>,
 ) -> Res<cri::ReopenContainerLogResponse> {
-    Err(not_yet("ReopenContainerLog"))
+    let id = req.into_inner().container_id;
+    let d = d.clone();
+    detached(async move { Ok(d.containers.reopen_log(&id).await?) }).await?;
+    Ok(Response::new(cri::ReopenContainerLogResponse {}))
 }
 
 pub(super) async fn exec_sync(
-    _d: &Arc<Daemon>,
-    _req: Request<cri::ExecSyncRequest>,
+    d: &Arc<Daemon>,
+    req: Request<cri::ExecSyncRequest>,
 ) -> Res<cri::ExecSyncResponse> {
-    Err(not_yet("ExecSync"))
+    let req = req.into_inner();
+    if req.timeout < 0 {
+        return Err(Status::invalid_argument(format!(
+            "timeout: {} is negative",
+            req.timeout
+        )));
+    }
+    let d = d.clone();
+    // Detached: a client that gives up must not leave the process running unobserved.
+    let out = detached(async move {
+        let timeout = std::time::Duration::from_secs(req.timeout as u64);
+        Ok(d.containers
+            .exec_sync(&req.container_id, req.cmd, timeout)
+            .await?)
+    })
+    .await?;
+    Ok(Response::new(cri::ExecSyncResponse {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        exit_code: out.exit_code,
+    }))
 }
 
 pub(super) async fn checkpoint_container(
