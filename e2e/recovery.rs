@@ -232,3 +232,51 @@ async fn reboot_marks_containers_exited_and_remove_reclaims_everything() {
         .expect("RemovePodSandbox after reboot");
     daemon.assert_no_leaks(&LearnedPids::default());
 }
+
+/// Under systemd (Type=notify) READY=1 arrives once recovery is done and the socket serves, and
+/// a second daemon on the same socket is refused with a clear message.
+#[tokio::test]
+async fn notifies_systemd_when_serving_and_refuses_a_second_daemon() {
+    use crate::harness::{ferrio_bin, Env};
+    let env = Arc::new(Env::new(Opts::default()));
+    let notify_path = env.dir().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = std::process::Command::new(ferrio_bin())
+        .arg("--config")
+        .arg(env.config_path())
+        .arg("--config-dir")
+        .arg(env.dropin_dir())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 from ferrio");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.starts_with("READY=1"), "{msg}");
+    assert!(env.socket().exists(), "READY only once the socket is there");
+
+    let second = std::process::Command::new(ferrio_bin())
+        .arg("--config")
+        .arg(env.config_path())
+        .arg("--config-dir")
+        .arg(env.dropin_dir())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another ferrio"), "{err}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!env.socket().exists(), "the socket is removed on shutdown");
+}

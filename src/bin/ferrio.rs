@@ -95,6 +95,28 @@ fn monitor_path(config: &Config) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// Tell systemd (Type=notify) that recovery is done and the socket is served. A no-op when not
+/// started by systemd.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().to_string();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|a| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(b"READY=1\nSTATUS=serving CRI", &a)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(socket = %path, error = %e, "cannot notify systemd");
+    }
+}
+
 /// Bind the CRI socket: parent created, one daemon per socket (a lock file beside it), a stale
 /// socket replaced, mode 0660.
 fn bind(listen: &Path) -> anyhow::Result<(tokio::net::UnixListener, Flock<std::fs::File>)> {
@@ -134,6 +156,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start")?;
     tracing::info!(socket = %listen.display(), "serving CRI");
+    notify_ready();
     let signal = async {
         use tokio::signal::unix::{signal, SignalKind};
         let (mut term, mut int) = match (
