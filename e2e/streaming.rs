@@ -1,0 +1,653 @@
+//! Exec, attach and port-forward end to end: a real daemon hands out URLs over CRI, and a test
+//! client speaks SPDY/3.1 and WebSocket to its streaming server, into real runc containers.
+
+#[path = "streaming_client.rs"]
+mod client;
+#[path = "harness/mod.rs"]
+mod harness;
+
+use client::{spdy_connect, spdy_exec, ws_collect, ws_connect, ExecOpts};
+use futures::{SinkExt, StreamExt};
+use harness::{
+    container_config, pod_config, wait_for_container_state, Cri, Daemon, LearnedPids, Opts,
+};
+use k8s_cri::v1::{
+    AttachRequest, ContainerState, CreateContainerRequest, ExecRequest, ImageSpec,
+    PodSandboxConfig, PortForwardRequest, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
+};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tonic::Code;
+
+const BUSYBOX: &str = "docker.io/library/busybox:1.36";
+const TOKEN_TTL: Duration = Duration::from_secs(2);
+
+/// A daemon whose streaming URLs expire after [`TOKEN_TTL`], so the expiry is testable.
+async fn daemon() -> Daemon {
+    Daemon::start(Opts {
+        configure: Some(Box::new(|c| {
+            c.api.stream_token_ttl = format!("{}s", TOKEN_TTL.as_secs());
+        })),
+        ..Default::default()
+    })
+    .await
+}
+
+/// A running pod with one running busybox container running `command`.
+struct Pod {
+    id: String,
+    container: String,
+    config: PodSandboxConfig,
+}
+
+async fn pod_with(cri: &mut Cri, d: &Daemon, name: &str, command: &[&str]) -> Pod {
+    cri.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage: {e}"));
+    let config = pod_config(d.env(), name);
+    let id = cri
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+        .into_inner()
+        .pod_sandbox_id;
+    let container = cri
+        .rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(container_config(name, BUSYBOX, command)),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+        .into_inner()
+        .container_id;
+    cri.rt
+        .start_container(StartContainerRequest {
+            container_id: container.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {e}"));
+    wait_for_container_state(
+        cri,
+        &container,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await;
+    Pod {
+        id,
+        container,
+        config,
+    }
+}
+
+async fn tear_down(cri: &mut Cri, pod: &Pod) {
+    cri.rt
+        .stop_container(StopContainerRequest {
+            container_id: pod.container.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopContainer: {e}"));
+    cri.rt
+        .remove_container(RemoveContainerRequest {
+            container_id: pod.container.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer: {e}"));
+    cri.rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
+    cri.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+}
+
+fn exec_req(container: &str, cmd: &[&str]) -> ExecRequest {
+    ExecRequest {
+        container_id: container.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    }
+}
+
+async fn exec_url(cri: &mut Cri, req: ExecRequest) -> String {
+    let url = cri
+        .rt
+        .exec(req)
+        .await
+        .unwrap_or_else(|e| panic!("Exec: {e}"))
+        .into_inner()
+        .url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(url.contains("/exec/"), "{url}");
+    url
+}
+
+/// Host pids whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let want = argv.join("\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).trim_end_matches('\0') == want)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn exec_over_spdy_and_websocket() {
+    let d = daemon().await;
+    let mut cri = d.client().await;
+    let mut learned = LearnedPids::default();
+    let pod = pod_with(&mut cri, &d, "exec", &["sleep", "3600"]).await;
+    learned.learn_cgroup(&d.env().cgroup_parent());
+    let c = pod.container.as_str();
+
+    // echo: stdout and a Success status.
+    let url = exec_url(&mut cri, exec_req(c, &["echo", "hello", "world"])).await;
+    let r = spdy_exec(
+        &url,
+        ExecOpts {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.stdout_str(), "hello world\n");
+    assert!(r.stderr.is_empty());
+    assert_eq!(r.exit_code(), 0, "{:?}", r.status());
+
+    // The URL is one-shot.
+    let (status, _) = client::http_get(&url, &[]).await;
+    assert_eq!(status, 404, "a used token");
+    let (status, _) = client::http_get(&url.replace("/exec/", "/exec/x"), &[]).await;
+    assert_eq!(status, 404, "an unknown token");
+    let (status, _) = client::http_get(&url.replace("/exec/", "/nothing/"), &[]).await;
+    assert_eq!(status, 404, "an unknown endpoint");
+
+    // stderr and a non-zero exit.
+    let url = exec_url(
+        &mut cri,
+        exec_req(c, &["sh", "-c", "echo out; echo oops >&2; exit 7"]),
+    )
+    .await;
+    let r = spdy_exec(
+        &url,
+        ExecOpts {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.stdout_str(), "out\n");
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "oops\n");
+    assert_eq!(r.exit_code(), 7, "{:?}", r.status());
+
+    // stdin through cat, and EOF from the client's FIN.
+    let mut req = exec_req(c, &["cat"]);
+    req.stdin = true;
+    let url = exec_url(&mut cri, req).await;
+    let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let r = spdy_exec(
+        &url,
+        ExecOpts {
+            stdin: Some(&big),
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.stdout.len(), big.len());
+    assert!(r.stdout == big, "cat returned what it was given");
+    assert_eq!(r.exit_code(), 0);
+
+    // A terminal and a resize: stty sees the size the client sent.
+    let req = ExecRequest {
+        container_id: c.into(),
+        cmd: [
+            "sh",
+            "-c",
+            "for i in $(seq 50); do s=$(stty size); [ \"$s\" = '37 100' ] && break; sleep 0.1; done; echo \"size=$s\"",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        tty: true,
+        stdin: false,
+        stdout: true,
+        stderr: false,
+    };
+    let url = exec_url(&mut cri, req).await;
+    let r = spdy_exec(
+        &url,
+        ExecOpts {
+            stdout: true,
+            tty: true,
+            resize: Some((100, 37)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        r.stdout_str().contains("size=37 100"),
+        "tty output: {:?}",
+        r.stdout_str()
+    );
+    assert_eq!(r.exit_code(), 0);
+
+    // tty with stderr is refused as kubelet refuses it; so is an exec with no streams.
+    let mut bad = exec_req(c, &["true"]);
+    bad.tty = true;
+    let e = cri.rt.exec(bad).await.expect_err("tty + stderr");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let mut bad = exec_req(c, &["true"]);
+    bad.stdout = false;
+    bad.stderr = false;
+    let e = cri.rt.exec(bad).await.expect_err("no streams");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let e = cri
+        .rt
+        .exec(exec_req("0000000000000000dead", &["true"]))
+        .await
+        .expect_err("unknown container");
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+
+    // No protocol in common: 403 naming what the server speaks.
+    let url = exec_url(&mut cri, exec_req(c, &["true"])).await;
+    let refused = spdy_connect(&url, &["v9.channel.k8s.io"])
+        .await
+        .err()
+        .expect("an unknown protocol is refused");
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(refused.body.contains("v4.channel.k8s.io"), "{refused:?}");
+
+    // An older protocol (v2): no status on success, the error text on failure.
+    let url = exec_url(&mut cri, exec_req(c, &["sh", "-c", "exit 3"])).await;
+    let mut conn = spdy_connect(&url, &["v2.channel.k8s.io"]).await.unwrap();
+    assert_eq!(conn.protocol, "v2.channel.k8s.io");
+    let mut err = conn.open(&[("streamtype", "error")]).await;
+    let mut out = conn.open(&[("streamtype", "stdout")]).await;
+    let _errs = conn.open(&[("streamtype", "stderr")]).await;
+    let (text, _) = tokio::join!(err.read_to_end(), out.read_to_end());
+    assert!(
+        String::from_utf8_lossy(&text).contains("exit status 3"),
+        "{text:?}"
+    );
+
+    // WebSocket v5: stdin closed with the close channel, output by channel, status on 3.
+    let mut req = exec_req(c, &["sh", "-c", "cat; echo done >&2; exit 4"]);
+    req.stdin = true;
+    let url = exec_url(&mut cri, req).await;
+    let (mut ws, proto) = ws_connect(&url, &["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        .await
+        .unwrap();
+    assert_eq!(proto, "v5.channel.k8s.io");
+    ws.send(Message::Binary(
+        [&[0u8][..], b"over websocket\n"].concat().into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Binary(vec![255u8, 0].into()))
+        .await
+        .unwrap();
+    let got = ws_collect(&mut ws).await;
+    assert_eq!(
+        got.get(&1).map(|v| v.as_slice()),
+        Some(&b"over websocket\n"[..])
+    );
+    assert_eq!(got.get(&2).map(|v| v.as_slice()), Some(&b"done\n"[..]));
+    let status: serde_json::Value =
+        serde_json::from_slice(got.get(&3).expect("a status on channel 3")).unwrap();
+    assert_eq!(status["details"]["causes"][0]["message"], "4", "{status}");
+
+    // WebSocket base64 (v4): text frames with an ASCII channel digit.
+    let url = exec_url(&mut cri, exec_req(c, &["echo", "b64"])).await;
+    let (mut ws, proto) = ws_connect(&url, &["v4.base64.channel.k8s.io"])
+        .await
+        .unwrap();
+    assert_eq!(proto, "v4.base64.channel.k8s.io");
+    let mut text = String::new();
+    while let Some(Ok(m)) = ws.next().await {
+        match m {
+            Message::Text(t) if t.starts_with('1') => text.push_str(&t[1..]),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .unwrap();
+    assert_eq!(decoded, b"b64\n");
+
+    // A client that dies mid-exec takes its process with it.
+    let marker = format!("{}", 100_000 + rand::random::<u32>() % 800_000);
+    let url = exec_url(&mut cri, exec_req(c, &["sleep", &marker])).await;
+    let mut conn = spdy_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let _e = conn.open(&[("streamtype", "error")]).await;
+    let _o = conn.open(&[("streamtype", "stdout")]).await;
+    let _r = conn.open(&[("streamtype", "stderr")]).await;
+    wait_until("the exec'd sleep", Duration::from_secs(10), || {
+        !pids_running(&["sleep", &marker]).is_empty()
+    })
+    .await;
+    for pid in pids_running(&["sleep", &marker]) {
+        learned.add(pid, "exec'd sleep");
+    }
+    conn.kill().await;
+    wait_until(
+        "the exec'd sleep to go with its client",
+        Duration::from_secs(10),
+        || pids_running(&["sleep", &marker]).is_empty(),
+    )
+    .await;
+
+    // An expired token is a 404 too.
+    let url = exec_url(&mut cri, exec_req(c, &["true"])).await;
+    tokio::time::sleep(TOKEN_TTL + Duration::from_millis(500)).await;
+    let refused = spdy_connect(&url, &["v4.channel.k8s.io"])
+        .await
+        .err()
+        .expect("an expired token is refused");
+    assert_eq!(refused.status, 404, "{refused:?}");
+
+    tear_down(&mut cri, &pod).await;
+    d.assert_no_leaks(&learned);
+}
+
+#[tokio::test]
+async fn attach_to_a_running_counter() {
+    let d = daemon().await;
+    let mut cri = d.client().await;
+    let mut learned = LearnedPids::default();
+    let pod = pod_with(
+        &mut cri,
+        &d,
+        "counter",
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done",
+        ],
+    )
+    .await;
+    learned.learn_cgroup(&d.env().cgroup_parent());
+    let attach = |tty| AttachRequest {
+        container_id: pod.container.clone(),
+        stdin: false,
+        tty,
+        stdout: true,
+        stderr: false,
+    };
+    let url = cri
+        .rt
+        .attach(attach(false))
+        .await
+        .unwrap_or_else(|e| panic!("Attach: {e}"))
+        .into_inner()
+        .url;
+    assert!(url.contains("/attach/"), "{url}");
+    let mut conn = spdy_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let _err = conn.open(&[("streamtype", "error")]).await;
+    let mut out = conn.open(&[("streamtype", "stdout")]).await;
+    let mut text = String::new();
+    while text.lines().count() < 5 {
+        let b = out.next().await.expect("the counter's output");
+        text.push_str(&String::from_utf8_lossy(&b));
+    }
+    let nums: Vec<u64> = text
+        .lines()
+        .take(4)
+        .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("{text:?}")))
+        .collect();
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive counter lines: {nums:?}"
+    );
+    conn.kill().await;
+
+    // Detaching leaves the container running; a WebSocket attach sees it go on counting.
+    let url = cri.rt.attach(attach(false)).await.unwrap().into_inner().url;
+    let (mut ws, _) = ws_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let mut got = Vec::new();
+    while got.iter().filter(|b| **b == b'\n').count() < 3 {
+        match tokio::time::timeout(client::TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&1) => {
+                got.extend_from_slice(&b[1..])
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("websocket attach ended: {other:?}"),
+        }
+    }
+    drop(ws);
+    wait_for_container_state(
+        &mut cri,
+        &pod.container,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(1),
+    )
+    .await;
+
+    tear_down(&mut cri, &pod).await;
+    d.assert_no_leaks(&learned);
+}
+
+/// GET / over a SPDY port-forward connection `request_id`.
+async fn spdy_fetch(conn: &mut client::SpdyConn, request_id: &str) -> (String, String) {
+    let mut err = conn
+        .open(&[
+            ("streamtype", "error"),
+            ("port", "8080"),
+            ("requestid", request_id),
+        ])
+        .await;
+    let mut data = conn
+        .open(&[
+            ("streamtype", "data"),
+            ("port", "8080"),
+            ("requestid", request_id),
+        ])
+        .await;
+    conn.write(data.id, b"GET /index.html HTTP/1.0\r\n\r\n")
+        .await;
+    let (d, e) = tokio::join!(data.read_to_end(), err.read_to_end());
+    (
+        String::from_utf8_lossy(&d).to_string(),
+        String::from_utf8_lossy(&e).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn port_forward_to_busybox_httpd() {
+    let d = daemon().await;
+    let mut cri = d.client().await;
+    let mut learned = LearnedPids::default();
+    let pod = pod_with(
+        &mut cri,
+        &d,
+        "web",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www",
+        ],
+    )
+    .await;
+    learned.learn_cgroup(&d.env().cgroup_parent());
+    let _ = &pod.config;
+    let pf_url = |cri: &mut Cri| {
+        let mut cri = cri.clone();
+        let id = pod.id.clone();
+        async move {
+            cri.rt
+                .port_forward(PortForwardRequest {
+                    pod_sandbox_id: id,
+                    port: vec![8080],
+                })
+                .await
+                .unwrap_or_else(|e| panic!("PortForward: {e}"))
+                .into_inner()
+                .url
+        }
+    };
+
+    // httpd listens on the pod's loopback only: reachable through the pod's netns alone. Retry
+    // until it is up.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = pf_url(&mut cri).await;
+        assert!(url.contains("/portforward/"), "{url}");
+        let mut conn = spdy_connect(&url, &["portforward.k8s.io"]).await.unwrap();
+        assert_eq!(conn.protocol, "portforward.k8s.io");
+        let (body, err) = spdy_fetch(&mut conn, "0").await;
+        if body.contains("hello-from-pod") {
+            assert!(err.is_empty(), "{err}");
+            assert!(body.starts_with("HTTP/1."), "{body}");
+            // Two connections at once on one session.
+            let mut a_err = conn
+                .open(&[
+                    ("streamtype", "error"),
+                    ("port", "8080"),
+                    ("requestid", "1"),
+                ])
+                .await;
+            let mut a = conn
+                .open(&[("streamtype", "data"), ("port", "8080"), ("requestid", "1")])
+                .await;
+            let mut b_err = conn
+                .open(&[
+                    ("streamtype", "error"),
+                    ("port", "8080"),
+                    ("requestid", "2"),
+                ])
+                .await;
+            let mut b = conn
+                .open(&[("streamtype", "data"), ("port", "8080"), ("requestid", "2")])
+                .await;
+            conn.write(b.id, b"GET /index.html HTTP/1.0\r\n\r\n").await;
+            conn.write(a.id, b"GET /index.html HTTP/1.0\r\n\r\n").await;
+            let (ra, rb, _, _) = tokio::join!(
+                a.read_to_end(),
+                b.read_to_end(),
+                a_err.read_to_end(),
+                b_err.read_to_end()
+            );
+            for r in [ra, rb] {
+                assert!(
+                    String::from_utf8_lossy(&r).contains("hello-from-pod"),
+                    "{:?}",
+                    String::from_utf8_lossy(&r)
+                );
+            }
+            // A port nobody listens on: the error stream says so.
+            let mut e = conn
+                .open(&[
+                    ("streamtype", "error"),
+                    ("port", "8081"),
+                    ("requestid", "3"),
+                ])
+                .await;
+            let _x = conn
+                .open(&[("streamtype", "data"), ("port", "8081"), ("requestid", "3")])
+                .await;
+            let text = String::from_utf8_lossy(&e.read_to_end().await).to_string();
+            assert!(text.contains("8081"), "{text:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "httpd never answered: {body:?} {err:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // WebSocket: channel 0 data, 1 errors, each first carrying the port.
+    let url = pf_url(&mut cri).await;
+    let (mut ws, proto) = ws_connect(&url, &["portforward.k8s.io"]).await.unwrap();
+    assert_eq!(proto, "portforward.k8s.io");
+    let mut port_frames = 0;
+    while port_frames < 2 {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                assert_eq!(&b[1..], &8080u16.to_le_bytes(), "port prefix");
+                port_frames += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    ws.send(Message::Binary(
+        [&[0u8][..], b"GET /index.html HTTP/1.0\r\n\r\n"]
+            .concat()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let mut body = Vec::new();
+    while !String::from_utf8_lossy(&body).contains("hello-from-pod") {
+        match tokio::time::timeout(client::TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&0) => {
+                body.extend_from_slice(&b[1..])
+            }
+            Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&1) => {
+                panic!("port-forward error: {:?}", String::from_utf8_lossy(&b[1..]))
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("websocket port-forward ended: {other:?}"),
+        }
+    }
+    drop(ws);
+
+    // An unknown pod is NotFound.
+    let e = cri
+        .rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: "0000000000000000dead".into(),
+            port: vec![80],
+        })
+        .await
+        .expect_err("unknown pod");
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+
+    tear_down(&mut cri, &pod).await;
+    d.assert_no_leaks(&learned);
+}
