@@ -6,7 +6,7 @@
 //! blocking pool. The one piece of state is the last CPU sample per cgroup, kept in memory so
 //! `usage_nano_cores` is the rate since the previous stats call, as kubelet expects.
 
-use super::lifecycle::{Container, Containers};
+use super::lifecycle::{Container, ContainerState, Containers};
 use crate::oci::cgroups::{self, CgroupStats};
 use crate::sandbox::lifecycle::Sandbox;
 use std::collections::HashMap;
@@ -212,7 +212,17 @@ impl Containers {
         let per_pod: Vec<(Arc<Sandbox>, Vec<Arc<Container>>, Vec<PathBuf>)> = pods
             .into_iter()
             .map(|p| {
-                let cs = self.of_sandbox(&p.id);
+                // Exited containers have no cgroup left to read.
+                let cs: Vec<Arc<Container>> = self
+                    .of_sandbox(&p.id)
+                    .into_iter()
+                    .filter(|c| {
+                        matches!(
+                            c.status().state(),
+                            ContainerState::Created | ContainerState::Running
+                        )
+                    })
+                    .collect();
                 let ups = cs.iter().map(|c| self.upper_dir(&c.id)).collect();
                 (p, cs, ups)
             })

@@ -147,7 +147,7 @@ pub fn container_status(c: &Container) -> cri::ContainerStatus {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
-        resources: None,
+        resources: super::resources::container_resources(c),
         image_id: c.meta.image_id.clone(),
         user: None,
     }
