@@ -12,9 +12,11 @@ mod registry;
 mod store;
 pub mod types;
 pub mod unpack;
+pub mod usage;
 
 pub use error::ImageError;
 pub use reference::Reference;
 pub use registry::RegistryAuth;
-pub use store::ImageStore;
+pub use store::{ImageStore, Removed};
 pub use types::{ImageConfig, ImageInfo};
+pub use usage::FsUsage;

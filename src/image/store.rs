@@ -4,6 +4,7 @@
 //! index.json                 images: tags, digests, config, chain ids (tmp + fsync + rename)
 //! blobs/sha256/<hex>         manifests, indexes and configs, content-addressed
 //! layers/<chain hex>/diff    one unpacked layer per chain id, shared by every image that has it
+//! layers/<chain hex>/usage   its disk usage (bytes, inodes), counted once when it was unpacked
 //! tmp/                       downloads and unpacks in progress; emptied on open
 //! ```
 //!
@@ -26,6 +27,7 @@ use super::error::io_at;
 use super::manifest::{self, ConfigBlob, Descriptor, Manifest, Platform};
 use super::reference::{self, Reference};
 use super::registry::{self, RegistryAuth, Session, Timeouts};
+use super::usage::{self, FsUsage};
 use super::{unpack, ImageError, ImageInfo};
 
 const INDEX: &str = "index.json";
@@ -33,6 +35,7 @@ const BLOBS: &str = "blobs/sha256";
 const LAYERS: &str = "layers";
 const TMP: &str = "tmp";
 const DIFF: &str = "diff";
+const USAGE: &str = "usage";
 /// Layers downloaded at once by one pull.
 const PARALLEL_LAYERS: usize = 3;
 
@@ -60,6 +63,21 @@ struct State {
     in_use: HashMap<String, usize>,
     /// Bumped by every change; the index file only ever moves to a newer generation.
     generation: u64,
+    /// Disk usage per layer (by chain hex), so ImageFsInfo never walks the layers.
+    layer_usage: HashMap<String, FsUsage>,
+    /// Allocated bytes per blob (by hex).
+    blob_usage: HashMap<String, u64>,
+}
+
+/// What [`ImageStore::remove`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Removed {
+    /// Nothing matched the name.
+    Absent,
+    /// Only the tag went; the image keeps its other tags.
+    Untagged(ImageInfo),
+    /// The image went (its layers and blobs too, unless another image shares them).
+    Deleted(ImageInfo),
 }
 
 impl State {
@@ -158,8 +176,7 @@ impl ImageStore {
             platform,
             state: Mutex::new(State {
                 images,
-                in_use: HashMap::new(),
-                generation: 0,
+                ..Default::default()
             }),
             written: Arc::new(Mutex::new(0)),
             layer_locks: Mutex::new(HashMap::new()),
@@ -169,7 +186,79 @@ impl ImageStore {
             write_index(&store.dir, &store.written, generation, &bytes)?;
         }
         store.collect_garbage()?;
+        store.count_usage()?;
         Ok(store)
+    }
+
+    /// Load the usage of every layer (counting and recording it for layers made before usage
+    /// files existed) and of every blob.
+    fn count_usage(&self) -> Result<(), ImageError> {
+        let layers_dir = self.dir.join(LAYERS);
+        let blobs_dir = self.dir.join(BLOBS);
+        let mut layer_usage = HashMap::new();
+        for e in fs::read_dir(&layers_dir).map_err(io_at(&layers_dir))? {
+            let e = e.map_err(io_at(&layers_dir))?;
+            let file = e.path().join(USAGE);
+            let known = fs::read(&file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<FsUsage>(&b).ok());
+            let u = match known {
+                Some(u) => u,
+                None => {
+                    let u = usage::dir_usage(&e.path()).map_err(io_at(&e.path()))?;
+                    let bytes = serde_json::to_vec(&u).unwrap_or_default();
+                    write_atomic(&file, &bytes)?;
+                    u
+                }
+            };
+            layer_usage.insert(e.file_name().to_string_lossy().into_owned(), u);
+        }
+        let mut blob_usage = HashMap::new();
+        for e in fs::read_dir(&blobs_dir).map_err(io_at(&blobs_dir))? {
+            let e = e.map_err(io_at(&blobs_dir))?;
+            let m = e.metadata().map_err(io_at(&e.path()))?;
+            blob_usage.insert(
+                e.file_name().to_string_lossy().into_owned(),
+                std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+            );
+        }
+        let mut st = lock(&self.state);
+        st.layer_usage = layer_usage;
+        st.blob_usage = blob_usage;
+        Ok(())
+    }
+
+    /// Disk usage of the image file system (layers and blobs), from totals kept up to date
+    /// by pulls and removals: cheap enough for kubelet's frequent ImageFsInfo calls.
+    pub fn usage(&self) -> FsUsage {
+        let st = lock(&self.state);
+        let mut total = FsUsage::default();
+        for u in st.layer_usage.values() {
+            total += *u;
+        }
+        for b in st.blob_usage.values() {
+            total += FsUsage {
+                used_bytes: *b,
+                inodes_used: 1,
+            };
+        }
+        total
+    }
+
+    /// The image config blob (the OCI image config JSON) of a stored image.
+    /// Blocking (disk): call it from `spawn_blocking` in async code.
+    pub fn config_blob(&self, image: &ImageInfo) -> Result<Vec<u8>, ImageError> {
+        let p = self.dir.join(BLOBS).join(hex_of(&image.id));
+        fs::read(&p).map_err(io_at(&p))
+    }
+
+    /// The digests of the manifest an image was pulled by and of the index it came from, if any.
+    pub fn manifest_digests(&self, id: &str) -> Option<(String, Option<String>)> {
+        let st = lock(&self.state);
+        st.images
+            .iter()
+            .find(|r| r.info.id == id)
+            .map(|r| (r.manifest_digest.clone(), r.index_digest.clone()))
     }
 
     /// The store's directory.
@@ -201,34 +290,40 @@ impl ImageStore {
         self.dir.join(LAYERS).join(hex_of(chain_id)).join(DIFF)
     }
 
-    /// Remove by id, tag or digest; Ok if absent. A tag of an image that has other tags is only
-    /// untagged; otherwise the image goes and layers and blobs no other image uses are freed.
+    /// What `remove(name_or_id)` would do now: the image it names and whether the image itself
+    /// would go (true) or only lose a tag (false). `None` when nothing matches.
+    pub fn removal_target(&self, name_or_id: &str) -> Option<(ImageInfo, bool)> {
+        let st = lock(&self.state);
+        let (i, untag) = plan_removal(&st.images, name_or_id)?;
+        Some((st.images[i].info.clone(), untag.is_none()))
+    }
+
+    /// Remove by id, tag or digest; `Absent` if nothing matches (idempotent). A tag of an image
+    /// that has other tags is only untagged; otherwise the image goes and layers and blobs no
+    /// other image uses are freed.
     /// Blocking (disk): call it from `spawn_blocking` in async code.
-    pub fn remove(&self, name_or_id: &str) -> Result<(), ImageError> {
-        {
-            let (generation, bytes) = {
-                let mut st = lock(&self.state);
-                let Some(i) = find(&st.images, name_or_id) else {
-                    return Ok(());
-                };
-                let tag = reference::normalize(name_or_id)
-                    .ok()
-                    .filter(|r| r.digest.is_none())
-                    .and_then(|r| r.tagged());
-                let rec = &mut st.images[i];
-                match tag {
-                    Some(t) if rec.info.repo_tags.len() > 1 && rec.info.repo_tags.contains(&t) => {
-                        rec.info.repo_tags.retain(|x| x != &t);
-                    }
-                    _ => {
-                        st.images.remove(i);
-                    }
-                }
-                st.snapshot()?
+    pub fn remove(&self, name_or_id: &str) -> Result<Removed, ImageError> {
+        let (removed, generation, bytes) = {
+            let mut st = lock(&self.state);
+            let Some((i, untag)) = plan_removal(&st.images, name_or_id) else {
+                return Ok(Removed::Absent);
             };
-            write_index(&self.dir, &self.written, generation, &bytes)?;
+            let removed = match untag {
+                Some(t) => {
+                    let rec = &mut st.images[i];
+                    rec.info.repo_tags.retain(|x| x != &t);
+                    Removed::Untagged(rec.info.clone())
+                }
+                None => Removed::Deleted(st.images.remove(i).info),
+            };
+            let (generation, bytes) = st.snapshot()?;
+            (removed, generation, bytes)
+        };
+        write_index(&self.dir, &self.written, generation, &bytes)?;
+        if matches!(removed, Removed::Deleted(_)) {
+            self.collect_garbage()?;
         }
-        self.collect_garbage()
+        Ok(removed)
     }
 
     /// Pull `reference` through the mirrors of `cfg` and store it.
@@ -402,14 +497,23 @@ impl ImageStore {
         let dir = self.dir.clone();
         let written = self.written.clone();
         // Blob files and the index are small but fsync'd: keep them off the async threads.
-        tokio::task::spawn_blocking(move || {
+        let sizes = tokio::task::spawn_blocking(move || {
+            let mut sizes = Vec::with_capacity(blobs.len());
             for (digest, bytes) in &blobs {
-                write_atomic(&dir.join(BLOBS).join(hex_of(digest)), bytes)?;
+                let p = dir.join(BLOBS).join(hex_of(digest));
+                write_atomic(&p, bytes)?;
+                let m = fs::metadata(&p).map_err(io_at(&p))?;
+                sizes.push((
+                    hex_of(digest).to_string(),
+                    std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                ));
             }
-            write_index(&dir, &written, generation, &index_bytes)
+            write_index(&dir, &written, generation, &index_bytes)?;
+            Ok::<_, ImageError>(sizes)
         })
         .await
         .map_err(|e| ImageError::io(self.dir.join(INDEX), io::Error::other(e.to_string())))??;
+        lock(&self.state).blob_usage.extend(sizes);
         Ok(info)
     }
 
@@ -538,11 +642,16 @@ impl ImageStore {
         };
         let final_dir = self.dir.join(LAYERS).join(hex_of(chain));
         let t = tmp.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
+        let layer_usage = tokio::task::spawn_blocking(move || -> Result<FsUsage, ImageError> {
             if let Err(e) = outcome {
                 let _ = remove_any(&t);
                 return Err(e);
             }
+            // Counted once here, so ImageFsInfo never walks the layers.
+            let u = usage::dir_usage(&t).map_err(io_at(&t))?;
+            let usage_file = t.join(USAGE);
+            fs::write(&usage_file, serde_json::to_vec(&u).unwrap_or_default())
+                .map_err(io_at(&usage_file))?;
             // Flush the layer's files before it becomes visible, so a crash cannot leave a
             // renamed but empty layer.
             let f = fs::File::open(&t).map_err(io_at(&t))?;
@@ -551,14 +660,19 @@ impl ImageStore {
                 let _ = remove_any(&t);
                 ImageError::io(&final_dir, e)
             })?;
-            fsync_dir(final_dir.parent().unwrap_or(&final_dir))
+            fsync_dir(final_dir.parent().unwrap_or(&final_dir))?;
+            Ok(u)
         })
         .await
         .map_err(|e| ImageError::Unpack {
             layer: desc.digest.clone(),
             entry: String::new(),
             reason: format!("finish task: {e}"),
-        })?
+        })??;
+        lock(&self.state)
+            .layer_usage
+            .insert(hex_of(chain).to_string(), layer_usage);
+        Ok(())
     }
 
     /// Mark `chains` as needed by a pull in progress.
@@ -616,7 +730,7 @@ impl ImageStore {
         let blobs_dir = self.dir.join(BLOBS);
         let mut doomed: Vec<PathBuf> = Vec::new();
         {
-            let st = lock(&self.state);
+            let mut st = lock(&self.state);
             let keep_layers: BTreeSet<String> = st
                 .images
                 .iter()
@@ -627,6 +741,7 @@ impl ImageStore {
                 let e = e.map_err(io_at(&layers_dir))?;
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !keep_layers.contains(&name) {
+                    st.layer_usage.remove(&name);
                     let to = self
                         .dir
                         .join(TMP)
@@ -651,7 +766,9 @@ impl ImageStore {
                 .collect();
             for e in fs::read_dir(&blobs_dir).map_err(io_at(&blobs_dir))? {
                 let e = e.map_err(io_at(&blobs_dir))?;
-                if !keep_blobs.contains(&*e.file_name().to_string_lossy()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep_blobs.contains(&name) {
+                    st.blob_usage.remove(&name);
                     doomed.push(e.path());
                 }
             }
@@ -674,6 +791,21 @@ fn next_endpoint_may_help(e: &ImageError) -> bool {
             | ImageError::SizeMismatch { .. }
             | ImageError::Malformed { .. }
     )
+}
+
+/// The image `q` names and, when `q` is one of several tags of it, the tag to drop instead of
+/// deleting the image.
+fn plan_removal(images: &[Record], q: &str) -> Option<(usize, Option<String>)> {
+    let i = find(images, q)?;
+    let tag = reference::normalize(q)
+        .ok()
+        .filter(|r| r.digest.is_none())
+        .and_then(|r| r.tagged());
+    let tags = &images[i].info.repo_tags;
+    match tag {
+        Some(t) if tags.len() > 1 && tags.contains(&t) => Some((i, Some(t))),
+        _ => Some((i, None)),
+    }
 }
 
 /// Index of the image `q` names: an id (full, bare or a unique hex prefix), a tag or a digest.

@@ -3,7 +3,8 @@
 use super::convert;
 use super::Daemon;
 use crate::error::Error;
-use crate::image::{ImageInfo, RegistryAuth};
+use crate::image::usage::dir_usage;
+use crate::image::{FsUsage, ImageInfo, RegistryAuth, Removed};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_server::ImageService;
 use std::sync::Arc;
@@ -33,6 +34,73 @@ impl ImageSvc {
 
     fn to_cri(&self, i: &ImageInfo) -> cri::Image {
         convert::image(i, self.pinned(i))
+    }
+
+    /// ImageStatus's verbose `info`: the whole OCI image config (as `crictl inspecti` shows it),
+    /// the layers' chain ids and the digests the image was pulled by.
+    async fn verbose_info(&self, i: &ImageInfo) -> Result<String, Status> {
+        let store = self.0.images.clone();
+        let image = i.clone();
+        let blob = tokio::task::spawn_blocking(move || store.config_blob(&image))
+            .await
+            .map_err(|e| Status::internal(format!("image status task failed: {e}")))?
+            .map_err(Error::from)?;
+        let spec: serde_json::Value =
+            serde_json::from_slice(&blob).unwrap_or(serde_json::Value::Null);
+        let (manifest, index) = self.0.images.manifest_digests(&i.id).unwrap_or_default();
+        Ok(serde_json::json!({
+            "imageSpec": spec,
+            "chainIDs": i.chain_ids,
+            "manifestDigest": manifest,
+            "indexDigest": index,
+            "size": i.size,
+            "pinned": self.pinned(i),
+        })
+        .to_string())
+    }
+}
+
+/// How long a count of the container file system stays fresh: walking every container's upper
+/// directory on each of kubelet's frequent ImageFsInfo calls would cost too much.
+const CONTAINER_FS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The last container file system count: when, and what.
+static CONTAINER_FS: std::sync::Mutex<Option<(std::time::Instant, std::path::PathBuf, FsUsage)>> =
+    std::sync::Mutex::new(None);
+
+/// Usage of `dir` (the containers' overlay directories), counted at most every
+/// [`CONTAINER_FS_TTL`].
+async fn container_fs_usage(dir: std::path::PathBuf) -> Result<FsUsage, Status> {
+    {
+        let cached = CONTAINER_FS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, d, u)) = cached.as_ref() {
+            if *d == dir && at.elapsed() < CONTAINER_FS_TTL {
+                return Ok(*u);
+            }
+        }
+    }
+    let d = dir.clone();
+    let u = tokio::task::spawn_blocking(move || dir_usage(&d))
+        .await
+        .map_err(|e| Status::internal(format!("container fs usage task failed: {e}")))?
+        .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
+    *CONTAINER_FS.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some((std::time::Instant::now(), dir, u));
+    Ok(u)
+}
+
+fn fs_usage(mountpoint: &std::path::Path, u: FsUsage, timestamp: i64) -> cri::FilesystemUsage {
+    cri::FilesystemUsage {
+        timestamp,
+        fs_id: Some(cri::FilesystemIdentifier {
+            mountpoint: mountpoint.display().to_string(),
+        }),
+        used_bytes: Some(cri::UInt64Value {
+            value: u.used_bytes,
+        }),
+        inodes_used: Some(cri::UInt64Value {
+            value: u.inodes_used,
+        }),
     }
 }
 
@@ -86,10 +154,7 @@ impl ImageService for ImageSvc {
         };
         let mut info = std::collections::HashMap::new();
         if req.verbose {
-            info.insert(
-                "info".to_string(),
-                serde_json::json!({ "imageSpec": i.config, "chainIDs": i.chain_ids }).to_string(),
-            );
+            info.insert("info".to_string(), self.verbose_info(&i).await?);
         }
         Ok(Response::new(cri::ImageStatusResponse {
             image: Some(self.to_cri(&i)),
@@ -125,24 +190,39 @@ impl ImageService for ImageSvc {
         req: Request<cri::RemoveImageRequest>,
     ) -> Res<cri::RemoveImageResponse> {
         let name = image_name(req.into_inner().image)?;
-        let Some(i) = self.0.images.resolve(&name) else {
+        // Absent: success (idempotent). Dropping one of several tags is always allowed; deleting
+        // the image itself is refused while a container uses it.
+        let Some((i, deletes)) = self.0.images.removal_target(&name) else {
             return Ok(Response::new(cri::RemoveImageResponse {}));
         };
-        if let Some(c) = self
-            .0
-            .containers
-            .table
-            .list()
-            .into_iter()
-            .find(|c| c.meta.image_id == i.id)
-        {
-            return Err(Error::FailedPrecondition(format!(
-                "image {name:?} is in use by container {}",
-                c.id
-            ))
-            .into());
+        if deletes {
+            if let Some(c) = self
+                .0
+                .containers
+                .table
+                .list()
+                .into_iter()
+                .find(|c| c.meta.image_id == i.id)
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "image {name:?} ({}) is in use by container {}",
+                    i.id, c.id
+                ))
+                .into());
+            }
         }
-        self.0.images.remove(&i.id).map_err(Error::from)?;
+        let store = self.0.images.clone();
+        let removed = tokio::task::spawn_blocking(move || store.remove(&name))
+            .await
+            .map_err(|e| Status::internal(format!("remove image task failed: {e}")))?
+            .map_err(Error::from)?;
+        match removed {
+            Removed::Deleted(i) => tracing::info!(id = %i.id, tags = ?i.repo_tags, "image removed"),
+            Removed::Untagged(i) => {
+                tracing::info!(id = %i.id, tags = ?i.repo_tags, "image untagged")
+            }
+            Removed::Absent => {}
+        }
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
@@ -150,8 +230,18 @@ impl ImageService for ImageSvc {
         &self,
         _req: Request<cri::ImageFsInfoRequest>,
     ) -> Res<cri::ImageFsInfoResponse> {
-        Err(Status::unimplemented(
-            "ImageFsInfo is not implemented by this ferrio version",
-        ))
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let images_dir = self.0.images.dir().to_path_buf();
+        let image_fs = fs_usage(&images_dir, self.0.images.usage(), now);
+        let overlay_dir = self.0.config.root.join("overlay");
+        let container_fs = fs_usage(
+            &overlay_dir,
+            container_fs_usage(overlay_dir.clone()).await?,
+            now,
+        );
+        Ok(Response::new(cri::ImageFsInfoResponse {
+            image_filesystems: vec![image_fs],
+            container_filesystems: vec![container_fs],
+        }))
     }
 }
