@@ -559,6 +559,7 @@ impl Pods {
             cgroup_path: Some(cgroups_path.clone()),
             tty: false,
             stdin: false,
+            stdin_once: false,
         })
         .await?;
         rec.update(|s| {
