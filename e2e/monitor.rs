@@ -96,6 +96,7 @@ impl Bundle {
             cgroup_path: Some(self.cgroup.clone()),
             tty: false,
             stdin: false,
+            stdin_once: false,
         }
     }
 

@@ -442,6 +442,7 @@ impl Containers {
             cgroup_path: Some(cgroups_path),
             tty: req.config.tty,
             stdin: req.config.stdin,
+            stdin_once: req.config.stdin_once,
         })
         .await?;
         rec.update(|s| {

@@ -31,6 +31,7 @@
 //! deletes it after the exit; the monitor never starts, stops or deletes the container.
 
 pub mod attach;
+pub mod attach_server;
 pub mod exec;
 pub mod log;
 pub mod oom;
@@ -98,10 +99,12 @@ pub struct MonitorSpawn {
     pub pid_file: PathBuf,
     /// The OCI cgroupsPath, to detect OOM kills.
     pub cgroup_path: Option<String>,
-    /// Give the container a terminal (not supported yet: the spawn fails).
+    /// Give the container a terminal (a pty whose master the monitor receives from the runtime).
     pub tty: bool,
     /// Keep the container's stdin open for attach.
     pub stdin: bool,
+    /// Close the container's stdin once the first attach session that wrote to it ends.
+    pub stdin_once: bool,
 }
 
 /// A monitor that created its container.
@@ -129,6 +132,7 @@ pub async fn spawn(req: &MonitorSpawn) -> Result<Spawned, MonitorError> {
         runtime_log: None,
         tty: req.tty,
         stdin: req.stdin,
+        stdin_once: req.stdin_once,
     };
     let spawn_err = |source: io::Error| MonitorError::Spawn {
         id: id.clone(),

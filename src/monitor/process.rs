@@ -33,6 +33,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::attach::socket_path;
+use super::attach_server::{bind_long, Action, AttachServer};
 use super::log::{CriLog, Stream};
 use super::oom;
 use super::protocol::{ExitRecord, MonitorArgs, SyncMessage, SYNC_FD};
@@ -50,6 +52,15 @@ const CREATE_OUTPUT_MAX: usize = 8 * 1024;
 
 /// Read size for the pipes (one pipe buffer's worth is plenty).
 const READ_BUF: usize = 32 * 1024;
+
+/// How much attach input may wait for the container's stdin before clients are not read.
+const STDIN_BACKLOG: usize = 256 * 1024;
+
+/// How long attach clients get to take the exit notice before the monitor exits.
+const CLIENT_EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// The terminal's end-of-file character, sent when a tty's stdin is closed.
+const EOT: u8 = 4;
 
 /// Entry point of the `ferrio-monitor` binary: `args` excludes argv\[0\]; returns the exit status.
 pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
@@ -138,8 +149,21 @@ struct Monitor {
     create_output: Vec<u8>,
     /// Children reaped before we knew the container's pid (pid, exit code, time).
     early_exits: Vec<(Pid, i32, i64)>,
-    /// Kept open so the container's stdin does not see EOF; attach (issue 5) writes to it.
-    _stdin: Option<OwnedFd>,
+    /// Our end of the container's stdin (pipe write end, or a dup of the pty master); kept
+    /// open so the container's stdin does not see EOF; attach clients write to it.
+    stdin: Option<OwnedFd>,
+    /// Attach input not yet taken by the container.
+    stdin_buf: Vec<u8>,
+    /// Close stdin once `stdin_buf` is written (stdin_once and the attach session ended).
+    stdin_close: bool,
+    /// The attach socket (also carries ReopenLog).
+    attach: Option<AttachServer>,
+    /// With a tty: the console socket the runtime sends the pty master to, while creating.
+    console: Option<std::os::unix::net::UnixListener>,
+    /// The runtime resolves a long console path through this fd of ours while it creates.
+    console_dir: Option<File>,
+    /// With a tty: the pty master, for resizes.
+    tty_master: Option<OwnedFd>,
     buf: Vec<u8>,
 }
 
@@ -154,10 +178,6 @@ impl Monitor {
         sync.send(&SyncMessage::Started {
             monitor_pid: nix::unistd::getpid().as_raw(),
         });
-
-        if args.tty {
-            return Err(format!("container {}: tty is not supported yet", args.id));
-        }
 
         // Block the signals we handle so that they queue on the signalfd instead. The runtime
         // gets a clean mask: std's Command resets it in the child before exec.
@@ -177,9 +197,10 @@ impl Monitor {
 
         let (out_r, out_w) = output_pipe().map_err(|e| format!("monitor stdout pipe: {e}"))?;
         let (err_r, err_w) = output_pipe().map_err(|e| format!("monitor stderr pipe: {e}"))?;
-        let (stdin_child, stdin_keep) = if args.stdin {
+        let (stdin_child, stdin_keep) = if args.stdin && !args.tty {
             let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
                 .map_err(|e| format!("monitor stdin pipe: {e}"))?;
+            set_nonblocking(&w).map_err(|e| format!("monitor stdin pipe: {e}"))?;
             (Stdio::from(r), Some(w))
         } else {
             (Stdio::null(), None)
@@ -203,6 +224,34 @@ impl Monitor {
         let _ = std::fs::remove_file(&runtime_log);
         let _ = std::fs::remove_file(&args.pid_file);
 
+        // The attach socket exists before the daemon hears "created": attach may come at once.
+        let attach_path = socket_path(&args.bundle);
+        let attach = AttachServer::bind(&attach_path)
+            .map_err(|e| format!("attach socket {}: {e}", attach_path.display()))?;
+        // With a tty the runtime connects to a console socket and sends the pty master there.
+        // Its path may be too long for sun_path: bind and pass it through our bundle dir's fd.
+        let mut console = None;
+        let mut console_arg = None;
+        let bundle_dir = std::fs::File::open(&args.bundle)
+            .map_err(|e| format!("opening bundle {}: {e}", args.bundle.display()))?;
+        if args.tty {
+            let path = args.bundle.join("console.sock");
+            let l =
+                bind_long(&path).map_err(|e| format!("console socket {}: {e}", path.display()))?;
+            l.set_nonblocking(true)
+                .map_err(|e| format!("console socket {}: {e}", path.display()))?;
+            console = Some(l);
+            console_arg = Some(if path.as_os_str().len() < 100 {
+                path
+            } else {
+                PathBuf::from(format!(
+                    "/proc/{}/fd/{}/console.sock",
+                    nix::unistd::getpid(),
+                    bundle_dir.as_raw_fd()
+                ))
+            });
+        }
+
         let mut cmd = Command::new(&args.runtime_path);
         cmd.arg("--root")
             .arg(&args.runtime_root)
@@ -212,8 +261,11 @@ impl Monitor {
             .arg("json")
             .arg("create")
             .arg("--bundle")
-            .arg(&args.bundle)
-            .arg("--pid-file")
+            .arg(&args.bundle);
+        if let Some(c) = &console_arg {
+            cmd.arg("--console-socket").arg(c);
+        }
+        cmd.arg("--pid-file")
             .arg(&args.pid_file)
             .arg(&args.id)
             .stdin(stdin_child)
@@ -257,7 +309,13 @@ impl Monitor {
             runtime_log,
             create_output: Vec::new(),
             early_exits: Vec::new(),
-            _stdin: stdin_keep,
+            stdin: stdin_keep,
+            stdin_buf: Vec::new(),
+            stdin_close: false,
+            attach: Some(attach),
+            console,
+            console_dir: console_arg.map(|_| bundle_dir),
+            tty_master: None,
             buf: vec![0; READ_BUF],
         })
     }
@@ -281,19 +339,41 @@ impl Monitor {
                     PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let (sig_ready, ready) = {
-                let mut fds = Vec::with_capacity(1 + self.outputs.len());
+            let n_out = self.outputs.len();
+            let want_stdin = self.stdin.is_some() && !self.stdin_buf.is_empty();
+            let (sig_ready, ready, stdin_ready, attach_rev) = {
+                let mut fds = Vec::with_capacity(3 + n_out);
                 fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
                 for o in &self.outputs {
                     fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
+                }
+                if let (true, Some(fd)) = (want_stdin, &self.stdin) {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+                }
+                let attach_at = fds.len();
+                if let Some(a) = &self.attach {
+                    fds.extend(a.poll_fds(self.stdin_buf.len() < STDIN_BACKLOG));
                 }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     // poll only fails for bad arguments; nothing sensible is left to do.
                     Err(_) => return self.finish(),
                 }
-                let ready: Vec<bool> = fds[1..].iter().map(|f| f.any().unwrap_or(false)).collect();
-                (fds[0].any().unwrap_or(false), ready)
+                let ready: Vec<bool> = fds[1..1 + n_out]
+                    .iter()
+                    .map(|f| f.any().unwrap_or(false))
+                    .collect();
+                let stdin_ready = want_stdin && fds[1 + n_out].any().unwrap_or(false);
+                let attach_rev: Vec<PollFlags> = fds[attach_at..]
+                    .iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect();
+                (
+                    fds[0].any().unwrap_or(false),
+                    ready,
+                    stdin_ready,
+                    attach_rev,
+                )
             };
             // Output first, so that what the container wrote before dying is logged before its
             // exit is acted on.
@@ -304,6 +384,12 @@ impl Monitor {
             }
             if sig_ready {
                 self.handle_signals();
+            }
+            if stdin_ready {
+                self.write_stdin();
+            }
+            if !attach_rev.is_empty() {
+                self.handle_attach(&attach_rev);
             }
             if let Phase::Creating { runtime_pid } = self.phase {
                 if let Some(code) = self.take_early_exit(runtime_pid).map(|(code, _)| code) {
@@ -331,6 +417,9 @@ impl Monitor {
             }
             Ok(n) => {
                 let _ = self.log.write(stream, &self.buf[..n]);
+                if let Some(a) = self.attach.as_mut() {
+                    a.broadcast(stream, &self.buf[..n]);
+                }
                 if matches!(self.phase, Phase::Creating { .. }) {
                     let room = CREATE_OUTPUT_MAX.saturating_sub(self.create_output.len());
                     self.create_output
@@ -347,6 +436,114 @@ impl Monitor {
                 self.outputs.remove(i);
             }
         }
+    }
+
+    /// Acts on the attach socket's readiness and the clients' requests.
+    fn handle_attach(&mut self, revents: &[PollFlags]) {
+        let Some(attach) = self.attach.as_mut() else {
+            return;
+        };
+        let actions = attach.handle(revents);
+        for action in actions {
+            match action {
+                Action::Stdin(data) => {
+                    if self.stdin.is_some() && !self.stdin_close {
+                        self.stdin_buf.extend_from_slice(&data);
+                    }
+                }
+                Action::StdinDone => {
+                    if self.args.stdin_once && self.stdin.is_some() && !self.stdin_close {
+                        if self.tty_master.is_some() {
+                            self.stdin_buf.push(EOT);
+                        }
+                        self.stdin_close = true;
+                    }
+                }
+                Action::Resize(cols, rows) => {
+                    if let Some(m) = &self.tty_master {
+                        let _ = sys::set_winsize(m.as_fd(), cols, rows);
+                    }
+                }
+                Action::ReopenLog(client) => {
+                    let result = self.log.reopen().map_err(|e| {
+                        format!(
+                            "reopening log {}: {e}",
+                            self.args
+                                .log_path
+                                .as_deref()
+                                .unwrap_or(Path::new(""))
+                                .display()
+                        )
+                    });
+                    if let Some(a) = self.attach.as_mut() {
+                        a.reply(client, result);
+                    }
+                }
+            }
+        }
+        if let Some(a) = self.attach.as_mut() {
+            a.sweep();
+        }
+        self.write_stdin();
+    }
+
+    /// Writes pending attach input into the container's stdin without blocking; closes stdin
+    /// when a stdin_once session ended and everything was written.
+    fn write_stdin(&mut self) {
+        let Some(fd) = &self.stdin else {
+            self.stdin_buf = Vec::new();
+            return;
+        };
+        while !self.stdin_buf.is_empty() {
+            match nix::unistd::write(fd, &self.stdin_buf) {
+                Ok(n) => {
+                    self.stdin_buf.drain(..n);
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                // The container closed its stdin (or exited): nothing more can go there.
+                Err(_) => {
+                    self.stdin = None;
+                    self.stdin_buf = Vec::new();
+                    return;
+                }
+            }
+        }
+        if self.stdin_buf.is_empty() {
+            if self.stdin_buf.capacity() > READ_BUF {
+                self.stdin_buf = Vec::new();
+            }
+            if self.stdin_close {
+                self.stdin = None;
+            }
+        }
+    }
+
+    /// Takes the pty master the runtime sent to the console socket (tty containers).
+    fn receive_console(&mut self) -> Result<(), String> {
+        let Some(listener) = self.console.take() else {
+            return Ok(());
+        };
+        self.console_dir = None;
+        let _ = std::fs::remove_file(self.args.bundle.join("console.sock"));
+        let (conn, _) = listener
+            .accept()
+            .map_err(|e| format!("the runtime sent no terminal: {e}"))?;
+        conn.set_nonblocking(false)
+            .map_err(|e| format!("console socket: {e}"))?;
+        let (master, _) =
+            sys::recv_fd(conn.as_fd()).map_err(|e| format!("receiving the terminal: {e}"))?;
+        set_nonblocking(&master).map_err(|e| format!("terminal: {e}"))?;
+        let dup = |m: &OwnedFd| m.try_clone().map_err(|e| format!("terminal: {e}"));
+        self.outputs.push(Output {
+            stream: Stream::Stdout,
+            fd: File::from(dup(&master)?),
+        });
+        if self.args.stdin {
+            self.stdin = Some(dup(&master)?);
+        }
+        self.tty_master = Some(master);
+        Ok(())
     }
 
     /// Reads everything that is already in the pipes, without waiting for more.
@@ -426,7 +623,7 @@ impl Monitor {
         // Whatever the runtime printed is in the pipes already.
         self.drain_outputs();
         let created = if code == 0 {
-            read_pid_file(&self.args.pid_file)
+            read_pid_file(&self.args.pid_file).and_then(|pid| self.receive_console().map(|_| pid))
         } else {
             Err(self.runtime_error(code))
         };
@@ -505,10 +702,15 @@ impl Monitor {
             finished_at,
             oom_killed,
         };
-        match write_exit_file(&self.args.exit_file, &record) {
+        let status = match write_exit_file(&self.args.exit_file, &record) {
             Ok(()) => 0,
             Err(_) => 1,
+        };
+        if let Some(mut a) = self.attach.take() {
+            a.finish(exit_code, CLIENT_EXIT_GRACE);
         }
+        let _ = std::fs::remove_file(socket_path(&self.args.bundle));
+        status
     }
 }
 
@@ -531,6 +733,12 @@ fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let flags = OFlag::from_bits_truncate(fcntl(r.as_raw_fd(), FcntlArg::F_GETFL)?);
     fcntl(r.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok((r, w))
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
 }
 
 fn read_pid_file(path: &Path) -> Result<Pid, String> {

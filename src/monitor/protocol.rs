@@ -71,6 +71,8 @@ pub struct MonitorArgs {
     pub tty: bool,
     /// Keep a stdin pipe open for the container (for attach) instead of /dev/null.
     pub stdin: bool,
+    /// Close the container's stdin when the first attach client that wrote stdin is done.
+    pub stdin_once: bool,
 }
 
 /// A command line the monitor could not understand.
@@ -113,6 +115,9 @@ impl MonitorArgs {
         if self.stdin {
             v.push("--stdin".into());
         }
+        if self.stdin_once {
+            v.push("--stdin-once".into());
+        }
         v
     }
 
@@ -131,6 +136,10 @@ impl MonitorArgs {
                 }
                 "--stdin" => {
                     a.stdin = true;
+                    continue;
+                }
+                "--stdin-once" => {
+                    a.stdin_once = true;
                     continue;
                 }
                 "--id" => "--id",
@@ -226,6 +235,7 @@ mod tests {
             runtime_log: None,
             tty: false,
             stdin: true,
+            stdin_once: true,
         };
         assert_eq!(MonitorArgs::parse(a.to_args()).unwrap(), a);
         let err = MonitorArgs::parse(vec!["--id".into()]).unwrap_err();
