@@ -202,11 +202,13 @@ fn mirror_cfg(prefix: &str, reg: &Registry, dead_first: bool) -> ImageConfig {
         mirror.push(MirrorConfig {
             location: "127.0.0.1:1".into(),
             insecure: true,
+            ..Default::default()
         });
     }
     mirror.push(MirrorConfig {
         location: reg.host(),
         insecure: true,
+        ..Default::default()
     });
     ImageConfig {
         registry: vec![RegistryConfig {
@@ -540,6 +542,7 @@ async fn bad_references_missing_images_and_corrupt_blobs() {
             mirror: vec![MirrorConfig {
                 location: "127.0.0.1:1".into(),
                 insecure: true,
+                ..Default::default()
             }],
             ..dead.registry[0].clone()
         }],

@@ -103,6 +103,8 @@ pub struct ImageConfig {
     pub global_auth_file: PathBuf,
     /// Registries with their mirrors, matched by longest prefix.
     pub registry: Vec<RegistryConfig>,
+    /// Layers one pull downloads (and unpacks) at the same time.
+    pub max_concurrent_downloads: usize,
 }
 
 /// One `[[image.registry]]` table, with registries.conf semantics.
@@ -129,6 +131,45 @@ pub struct MirrorConfig {
     pub location: String,
     /// Plain HTTP or unverified TLS allowed.
     pub insecure: bool,
+    /// Longest this mirror may take to connect, to answer a request, or to stay silent while
+    /// sending a blob (`500ms`, `10s`, `2m`); "" = the defaults (5s connect, 30s otherwise).
+    /// A dead or stalled mirror costs at most this before the next one is tried.
+    pub timeout: String,
+    /// Which pulls use this mirror: every one, only pulls by digest, or only pulls by tag.
+    pub pull_from_mirror: PullFromMirror,
+}
+
+/// `pull_from_mirror` of a mirror (registries.conf's names).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullFromMirror {
+    #[default]
+    All,
+    DigestOnly,
+    TagOnly,
+}
+
+/// A duration as written in the config: a number with `ms`, `s`, `m` or `h` (plain = seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs < 86_400.0) {
+        return Err(format!("{s:?} must be more than 0 and less than a day"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -234,6 +275,7 @@ impl Default for ImageConfig {
             pinned_images: Vec::new(),
             global_auth_file: PathBuf::new(),
             registry: Vec::new(),
+            max_concurrent_downloads: 3,
         }
     }
 }
@@ -482,6 +524,11 @@ impl Config {
                         ),
                     );
                 }
+                if !m.timeout.is_empty() {
+                    if let Err(reason) = parse_duration(&m.timeout) {
+                        return bad(&format!("image.registry[{i}].mirror[{j}].timeout"), reason);
+                    }
+                }
             }
         }
         if self
@@ -499,6 +546,12 @@ impl Config {
             return bad(
                 "network.cni_plugin_timeout",
                 "must be at least 1 second".into(),
+            );
+        }
+        if self.image.max_concurrent_downloads == 0 {
+            return bad(
+                "image.max_concurrent_downloads",
+                "must be at least 1".into(),
             );
         }
         if self.network.plugin_dirs.is_empty() {
@@ -595,6 +648,9 @@ fn comment_for(line: &str) -> Option<&'static str> {
         "location" => "host[:port][/path] replacing the prefix.",
         "insecure" => "Allow plain HTTP or unverified TLS.",
         "fallback" => "After the mirrors, try location itself.",
+        "max_concurrent_downloads" => "Layers one pull downloads at the same time.",
+        "timeout" => "Mirror timeout (connect, request, stalled blob); \"\" = defaults.",
+        "pull_from_mirror" => "\"all\", \"digest-only\" or \"tag-only\" pulls use this mirror.",
         "[network]" => "CNI.",
         "network_dir" => "CNI conflists, loaded in lexical order.",
         "cni_default_network" => "Network (conflist name) pods get; \"\" = first valid one.",
@@ -761,5 +817,35 @@ plugin_dirs = ["/opt/cni/bin"]
         let text = c.to_commented_toml();
         assert!(text.contains("# The pause image every pod runs."));
         assert_eq!(Config::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn mirror_timeout_and_pull_from_mirror() {
+        let c = Config::from_toml(
+            "[image]\nmax_concurrent_downloads = 5\n[[image.registry]]\nprefix = \"docker.io\"\n\
+             [[image.registry.mirror]]\nlocation = \"m:5000\"\ntimeout = \"1500ms\"\n\
+             pull_from_mirror = \"digest-only\"\n",
+        )
+        .unwrap();
+        let m = &c.image.registry[0].mirror[0];
+        assert_eq!(m.pull_from_mirror, PullFromMirror::DigestOnly);
+        assert_eq!(
+            parse_duration(&m.timeout).unwrap(),
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(c.image.max_concurrent_downloads, 5);
+        assert_eq!(parse_duration("2").unwrap().as_secs(), 2);
+        assert_eq!(parse_duration("1m").unwrap().as_secs(), 60);
+        let e = Config::from_toml(
+            "[[image.registry]]\nprefix = \"a\"\n[[image.registry.mirror]]\nlocation = \"m\"\ntimeout = \"soon\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("image.registry[0].mirror[0].timeout"), "{e}");
+        assert!(Config::from_toml(
+            "[[image.registry]]\nprefix = \"a\"\n[[image.registry.mirror]]\nlocation = \"m\"\npull_from_mirror = \"never\"\n"
+        )
+        .is_err());
+        assert!(Config::from_toml("[image]\nmax_concurrent_downloads = 0\n").is_err());
     }
 }

@@ -111,6 +111,7 @@ impl Env {
                 mirror: vec![MirrorConfig {
                     location: registry.clone(),
                     insecure: true,
+                    ..Default::default()
                 }],
             })
             .collect();

@@ -612,6 +612,7 @@ mod tests {
                 .map(|(l, i)| MirrorConfig {
                     location: (*l).into(),
                     insecure: *i,
+                    ..Default::default()
                 })
                 .collect(),
         }
