@@ -545,3 +545,159 @@ async fn stdin_stays_open_when_asked() {
         vec![("stdout".into(), "F".into(), "eof".into())]
     );
 }
+
+/// Collects attach events until `pred` holds for the text so far; panics after 10s.
+async fn read_until(
+    r: &mut ferrio::monitor::attach::AttachReader,
+    out: &mut String,
+    err: &mut String,
+    pred: impl Fn(&str, &str) -> bool,
+) -> Option<i32> {
+    use ferrio::monitor::attach::AttachEvent;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pred(out, err) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, r.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("attach: waited 10s; stdout {out:?} stderr {err:?}"))
+            .expect("attach event");
+        match ev {
+            Some(AttachEvent::Stdout(b)) => out.push_str(&String::from_utf8_lossy(&b)),
+            Some(AttachEvent::Stderr(b)) => err.push_str(&String::from_utf8_lossy(&b)),
+            Some(AttachEvent::Exit(code)) => return Some(code),
+            None => panic!("attach closed; stdout {out:?} stderr {err:?}"),
+        }
+    }
+    None
+}
+
+/// Two attach clients: output fans out to both by stream, stdin from one reaches the
+/// container, and with stdin_once closing it ends the container; both hear the exit.
+#[tokio::test]
+async fn attach_fans_out_output_and_feeds_stdin() {
+    use ferrio::monitor::attach::{socket_path, AttachClient, AttachStreams};
+    let script = "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo bye";
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", script]);
+    let mut req = b.request();
+    req.stdin = true;
+    req.stdin_once = true;
+    let spawned = monitor::spawn(&req).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    let sock = socket_path(&b.path("bundle"));
+    let all = AttachStreams {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    let (mut ra, mut wa) = AttachClient::connect(&sock, all).await.unwrap().split();
+    let only_out = AttachStreams {
+        stdout: true,
+        ..Default::default()
+    };
+    let (mut rb, _wb) = AttachClient::connect(&sock, only_out)
+        .await
+        .unwrap()
+        .split();
+    b.start();
+    wa.write_stdin(b"one\n").await.unwrap();
+    let (mut out_a, mut err_a) = (String::new(), String::new());
+    read_until(&mut ra, &mut out_a, &mut err_a, |o, e| {
+        o.contains("got one") && e.contains("err one")
+    })
+    .await;
+    let (mut out_b, mut err_b) = (String::new(), String::new());
+    read_until(&mut rb, &mut out_b, &mut err_b, |o, _| {
+        o.contains("got one")
+    })
+    .await;
+    wa.write_stdin(b"two\n").await.unwrap();
+    wa.close_stdin().await.unwrap();
+    let code_a = read_until(&mut ra, &mut out_a, &mut err_a, |_, _| false).await;
+    let code_b = read_until(&mut rb, &mut out_b, &mut err_b, |_, _| false).await;
+    assert_eq!((code_a, code_b), (Some(0), Some(0)));
+    assert_eq!(out_a, "got one\ngot two\nbye\n");
+    assert_eq!(err_a, "err one\nerr two\n");
+    assert_eq!(out_b, out_a, "the second client saw all of stdout");
+    assert!(err_b.is_empty(), "no stderr for a client that did not ask");
+    assert!(matches!(ra.next_event().await, Ok(None)));
+    assert_eq!(b.wait(&spawned).await.exit_code, 0);
+    // The log has everything too.
+    let texts: Vec<String> = b.log_records().into_iter().map(|r| r.2).collect();
+    assert!(texts.contains(&"got two".to_string()), "{texts:?}");
+}
+
+/// A tty container: the monitor gets the pty master from runc, output and input go through
+/// it, a resize is what the container sees, and the exit code comes back.
+#[tokio::test]
+async fn a_tty_container_is_attached_and_resized() {
+    use ferrio::monitor::attach::{socket_path, AttachClient, AttachStreams};
+    let mut b = Bundle::new(&["/bin/busybox", "sh"]);
+    b.edit_spec(|s| s["process"]["terminal"] = serde_json::json!(true));
+    let mut req = b.request();
+    req.tty = true;
+    req.stdin = true;
+    let spawned = monitor::spawn(&req).await.expect("spawn with a tty");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    let sock = socket_path(&b.path("bundle"));
+    let streams = AttachStreams {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    let (mut r, mut w) = AttachClient::connect(&sock, streams).await.unwrap().split();
+    b.start();
+    w.resize(123, 45).await.unwrap();
+    w.write_stdin(b"stty size; tty; exit 7\n").await.unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    let code = read_until(&mut r, &mut out, &mut err, |_, _| false).await;
+    assert_eq!(code, Some(7), "{out:?}");
+    assert!(out.contains("45 123"), "stty size sees the resize: {out:?}");
+    assert!(out.contains("/dev/pts/"), "stdin is a terminal: {out:?}");
+    assert!(err.is_empty(), "a tty has no separate stderr: {err:?}");
+    assert_eq!(b.wait(&spawned).await.exit_code, 7);
+    let texts: Vec<String> = b.log_records().into_iter().map(|r| r.2).collect();
+    assert!(
+        texts.iter().any(|t| t.contains("45 123")),
+        "terminal output is logged: {texts:?}"
+    );
+}
+
+/// ReopenLog while a counter runs: renamed files plus the new one hold every line once, in order.
+#[tokio::test]
+async fn log_reopen_loses_and_duplicates_nothing() {
+    use ferrio::monitor::attach::{reopen_log, socket_path};
+    let script = "i=0; while [ $i -lt 400 ]; do echo $i; i=$((i+1)); usleep 2000; done";
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", script]);
+    let spawned = monitor::spawn(&b.request()).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    let log = b.log_path();
+    let mut rotated = Vec::new();
+    for n in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let to = b.path(&format!("logs/0.log.{n}"));
+        std::fs::rename(&log, &to).unwrap();
+        reopen_log(&socket_path(&b.path("bundle")))
+            .await
+            .expect("reopen");
+        rotated.push(to);
+    }
+    assert_eq!(b.wait(&spawned).await.exit_code, 0);
+    rotated.push(log);
+    let mut lines = Vec::new();
+    for f in &rotated {
+        for l in std::fs::read_to_string(f).unwrap().lines() {
+            lines.push(l.splitn(4, ' ').nth(3).unwrap_or("").to_string());
+        }
+    }
+    let want: Vec<String> = (0..400).map(|i| i.to_string()).collect();
+    assert_eq!(lines, want);
+    assert!(
+        rotated[..5]
+            .iter()
+            .filter(|f| std::fs::metadata(f).unwrap().len() > 0)
+            .count()
+            >= 3,
+        "rotations happened while it wrote"
+    );
+}
