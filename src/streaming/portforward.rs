@@ -182,7 +182,13 @@ async fn forward_pair(
         }
         let _ = writer.finish().await;
     };
-    tokio::join!(up, down);
+    // Done when the pod's side is: the client may never half-close (kubectl resets its
+    // streams instead), while a client that does half-close still gets the whole answer.
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut down => {}
+        _ = &mut up => (&mut down).await,
+    }
     let _ = error.writer.finish().await;
 }
 
@@ -238,7 +244,11 @@ where
                             }
                         }
                     };
-                    tokio::join!(up, down);
+                    tokio::pin!(up, down);
+                    tokio::select! {
+                        _ = &mut down => {}
+                        _ = &mut up => (&mut down).await,
+                    }
                 }));
             }
             Err(e) => {
