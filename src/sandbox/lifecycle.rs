@@ -376,11 +376,21 @@ impl Pods {
         let cgroup_parent = pod_cg.parent.clone();
         // Refuse bad sysctls before anything is made (the pause spec checks them again).
         spec::validate_sysctls(Some(&linux.sysctls), req.host_network, req.host_ipc)?;
+        // No hostname: the node's, as CRI-O and containerd do (a pod name may be longer than
+        // the 64 bytes sethostname accepts; kubelet always sets one for its pods).
         let hostname = if cfg.hostname.is_empty() {
-            md.name.clone()
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into())
         } else {
             cfg.hostname.clone()
         };
+        if hostname.len() > 64 {
+            return Err(SandboxError::Invalid {
+                field: "hostname".into(),
+                reason: format!("{hostname:?} is longer than 64 bytes"),
+            });
+        }
         let run_dir = self.run_dir(id);
         let ns_dir = self.config.namespaces_dir();
         let pinned_plan = namespaces::Pinned {
