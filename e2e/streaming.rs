@@ -651,3 +651,100 @@ async fn port_forward_to_busybox_httpd() {
     tear_down(&mut cri, &pod).await;
     d.assert_no_leaks(&learned);
 }
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+/// `hack/bench-exec.sh` runs this: ExecSync `true`, an exec round trip over SPDY and over
+/// WebSocket (Exec RPC, upgrade, streams, status), and plain `runc exec` for the floor.
+#[tokio::test]
+#[ignore = "a benchmark; hack/bench-exec.sh runs it"]
+async fn bench_exec() {
+    let n: usize = std::env::var("FERRIO_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let d = daemon().await;
+    let mut cri = d.client().await;
+    let pod = pod_with(&mut cri, &d, "bench", &["sleep", "3600"]).await;
+    let c = pod.container.clone();
+    let mut rows = Vec::new();
+
+    let mut t = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let r = cri
+            .rt
+            .exec_sync(k8s_cri::v1::ExecSyncRequest {
+                container_id: c.clone(),
+                cmd: vec!["true".into()],
+                timeout: 10,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync: {e}"))
+            .into_inner();
+        assert_eq!(r.exit_code, 0);
+        t.push(start.elapsed());
+    }
+    rows.push(("ExecSync true", t));
+
+    let mut t = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let url = exec_url(&mut cri, exec_req(&c, &["true"])).await;
+        let r = spdy_exec(
+            &url,
+            ExecOpts {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(r.exit_code(), 0);
+        t.push(start.elapsed());
+    }
+    rows.push(("Exec true over SPDY (RPC + upgrade + status)", t));
+
+    let mut t = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let url = exec_url(&mut cri, exec_req(&c, &["true"])).await;
+        let (mut ws, _) = ws_connect(&url, &["v5.channel.k8s.io"]).await.unwrap();
+        let got = ws_collect(&mut ws).await;
+        assert!(got.contains_key(&3));
+        t.push(start.elapsed());
+    }
+    rows.push(("Exec true over WebSocket v5", t));
+
+    let root = d.env().config().runtime_root("runc").expect("runc handler");
+    let runc = d.env().config().runtime.runtimes["runc"]
+        .runtime_path
+        .clone();
+    let mut t = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let st = tokio::process::Command::new(&runc)
+            .arg("--root")
+            .arg(&root)
+            .args(["exec", &c, "true"])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+        t.push(start.elapsed());
+    }
+    rows.push(("runc exec true (the floor)", t));
+
+    println!("\n{n} runs each");
+    println!("{:<48} {:>10} {:>10}", "path", "p50 ms", "p90 ms");
+    for (name, mut t) in rows {
+        let p50 = percentile(&mut t, 0.5).as_secs_f64() * 1000.0;
+        let p90 = percentile(&mut t, 0.9).as_secs_f64() * 1000.0;
+        println!("{name:<48} {p50:>10.1} {p90:>10.1}");
+    }
+    tear_down(&mut cri, &pod).await;
+}
