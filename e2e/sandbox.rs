@@ -646,13 +646,17 @@ async fn pod_config_fields_seen_from_inside_containers() {
         &b,
         "client",
         &format!(
-            "echo PID1=$(tr '\\0' ' ' < /proc/1/cmdline); \
-             echo GOT=$(wget -q -T 5 -O- http://{a_ip}:8080/ 2>&1)"
+            "echo PID1=$(tr '\\0' ' ' < /proc/1/cmdline | cut -c1-5); \
+             echo GOT=$(wget -q -T 5 -O- http://{a_ip}:8080/ 2>&1); echo DONE=1"
         ),
     )
     .await;
-    let log = wait_log(&b, "client", "GOT=").await;
-    assert!(log_value(&log, "PID1").starts_with("sh -c"), "{log}");
+    let log = wait_log(&b, "client", "DONE=1").await;
+    assert_eq!(
+        log_value(&log, "PID1"),
+        "sh -c",
+        "pid=CONTAINER: its own PID 1"
+    );
     assert_eq!(
         log_value(&log, "GOT"),
         "hello-from-a",

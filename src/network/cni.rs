@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 use super::cache::{CacheEntry, ResultCache};
 use super::conflist::{find_plugin, join_paths, load_network, NetworkConfigList};
 use super::exec::{capability_args, cni_args, plugin_config, run_plugin, CniCommand, Invocation};
-use super::{bring_loopback_up, result_ips, NetworkError, NetworkStatus, PodNetwork};
+use super::standin::StandIn;
+use super::{bring_loopback_up, result_addrs, result_ips, NetworkError, NetworkStatus, PodNetwork};
 
 /// CNI configuration and plugin runner for a node. Cheap to share (held in an `Arc`); every call re-reads
 /// the network directory so config changes apply without a restart.
@@ -146,8 +147,19 @@ impl Cni {
         } else {
             String::new()
         };
-        let inv = self.invocation(CniCommand::Del, pod, netns);
         for (path, entry, list) in entries {
+            // The netns is gone: give the plugins a stand-in carrying the pod's cached addresses,
+            // so the bridge plugin finds them and removes its masquerade rules too.
+            let standin = if netns.is_empty() {
+                self.stand_in(pod, entry.result.as_ref()).await
+            } else {
+                None
+            };
+            let ns = standin
+                .as_ref()
+                .map(|s| s.path().to_string_lossy().into_owned())
+                .unwrap_or_else(|| netns.clone());
+            let inv = self.invocation(CniCommand::Del, pod, ns);
             let mut first_err = None;
             // Keep going past a failing plugin so the others still release what they hold; the entry
             // stays on disk so a later teardown retries the whole list.
@@ -165,6 +177,10 @@ impl Cni {
                     first_err.get_or_insert(e);
                 }
             }
+            if let Some(s) = standin {
+                // Joins the parked thread; its namespace dies with it.
+                let _ = tokio::task::spawn_blocking(move || drop(s)).await;
+            }
             if let Some(err) = first_err {
                 return Err(err);
             }
@@ -173,6 +189,23 @@ impl Cni {
             tracing::debug!(sandbox = %pod.id, network = %list.name, "cni del done");
         }
         Ok(())
+    }
+
+    /// A stand-in netns with `pod.ifname` holding the addresses of `result`, or None when there are
+    /// none or it cannot be made (DEL then runs with an empty CNI_NETNS, as before).
+    async fn stand_in(&self, pod: &PodNetwork, result: Option<&Value>) -> Option<StandIn> {
+        let addrs = result_addrs(result?, &pod.ifname);
+        if addrs.is_empty() {
+            return None;
+        }
+        let ifname = pod.ifname.clone();
+        match blocking(move || StandIn::new(&ifname, &addrs)).await {
+            Ok(s) => Some(s),
+            Err(err) => {
+                tracing::warn!(sandbox = %pod.id, error = %err, "no stand-in netns for cni del");
+                None
+            }
+        }
     }
 
     /// DEL for plugins `0..=failed` in reverse after a failed ADD; errors are logged, the ADD error wins.
@@ -506,7 +539,7 @@ sleep 300"#,
     }
 
     #[tokio::test]
-    async fn teardown_after_netns_is_gone_passes_empty_netns() {
+    async fn teardown_after_netns_is_gone_uses_a_stand_in_with_the_cached_addresses() {
         let f = Fixture::new();
         f.conflist("10-net.conflist", "net", &["a"]);
         let cni = f.cni();
@@ -520,6 +553,35 @@ sleep 300"#,
                 f.log().display()
             ),
         );
+        cni.teardown(&pod).await.unwrap();
+        let calls = f.calls();
+        assert_eq!(calls[1].0, "DEL");
+        let netns = calls[1].2["netns"].as_str().unwrap().to_string();
+        assert!(
+            netns.starts_with("/proc/") && netns.contains("/task/"),
+            "{netns}"
+        );
+        // Gone again once DEL is done.
+        assert!(!Path::new(&netns).exists(), "{netns}");
+    }
+
+    #[tokio::test]
+    async fn teardown_without_netns_or_cached_addresses_passes_empty_netns() {
+        let f = Fixture::new();
+        f.plugin(
+            "noip",
+            &format!(
+                r#"cat >/dev/null; echo "$CNI_COMMAND noip {{\"netns\":\"$CNI_NETNS\"}}" >> {}
+[ "$CNI_COMMAND" = ADD ] && printf '{{"cniVersion":"1.0.0"}}'
+exit 0"#,
+                f.log().display()
+            ),
+        );
+        f.conflist("10-net.conflist", "net", &["noip"]);
+        let cni = f.cni();
+        let mut pod = f.pod();
+        cni.setup(&pod).await.unwrap();
+        pod.netns = f.dir.path().join("gone");
         cni.teardown(&pod).await.unwrap();
         let calls = f.calls();
         assert_eq!(calls[1].0, "DEL");

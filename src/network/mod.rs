@@ -3,8 +3,10 @@
 //!
 //! This room owns the CNI protocol as libcni speaks it (config on stdin, `CNI_*` environment, prevResult
 //! chaining, DEL in reverse order with the cached result) and the cache under `cache_dir` in libcni's
-//! layout. It does not create or delete network namespaces: the sandbox room pins them, and must call
+//! layout. It does not create or delete pod network namespaces: the sandbox room pins them, and must call
 //! [`Cni::teardown`] before it removes one (a DEL without the netns leaks the bridge plugin's NAT chain).
+//! Where the netns is already gone, DEL runs in a throwaway stand-in namespace ([`standin`]) that
+//! carries the cached addresses, so the plugins still find and remove their rules.
 //! It never shells out to `ip`; netns work goes through netlink from a dedicated thread.
 
 mod cache;
@@ -13,6 +15,7 @@ mod conflist;
 mod exec;
 mod loopback;
 mod result;
+mod standin;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -21,8 +24,8 @@ use futures::future::BoxFuture;
 
 pub use cni::Cni;
 pub use conflist::NetworkConfigList;
-pub use loopback::bring_loopback_up;
-pub use result::result_ips;
+pub use loopback::{bring_loopback_up, is_netns};
+pub use result::{result_addrs, result_ips};
 
 /// What the CNI calls need to know about one pod sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,15 @@ use serde_json::Value;
 /// (`ip4.ip`, `ip6.ip`). When an address names its interface (`ips[].interface` indexing `interfaces`),
 /// only addresses on `ifname` count, so a chained plugin's extra interfaces do not leak into the pod IP.
 pub fn result_ips(result: &Value, ifname: &str) -> Vec<IpAddr> {
-    let mut found: Vec<IpAddr> = Vec::new();
+    result_addrs(result, ifname)
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect()
+}
+
+/// Like [`result_ips`], with each address's prefix length (32 or 128 where the result gives none).
+pub fn result_addrs(result: &Value, ifname: &str) -> Vec<(IpAddr, u8)> {
+    let mut found: Vec<(IpAddr, u8)> = Vec::new();
     let interfaces = result.get("interfaces").and_then(Value::as_array);
     if let Some(ips) = result.get("ips").and_then(Value::as_array) {
         for entry in ips {
@@ -42,21 +50,30 @@ pub fn result_ips(result: &Value, ifname: &str) -> Vec<IpAddr> {
             found.push(ip);
         }
     }
-    let mut ips: Vec<IpAddr> = Vec::new();
-    for ip in found {
-        if !ip.is_loopback() && !ips.contains(&ip) {
-            ips.push(ip);
+    let mut ips: Vec<(IpAddr, u8)> = Vec::new();
+    for (ip, prefix) in found {
+        if !ip.is_loopback() && !ips.iter().any(|(i, _)| *i == ip) {
+            ips.push((ip, prefix));
         }
     }
     // Stable: keeps the plugin's order within each family.
-    ips.sort_by_key(|ip| ip.is_ipv6());
+    ips.sort_by_key(|(ip, _)| ip.is_ipv6());
     ips
 }
 
-/// The address part of "10.1.2.3/24" (a bare address is accepted too).
-fn parse_cidr_ip(s: &str) -> Option<IpAddr> {
-    let addr = s.split_once('/').map_or(s, |(a, _)| a);
-    addr.parse().ok()
+/// "10.1.2.3/24" as address and prefix length; a bare address gets its family's full length.
+fn parse_cidr_ip(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
+        None => max,
+    };
+    Some((ip, prefix))
 }
 
 #[cfg(test)]

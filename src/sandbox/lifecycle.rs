@@ -623,7 +623,16 @@ impl Pods {
         let st = rec.status();
         if st.network_attached {
             if let Some(netns) = &rec.meta.namespaces.net {
-                let pn = self.pod_network(&rec.id, &rec.meta, netns);
+                let mut pn = self.pod_network(&rec.id, &rec.meta, netns);
+                if !crate::network::is_netns(netns) {
+                    // The pinned file is gone but a live pause still holds the namespace: DEL
+                    // inside it, or the bridge plugin cannot find the pod's addresses and
+                    // leaves its masquerade rules behind.
+                    if let Some(alive) = self.live_pause_netns(rec).await {
+                        tracing::info!(id = %rec.id, netns = %alive.display(), "pinned netns vanished; using the pause process's");
+                        pn.netns = alive;
+                    }
+                }
                 self.cni.teardown(&pn).await?;
             }
             rec.update(|s| s.network_attached = false).await?;
@@ -643,6 +652,19 @@ impl Pods {
             rec.update(|s| s.state = SandboxState::NotReady).await?;
         }
         Ok(())
+    }
+
+    /// `/proc/<pause>/ns/net` when the pause container is running with the recorded pid.
+    async fn live_pause_netns(&self, rec: &Sandbox) -> Option<PathBuf> {
+        let st = rec.status();
+        if !st.pause_created || st.pause_pid <= 0 {
+            return None;
+        }
+        let runtime = self.runtime(&rec.meta.runtime_handler).ok()?;
+        let state = runtime.state(&rec.id).await.ok()??;
+        let path = PathBuf::from(format!("/proc/{}/ns/net", st.pause_pid));
+        (state.status == "running" && state.pid == st.pause_pid && crate::network::is_netns(&path))
+            .then_some(path)
     }
 
     /// RemovePodSandbox for the sandbox itself (containers removed by the caller first).
