@@ -266,3 +266,341 @@ async fn exec_sync_returns_output_and_a_timeout_kills_the_process() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     p.finish().await;
 }
+
+/// kubelet's rotation: rename the log, then ReopenContainerLog; repeated while a counter runs,
+/// the renamed files and the last one hold every line once, in order.
+#[tokio::test]
+async fn log_rotation_with_reopen_keeps_every_line_in_order() {
+    let mut p = Pod::start("rotate").await;
+    let script = "i=0; while [ $i -lt 600 ]; do echo $i; i=$((i+1)); usleep 2000; done; sleep 1000";
+    let id = p.run("counter", &["sh", "-c", script]).await;
+    p.wait(&id, ContainerState::ContainerRunning, 10).await;
+    let log = p.log_path("counter");
+    let mut files = Vec::new();
+    for n in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let to = log.with_extension(format!("log.{n}"));
+        std::fs::rename(&log, &to).unwrap();
+        p.cri
+            .rt
+            .reopen_container_log(k8s_cri::v1::ReopenContainerLogRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ReopenContainerLog: {e}"));
+        assert!(log.exists(), "the log is back at its path after reopen");
+        files.push(to);
+    }
+    // Wait for the counter to finish.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(" 599\n")
+    {
+        assert!(Instant::now() < deadline, "counter did not reach 599");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    files.push(log);
+    let mut lines = Vec::new();
+    for f in &files {
+        lines.extend(log_lines(&std::fs::read_to_string(f).unwrap()));
+    }
+    let want: Vec<String> = (0..600).map(|i| i.to_string()).collect();
+    assert_eq!(lines, want, "lines across {} files", files.len());
+    let nonempty = files
+        .iter()
+        .filter(|f| std::fs::metadata(f).unwrap().len() > 0)
+        .count();
+    assert!(
+        nonempty >= 4,
+        "rotations happened while it wrote: {nonempty}"
+    );
+
+    // Reopen of a container that is not running is refused, not hung.
+    p.stop_ctr(&id, 0).await;
+    let e = p
+        .cri
+        .rt
+        .reopen_container_log(k8s_cri::v1::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("ReopenContainerLog of an exited container");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    p.finish().await;
+}
+
+#[tokio::test]
+async fn a_memory_limit_ends_in_oomkilled() {
+    let mut p = Pod::start("oom").await;
+    let script = "x=$(head -c 67108864 /dev/zero | tr '\\000' a); echo survived";
+    let mut c = container_config("hog", BUSYBOX, &["sh", "-c", script]);
+    let limit = 16 * 1024 * 1024;
+    c.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        resources: Some(k8s_cri::v1::LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            memory_swap_limit_in_bytes: limit,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = p.create(c).await;
+    p.start_ctr(&id).await;
+    let st = p.wait(&id, ContainerState::ContainerExited, 30).await;
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    p.finish().await;
+}
+
+/// The daemon is SIGKILLed while a container runs; the monitor carries on, the container exits
+/// while the daemon is down, and the restarted daemon reports the exit code, the finish time
+/// and the complete log.
+#[tokio::test]
+async fn a_container_exiting_while_the_daemon_is_killed_is_reported_after_restart() {
+    let mut p = Pod::start("sigkill").await;
+    let script = "for i in $(seq 1 50); do echo line $i; done; sleep 3; echo last; exit 5";
+    let id = p.run("exiter", &["sh", "-c", script]).await;
+    p.wait(&id, ContainerState::ContainerRunning, 10).await;
+    let info = p
+        .cri
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let monitor_pid = v["status"]["monitor_pid"].as_i64().expect("monitor_pid") as i32;
+    let env = p.d.env().clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.d.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed_at = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        std::path::Path::new(&format!("/proc/{monitor_pid}")).exists(),
+        "the monitor keeps running without the daemon"
+    );
+    // The container exits about 3s after it started.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let restarted_at = std::time::SystemTime::now();
+    let d = Daemon::start_on(&env).await;
+    let old = std::mem::replace(&mut p.d, d);
+    drop(old);
+    p.cri = p.d.client().await;
+    let st = p.wait(&id, ContainerState::ContainerExited, 10).await;
+    assert_eq!(st.exit_code, 5, "{st:?}");
+    assert_eq!(st.reason, "Error", "{st:?}");
+    let nanos = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+    };
+    assert!(
+        st.finished_at > nanos(killed_at) && st.finished_at < nanos(restarted_at),
+        "finished while the daemon was down: {st:?}"
+    );
+    let lines = log_lines(&std::fs::read_to_string(p.log_path("exiter")).unwrap());
+    let mut want: Vec<String> = (1..=50).map(|i| format!("line {i}")).collect();
+    want.push("last".into());
+    assert_eq!(lines, want);
+    p.finish().await;
+}
+
+/// StopContainer: the stop signal first (a trap sees it and exits cleanly), timeout 0 kills at
+/// once, a second stop is a no-op, RemoveContainer takes a running container.
+#[tokio::test]
+async fn stop_signal_timeout_zero_idempotence_and_removing_a_running_container() {
+    let mut p = Pod::start("stop").await;
+    let trap = "trap 'echo got term; exit 0' TERM; echo ready; while true; do usleep 50000; done";
+    let id = p.run("trapper", &["sh", "-c", trap]).await;
+    p.wait(&id, ContainerState::ContainerRunning, 10).await;
+    wait_for_log(&p.log_path("trapper"), "ready").await;
+    let t0 = Instant::now();
+    p.stop_ctr(&id, 10).await;
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let st = p.status(&id).await;
+    assert_eq!(
+        (st.state, st.exit_code),
+        (ContainerState::ContainerExited as i32, 0),
+        "{st:?}"
+    );
+    assert!(
+        log_lines(&std::fs::read_to_string(p.log_path("trapper")).unwrap())
+            .contains(&"got term".to_string())
+    );
+    p.stop_ctr(&id, 10).await;
+
+    // Timeout 0: SIGKILL at once, even for a process that would ignore SIGTERM.
+    let ignore = "trap '' TERM; while true; do usleep 50000; done";
+    let id2 = p.run("ignorer", &["sh", "-c", ignore]).await;
+    p.wait(&id2, ContainerState::ContainerRunning, 10).await;
+    let t0 = Instant::now();
+    p.stop_ctr(&id2, 0).await;
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(p.status(&id2).await.exit_code, 137);
+
+    // RemoveContainer of a running container stops it first.
+    let id3 = p.run("running", &["sleep", "1000"]).await;
+    p.wait(&id3, ContainerState::ContainerRunning, 10).await;
+    p.remove_ctr(&id3).await;
+    p.remove_ctr(&id3).await;
+    let e = p
+        .cri
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: id3.clone(),
+            verbose: false,
+        })
+        .await
+        .expect_err("status after remove");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    p.finish().await;
+}
+
+async fn wait_for_log(path: &std::path::Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} never had {text:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The termination message: from kubelet's mounted file, or from a file in the rootfs that
+/// ferrio created for the container.
+#[tokio::test]
+async fn the_termination_message_becomes_the_status_message() {
+    let mut p = Pod::start("termmsg").await;
+    let key = "io.kubernetes.container.terminationMessagePath";
+
+    let host = p.d.env().dir().join("termination-log");
+    std::fs::write(&host, "").unwrap();
+    let mut c = container_config(
+        "mounted",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "echo 'bye from mount' > /dev/termination-log; exit 1",
+        ],
+    );
+    c.annotations
+        .insert(key.into(), "/dev/termination-log".into());
+    c.mounts.push(k8s_cri::v1::Mount {
+        container_path: "/dev/termination-log".into(),
+        host_path: host.to_string_lossy().into(),
+        ..Default::default()
+    });
+    let id = p.create(c).await;
+    p.start_ctr(&id).await;
+    let st = p.wait(&id, ContainerState::ContainerExited, 20).await;
+    assert_eq!(st.message, "bye from mount", "{st:?}");
+    assert_eq!(st.reason, "Error");
+
+    let mut c = container_config(
+        "inroot",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "test -f /var/msg/term || exit 9; echo done here > /var/msg/term",
+        ],
+    );
+    c.annotations.insert(key.into(), "/var/msg/term".into());
+    let id = p.create(c).await;
+    p.start_ctr(&id).await;
+    let st = p.wait(&id, ContainerState::ContainerExited, 20).await;
+    assert_eq!(
+        (st.exit_code, st.message.as_str()),
+        (0, "done here"),
+        "{st:?}"
+    );
+    p.finish().await;
+}
+
+/// ListContainers filters, attempts, and a retried CreateContainer getting the same container.
+#[tokio::test]
+async fn list_filters_attempts_and_create_retries() {
+    use k8s_cri::v1::{ContainerFilter, ContainerStateValue, ListContainersRequest};
+    let mut p = Pod::start("filters").await;
+    let cfg = container_config("web", BUSYBOX, &["sleep", "1000"]);
+    let a = p.create(cfg.clone()).await;
+    let again = p.create(cfg.clone()).await;
+    assert_eq!(
+        a, again,
+        "a retried CreateContainer returns the first container"
+    );
+    p.start_ctr(&a).await;
+    let mut next = cfg.clone();
+    next.metadata.as_mut().unwrap().attempt = 1;
+    next.labels.insert("tier".into(), "two".into());
+    let b = p.create(next).await;
+    assert_ne!(a, b, "a new attempt is a new container");
+    p.wait(&a, ContainerState::ContainerRunning, 10).await;
+    let st = p.status(&b).await;
+    assert_eq!(st.metadata.as_ref().unwrap().attempt, 1);
+
+    let mut list = |f: ContainerFilter| {
+        let mut rt = p.cri.rt.clone();
+        async move {
+            let mut ids: Vec<String> = rt
+                .list_containers(ListContainersRequest { filter: Some(f) })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(list(ContainerFilter::default()).await, both);
+    assert_eq!(
+        list(ContainerFilter {
+            id: a[..12].into(),
+            ..Default::default()
+        })
+        .await,
+        vec![a.clone()]
+    );
+    assert_eq!(
+        list(ContainerFilter {
+            state: Some(ContainerStateValue {
+                state: ContainerState::ContainerCreated as i32
+            }),
+            ..Default::default()
+        })
+        .await,
+        vec![b.clone()]
+    );
+    assert_eq!(
+        list(ContainerFilter {
+            pod_sandbox_id: p.id[..12].to_string(),
+            label_selector: [("tier".to_string(), "two".to_string())].into(),
+            ..Default::default()
+        })
+        .await,
+        vec![b.clone()]
+    );
+    assert!(list(ContainerFilter {
+        pod_sandbox_id: "0000".into(),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+    p.finish().await;
+}

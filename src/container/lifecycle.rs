@@ -22,6 +22,15 @@ use std::time::Duration;
 /// After SIGKILL, how long to wait for the monitor to report the exit.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
+/// The annotation kubelet puts the container's terminationMessagePath in.
+pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
+
+/// The most of a termination message kept (kubelet's own limit).
+const TERMINATION_MESSAGE_MAX: u64 = 4096;
+
+/// How long a retried CreateContainer waits for the first attempt still in flight.
+const CREATE_RETRY_WAIT: Duration = Duration::from_secs(240);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     #[error("{field}: {reason}")]
@@ -83,6 +92,44 @@ pub struct ContainerMeta {
     pub cgroups_path: String,
     /// Signal number StopContainer sends first (the image's STOPSIGNAL or SIGTERM).
     pub stop_signal: i32,
+    /// Where the container writes its termination message, read into the status at exit.
+    #[serde(default)]
+    pub termination_message: Option<MessageFile>,
+}
+
+/// The termination-message file as the daemon reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageFile {
+    /// A host file kubelet mounted at the path (kubelet creates one per container).
+    Host(PathBuf),
+    /// A file in the container's rootfs, read without following the container's symlinks.
+    InRootfs { rootfs: PathBuf, path: PathBuf },
+}
+
+impl MessageFile {
+    /// The message (at most 4 KiB, lossy UTF-8, trimmed of trailing whitespace); empty when
+    /// there is none.
+    pub fn read(&self) -> String {
+        use std::io::Read;
+        let file = match self {
+            MessageFile::Host(p) => std::fs::File::open(p).ok(),
+            MessageFile::InRootfs { rootfs, path } => {
+                crate::sys::open_beneath(rootfs, path, crate::sys::Create::Nothing)
+                    .ok()
+                    .map(std::fs::File::from)
+            }
+        };
+        let Some(file) = file else {
+            return String::new();
+        };
+        // Only a regular file: a FIFO or device must not hang or flood the daemon.
+        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            return String::new();
+        }
+        let mut buf = Vec::new();
+        let _ = file.take(TERMINATION_MESSAGE_MAX).read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).trim_end().to_string()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -143,6 +190,70 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// Where container `config`'s termination message will be, given its overlay dir: kubelet's
+/// mount at the annotated path if there is one, else the path in the rootfs.
+fn termination_message(
+    config: &k8s_cri::v1::ContainerConfig,
+    overlay_dir: &Path,
+) -> Option<MessageFile> {
+    let path = config.annotations.get(TERMINATION_MESSAGE_PATH)?;
+    if path.is_empty() {
+        return None;
+    }
+    let clean = |p: &str| p.trim_end_matches('/').to_string();
+    if let Some(m) = config
+        .mounts
+        .iter()
+        .find(|m| clean(&m.container_path) == clean(path))
+    {
+        return Some(MessageFile::Host(PathBuf::from(&m.host_path)));
+    }
+    Some(MessageFile::InRootfs {
+        rootfs: overlay_dir.join("merged"),
+        path: PathBuf::from(path),
+    })
+}
+
+/// Makes in the fresh rootfs what the container expects to find: the termination-message file
+/// (when no mount provides it) and the image's VOLUME directories (empty, where no mount covers
+/// them). Nothing follows a symlink of the image's.
+async fn prepare_rootfs(
+    rootfs: &Path,
+    config: &k8s_cri::v1::ContainerConfig,
+    volumes: &[String],
+) -> Result<(), ContainerError> {
+    let mounted: Vec<String> = config
+        .mounts
+        .iter()
+        .map(|m| m.container_path.trim_end_matches('/').to_string())
+        .collect();
+    let mut todo: Vec<(PathBuf, crate::sys::Create)> = volumes
+        .iter()
+        .filter(|v| !mounted.contains(&v.trim_end_matches('/').to_string()))
+        .map(|v| (PathBuf::from(v), crate::sys::Create::Dir))
+        .collect();
+    if let Some(p) = config.annotations.get(TERMINATION_MESSAGE_PATH) {
+        if !p.is_empty() && !mounted.contains(&p.trim_end_matches('/').to_string()) {
+            todo.push((PathBuf::from(p), crate::sys::Create::File));
+        }
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let root = rootfs.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        for (path, kind) in todo {
+            crate::sys::open_beneath(&root, &path, kind).map_err(|source| ContainerError::Io {
+                path: root.join(path.strip_prefix("/").unwrap_or(&path)),
+                source,
+            })?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(join_err(rootfs))?
 }
 
 /// Parse `SIGTERM`, `TERM` or `15`.
@@ -273,13 +384,7 @@ impl Containers {
             .ok_or_else(|| ContainerError::ImageNotFound(image_ref.clone()))?;
         let name_key = format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt);
         if let Some(holder) = self.names.get(&name_key) {
-            return match self.table.get(&holder)? {
-                Some(c) if c.status().state() != ContainerState::Creating => Ok(holder),
-                _ => Err(ContainerError::Invalid {
-                    field: "metadata.name".into(),
-                    reason: format!("name {name_key:?} is reserved for container {holder}"),
-                }),
-            };
+            return self.created_by_earlier_attempt(&name_key, &holder).await;
         }
         let id = crate::state::new_id();
         self.names
@@ -318,6 +423,7 @@ impl Containers {
             created_at: now_ns(),
             cgroups_path: cgroups_path.clone(),
             stop_signal: parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM),
+            termination_message: termination_message(req.config, &self.overlay_dir(&id)),
         };
         let result = self
             .create_steps(&id, meta, &sandbox, &image, &req, &mut rb)
@@ -331,6 +437,39 @@ impl Containers {
                 tracing::warn!(id = %id, error = %e, "container create failed, rolling back");
                 rb.run().await;
                 Err(e)
+            }
+        }
+    }
+
+    /// A retry of a CreateContainer (kubelet gave up waiting): the first attempt's container,
+    /// once that attempt is done. A name held by a failed attempt is free again afterwards.
+    async fn created_by_earlier_attempt(
+        &self,
+        name_key: &str,
+        holder: &str,
+    ) -> Result<String, ContainerError> {
+        let reserved = || ContainerError::Invalid {
+            field: "metadata.name".into(),
+            reason: format!("name {name_key:?} is reserved for container {holder}"),
+        };
+        let deadline = tokio::time::Instant::now() + CREATE_RETRY_WAIT;
+        loop {
+            match self.table.get(holder)? {
+                Some(c) if c.status().state() != ContainerState::Creating => {
+                    return Ok(holder.to_string())
+                }
+                Some(c) => {
+                    let done = c.wait_for(|s| s.state() != ContainerState::Creating);
+                    // Poll too: a rolled-back attempt removes the record without a change.
+                    let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
+                }
+                None if self.names.get(name_key).as_deref() == Some(holder) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None => return Err(reserved()),
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(reserved());
             }
         }
     }
@@ -384,6 +523,8 @@ impl Containers {
                         .await;
             });
         }
+
+        prepare_rootfs(&rootfs, req.config, &image.config.volumes).await?;
 
         let st = sandbox.status();
         let ns = &sandbox.meta.namespaces;
@@ -482,6 +623,15 @@ impl Containers {
                     format!("cannot read exit record: {e}"),
                 ),
             };
+            let mut msg = msg;
+            if let Some(file) = rec.meta.termination_message.clone() {
+                let text = tokio::task::spawn_blocking(move || file.read())
+                    .await
+                    .unwrap_or_default();
+                if !text.is_empty() {
+                    msg = text;
+                }
+            }
             if rec.status().finished_at == 0 {
                 let r = rec
                     .update(|s| {

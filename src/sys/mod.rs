@@ -51,6 +51,108 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     .map_err(|e| e.into_parts().1)
 }
 
+/// What [`open_beneath`] creates when the path is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Open only; a missing component is an error.
+    Nothing,
+    /// Create missing parents (0755) and the final component as an empty file (0666).
+    File,
+    /// Create missing parents and the final component as directories (0755).
+    Dir,
+}
+
+/// Opens `rel` beneath the directory `root` without following a symlink in any component, so
+/// a tree the container controls (its rootfs) cannot send the daemon elsewhere on the host.
+/// `..` components are refused. Files are opened read-only (or write-only when created).
+pub fn open_beneath(
+    root: &std::path::Path,
+    rel: &std::path::Path,
+    create: Create,
+) -> io::Result<OwnedFd> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => parts.push(
+                CString::new(n.as_bytes())
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul in path"))?,
+            ),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} leaves its root", rel.display()),
+                ))
+            }
+        }
+    }
+    let dir_flags = libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_RDONLY;
+    let root_c = CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul in path"))?;
+    let open = |dir: libc::c_int, name: &CString, flags: libc::c_int, mode: libc::mode_t| {
+        // SAFETY: openat reads the NUL-terminated name, which lives across the call; the
+        // returned fd is new and owned by nobody else.
+        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags, mode as libc::c_uint) };
+        if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: as above, a fresh fd from the kernel.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+    };
+    let mkdir = |dir: libc::c_int, name: &CString| {
+        // SAFETY: mkdirat reads the NUL-terminated name only.
+        let rc = unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    use std::os::fd::AsRawFd;
+    let mut dir = open(libc::AT_FDCWD, &root_c, dir_flags, 0)?;
+    let Some((last, parents)) = parts.split_last() else {
+        return Ok(dir);
+    };
+    for p in parents {
+        if create != Create::Nothing {
+            mkdir(dir.as_raw_fd(), p)?;
+        }
+        dir = open(dir.as_raw_fd(), p, dir_flags, 0)?;
+    }
+    match create {
+        Create::Nothing => open(
+            dir.as_raw_fd(),
+            last,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            0,
+        ),
+        Create::File => {
+            let f = open(
+                dir.as_raw_fd(),
+                last,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o666,
+            )?;
+            // The umask must not take the write bits a non-root container user needs.
+            nix::sys::stat::fchmod(
+                f.as_raw_fd(),
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+            )?;
+            Ok(f)
+        }
+        Create::Dir => {
+            mkdir(dir.as_raw_fd(), last)?;
+            open(dir.as_raw_fd(), last, dir_flags, 0)
+        }
+    }
+}
+
 /// Forks the calling process.
 ///
 /// Only call this from a process that has a single thread (the monitor before it creates anything
@@ -217,6 +319,23 @@ mod tests {
         child.wait().unwrap();
         let err = pidfd_open(pid).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+    }
+
+    #[test]
+    fn open_beneath_creates_inside_and_refuses_symlinks_and_dotdot() {
+        use std::path::Path;
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        open_beneath(r, Path::new("/a/b/msg"), Create::File).unwrap();
+        assert!(r.join("a/b/msg").is_file());
+        open_beneath(r, Path::new("vol/data"), Create::Dir).unwrap();
+        assert!(r.join("vol/data").is_dir());
+        open_beneath(r, Path::new("/a/b/msg"), Create::Nothing).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("evil")).unwrap();
+        assert!(open_beneath(r, Path::new("evil/passwd"), Create::Nothing).is_err());
+        std::os::unix::fs::symlink("/etc/passwd", r.join("a/link")).unwrap();
+        assert!(open_beneath(r, Path::new("a/link"), Create::Nothing).is_err());
+        assert!(open_beneath(r, Path::new("a/../../x"), Create::File).is_err());
     }
 
     #[test]
