@@ -754,10 +754,17 @@ impl Containers {
         }
         let sandbox = self.pods.get(&rec.meta.sandbox_id)?;
         let runtime = self.runtime_for(&sandbox)?;
+        // The process runs from the moment `start` is issued; a container that exits at once
+        // must not get a finish time before its start time.
+        let started = now_ns();
         runtime.start(&rec.id).await?;
         rec.update(|s| {
             if s.started_at == 0 {
-                s.started_at = now_ns();
+                s.started_at = if s.finished_at > 0 {
+                    started.min(s.finished_at)
+                } else {
+                    started
+                };
             }
         })
         .await?;
