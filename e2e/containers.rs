@@ -604,3 +604,89 @@ async fn list_filters_attempts_and_create_retries() {
     .is_empty());
     p.finish().await;
 }
+
+/// busybox with `STOPSIGNAL SIGUSR1` and `VOLUME /data`, pushed to the test registry once (a
+/// derived tag; the base image stays as it is).
+fn ensure_stopsig_image() -> &'static str {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let reg = std::env::var(crate::harness::REGISTRY_ENV).expect("registry");
+        let work = tempfile::Builder::new()
+            .prefix("ferrio-stopsig-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let oci = format!("oci:{}/oci:v", work.path().display());
+        let steps: [Vec<String>; 3] = [
+            vec![
+                "skopeo".into(),
+                "copy".into(),
+                "-q".into(),
+                "--src-tls-verify=false".into(),
+                format!("docker://{reg}/library/busybox:1.36"),
+                oci.clone(),
+            ],
+            vec![
+                "umoci".into(),
+                "config".into(),
+                "--image".into(),
+                format!("{}/oci:v", work.path().display()),
+                "--config.stopsignal".into(),
+                "SIGUSR1".into(),
+                "--config.volume".into(),
+                "/data".into(),
+            ],
+            vec![
+                "skopeo".into(),
+                "copy".into(),
+                "-q".into(),
+                "--dest-tls-verify=false".into(),
+                oci,
+                format!("docker://{reg}/library/busybox:stopsig"),
+            ],
+        ];
+        for s in steps {
+            let out = std::process::Command::new(&s[0])
+                .args(&s[1..])
+                .output()
+                .unwrap_or_else(|e| panic!("{}: {e}", s[0]));
+            assert!(
+                out.status.success(),
+                "{s:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+    "docker.io/library/busybox:stopsig"
+}
+
+/// The image's STOPSIGNAL is what StopContainer sends first; its VOLUME exists as an empty dir.
+#[tokio::test]
+async fn the_image_stop_signal_and_volumes_are_honoured() {
+    let image = ensure_stopsig_image();
+    let mut p = Pod::start("stopsig").await;
+    p.cri
+        .img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {image}: {e}"));
+    let script = "test -d /data && [ -z \"$(ls -A /data)\" ] && echo volume ok; \
+                  trap 'echo got usr1; exit 0' USR1; trap 'echo got term; exit 3' TERM; \
+                  echo ready; while true; do usleep 50000; done";
+    let id = p
+        .create(container_config("sig", image, &["sh", "-c", script]))
+        .await;
+    p.start_ctr(&id).await;
+    wait_for_log(&p.log_path("sig"), "ready").await;
+    p.stop_ctr(&id, 10).await;
+    let st = p.status(&id).await;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    let lines = log_lines(&std::fs::read_to_string(p.log_path("sig")).unwrap());
+    assert_eq!(lines, vec!["volume ok", "ready", "got usr1"]);
+    p.finish().await;
+}
