@@ -279,7 +279,7 @@ where
     for t in tasks {
         t.abort();
     }
-    let _ = out_tx.send(Message::Close(None)).await;
+    let _ = out_tx.send(super::websocket::normal_close()).await;
     drop(out_tx);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
 }

@@ -33,6 +33,14 @@ pub const RESIZE: u8 = 4;
 /// v5: `[255, channel]` closes that channel (stdin EOF).
 pub const CLOSE: u8 = 255;
 
+/// A close with status 1000: Go's client reads a close without a status (1005) as an error.
+pub fn normal_close() -> Message {
+    Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
 /// How channel messages are written: raw binary, or base64 text with an ASCII channel digit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -161,7 +169,7 @@ pub async fn serve_command<S>(
         if let Some(msg) = remotecommand::status_message(version, &outcome) {
             let _ = out_tx.send(enc.encode(ERROR, &msg)).await;
         }
-        let _ = out_tx.send(Message::Close(None)).await;
+        let _ = out_tx.send(normal_close()).await;
     }
     drop(out_tx);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
