@@ -688,3 +688,459 @@ fn store_and_pull_are_send_and_sync(store: std::sync::Arc<ImageStore>, cfg: Imag
     send_sync(&store);
     send(async move { store.pull("busybox", &cfg, None).await });
 }
+
+#[path = "image_proxy.rs"]
+mod proxy;
+
+use ferrio::config::PullFromMirror;
+use proxy::{Mode, Server, TokenAuth};
+
+/// Image `tag` in `layout` with `n` layers, each adding a `layer<i>` file of `size` random bytes
+/// (busybox in the first).
+fn build_layered(layout: &Path, tag: &str, n: usize, size: usize) {
+    build_image(layout, tag, tag, &Platform::host().architecture);
+    let image = format!("{}:{tag}", layout.display());
+    for i in 1..n {
+        let bundle = layout.with_extension(format!("bundle-{tag}-{i}"));
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&bundle));
+        let data: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(bundle.join(format!("rootfs/layer{i}")), data).unwrap();
+        run(Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&bundle));
+        std::fs::remove_dir_all(&bundle).unwrap();
+    }
+}
+
+fn mirror(location: String, timeout: &str, pull_from: PullFromMirror) -> MirrorConfig {
+    MirrorConfig {
+        location,
+        insecure: true,
+        timeout: timeout.into(),
+        pull_from_mirror: pull_from,
+    }
+}
+
+fn registry_cfg(prefix: &str, mirrors: Vec<MirrorConfig>) -> RegistryConfig {
+    RegistryConfig {
+        prefix: prefix.into(),
+        mirror: mirrors,
+        ..Default::default()
+    }
+}
+
+fn proxy_to(reg: &Registry) -> Mode {
+    Mode::Proxy {
+        backend: reg.host(),
+        auth: None,
+        throttle: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_404_and_dead_mirrors_cost_their_own_timeout() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    build_image(&layout, "1", "m", &Platform::host().architecture);
+    push(&layout, "1", &reg, "library/mirrored:1", false);
+    let stall = Server::start(Mode::Stall).await;
+    let gone = Server::start(Mode::NotFound).await;
+    let store = ImageStore::open(&work.path().join("images")).unwrap();
+    let cfg = ImageConfig {
+        registry: vec![registry_cfg(
+            "docker.io",
+            vec![
+                mirror(stall.host(), "1s", PullFromMirror::All),
+                mirror(gone.host(), "1s", PullFromMirror::All),
+                mirror("127.0.0.1:1".into(), "1s", PullFromMirror::All),
+                mirror(reg.host(), "", PullFromMirror::All),
+            ],
+        )],
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let img = store.pull("mirrored:1", &cfg, None).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "the stalled mirror was tried: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "each bad mirror cost at most 1s: {took:?}"
+    );
+    assert_eq!(
+        stall.seen.count("GET"),
+        0,
+        "the stalled mirror never read a request"
+    );
+    assert_eq!(gone.seen.count("GET /v2/library/mirrored/manifests/1"), 1);
+    assert_eq!(img.repo_tags, vec!["docker.io/library/mirrored:1"]);
+
+    // A mirror that stalls in the middle of a blob: also skipped after its timeout. The proxy
+    // sends 16 KiB every 3s, so a 1s read timeout fires during the body.
+    let slow = Server::start(Mode::Proxy {
+        backend: reg.host(),
+        auth: None,
+        throttle: Some(Duration::from_secs(3)),
+    })
+    .await;
+    store.remove(&img.id).unwrap();
+    let cfg = ImageConfig {
+        registry: vec![registry_cfg(
+            "docker.io",
+            vec![
+                mirror(slow.host(), "1s", PullFromMirror::All),
+                mirror(reg.host(), "", PullFromMirror::All),
+            ],
+        )],
+        ..Default::default()
+    };
+    let started = Instant::now();
+    store.pull("mirrored:1", &cfg, None).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "a stalled blob costs its read timeout: {took:?}"
+    );
+    assert!(
+        slow.seen.count("/blobs/") >= 1,
+        "the slow mirror was tried first"
+    );
+    assert!(dir_names(&work.path().join("images/tmp")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_from_mirror_and_longest_prefix() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    build_image(&layout, "1", "p", &Platform::host().architecture);
+    push(&layout, "1", &reg, "library/pfm:1", false);
+    let (digest, _) = layout_manifest(&layout, "1");
+    let digest_only = Server::start(proxy_to(&reg)).await;
+    let tag_only = Server::start(proxy_to(&reg)).await;
+    let store = ImageStore::open(&work.path().join("images")).unwrap();
+    // `docker.io` alone leads nowhere (a dead mirror, no fallback); `docker.io/library` is the
+    // longer prefix and wins for library images.
+    let cfg = ImageConfig {
+        registry: vec![
+            registry_cfg(
+                "docker.io",
+                vec![mirror("127.0.0.1:1".into(), "1s", PullFromMirror::All)],
+            ),
+            registry_cfg(
+                "docker.io/library",
+                vec![
+                    mirror(
+                        format!("{}/library", digest_only.host()),
+                        "",
+                        PullFromMirror::DigestOnly,
+                    ),
+                    mirror(
+                        format!("{}/library", tag_only.host()),
+                        "",
+                        PullFromMirror::TagOnly,
+                    ),
+                ],
+            ),
+        ],
+        ..Default::default()
+    };
+    let by_tag = store.pull("pfm:1", &cfg, None).await.unwrap();
+    assert_eq!(
+        digest_only.seen.count("GET"),
+        0,
+        "digest-only mirror skipped for a tag"
+    );
+    assert!(tag_only.seen.count("/manifests/1") == 1);
+    store.remove(&by_tag.id).unwrap();
+    let tag_requests = tag_only.seen.count("GET");
+    let by_digest = store
+        .pull(&format!("pfm@{digest}"), &cfg, None)
+        .await
+        .unwrap();
+    assert_eq!(by_digest.id, by_tag.id);
+    assert_eq!(
+        tag_only.seen.count("GET"),
+        tag_requests,
+        "tag-only mirror skipped for a digest"
+    );
+    assert_eq!(digest_only.seen.count(&format!("/manifests/{digest}")), 1);
+    // Outside docker.io/library only the dead mirror applies.
+    let err = store.pull("someone/pfm:1", &cfg, None).await.unwrap_err();
+    assert!(matches!(err, ImageError::Registry { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_auth_in_every_form_and_the_global_auth_file() {
+    use base64::Engine;
+    use ferrio::image::RegistryAuth;
+
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    build_image(&layout, "1", "tok", &Platform::host().architecture);
+    push(&layout, "1", &reg, "team/private:1", false);
+    let token = TokenAuth {
+        username: "alice".into(),
+        password: "wonder land".into(),
+        refresh_token: "refresh-xyz".into(),
+        token: format!("tok-{}", rand::random::<u64>()),
+    };
+    let auth_proxy = Server::start(Mode::Proxy {
+        backend: reg.host(),
+        auth: Some(token.clone()),
+        throttle: None,
+    })
+    .await;
+    let mut cfg = ImageConfig {
+        registry: vec![registry_cfg(
+            "quay.io",
+            vec![mirror(auth_proxy.host(), "", PullFromMirror::All)],
+        )],
+        ..Default::default()
+    };
+    let root = work.path().join("images");
+    let store = ImageStore::open(&root).unwrap();
+    let name = "quay.io/team/private:1";
+
+    let err = store.pull(name, &cfg, None).await.unwrap_err();
+    assert!(err.to_string().contains("token request"), "{err}");
+    let wrong = RegistryAuth {
+        username: "alice".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    assert!(store.pull(name, &cfg, Some(&wrong)).await.is_err());
+    assert!(store.list().is_empty());
+
+    let forms = [
+        RegistryAuth {
+            username: "alice".into(),
+            password: "wonder land".into(),
+            ..Default::default()
+        },
+        RegistryAuth {
+            auth: base64::engine::general_purpose::STANDARD.encode("alice:wonder land"),
+            ..Default::default()
+        },
+        RegistryAuth {
+            identity_token: "refresh-xyz".into(),
+            ..Default::default()
+        },
+        RegistryAuth {
+            registry_token: token.token.clone(),
+            ..Default::default()
+        },
+    ];
+    for (i, auth) in forms.iter().enumerate() {
+        let img = store
+            .pull(name, &cfg, Some(auth))
+            .await
+            .unwrap_or_else(|e| panic!("auth form {i}: {e}"));
+        assert_eq!(img.repo_tags, vec![name]);
+        store.remove(&img.id).unwrap();
+    }
+    // The token requests named the service and the repository's pull scope; the identity
+    // token went as an OAuth2 refresh grant.
+    let seen = auth_proxy.seen.token_requests.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(
+            |q| q.contains("service=ferrio-test") && q.contains("repository:team/private:pull")
+        ),
+        "{seen:?}"
+    );
+    assert!(seen
+        .iter()
+        .any(|q| q.starts_with("POST") && q.contains("grant_type=refresh_token")));
+
+    // No credentials in the request: the global auth file's entry for the mirror host.
+    let auth_file = work.path().join("auth.json");
+    std::fs::write(
+        &auth_file,
+        serde_json::json!({"auths": {
+            "ghcr.io": {"auth": "eDp5"},
+            format!("http://{}", auth_proxy.host()): {
+                "auth": base64::engine::general_purpose::STANDARD.encode("alice:wonder land")
+            }
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    cfg.global_auth_file = auth_file;
+    let img = store.pull(name, &cfg, None).await.unwrap();
+    assert_eq!(img.repo_tags, vec![name]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_share_downloads_and_parallelism_is_bounded() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    build_layered(&layout, "5", 5, 300_000);
+    push(&layout, "5", &reg, "library/layered:5", false);
+    let (_, manifest) = layout_manifest(&layout, "5");
+    let layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(layers.len(), 5);
+    let throttled = || Mode::Proxy {
+        backend: reg.host(),
+        auth: None,
+        throttle: Some(Duration::from_millis(20)),
+    };
+
+    for (parallel, expect_max) in [(1usize, 1usize), (3, 3)] {
+        let p = Server::start(throttled()).await;
+        let store = std::sync::Arc::new(
+            ImageStore::open(&work.path().join(format!("images{parallel}"))).unwrap(),
+        );
+        let cfg = ImageConfig {
+            registry: vec![registry_cfg(
+                "docker.io",
+                vec![mirror(p.host(), "", PullFromMirror::All)],
+            )],
+            max_concurrent_downloads: parallel,
+            ..Default::default()
+        };
+        let (a, b) = tokio::join!(
+            store.pull("layered:5", &cfg, None),
+            store.pull("docker.io/library/layered:5", &cfg, None)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a, b);
+        for l in &layers {
+            assert_eq!(
+                p.seen.count(&format!("/blobs/{l}")),
+                1,
+                "layer {l} downloaded once"
+            );
+        }
+        let max = p
+            .seen
+            .max_inflight
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if parallel == 1 {
+            assert_eq!(max, 1, "one layer at a time");
+        } else {
+            assert!(max > 1 && max <= expect_max, "parallel downloads: {max}");
+        }
+        assert_eq!(store.layer_dirs(&a).len(), 5);
+        for (i, d) in store.layer_dirs(&a).iter().enumerate().skip(1) {
+            assert_eq!(
+                std::fs::metadata(d.join(format!("layer{i}")))
+                    .unwrap()
+                    .len(),
+                300_000
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_pull_leaves_nothing_and_logs_progress() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    build_layered(&layout, "3", 3, 400_000);
+    push(&layout, "3", &reg, "library/slowpoke:3", false);
+    let p = Server::start(Mode::Proxy {
+        backend: reg.host(),
+        auth: None,
+        throttle: Some(Duration::from_millis(50)),
+    })
+    .await;
+    let logs = capture_logs();
+    let root = work.path().join("images");
+    let store = std::sync::Arc::new(ImageStore::open(&root).unwrap());
+    store.set_progress_interval(Duration::from_millis(200));
+    let cfg = ImageConfig {
+        registry: vec![registry_cfg(
+            "docker.io",
+            vec![mirror(p.host(), "", PullFromMirror::All)],
+        )],
+        ..Default::default()
+    };
+    let (s, c) = (store.clone(), cfg.clone());
+    let pull = tokio::spawn(async move { s.pull("slowpoke:3", &c, None).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.seen.blob_bytes.load(std::sync::atomic::Ordering::SeqCst) < 300_000 {
+        assert!(Instant::now() < deadline, "no blob bytes flowed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The pull is dropped mid-download (as when the daemon stops): nothing half-done remains.
+    pull.abort();
+    assert!(pull.await.unwrap_err().is_cancelled());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir_names(&root.join("tmp")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "tmp not cleaned: {:?}",
+            dir_names(&root.join("tmp"))
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.list().is_empty());
+    drop(store);
+    // After a "restart" nothing of the interrupted pull is left either, and it pulls cleanly.
+    let store = ImageStore::open(&root).unwrap();
+    assert!(store.list().is_empty());
+    assert!(
+        dir_names(&root.join("layers")).is_empty(),
+        "{:?}",
+        dir_names(&root.join("layers"))
+    );
+    assert!(dir_names(&root.join("blobs/sha256")).is_empty());
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("pull in progress") && l.contains("slowpoke"))
+        .unwrap_or_else(|| panic!("no progress line in:\n{text}"));
+    assert!(
+        line.contains("downloaded_bytes=") && line.contains("layers=3"),
+        "{line}"
+    );
+    let img = store
+        .pull("slowpoke:3", &mirror_cfg("docker.io", &reg, false), None)
+        .await
+        .unwrap();
+    assert_eq!(img.chain_ids.len(), 3);
+}
+
+/// Route every tracing event of this test process into a buffer (once; tests share it).
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static BUF: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(b.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::manifest::{ACCEPT, MAX_MANIFEST_BYTES};
 use super::reference::Reference;
 use super::ImageError;
-use crate::config::ImageConfig;
+use crate::config::{ImageConfig, PullFromMirror};
 
 /// Docker Hub's API host (the name `docker.io` has no registry behind it).
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
@@ -54,8 +54,76 @@ impl RegistryAuth {
     }
 }
 
+/// Credentials for `ep` from a docker `config.json`-style file (`{"auths": {"host[/path]":
+/// {"auth": base64(user:pass)} }}`, also `username`/`password`, `identitytoken`,
+/// `registrytoken`), given as the file's `path` (for errors) and `bytes`. The longest key that
+/// is the endpoint's host or a path prefix of `host/repository` wins; `https://` and a trailing
+/// `/v1/` or `/v2/` are ignored, and the Docker Hub aliases count as one.
+pub fn auth_from_file(
+    path: &std::path::Path,
+    bytes: &[u8],
+    ep: &Endpoint,
+) -> Result<Option<RegistryAuth>, ImageError> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        auths: std::collections::BTreeMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Entry {
+        auth: String,
+        username: String,
+        password: String,
+        identitytoken: String,
+        registrytoken: String,
+    }
+    let file: File = serde_json::from_slice(bytes).map_err(|e| ImageError::Malformed {
+        blob: path.display().to_string(),
+        what: "auth file".into(),
+        reason: e.to_string(),
+    })?;
+    let hub = |h: &str| -> String {
+        match h {
+            "docker.io" | "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB_API.into(),
+            _ => h.to_string(),
+        }
+    };
+    let host = hub(&ep.host);
+    let full = format!("{host}/{}", ep.repository);
+    let best = file
+        .auths
+        .iter()
+        .filter_map(|(k, v)| {
+            let k = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            let k = k
+                .strip_suffix("/v1")
+                .or_else(|| k.strip_suffix("/v2"))
+                .unwrap_or(k);
+            let (h, rest) = k.split_once('/').unwrap_or((k, ""));
+            let key = if rest.is_empty() {
+                hub(h)
+            } else {
+                format!("{}/{rest}", hub(h))
+            };
+            let hit = key == host || full == key || full.starts_with(&format!("{key}/"));
+            hit.then_some((key.len(), v))
+        })
+        .max_by_key(|(len, _)| *len);
+    Ok(best.map(|(_, e)| RegistryAuth {
+        username: e.username.clone(),
+        password: e.password.clone(),
+        auth: e.auth.clone(),
+        identity_token: e.identitytoken.clone(),
+        registry_token: e.registrytoken.clone(),
+    }))
+}
+
 /// Timeouts applied to every registry and mirror, so a dead or stalled one is skipped quickly.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP (and TLS) connect.
     pub connect: Duration,
@@ -63,6 +131,17 @@ pub struct Timeouts {
     pub request: Duration,
     /// Silence while streaming a blob.
     pub read: Duration,
+}
+
+impl Timeouts {
+    /// One limit for every phase: a mirror's `timeout`.
+    pub fn all(d: Duration) -> Timeouts {
+        Timeouts {
+            connect: d,
+            request: d,
+            read: d,
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -96,6 +175,8 @@ pub struct Endpoint {
     pub repository: String,
     /// Plain HTTP instead of HTTPS.
     pub insecure: bool,
+    /// This endpoint's own limits (a mirror's `timeout`); `None` = the store's defaults.
+    pub timeouts: Option<Timeouts>,
 }
 
 impl Endpoint {
@@ -133,10 +214,23 @@ pub fn endpoints(r: &Reference, cfg: &ImageConfig) -> Vec<Endpoint> {
     };
     // The part of the name after the prefix (empty when the prefix also named a tag or digest).
     let rest = name.get(entry.prefix.len()..).unwrap_or("");
+    let by_digest = r.digest.is_some();
     let mut out: Vec<Endpoint> = entry
         .mirror
         .iter()
-        .filter_map(|m| endpoint_at(&m.location, rest, m.insecure))
+        .filter(|m| match m.pull_from_mirror {
+            PullFromMirror::All => true,
+            PullFromMirror::DigestOnly => by_digest,
+            PullFromMirror::TagOnly => !by_digest,
+        })
+        .filter_map(|m| {
+            let mut ep = endpoint_at(&m.location, rest, m.insecure)?;
+            // Validated when the config was loaded; a bad value here means "defaults".
+            ep.timeouts = crate::config::parse_duration(&m.timeout)
+                .ok()
+                .map(Timeouts::all);
+            Some(ep)
+        })
         .collect();
     if entry.fallback || entry.mirror.is_empty() {
         let location = if entry.location.is_empty() {
@@ -164,6 +258,7 @@ fn endpoint_at(location: &str, rest: &str, insecure: bool) -> Option<Endpoint> {
         host: host.to_string(),
         repository: repository.trim_matches('/').to_string(),
         insecure,
+        timeouts: None,
     })
 }
 
@@ -202,6 +297,7 @@ impl<'a> Session<'a> {
             Some(a) if !a.registry_token.is_empty() => Credential::Bearer(a.registry_token.clone()),
             _ => Credential::None,
         };
+        let timeouts = endpoint.timeouts.unwrap_or(timeouts);
         Session {
             client,
             endpoint,
@@ -256,7 +352,18 @@ impl<'a> Session<'a> {
                 Credential::Bearer(t) => req.bearer_auth(t),
                 Credential::Basic(u, p) => req.basic_auth(u, Some(p)),
             };
-            let resp = req.send().await.map_err(|e| self.err(describe(&e)))?;
+            let send = req.send();
+            // A blob stream has no overall limit, but its headers must come within the request
+            // timeout: a mirror that accepts and then says nothing is skipped.
+            let resp = match tokio::time::timeout(self.timeouts.request, send).await {
+                Ok(r) => r.map_err(|e| self.err(describe(&e)))?,
+                Err(_) => {
+                    return Err(self.err(format!(
+                        "GET {url}: no answer within {:?} (timed out)",
+                        self.timeouts.request
+                    )))
+                }
+            };
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = resp
                     .headers()
@@ -463,6 +570,11 @@ impl<'a> Session<'a> {
     pub fn error(&self, reason: impl Into<String>) -> ImageError {
         self.err(reason)
     }
+
+    /// The limits this session runs under (the endpoint's own, or the defaults).
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
 }
 
 /// `sha256:<hex>` of `data`.
@@ -644,7 +756,8 @@ mod tests {
             vec![Endpoint {
                 host: "127.0.0.1:5000".into(),
                 repository: "hub/busybox".into(),
-                insecure: true
+                insecure: true,
+                timeouts: None,
             }]
         );
         let e = endpoints(&normalize("someone/app").unwrap(), &cfg);
@@ -666,6 +779,38 @@ mod tests {
         let e = endpoints(&normalize("registry.k8s.io.evil/pause").unwrap(), &cfg);
         assert_eq!(e[0].to_string(), "registry.k8s.io.evil/pause");
         assert!(!e[0].insecure);
+    }
+
+    #[test]
+    fn auth_file_longest_match() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("config.json");
+        let text = r#"{"auths": {
+                "https://index.docker.io/v1/": {"auth": "aHViOnB3"},
+                "quay.io": {"username": "q", "password": "p"},
+                "quay.io/org": {"identitytoken": "refresh"},
+                "127.0.0.1:5000": {"registrytoken": "tok"}
+            }}"#;
+        std::fs::write(&f, text).unwrap();
+        let read = |ep: &Endpoint| auth_from_file(&f, text.as_bytes(), ep);
+        let ep = |host: &str, repo: &str| Endpoint {
+            host: host.into(),
+            repository: repo.into(),
+            insecure: false,
+            timeouts: None,
+        };
+        let a = read(&ep(DOCKER_HUB_API, "library/busybox"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.basic(), Some(("hub".into(), "pw".into())));
+        let a = read(&ep("quay.io", "org/app")).unwrap().unwrap();
+        assert_eq!(a.identity_token, "refresh");
+        let a = read(&ep("quay.io", "orgx/app")).unwrap().unwrap();
+        assert_eq!(a.username, "q");
+        let a = read(&ep("127.0.0.1:5000", "x")).unwrap().unwrap();
+        assert_eq!(a.registry_token, "tok");
+        assert!(read(&ep("ghcr.io", "x")).unwrap().is_none());
+        assert!(auth_from_file(&f, b"{", &ep("quay.io", "x")).is_err());
     }
 
     #[test]

@@ -36,8 +36,8 @@ const LAYERS: &str = "layers";
 const TMP: &str = "tmp";
 const DIFF: &str = "diff";
 const USAGE: &str = "usage";
-/// Layers downloaded at once by one pull.
-const PARALLEL_LAYERS: usize = 3;
+/// How often a pull in progress logs its progress, unless changed.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One stored image with what is needed to garbage-collect its blobs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,6 +98,8 @@ pub struct ImageStore {
     written: Arc<Mutex<u64>>,
     /// One lock per chain id being unpacked, so concurrent pulls unpack a layer once.
     layer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How often a pull in progress logs how far it got.
+    progress_every: Mutex<std::time::Duration>,
 }
 
 /// Deregisters a pull's chain ids from `in_use` when the pull ends, however it ends.
@@ -180,6 +182,7 @@ impl ImageStore {
             }),
             written: Arc::new(Mutex::new(0)),
             layer_locks: Mutex::new(HashMap::new()),
+            progress_every: Mutex::new(PROGRESS_INTERVAL),
         };
         if store.list().len() != before {
             let (generation, bytes) = lock(&store.state).snapshot()?;
@@ -261,6 +264,15 @@ impl ImageStore {
             .map(|r| (r.manifest_digest.clone(), r.index_digest.clone()))
     }
 
+    /// Log a pull's progress (bytes, layers) every `every` while it runs (default 10s).
+    pub fn set_progress_interval(&self, every: std::time::Duration) {
+        *lock(&self.progress_every) = every.max(std::time::Duration::from_millis(10));
+    }
+
+    fn progress_interval(&self) -> std::time::Duration {
+        *lock(&self.progress_every)
+    }
+
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -335,9 +347,29 @@ impl ImageStore {
     ) -> Result<ImageInfo, ImageError> {
         let r = reference::normalize(reference)?;
         let mut errors: Vec<ImageError> = Vec::new();
+        // The pull's own credentials win; otherwise the global auth file's for each endpoint
+        // (read per pull, so edits apply without a restart; a missing file means none).
+        let auth_file = &cfg.global_auth_file;
+        let auth_file_bytes = if auth.is_none() && !auth_file.as_os_str().is_empty() {
+            match tokio::fs::read(auth_file).await {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(ImageError::io(auth_file, e)),
+            }
+        } else {
+            None
+        };
         for ep in registry::endpoints(&r, cfg) {
+            let from_file = match &auth_file_bytes {
+                Some(b) => registry::auth_from_file(auth_file, b, &ep)?,
+                None => None,
+            };
+            let auth = auth.or(from_file.as_ref());
             let mut session = Session::new(&self.client, ep.clone(), auth, self.timeouts);
-            match self.pull_from(&r, &mut session).await {
+            match self
+                .pull_from(&r, &mut session, cfg.max_concurrent_downloads)
+                .await
+            {
                 Ok(info) => return Ok(info),
                 Err(e) if next_endpoint_may_help(&e) => {
                     tracing::info!(reference = %r, endpoint = %ep, error = %e, "pull from endpoint failed, trying the next");
@@ -377,8 +409,24 @@ impl ImageStore {
         }
     }
 
-    async fn pull_from(&self, r: &Reference, s: &mut Session<'_>) -> Result<ImageInfo, ImageError> {
-        let top = s.manifest(r.manifest_key()).await?;
+    async fn pull_from(
+        &self,
+        r: &Reference,
+        s: &mut Session<'_>,
+        parallel: usize,
+    ) -> Result<ImageInfo, ImageError> {
+        // The first answer (auth round trip included) within the endpoint's own timeout: a
+        // dead, stalled or empty mirror costs no more than that before the next is tried.
+        let first = s.timeouts().request;
+        let top = match tokio::time::timeout(first, s.manifest(r.manifest_key())).await {
+            Ok(res) => res?,
+            Err(_) => {
+                return Err(s.error(format!(
+                    "manifest {}: no answer within {first:?} (timed out)",
+                    r.manifest_key()
+                )))
+            }
+        };
         let reference = r.to_string();
         let (index_digest, fetched, image_manifest) =
             match manifest::parse(&reference, &top.digest, &top.content_type, &top.body)? {
@@ -450,16 +498,53 @@ impl ImageStore {
 
         // Layers in parallel (bounded); each is skipped if its chain is already unpacked.
         let session: &Session<'_> = s;
+        let progress = Progress::default();
+        let total_bytes: u64 = image_manifest.layers.iter().map(|l| l.size).sum();
+        let total_layers = image_manifest.layers.len();
         let mut jobs = Vec::with_capacity(chain_ids.len());
         // A plain loop rather than `iter().map(..)`: a closure kept inside the future trips
         // rustc's higher-ranked lifetime check and makes `pull` not `Send`.
         for (i, desc) in image_manifest.layers.iter().enumerate() {
-            jobs.push(self.ensure_layer(session, desc, &diff_ids[i], &chain_ids[i]));
+            jobs.push(self.ensure_layer(session, desc, &diff_ids[i], &chain_ids[i], &progress));
         }
-        futures::stream::iter(jobs)
-            .buffer_unordered(PARALLEL_LAYERS)
-            .try_collect::<Vec<()>>()
-            .await?;
+        let started = std::time::Instant::now();
+        let all = futures::stream::iter(jobs)
+            .buffer_unordered(parallel.max(1))
+            .try_collect::<Vec<()>>();
+        tokio::pin!(all);
+        // A long pull says how far it got, so a slow mirror is visible in the daemon's log.
+        let every = self.progress_interval();
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                res = &mut all => {
+                    res?;
+                    break;
+                }
+                _ = ticks.tick() => {
+                    let (bytes, layers) = progress.get();
+                    tracing::info!(
+                        reference = %r,
+                        endpoint = %s.endpoint,
+                        downloaded_bytes = bytes,
+                        total_bytes,
+                        layers_done = layers,
+                        layers = total_layers,
+                        elapsed_s = started.elapsed().as_secs(),
+                        "pull in progress"
+                    );
+                }
+            }
+        }
+        let (bytes, _) = progress.get();
+        tracing::info!(
+            reference = %r,
+            endpoint = %s.endpoint,
+            downloaded_bytes = bytes,
+            layers = total_layers,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "layers ready"
+        );
 
         let id = config_desc.digest.clone();
         let top_digest = index_digest
@@ -524,6 +609,7 @@ impl ImageStore {
         desc: &Descriptor,
         diff_id: &str,
         chain: &str,
+        progress: &Progress,
     ) -> Result<(), ImageError> {
         let chain_lock = {
             let mut locks = lock(&self.layer_locks);
@@ -532,11 +618,13 @@ impl ImageStore {
         let result = {
             let _g = chain_lock.lock().await;
             if self.layer_dir(chain).is_dir() {
+                // Unpacked already (by an earlier pull, or a concurrent one we waited for).
+                progress.layer_done();
                 Ok(())
             } else {
                 // Each download gets its own session (credentials learnt so far included).
                 let mut session = s.fork();
-                self.download_layer(&mut session, desc, diff_id, chain)
+                self.download_layer(&mut session, desc, diff_id, chain, progress)
                     .await
             }
         };
@@ -550,14 +638,18 @@ impl ImageStore {
         result
     }
 
-    /// Stream a layer blob into the unpacker, verifying digest and size as it flows; the layer
-    /// lands in `layers/` only if blob digest, size and diff id all match.
+    /// Stream a layer blob into the unpacker, verifying digest and size as it flows. The
+    /// unpacker hears "end of stream" only after the blob checked out; only then does it check
+    /// the diff id and rename the layer into `layers/`, all in one blocking task that runs to
+    /// completion. A pull dropped halfway (client gone, daemon shutting down) closes the channel
+    /// without that end, and the unpacker deletes its temporary directory.
     async fn download_layer(
         &self,
         s: &mut Session<'_>,
         desc: &Descriptor,
         diff_id: &str,
         chain: &str,
+        progress: &Progress,
     ) -> Result<(), ImageError> {
         let resp = s.blob_stream(&desc.digest).await?;
         let tmp = self
@@ -566,25 +658,46 @@ impl ImageStore {
             .join(format!("{}-{}", hex_of(chain), rand::random::<u64>()));
         let diff_dir = tmp.join(DIFF);
         fs::create_dir_all(&diff_dir).map_err(io_at(&diff_dir))?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(64);
-        let layer_name = desc.digest.clone();
-        let target = diff_dir.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
+        let layer = LayerJob {
+            name: desc.digest.clone(),
+            diff_id: diff_id.to_string(),
+            tmp,
+            final_dir: self.dir.join(LAYERS).join(hex_of(chain)),
+        };
         let unpacker = tokio::task::spawn_blocking(move || {
             let reader = ChannelReader {
                 rx,
                 current: bytes::Bytes::new(),
             };
-            unpack::unpack_layer(reader, &target, &layer_name)
+            let res = layer.unpack_and_commit(reader);
+            if res.is_err() {
+                let _ = remove_any(&layer.tmp);
+            }
+            res
         });
 
+        let read_timeout = s.timeouts().read;
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
         let mut stream = resp.bytes_stream();
         let mut stream_result: Result<(), ImageError> = Ok(());
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let chunk = match tokio::time::timeout(read_timeout, stream.next()).await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(_) => {
+                    stream_result = Err(s.error(format!(
+                        "blob {}: nothing received for {read_timeout:?} (timed out)",
+                        desc.digest
+                    )));
+                    break;
+                }
+            };
             match chunk {
                 Ok(c) => {
                     received += c.len() as u64;
+                    progress.add_bytes(c.len() as u64);
                     if received > desc.size {
                         stream_result = Err(ImageError::SizeMismatch {
                             blob: desc.digest.clone(),
@@ -594,7 +707,7 @@ impl ImageStore {
                         break;
                     }
                     hasher.update(&c);
-                    if tx.send(Ok(c)).await.is_err() {
+                    if tx.send(Chunk::Data(c)).await.is_err() {
                         // The unpacker stopped early: its error says why.
                         break;
                     }
@@ -621,54 +734,25 @@ impl ImageStore {
                 });
             }
         }
-        if stream_result.is_err() {
-            // Make the unpacker fail instead of accepting a truncated or unverified stream.
-            let _ = tx.send(Err(io::Error::other("download aborted"))).await;
-        }
+        // The end marker only for a verified blob; anything else makes the unpacker fail.
+        let _ = tx
+            .send(match &stream_result {
+                Ok(()) => Chunk::End,
+                Err(_) => Chunk::Abort,
+            })
+            .await;
         drop(tx);
         let unpacked = unpacker.await.map_err(|e| ImageError::Unpack {
             layer: desc.digest.clone(),
             entry: String::new(),
             reason: format!("unpack task: {e}"),
         });
-        let outcome = match (stream_result, unpacked) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) | (Ok(()), Ok(Err(e))) => Err(e),
-            (Ok(()), Ok(Ok(got))) if got != diff_id => Err(ImageError::DigestMismatch {
-                blob: format!("{} (diff id {diff_id})", desc.digest),
-                actual: got,
-            }),
-            (Ok(()), Ok(Ok(_))) => Ok(()),
+        let layer_usage = match (stream_result, unpacked) {
+            (Err(e), _) => return Err(e),
+            (Ok(()), Err(e)) | (Ok(()), Ok(Err(e))) => return Err(e),
+            (Ok(()), Ok(Ok(u))) => u,
         };
-        let final_dir = self.dir.join(LAYERS).join(hex_of(chain));
-        let t = tmp.clone();
-        let layer_usage = tokio::task::spawn_blocking(move || -> Result<FsUsage, ImageError> {
-            if let Err(e) = outcome {
-                let _ = remove_any(&t);
-                return Err(e);
-            }
-            // Counted once here, so ImageFsInfo never walks the layers.
-            let u = usage::dir_usage(&t).map_err(io_at(&t))?;
-            let usage_file = t.join(USAGE);
-            fs::write(&usage_file, serde_json::to_vec(&u).unwrap_or_default())
-                .map_err(io_at(&usage_file))?;
-            // Flush the layer's files before it becomes visible, so a crash cannot leave a
-            // renamed but empty layer.
-            let f = fs::File::open(&t).map_err(io_at(&t))?;
-            nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| ImageError::io(&t, e.into()))?;
-            fs::rename(&t, &final_dir).map_err(|e| {
-                let _ = remove_any(&t);
-                ImageError::io(&final_dir, e)
-            })?;
-            fsync_dir(final_dir.parent().unwrap_or(&final_dir))?;
-            Ok(u)
-        })
-        .await
-        .map_err(|e| ImageError::Unpack {
-            layer: desc.digest.clone(),
-            entry: String::new(),
-            reason: format!("finish task: {e}"),
-        })??;
+        progress.layer_done();
         lock(&self.state)
             .layer_usage
             .insert(hex_of(chain).to_string(), layer_usage);
@@ -947,9 +1031,19 @@ fn remove_any(p: &Path) -> Result<(), ImageError> {
     }
 }
 
-/// Feeds the blocking unpacker from the download task's chunks.
+/// What the download task tells the unpacker.
+enum Chunk {
+    Data(bytes::Bytes),
+    /// The whole blob arrived and its size and digest checked out.
+    End,
+    /// The download failed; the unpacker must not keep anything.
+    Abort,
+}
+
+/// Feeds the blocking unpacker from the download task's chunks. End of file only after
+/// [`Chunk::End`]: a channel closed without it (the pull was dropped) is an error.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
     current: bytes::Bytes,
 }
 
@@ -957,15 +1051,77 @@ impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(b)) => self.current = b,
+                Some(Chunk::End) => return Ok(0),
+                None => return Err(io::Error::other("download interrupted")),
+                Some(Chunk::Abort) => return Err(io::Error::other("download aborted")),
+                Some(Chunk::Data(b)) => self.current = b,
             }
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
         let _ = self.current.split_to(n);
         Ok(n)
+    }
+}
+
+/// One layer being unpacked on a blocking thread: where, and what it must hash to.
+struct LayerJob {
+    /// The blob digest, for errors.
+    name: String,
+    diff_id: String,
+    /// `tmp/<chain hex>-<random>`, holding `diff/`.
+    tmp: PathBuf,
+    /// `layers/<chain hex>`.
+    final_dir: PathBuf,
+}
+
+impl LayerJob {
+    /// Unpack, check the diff id, count the usage, flush, and rename into place.
+    fn unpack_and_commit(&self, reader: ChannelReader) -> Result<FsUsage, ImageError> {
+        let got = unpack::unpack_layer(reader, &self.tmp.join(DIFF), &self.name)?;
+        if got != self.diff_id {
+            return Err(ImageError::DigestMismatch {
+                blob: format!("{} (diff id {})", self.name, self.diff_id),
+                actual: got,
+            });
+        }
+        let t = &self.tmp;
+        // Counted once here, so ImageFsInfo never walks the layers.
+        let u = usage::dir_usage(t).map_err(io_at(t))?;
+        let usage_file = t.join(USAGE);
+        fs::write(&usage_file, serde_json::to_vec(&u).unwrap_or_default())
+            .map_err(io_at(&usage_file))?;
+        // Flush the layer's files before it becomes visible, so a crash cannot leave a
+        // renamed but empty layer.
+        let f = fs::File::open(t).map_err(io_at(t))?;
+        nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| ImageError::io(t, e.into()))?;
+        fs::rename(t, &self.final_dir).map_err(io_at(&self.final_dir))?;
+        fsync_dir(self.final_dir.parent().unwrap_or(&self.final_dir))?;
+        Ok(u)
+    }
+}
+
+/// Bytes and layers of one pull so far, for its progress log lines.
+#[derive(Default)]
+struct Progress {
+    bytes: std::sync::atomic::AtomicU64,
+    layers: std::sync::atomic::AtomicUsize,
+}
+
+impl Progress {
+    fn add_bytes(&self, n: u64) {
+        self.bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn layer_done(&self) {
+        self.layers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn get(&self) -> (u64, usize) {
+        (
+            self.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            self.layers.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }
 
