@@ -550,7 +550,7 @@ async fn list_filters_attempts_and_create_retries() {
     let st = p.status(&b).await;
     assert_eq!(st.metadata.as_ref().unwrap().attempt, 1);
 
-    let mut list = |f: ContainerFilter| {
+    let list = |f: ContainerFilter| {
         let mut rt = p.cri.rt.clone();
         async move {
             let mut ids: Vec<String> = rt
@@ -688,5 +688,259 @@ async fn the_image_stop_signal_and_volumes_are_honoured() {
     assert_eq!(st.exit_code, 0, "{st:?}");
     let lines = log_lines(&std::fs::read_to_string(p.log_path("sig")).unwrap());
     assert_eq!(lines, vec!["volume ok", "ready", "got usr1"]);
+    p.finish().await;
+}
+
+/// Percentile `q` (0..=100) of durations, in milliseconds.
+fn pct_ms(v: &[Duration], q: usize) -> f64 {
+    let mut s: Vec<Duration> = v.to_vec();
+    s.sort();
+    let i = ((s.len() - 1) * q) / 100;
+    s[i].as_secs_f64() * 1000.0
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A bundle next to `donor`'s (same rootfs, namespaces and process), for the raw floors.
+struct RawBundle {
+    dir: std::path::PathBuf,
+    id: String,
+    root: std::path::PathBuf,
+}
+
+impl RawBundle {
+    fn new(base: &std::path::Path, donor: &serde_json::Value, parent: &str, n: usize) -> RawBundle {
+        let id = format!("bench-raw-{}-{n}", crate::harness::rand_hex(8));
+        let dir = base.join(&id);
+        std::fs::create_dir_all(dir.join("exits")).unwrap();
+        std::fs::create_dir_all(dir.join("persist")).unwrap();
+        let mut spec = donor.clone();
+        spec["linux"]["cgroupsPath"] = serde_json::json!(format!("{parent}/{id}"));
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        let root = base.join("runc-root");
+        RawBundle { dir, id, root }
+    }
+
+    fn runc(&self, args: &[&str]) {
+        let out = std::process::Command::new("/usr/sbin/runc")
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "runc {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `runc create` + `runc start`, timed.
+    fn runc_create_start(&self) -> Duration {
+        let t0 = Instant::now();
+        let out = std::process::Command::new("/usr/sbin/runc")
+            .arg("--root")
+            .arg(&self.root)
+            .args(["create", "--bundle"])
+            .arg(&self.dir)
+            .arg("--pid-file")
+            .arg(self.dir.join("pid"))
+            .arg(&self.id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(out.success(), "runc create {}", self.id);
+        self.runc(&["start", &self.id]);
+        t0.elapsed()
+    }
+
+    /// conmon runs `runc create` (we wait for the pid file), then `runc start`, timed; returns
+    /// the duration and conmon's pid.
+    fn conmon_create_start(&self) -> (Duration, i32) {
+        let t0 = Instant::now();
+        let status = std::process::Command::new("/usr/bin/conmon")
+            .args(["-c", &self.id, "-u", &self.id, "-n", &self.id])
+            .args(["-r", "/usr/sbin/runc"])
+            .arg(format!("--runtime-arg=--root={}", self.root.display()))
+            .arg("-b")
+            .arg(&self.dir)
+            .arg("-p")
+            .arg(self.dir.join("pid"))
+            .arg("-P")
+            .arg(self.dir.join("conmon.pid"))
+            .arg("-l")
+            .arg(self.dir.join("ctr.log"))
+            .arg("--exit-dir")
+            .arg(self.dir.join("exits"))
+            .arg("-0")
+            .arg(self.dir.join("persist"))
+            .arg("--socket-dir-path")
+            .arg(&self.dir)
+            .args(["--log-level", "error"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "conmon {}", self.id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.dir.join("pid").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "conmon did not create {}",
+                self.id
+            );
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        self.runc(&["start", &self.id]);
+        let took = t0.elapsed();
+        let pid = std::fs::read_to_string(self.dir.join("conmon.pid"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (took, pid)
+    }
+
+    fn delete(&self) {
+        let _ = std::process::Command::new("/usr/sbin/runc")
+            .arg("--root")
+            .arg(&self.root)
+            .args(["delete", "-f", &self.id])
+            .output();
+        let _ = std::fs::remove_file(self.dir.join("pid"));
+    }
+}
+
+/// hack/bench-container.sh: create+start p50 through ferrio vs `runc create`+`runc start` of an
+/// equivalent bundle vs conmon + runc; monitor RSS with 1, 10 and 50 containers vs conmon's.
+#[tokio::test]
+#[ignore]
+async fn bench_container() {
+    let n: usize = std::env::var("FERRIO_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let d = Daemon::start(Opts {
+        log_level: "warn".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut p = Pod::on(d, "bench").await;
+    let parent = p.config.linux.as_ref().unwrap().cgroup_parent.clone();
+
+    // The donor: created, never started; its rootfs and spec feed the raw bundles.
+    let donor = p
+        .create(container_config("donor", BUSYBOX, &["sleep", "1000"]))
+        .await;
+    let donor_spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            p.d.env()
+                .runroot()
+                .join("containers")
+                .join(&donor)
+                .join("bundle/config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let base = p.d.env().dir().join("bench");
+    std::fs::create_dir_all(&base).unwrap();
+
+    let mut ferrio_t = Vec::new();
+    for i in 0..n {
+        let cfg = container_config(&format!("b{i}"), BUSYBOX, &["sleep", "1000"]);
+        let t0 = Instant::now();
+        let id = p.create(cfg).await;
+        p.start_ctr(&id).await;
+        ferrio_t.push(t0.elapsed());
+        p.remove_ctr(&id).await;
+    }
+    let mut runc_t = Vec::new();
+    let mut conmon_t = Vec::new();
+    for i in 0..n {
+        let b = RawBundle::new(&base, &donor_spec, &parent, i);
+        runc_t.push(b.runc_create_start());
+        b.delete();
+        let (t, _) = b.conmon_create_start();
+        conmon_t.push(t);
+        b.delete();
+    }
+
+    // RSS with 1, 10, 50 containers running.
+    let mut ferrio_pids = Vec::new();
+    let mut conmon_pids = Vec::new();
+    let mut raws = Vec::new();
+    let mut rows = Vec::new();
+    for target in [1usize, 10, 50] {
+        while ferrio_pids.len() < target {
+            let i = ferrio_pids.len();
+            let id = p.run(&format!("r{i}"), &["sleep", "1000"]).await;
+            let info = p
+                .cri
+                .rt
+                .container_status(ContainerStatusRequest {
+                    container_id: id,
+                    verbose: true,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .info;
+            let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+            ferrio_pids.push(v["status"]["monitor_pid"].as_i64().unwrap() as i32);
+            let b = RawBundle::new(&base, &donor_spec, &parent, 1000 + i);
+            let (_, pid) = b.conmon_create_start();
+            conmon_pids.push(pid);
+            raws.push(b);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let f: u64 = ferrio_pids.iter().map(|p| rss_kib(*p)).sum();
+        let c: u64 = conmon_pids.iter().map(|p| rss_kib(*p)).sum();
+        rows.push((target, f, c));
+    }
+    for b in &raws {
+        b.delete();
+    }
+
+    println!("\ncontainer create+start, {n} runs each (p50 / p90 ms):");
+    println!(
+        "  ferrio (CreateContainer+StartContainer) {:7.1} / {:7.1}",
+        pct_ms(&ferrio_t, 50),
+        pct_ms(&ferrio_t, 90)
+    );
+    println!(
+        "  runc create + runc start (floor)        {:7.1} / {:7.1}",
+        pct_ms(&runc_t, 50),
+        pct_ms(&runc_t, 90)
+    );
+    println!(
+        "  conmon + runc                           {:7.1} / {:7.1}",
+        pct_ms(&conmon_t, 50),
+        pct_ms(&conmon_t, 90)
+    );
+    println!(
+        "  ferrio / runc p50 = {:.2}x (goal <= 1.3x)",
+        pct_ms(&ferrio_t, 50) / pct_ms(&runc_t, 50)
+    );
+    println!("\nmonitor RSS (VmRSS, KiB): containers, ferrio-monitor total/avg, conmon total/avg");
+    for (k, f, c) in &rows {
+        println!(
+            "  {k:3}  ferrio-monitor {f:7} / {:6}   conmon {c:7} / {:6}",
+            f / *k as u64,
+            c / *k as u64
+        );
+    }
     p.finish().await;
 }
