@@ -748,3 +748,359 @@ async fn bench_exec() {
     }
     tear_down(&mut cri, &pod).await;
 }
+
+/// A stand-in for the API server as far as kubectl needs one: it serves the pod object and
+/// turns each exec/attach/portforward request into a CRI call, then relays the raw connection
+/// to the streaming URL (as kubelet does), so a real kubectl talks to ferrio's server.
+async fn fake_apiserver(
+    cri: Cri,
+    pod: String,
+    container: String,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = l.accept().await else {
+                return;
+            };
+            let (mut cri, pod, container) = (cri.clone(), pod.clone(), container.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if tcp.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let mut first = head.lines().next().unwrap_or("").split_whitespace();
+                let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let params: Vec<(String, String)> = query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), urldecode(v)))
+                    .collect();
+                let flag = |k: &str| {
+                    params
+                        .iter()
+                        .any(|(n, v)| n == k && (v == "true" || v == "1"))
+                };
+                let url = if path.ends_with("/exec") {
+                    let cmd = params
+                        .iter()
+                        .filter(|(k, _)| k == "command")
+                        .map(|(_, v)| v.clone())
+                        .collect();
+                    cri.rt
+                        .exec(ExecRequest {
+                            container_id: container,
+                            cmd,
+                            tty: flag("tty"),
+                            stdin: flag("stdin"),
+                            stdout: flag("stdout"),
+                            stderr: flag("stderr"),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .url
+                } else if path.ends_with("/attach") {
+                    cri.rt
+                        .attach(AttachRequest {
+                            container_id: container,
+                            tty: flag("tty"),
+                            stdin: flag("stdin"),
+                            stdout: flag("stdout"),
+                            stderr: flag("stderr"),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .url
+                } else if path.ends_with("/portforward") {
+                    let port = params
+                        .iter()
+                        .filter(|(k, _)| k == "ports")
+                        .filter_map(|(_, v)| v.parse().ok())
+                        .collect();
+                    cri.rt
+                        .port_forward(PortForwardRequest {
+                            pod_sandbox_id: pod,
+                            port,
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .url
+                } else {
+                    let body = match (method, path) {
+                        ("GET", "/api") => {
+                            r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[]}"#
+                        }
+                        ("GET", "/apis") => {
+                            r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#
+                        }
+                        ("GET", "/api/v1") => {
+                            r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[{"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},{"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]},{"name":"pods/attach","singularName":"","namespaced":true,"kind":"PodAttachOptions","verbs":["create","get"]},{"name":"pods/portforward","singularName":"","namespaced":true,"kind":"PodPortForwardOptions","verbs":["create","get"]}]}"#
+                        }
+                        ("GET", p) if p.ends_with("/pods/web") => {
+                            r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web","namespace":"default"},"spec":{"containers":[{"name":"web","image":"busybox","ports":[{"containerPort":8080}]}]},"status":{"phase":"Running"}}"#
+                        }
+                        _ => {
+                            r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#
+                        }
+                    };
+                    let code = if body.contains("\"code\":404") {
+                        "404 Not Found"
+                    } else {
+                        "200 OK"
+                    };
+                    let resp = format!("HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    let _ = tcp.write_all(resp.as_bytes()).await;
+                    return;
+                };
+                // Relay as kubelet does: the same request on the streaming URL's path.
+                let (host, spath) = client::split_url(&url);
+                let Ok(mut up) = tokio::net::TcpStream::connect(&host).await else {
+                    return;
+                };
+                let mut rest = head
+                    .split_once("\r\n")
+                    .map(|(_, r)| r.to_string())
+                    .unwrap_or_default();
+                rest = rest
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("host:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                let fwd = format!("{method} {spath} HTTP/1.1\r\nHost: {host}\r\n{rest}");
+                if up.write_all(fwd.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+fn urldecode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (hex, b[i]) {
+            (Some(v), _) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, c) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Run kubectl against the fake API server; returns (exit code, stdout, stderr).
+async fn kubectl(
+    server: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new("kubectl");
+    cmd.arg(format!("--server={server}"))
+        .args([
+            "--kubeconfig=/dev/null",
+            "--namespace=default",
+            "--request-timeout=60s",
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run kubectl");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl finished in time")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Real kubectl (Go's SPDY and WebSocket clients) against ferrio's streaming server.
+#[tokio::test]
+async fn kubectl_exec_and_port_forward() {
+    if std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("kubectl is not installed; skipping");
+        return;
+    }
+    let d = daemon().await;
+    let mut cri = d.client().await;
+    let mut learned = LearnedPids::default();
+    let pod = pod_with(
+        &mut cri,
+        &d,
+        "web",
+        &["sh", "-c", "mkdir -p /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www"],
+    )
+    .await;
+    learned.learn_cgroup(&d.env().cgroup_parent());
+    let (server, task) = fake_apiserver(cri.clone(), pod.id.clone(), pod.container.clone()).await;
+    let spdy = [
+        ("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"),
+        ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
+    ];
+    for env in [&spdy[..], &[][..]] {
+        let how = if env.is_empty() { "websocket" } else { "spdy" };
+        let (code, out, err) = kubectl(
+            &server,
+            &[
+                "exec",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 7",
+            ],
+            env,
+            b"",
+        )
+        .await;
+        assert_eq!(code, 7, "{how}: exit code; stdout {out:?} stderr {err:?}");
+        assert_eq!(out, "out\n", "{how}: {err}");
+        assert!(err.contains("err"), "{how}: {err}");
+        let (code, out, err) = kubectl(
+            &server,
+            &["exec", "-i", "web", "--", "cat"],
+            env,
+            b"through kubectl\n",
+        )
+        .await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "through kubectl\n"),
+            "{how}: {err}"
+        );
+        // More than SPDY's 64 KiB initial window, to a client that never sends WINDOW_UPDATE.
+        let (code, out, err) = kubectl(
+            &server,
+            &[
+                "exec",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "head -c 300000 /dev/zero | tr '\\0' a",
+            ],
+            env,
+            b"",
+        )
+        .await;
+        assert_eq!(code, 0, "{how}: {err}");
+        assert_eq!(out.len(), 300_000, "{how}: {err}");
+    }
+    for env in [&spdy[..], &[][..]] {
+        let how = if env.is_empty() {
+            "websocket tunnel"
+        } else {
+            "spdy"
+        };
+        kubectl_port_forward(&server, env, how).await;
+    }
+    let log = std::fs::read_to_string(d.env().daemon_log()).unwrap_or_default();
+    // Drop the colour escapes around `=`.
+    let log = log.replace("\u{1b}[0m", "").replace("\u{1b}[2m", "").replace("\u{1b}[3m", "");
+    for protocol in [
+        "v4.channel.k8s.io",
+        "v5.channel.k8s.io",
+        "protocol=portforward.k8s.io",
+        "SPDY/3.1+portforward.k8s.io",
+    ] {
+        assert!(log.contains(protocol), "kubectl never used {protocol}");
+    }
+    task.abort();
+    tear_down(&mut cri, &pod).await;
+    d.assert_no_leaks(&learned);
+}
+
+/// `kubectl port-forward pod/web :8080`, then two HTTP requests at once through it.
+async fn kubectl_port_forward(server: &str, env: &[(&str, &str)], how: &str) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut cmd = tokio::process::Command::new("kubectl");
+    cmd.arg(format!("--server={server}"))
+        .args(["--kubeconfig=/dev/null", "--namespace=default"])
+        .args(["port-forward", "pod/web", ":8080"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run kubectl port-forward");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let local = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{how}: kubectl port-forward did not start"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{how}: kubectl port-forward exited"));
+        // "Forwarding from 127.0.0.1:41234 -> 8080"
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let fetch = |port: String| async move {
+        let mut deadline_tries = 0;
+        loop {
+            let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+                .await
+                .unwrap();
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
+            let mut body = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut body)).await;
+            let body = String::from_utf8_lossy(&body).to_string();
+            if body.contains("hello-from-pod") || deadline_tries > 50 {
+                return body;
+            }
+            // httpd may not listen yet.
+            deadline_tries += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let (a, b) = tokio::join!(fetch(local.clone()), fetch(local.clone()));
+    for body in [a, b] {
+        assert!(body.contains("hello-from-pod"), "{how}: {body:?}");
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}

@@ -113,7 +113,13 @@ fn handle(cx: Arc<Context>, req: hyper::Request<Incoming>) -> Resp {
     if request.kind() != kind {
         return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token");
     }
-    match upgrade_kind(req.headers()).as_deref() {
+    let upgrade = upgrade_kind(req.headers());
+    tracing::debug!(
+        endpoint = kind.path(),
+        upgrade = upgrade.as_deref().unwrap_or(""),
+        "streaming request"
+    );
+    match upgrade.as_deref() {
         Some("websocket") => websocket_upgrade(cx, req, request),
         Some("spdy/3.1") => spdy_upgrade(cx, req, request),
         _ => plain(
@@ -158,6 +164,7 @@ fn spdy_upgrade(cx: Arc<Context>, req: hyper::Request<Incoming>, request: Reques
         },
         _ => None,
     };
+    tracing::debug!(protocol = %chosen, "streaming upgrade");
     let on_upgrade = hyper::upgrade::on(req);
     let proto = chosen.clone();
     let kind = request.kind();
@@ -225,6 +232,7 @@ fn websocket_upgrade(cx: Arc<Context>, req: hyper::Request<Incoming>, request: R
         _ => None,
     };
     let query = req.uri().query().map(str::to_string);
+    tracing::debug!(protocol = %chosen, "streaming upgrade");
     let on_upgrade = hyper::upgrade::on(req);
     let proto = chosen.clone();
     let kind = request.kind();
