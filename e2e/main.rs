@@ -8,3 +8,4 @@ mod sandbox;
 mod observability;
 mod recovery;
 mod containers;
+mod container_spec;

@@ -71,6 +71,9 @@ pub struct PodUsage {
     pub containers: Vec<ContainerUsage>,
 }
 
+/// A pod, its live containers and their upper dirs, gathered before going to the blocking pool.
+type PodParts = (Arc<Sandbox>, Vec<Arc<Container>>, Vec<PathBuf>);
+
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -209,7 +212,7 @@ impl Containers {
 
     /// Usage of each of `pods` with their containers.
     pub async fn pod_usage(&self, pods: Vec<Arc<Sandbox>>) -> Vec<PodUsage> {
-        let per_pod: Vec<(Arc<Sandbox>, Vec<Arc<Container>>, Vec<PathBuf>)> = pods
+        let per_pod: Vec<PodParts> = pods
             .into_iter()
             .map(|p| {
                 // Exited containers have no cgroup left to read.
