@@ -304,6 +304,7 @@ async fn serve(
         let now = seen.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         seen.max_inflight.fetch_max(now, Ordering::SeqCst);
     }
+    let mut counted = layer;
     let res = async {
         let mut head = format!(
             "HTTP/1.1 {status_line}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -314,18 +315,24 @@ async fn serve(
         }
         head.push_str("\r\n");
         sock.write_all(head.as_bytes()).await?;
-        for chunk in body.chunks(16 * 1024) {
+        let chunks: Vec<&[u8]> = body.chunks(16 * 1024).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            if i + 1 == chunks.len() && layer {
+                // Out of flight before the client can have it all and ask for the next layer.
+                seen.inflight.fetch_sub(1, Ordering::SeqCst);
+                counted = false;
+            }
             sock.write_all(chunk).await?;
             seen.blob_bytes
                 .fetch_add(chunk.len() as u64, Ordering::SeqCst);
-            if let Some(t) = throttle {
+            if let (Some(t), false) = (throttle, i + 1 == chunks.len()) {
                 tokio::time::sleep(*t).await;
             }
         }
         sock.flush().await
     }
     .await;
-    if layer {
+    if counted {
         seen.inflight.fetch_sub(1, Ordering::SeqCst);
     }
     res
