@@ -8,8 +8,8 @@ use crate::harness::{
 };
 use k8s_cri::v1::{
     security_profile::ProfileType, Capability, ContainerConfig, ContainerState,
-    ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest, Device, HugepageLimit,
-    ImageSpec, Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources,
+    ContainerStatsRequest, ContainerStatus, ContainerStatusRequest, CreateContainerRequest, Device,
+    HugepageLimit, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources,
     LinuxContainerSecurityContext, LinuxSandboxSecurityContext, ListContainerStatsRequest,
     ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, Mount,
     MountPropagation, PodSandboxConfig, PodSandboxStatsRequest, PullImageRequest,
@@ -163,6 +163,12 @@ impl World {
     /// Run `config` to its exit; (exit code, stdout+stderr text from its CRI log). The
     /// container is removed afterwards.
     async fn run(&mut self, config: ContainerConfig) -> (i32, String) {
+        let (code, log, _) = self.run_status(config).await;
+        (code, log)
+    }
+
+    /// [`World::run`], also returning the final ContainerStatus.
+    async fn run_status(&mut self, config: ContainerConfig) -> (i32, String, ContainerStatus) {
         let name = config.metadata.as_ref().unwrap().name.clone();
         let id = self
             .create(config)
@@ -178,7 +184,7 @@ impl World {
         .await;
         let log = read_log(&self.log_path(&name));
         self.remove(&id).await;
-        (st.exit_code, log)
+        (st.exit_code, log, st)
     }
 
     /// Run `sh -c script` with `edit` applied to the config; the log text, asserting exit 0.
@@ -358,11 +364,21 @@ async fn process_user_and_groups_follow_the_image() {
         sec(&mut c).run_as_user = Some(Int64Value { value: 1000 });
         sec(&mut c).supplemental_groups = vec![5000];
         sec(&mut c).supplemental_groups_policy = policy as i32;
-        let (code, log) = w.run(c).await;
+        let (code, log, st) = w.run_status(c).await;
         assert_eq!(code, 0, "{log}");
         let mut got: Vec<&str> = field(&log, "GROUPS=").split(' ').collect();
         got.sort();
         assert_eq!(got.join(" "), want, "{policy:?}: {log}");
+        // ContainerStatus.user says the same (kubelet shows it in the pod status).
+        let user = st.user.and_then(|u| u.linux).expect("ContainerStatus.user");
+        assert_eq!((user.uid, user.gid), (1000, 1000));
+        let mut groups: Vec<String> = user
+            .supplemental_groups
+            .iter()
+            .map(|g| g.to_string())
+            .collect();
+        groups.sort();
+        assert_eq!(groups.join(" "), want, "{policy:?}: {user:?}");
     }
     w.finish().await;
 }

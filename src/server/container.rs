@@ -120,8 +120,10 @@ pub(super) async fn container_status(
         });
         info.insert("info".to_string(), v.to_string());
     }
+    let mut status = convert::container_status(&rec);
+    status.user = super::resources::container_user(d, &rec).await;
     Ok(Response::new(cri::ContainerStatusResponse {
-        status: Some(convert::container_status(&rec)),
+        status: Some(status),
         info,
     }))
 }

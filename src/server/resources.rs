@@ -32,3 +32,27 @@ pub(super) fn container_resources(c: &Container) -> Option<cri::ContainerResourc
         windows: None,
     })
 }
+
+/// The user the container's process runs as (uid, gid and supplemental groups as resolved
+/// against the image at create), from the bundle's config.json; kubelet reads it when the runtime
+/// advertises the supplemental groups policy.
+pub(super) async fn container_user(d: &Daemon, c: &Container) -> Option<cri::ContainerUser> {
+    let path = d.containers.bundle_dir(&c.id).join("config.json");
+    let bytes = tokio::fs::read(&path).await.ok()?;
+    let spec: oci_spec::runtime::Spec = serde_json::from_slice(&bytes).ok()?;
+    let user = spec.process().as_ref()?.user();
+    // The groups the process is in, as `id -G` shows them: the primary group first.
+    let mut groups = vec![i64::from(user.gid())];
+    for g in user.additional_gids().as_deref().unwrap_or_default() {
+        if !groups.contains(&i64::from(*g)) {
+            groups.push(i64::from(*g));
+        }
+    }
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: i64::from(user.uid()),
+            gid: i64::from(user.gid()),
+            supplemental_groups: groups,
+        }),
+    })
+}
