@@ -237,3 +237,83 @@ async fn status_list_fs_info_pinned_and_remove() {
     );
     d.assert_no_leaks(&learned);
 }
+
+#[path = "image_proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
+
+/// The daemon is SIGKILLed in the middle of a (slowed down) pull: after a restart there is no
+/// half image, no stray layer, blob or temporary file, and the image pulls cleanly.
+#[tokio::test]
+async fn daemon_killed_mid_pull_leaves_no_half_image() {
+    let backend = std::env::var(harness::REGISTRY_ENV).unwrap_or_default();
+    let slow = proxy::Server::start(proxy::Mode::Proxy {
+        backend,
+        auth: None,
+        throttle: Some(std::time::Duration::from_millis(40)),
+    })
+    .await;
+    let mirror = slow.host();
+    let d = Daemon::start(Opts {
+        configure: Some(Box::new(move |c| {
+            for r in c
+                .image
+                .registry
+                .iter_mut()
+                .filter(|r| r.prefix == "docker.io")
+            {
+                r.mirror[0].location = mirror.clone();
+            }
+        })),
+        ..Default::default()
+    })
+    .await;
+    let env = d.env().clone();
+    let images = env.root().join("images");
+    let mut cri = d.client().await;
+    let pulling = tokio::spawn(async move { pull(&mut cri, BUSYBOX).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while slow
+        .seen
+        .blob_bytes
+        .load(std::sync::atomic::Ordering::SeqCst)
+        < 200_000
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(pulling.await.is_err(), "the pull died with the daemon");
+    drop(d);
+    assert!(
+        !names(&images.join("tmp")).is_empty(),
+        "the kill did interrupt an unpack"
+    );
+
+    let d = Daemon::start_on(&env).await;
+    let mut cri = d.client().await;
+    assert!(list(&mut cri, None).await.is_empty(), "no half image");
+    assert!(names(&images.join("tmp")).is_empty());
+    assert!(names(&images.join("layers")).is_empty());
+    assert!(names(&images.join("blobs/sha256")).is_empty());
+    let id = pull(&mut cri, BUSYBOX).await;
+    assert_eq!(status(&mut cri, BUSYBOX, false).await.image.unwrap().id, id);
+    d.assert_no_leaks(&LearnedPids::default());
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
