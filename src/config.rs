@@ -61,6 +61,12 @@ pub struct ApiConfig {
     pub stream_idle_timeout: String,
     /// How long an Exec/Attach/PortForward URL stays valid before its first use.
     pub stream_token_ttl: String,
+    /// Serve the streaming server over HTTPS (kubelet connects to it directly on a real node).
+    pub stream_enable_tls: bool,
+    /// PEM certificate chain of the streaming server (with `stream_enable_tls`).
+    pub stream_tls_cert: PathBuf,
+    /// PEM private key of the streaming server (with `stream_enable_tls`).
+    pub stream_tls_key: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -227,6 +233,9 @@ impl Default for ApiConfig {
             stream_port: 0,
             stream_idle_timeout: String::new(),
             stream_token_ttl: "1m".into(),
+            stream_enable_tls: false,
+            stream_tls_cert: PathBuf::new(),
+            stream_tls_key: PathBuf::new(),
         }
     }
 }
@@ -468,6 +477,19 @@ impl Config {
                 return bad(key, reason);
             }
         }
+        if self.api.stream_enable_tls {
+            for (key, path) in [
+                ("api.stream_tls_cert", &self.api.stream_tls_cert),
+                ("api.stream_tls_key", &self.api.stream_tls_key),
+            ] {
+                if !path.is_absolute() {
+                    return bad(
+                        key,
+                        format!("{path:?} must be an absolute path when stream_enable_tls is set"),
+                    );
+                }
+            }
+        }
         if !["cgroupfs", "systemd"].contains(&self.runtime.cgroup_manager.as_str()) {
             return bad(
                 "runtime.cgroup_manager",
@@ -631,6 +653,9 @@ fn comment_for(line: &str) -> Option<&'static str> {
         "stream_port" => "Port of the streaming server; 0 picks a free one.",
         "stream_idle_timeout" => "Close an idle exec/attach/port-forward connection after this long (\"90s\", \"4h\"); \"\" never.",
         "stream_token_ttl" => "How long an Exec/Attach/PortForward URL stays valid before its first use.",
+        "stream_enable_tls" => "Serve exec/attach/port-forward over HTTPS with stream_tls_cert and stream_tls_key.",
+        "stream_tls_cert" => "PEM certificate chain of the streaming server.",
+        "stream_tls_key" => "PEM private key of the streaming server.",
         "[runtime]" => "OCI runtimes and how containers are run.",
         "default_runtime" => "Handler used when a pod names none.",
         "cgroup_manager" => "\"cgroupfs\" or \"systemd\".",

@@ -50,6 +50,10 @@ pub(super) async fn start_server(
         idle_timeout,
         token_ttl,
         max_in_flight: MAX_TOKENS_IN_FLIGHT,
+        tls: config.api.stream_enable_tls.then(|| streaming::TlsFiles {
+            cert: config.api.stream_tls_cert.clone(),
+            key: config.api.stream_tls_key.clone(),
+        }),
     };
     let backend = Arc::new(StreamBackend {
         pods: pods.clone(),

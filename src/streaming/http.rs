@@ -32,7 +32,11 @@ pub struct Context {
     pub idle_timeout: Option<Duration>,
 }
 
-pub async fn serve(listener: TcpListener, cx: Arc<Context>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cx: Arc<Context>,
+) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -44,18 +48,34 @@ pub async fn serve(listener: TcpListener, cx: Arc<Context>) {
         };
         let _ = tcp.set_nodelay(true);
         let cx = cx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let cx = cx.clone();
-                async move { Ok::<_, Infallible>(handle(cx, req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "streaming connection ended");
+            let Some(tls) = tls else {
+                return serve_conn(tcp, peer, cx).await;
+            };
+            // The handshake gets a deadline so a silent client cannot hold a task for ever.
+            match tokio::time::timeout(Duration::from_secs(30), tls.accept(tcp)).await {
+                Ok(Ok(s)) => serve_conn(s, peer, cx).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "streaming: TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "streaming: TLS handshake timed out"),
             }
         });
+    }
+}
+
+async fn serve_conn<IO>(io: IO, peer: std::net::SocketAddr, cx: Arc<Context>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let cx = cx.clone();
+        async move { Ok::<_, Infallible>(handle(cx, req)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "streaming connection ended");
     }
 }
 

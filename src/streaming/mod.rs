@@ -48,6 +48,8 @@ pub enum StreamError {
     Container { id: String, message: String },
     #[error("pod sandbox {id}: {message}")]
     Sandbox { id: String, message: String },
+    #[error("streaming server: TLS: {path}: {message}")]
+    Tls { path: PathBuf, message: String },
     #[error("port forward to port {port}: {source}")]
     Dial { port: u16, source: std::io::Error },
 }
@@ -157,12 +159,52 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     pub token_ttl: Duration,
     pub max_in_flight: usize,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A TLS acceptor that offers HTTP/1.1 only (the upgrades need it).
+    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, StreamError> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let err = |path: &PathBuf, message: String| StreamError::Tls {
+            path: path.clone(),
+            message,
+        };
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| err(&self.cert, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err(&self.cert, "no certificate in the file".into()));
+        }
+        let key =
+            PrivateKeyDer::from_pem_file(&self.key).map_err(|e| err(&self.key, e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err(&self.cert, e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| err(&self.key, e.to_string()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
 }
 
 /// The running streaming server.
 pub struct Server {
     pub tokens: Tokens,
     addr: SocketAddr,
+    scheme: &'static str,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -191,15 +233,22 @@ impl Server {
             addr: bind.clone(),
             source,
         })?;
+        let tls = settings.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let tokens = Tokens::new(settings.token_ttl, settings.max_in_flight);
         let ctx = Arc::new(http::Context {
             tokens: tokens.clone(),
             backend,
             idle_timeout: settings.idle_timeout,
         });
-        let task = tokio::spawn(http::serve(listener, ctx));
-        tracing::info!(%addr, "streaming server listening");
-        Ok(Arc::new(Server { tokens, addr, task }))
+        let task = tokio::spawn(http::serve(listener, tls, ctx));
+        tracing::info!(%addr, scheme, "streaming server listening");
+        Ok(Arc::new(Server {
+            tokens,
+            addr,
+            scheme,
+            task,
+        }))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -210,7 +259,13 @@ impl Server {
     pub fn url_for(&self, req: Request) -> Result<String, StreamError> {
         let kind = req.kind();
         let token = self.tokens.insert(req)?;
-        Ok(format!("http://{}/{}/{}", self.addr, kind.path(), token))
+        Ok(format!(
+            "{}://{}/{}/{}",
+            self.scheme,
+            self.addr,
+            kind.path(),
+            token
+        ))
     }
 }
 
@@ -259,6 +314,160 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend for server tests that never gets as far as running anything.
+    struct NoBackend;
+
+    impl Backend for NoBackend {
+        fn exec(&self, _: CommandRequest, _: StreamIo) -> BoxFuture<'static, Outcome> {
+            Box::pin(async { Outcome::Failed("no backend".into()) })
+        }
+        fn attach(&self, _: CommandRequest, _: StreamIo) -> BoxFuture<'static, Outcome> {
+            Box::pin(async { Outcome::Failed("no backend".into()) })
+        }
+        fn pod_network(&self, id: &str) -> Result<PodNetwork, StreamError> {
+            Err(StreamError::Sandbox {
+                id: id.into(),
+                message: "no backend".into(),
+            })
+        }
+    }
+
+    fn settings(tls: Option<TlsFiles>) -> Settings {
+        Settings {
+            address: "127.0.0.1".into(),
+            port: 0,
+            idle_timeout: None,
+            token_ttl: Duration::from_secs(60),
+            max_in_flight: 10,
+            tls,
+        }
+    }
+
+    fn exec_req() -> Request {
+        Request::Exec(CommandRequest {
+            container_id: "c".into(),
+            cmd: vec!["true".into()],
+            tty: false,
+            stdin: false,
+            stdout: true,
+            stderr: false,
+        })
+    }
+
+    async fn get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut s: S,
+        path: &str,
+    ) -> String {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).to_string()
+    }
+
+    #[tokio::test]
+    async fn urls_tokens_and_plain_requests() {
+        let server = Server::start(settings(None), Arc::new(NoBackend))
+            .await
+            .unwrap();
+        let url = server.url_for(exec_req()).unwrap();
+        let prefix = format!("http://{}/exec/", server.local_addr());
+        assert!(url.starts_with(&prefix), "{url}");
+        let path = url.trim_start_matches(&format!("http://{}", server.local_addr()));
+        let tcp = || tokio::net::TcpStream::connect(server.local_addr());
+        // A kind that does not match the token's is refused, and spends the token.
+        let attach_path = path.replace("/exec/", "/attach/");
+        assert!(get(tcp().await.unwrap(), &attach_path)
+            .await
+            .starts_with("HTTP/1.1 404"));
+        assert!(get(tcp().await.unwrap(), path)
+            .await
+            .starts_with("HTTP/1.1 404"));
+        // A good token without an upgrade is a 400.
+        let url = server.url_for(exec_req()).unwrap();
+        let path = url.trim_start_matches(&format!("http://{}", server.local_addr()));
+        let resp = get(tcp().await.unwrap(), path).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+        // The cap on tokens in flight.
+        for _ in 0..10 {
+            server.url_for(exec_req()).unwrap();
+        }
+        assert!(matches!(
+            server.url_for(exec_req()),
+            Err(StreamError::TooManyRequests { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn https_with_a_pem_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=ferrio-test",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output();
+        match ok {
+            Ok(o) if o.status.success() => {}
+            _ => {
+                eprintln!("openssl cannot make a certificate here; skipping");
+                return;
+            }
+        }
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let server = Server::start(settings(Some(files)), Arc::new(NoBackend))
+            .await
+            .unwrap();
+        let url = server.url_for(exec_req()).unwrap();
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(server.local_addr())
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let resp = get(tls, "/exec/unknown").await;
+        assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+
+        // A key file without a key is an error naming it.
+        let bad = TlsFiles {
+            cert: cert.clone(),
+            key: cert.clone(),
+        };
+        let e = bad.acceptor().err().expect("no key in a certificate file");
+        assert!(e.to_string().contains("cert.pem"), "{e}");
+    }
 
     #[test]
     fn durations() {
