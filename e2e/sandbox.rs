@@ -784,3 +784,53 @@ async fn host_network_pod_gets_no_cni_and_the_host_netns() {
     stop_and_remove_pod(&mut cri, &id).await;
     assert_no_leaks_soon(&d, &learned).await;
 }
+
+#[tokio::test]
+async fn dual_stack_pod_reports_both_addresses() {
+    let d = Daemon::start(Opts::default()).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let octet: u8 = env.subnet().split('.').nth(2).unwrap().parse().unwrap();
+    let v6_subnet = format!("fd00:214:{octet:x}::/64");
+    // No gateway and no masquerade: the bridge plugin would otherwise turn on IPv6 forwarding
+    // for the whole host and add ip6tables rules.
+    let list = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": env.network_name(),
+        "plugins": [{
+            "type": "bridge",
+            "bridge": env.bridge(),
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": env.ipam_dir(),
+                "ranges": [[{ "subnet": env.subnet() }], [{ "subnet": v6_subnet }]]
+            }
+        }]
+    });
+    std::fs::write(env.network_dir().join("10-e2e.conflist"), list.to_string()).unwrap();
+    let pod = pod_config(&env, "dual");
+    let id = run_pod(&mut cri, &pod)
+        .await
+        .expect("RunPodSandbox dual-stack");
+    let (st, info) = status(&mut cri, &id).await;
+    let net = st.network.expect("network status");
+    assert!(env.in_subnet(&net.ip), "IPv4 first: {net:?}");
+    assert_eq!(net.additional_ips.len(), 1, "{net:?}");
+    let v6: std::net::Ipv6Addr = net.additional_ips[0].ip.parse().expect("an IPv6 address");
+    assert_eq!(v6.segments()[..3], [0xfd00, 0x214, octet as u16], "{v6}");
+    assert_eq!(
+        info["network"]["ips"].as_array().unwrap().len(),
+        2,
+        "{info}"
+    );
+    let reserved = std::fs::read_dir(env.ipam_dir().join(env.network_name()))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(':'))
+        .count();
+    assert_eq!(reserved, 1, "one IPv6 reservation");
+    stop_and_remove_pod(&mut cri, &id).await;
+    assert_no_leaks_soon(&d, &LearnedPids::default()).await;
+}
