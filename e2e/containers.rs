@@ -944,3 +944,59 @@ async fn bench_container() {
     }
     p.finish().await;
 }
+
+/// The streaming Exec's building block: `spawn_exec` with a tty and stdin, resized, and a plain
+/// one with separate stdout/stderr; both report their exit codes.
+#[tokio::test]
+async fn exec_sessions_with_a_tty_and_with_pipes() {
+    use ferrio::monitor::exec::{spawn_exec, ExecSpec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut p = Pod::start("execsess").await;
+    let id = p.run("target", &["sleep", "1000"]).await;
+    p.wait(&id, ContainerState::ContainerRunning, 10).await;
+    let config = p.d.env().config().clone();
+    let spec = ExecSpec {
+        runtime_path: "/usr/sbin/runc".into(),
+        runtime_root: config.runtime_root("runc").expect("runc handler"),
+        id: id.clone(),
+        cmd: vec!["sh".into()],
+        tty: true,
+        stdin: true,
+        state_dir: p.d.env().dir().to_path_buf(),
+    };
+    let mut s = spawn_exec(&spec).await.expect("spawn_exec tty");
+    assert!(s.take_stderr().is_none(), "a tty has no stderr");
+    let mut stdin = s.take_stdin().expect("stdin");
+    let mut out = s.take_stdout().expect("stdout");
+    // Give runc a moment to wire the terminal before resizing it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.resizer().expect("resizer").resize(91, 27).unwrap();
+    stdin.write_all(b"stty size; tty; exit 4\n").await.unwrap();
+    let mut text = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), out.read_to_end(&mut text)).await;
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(s.wait().await.unwrap(), 4, "{text}");
+    assert!(text.contains("27 91"), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+
+    let mut s = spawn_exec(&ExecSpec {
+        tty: false,
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "read x; echo \"o $x\"; echo e >&2; exit 2".into(),
+        ],
+        ..spec
+    })
+    .await
+    .expect("spawn_exec pipes");
+    let mut stdin = s.take_stdin().unwrap();
+    stdin.write_all(b"hi\n").await.unwrap();
+    drop(stdin);
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    s.take_stdout().unwrap().read_to_end(&mut o).await.unwrap();
+    s.take_stderr().unwrap().read_to_end(&mut e).await.unwrap();
+    assert_eq!(s.wait().await.unwrap(), 2);
+    assert_eq!((o.as_slice(), e.as_slice()), (&b"o hi\n"[..], &b"e\n"[..]));
+    p.finish().await;
+}

@@ -8,9 +8,7 @@ use crate::image::ImageStore;
 use crate::monitor;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
-use crate::sandbox::lifecycle::{
-    monitor_alive, write_bundle, Pods, Sandbox, SandboxError, SandboxState,
-};
+use crate::sandbox::lifecycle::{monitor_alive, Pods, Sandbox, SandboxError, SandboxState};
 use crate::state::names::Names;
 use crate::state::{Record, StateError, Table};
 use serde::{Deserialize, Serialize};
@@ -254,6 +252,33 @@ async fn prepare_rootfs(
     })
     .await
     .map_err(join_err(rootfs))?
+}
+
+/// Writes the bundle's config.json (tmp + rename, so runc never reads half a file) without
+/// fsync: the bundle lives in the runroot, which does not outlive a reboot anyway, and a crash
+/// before the record says "created" reaps it. On a disk where fsync costs ~9 ms this is a tenth
+/// of the create.
+async fn write_volatile_bundle(
+    bundle: &Path,
+    spec: &oci_spec::runtime::Spec,
+) -> Result<(), ContainerError> {
+    let b = bundle.to_path_buf();
+    let json = serde_json::to_vec(spec).map_err(|e| ContainerError::Io {
+        path: b.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    tokio::task::spawn_blocking(move || {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ContainerError::Io { path, source }
+        };
+        std::fs::create_dir_all(&b).map_err(io(&b))?;
+        let tmp = b.join(".config.json.tmp");
+        std::fs::write(&tmp, &json).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, b.join("config.json")).map_err(io(&b))
+    })
+    .await
+    .map_err(join_err(bundle))?
 }
 
 /// Parse `SIGTERM`, `TERM` or `15`.
@@ -553,7 +578,7 @@ impl Containers {
         let mut oci = oci;
         crate::sandbox::spec::set_sandbox_id(&mut oci, &sandbox.id);
         let bundle = run_dir.join("bundle");
-        write_bundle(&bundle, &oci).await?;
+        write_volatile_bundle(&bundle, &oci).await?;
         if let Some(lp) = &log_path {
             if let Some(dir) = lp.parent() {
                 tokio::fs::create_dir_all(dir)

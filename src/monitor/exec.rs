@@ -267,7 +267,17 @@ impl ExecSession {
 
 impl Drop for ExecSession {
     fn drop(&mut self) {
-        // kill_on_drop takes the runtime; the pid file is ours.
+        // A session dropped while its process runs (the client went away) must not leave the
+        // process behind: the runtime cannot forward the SIGKILL that kill_on_drop sends it.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                .filter(|p| *p > 0)
+            {
+                kill_tree(pid);
+            }
+        }
         let _ = std::fs::remove_file(&self.pid_file);
     }
 }
