@@ -1036,7 +1036,10 @@ async fn kubectl_exec_and_port_forward() {
     }
     let log = std::fs::read_to_string(d.env().daemon_log()).unwrap_or_default();
     // Drop the colour escapes around `=`.
-    let log = log.replace("\u{1b}[0m", "").replace("\u{1b}[2m", "").replace("\u{1b}[3m", "");
+    let log = log
+        .replace("\u{1b}[0m", "")
+        .replace("\u{1b}[2m", "")
+        .replace("\u{1b}[3m", "");
     for protocol in [
         "v4.channel.k8s.io",
         "v5.channel.k8s.io",
@@ -1103,4 +1106,144 @@ async fn kubectl_port_forward(server: &str, env: &[(&str, &str)], how: &str) {
     }
     let _ = child.start_kill();
     let _ = child.wait().await;
+}
+
+/// Create and start another container in `pod`, with stdin (and a terminal) as asked.
+async fn add_container(
+    cri: &mut Cri,
+    pod: &Pod,
+    name: &str,
+    command: &[&str],
+    tty: bool,
+) -> String {
+    let mut config = container_config(name, BUSYBOX, command);
+    config.stdin = true;
+    config.tty = tty;
+    let id = cri
+        .rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+        .into_inner()
+        .container_id;
+    cri.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+    wait_for_container_state(
+        cri,
+        &id,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await;
+    id
+}
+
+/// Read `out` until its text contains `want`.
+async fn read_until(out: &mut client::ClientStream, want: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(want) {
+        match out.next().await {
+            Some(b) => text.push_str(&String::from_utf8_lossy(&b)),
+            None => panic!("stream ended before {want:?}; got {text:?}"),
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn attach_with_stdin_and_a_terminal() {
+    let d = daemon().await;
+    let mut cri = d.client().await;
+    let mut learned = LearnedPids::default();
+    let pod = pod_with(&mut cri, &d, "attach", &["sleep", "3600"]).await;
+    let cat = add_container(&mut cri, &pod, "cat", &["cat"], false).await;
+    let shell = add_container(&mut cri, &pod, "shell", &["sh"], true).await;
+    learned.learn_cgroup(&d.env().cgroup_parent());
+
+    // stdin reaches the container's cat, whose output comes back on stdout.
+    let url = cri
+        .rt
+        .attach(AttachRequest {
+            container_id: cat.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("Attach: {e}"))
+        .into_inner()
+        .url;
+    let mut conn = spdy_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let _err = conn.open(&[("streamtype", "error")]).await;
+    let stdin = conn.open(&[("streamtype", "stdin")]).await;
+    let mut out = conn.open(&[("streamtype", "stdout")]).await;
+    let _stderr = conn.open(&[("streamtype", "stderr")]).await;
+    conn.write(stdin.id, b"ping through attach\n").await;
+    read_until(&mut out, "ping through attach\n").await;
+    conn.kill().await;
+
+    // A terminal: the resize reaches the container's pty.
+    let url = cri
+        .rt
+        .attach(AttachRequest {
+            container_id: shell.clone(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("Attach tty: {e}"))
+        .into_inner()
+        .url;
+    let mut conn = spdy_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let _err = conn.open(&[("streamtype", "error")]).await;
+    let resize = conn.open(&[("streamtype", "resize")]).await;
+    let stdin = conn.open(&[("streamtype", "stdin")]).await;
+    let mut out = conn.open(&[("streamtype", "stdout")]).await;
+    conn.write(resize.id, br#"{"Width":123,"Height":45}"#).await;
+    // Ask until the size has arrived (the resize and the command race).
+    let mut text = String::new();
+    for _ in 0..50 {
+        conn.write(stdin.id, b"stty size\n").await;
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < deadline && !text.contains("45 123") {
+            if let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(100), out.next()).await
+            {
+                text.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+        if text.contains("45 123") {
+            break;
+        }
+    }
+    assert!(text.contains("45 123"), "terminal output: {text:?}");
+    conn.kill().await;
+
+    for id in [&cat, &shell] {
+        cri.rt
+            .stop_container(StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: 1,
+            })
+            .await
+            .unwrap();
+        cri.rt
+            .remove_container(RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    tear_down(&mut cri, &pod).await;
+    d.assert_no_leaks(&learned);
 }
