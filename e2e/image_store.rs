@@ -1144,3 +1144,133 @@ impl std::io::Write for LogWriter {
         Ok(())
     }
 }
+
+/// Write blob `bytes` into the OCI layout; returns its digest.
+fn put_blob(layout: &Path, bytes: &[u8]) -> String {
+    let hex = hex::encode(Sha256::digest(bytes));
+    let dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// An OCI layout holding one image `tag` whose single layer is the tar `layer` (gzipped here).
+fn layout_with_layer(layout: &Path, tag: &str, layer: &[u8]) {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(layer).unwrap();
+    let gz = gz.finish().unwrap();
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(layer)));
+    let layer_digest = put_blob(layout, &gz);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": Platform::host().architecture, "os": "linux",
+        "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id]}
+    }))
+    .unwrap();
+    let config_digest = put_blob(layout, &config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest, "size": gz.len()}]
+    }))
+    .unwrap();
+    let manifest_digest = put_blob(layout, &manifest);
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "digest": manifest_digest, "size": manifest.len(),
+                           "annotations": {"org.opencontainers.image.ref.name": tag}}]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+/// A tar whose entries the `tar` builder would refuse to write (`..`, absolute names) is built
+/// from raw headers.
+fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, link, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        let raw = h.as_old_mut();
+        raw.name[..name.len()].copy_from_slice(name.as_bytes());
+        raw.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_layers_from_a_registry_are_refused() {
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("images");
+    let store = ImageStore::open(&root).unwrap();
+    let cfg = mirror_cfg("docker.io", &reg, false);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "traversal",
+            raw_tar(&[("../../evil", Regular, "", b"x")]),
+            "../../evil",
+        ),
+        (
+            "absolute",
+            raw_tar(&[("/etc/evil", Regular, "", b"x")]),
+            "/etc/evil",
+        ),
+        (
+            "symlink",
+            raw_tar(&[
+                ("out", Symlink, "/tmp", b""),
+                ("out/evil", Regular, "", b"x"),
+            ]),
+            "out/evil",
+        ),
+        (
+            "hardlink",
+            raw_tar(&[
+                ("d", Directory, "", b""),
+                ("d/passwd", Link, "../../etc/passwd", b""),
+            ]),
+            "d/passwd",
+        ),
+    ];
+    for (tag, layer, entry) in cases {
+        let layout = work.path().join(format!("oci-{tag}"));
+        layout_with_layer(&layout, tag, &layer);
+        push(&layout, tag, &reg, &format!("library/evil:{tag}"), false);
+        let err = store
+            .pull(&format!("evil:{tag}"), &cfg, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ImageError::UnsafeEntry { .. }),
+            "{tag}: {err:?}"
+        );
+        assert!(err.to_string().contains(entry), "{tag}: {err}");
+    }
+    assert!(store.list().is_empty());
+    assert!(dir_names(&root.join("layers")).is_empty());
+    assert!(dir_names(&root.join("tmp")).is_empty());
+    assert!(!Path::new("/tmp/evil").exists());
+}
