@@ -13,9 +13,9 @@ use super::spdy::{self, Codec, Frame, Headers};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -97,6 +97,26 @@ impl StreamWriter {
             .send(Out::Frame(f))
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+}
+
+/// When the connection last carried a frame either way, for the idle timeout: a stream that
+/// only sends (`kubectl logs`-like output) is not idle.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
 }
 
@@ -190,7 +210,17 @@ impl Session {
         });
         let (accept_tx, accept_rx) = mpsc::channel(16);
         let last_stream = Arc::new(AtomicU32::new(0));
-        let writer = tokio::spawn(write_loop(wr, out_rx, closed_tx.clone(), flow.clone()));
+        let activity = Arc::new(Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        });
+        let writer = tokio::spawn(write_loop(
+            wr,
+            out_rx,
+            closed_tx.clone(),
+            flow.clone(),
+            activity.clone(),
+        ));
         let reader = tokio::spawn(read_loop(ReadCtx {
             rd,
             out: out_tx.clone(),
@@ -199,6 +229,7 @@ impl Session {
             accept: accept_tx,
             last_stream: last_stream.clone(),
             idle_timeout,
+            activity,
         }));
         (
             Session {
@@ -253,6 +284,7 @@ async fn write_loop<W: AsyncWrite>(
     mut rx: mpsc::Receiver<Out>,
     closed: Arc<watch::Sender<bool>>,
     flow: Arc<Flow>,
+    activity: Arc<Activity>,
 ) {
     tokio::pin!(wr);
     let mut codec = Codec::new();
@@ -273,6 +305,7 @@ async fn write_loop<W: AsyncWrite>(
                     fail(e.to_string());
                     break;
                 }
+                activity.touch();
                 if rx.is_empty() {
                     if let Err(e) = wr.flush().await {
                         fail(e.to_string());
@@ -299,6 +332,7 @@ struct ReadCtx<R> {
     accept: mpsc::Sender<IncomingStream>,
     last_stream: Arc<AtomicU32>,
     idle_timeout: Option<Duration>,
+    activity: Arc<Activity>,
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(mut cx: ReadCtx<R>) {
@@ -333,11 +367,19 @@ async fn read_frames<R: AsyncRead + Unpin>(cx: &mut ReadCtx<R>) -> io::Result<()
                 }
             }
             let n = match cx.idle_timeout {
-                Some(t) => tokio::time::timeout(t, cx.rd.read_buf(&mut buf))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))??,
+                Some(t) => loop {
+                    let left = t.saturating_sub(cx.activity.idle_for());
+                    if left.is_zero() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                    }
+                    // On a timeout, look again: the writer may have been busy meanwhile.
+                    if let Ok(r) = tokio::time::timeout(left, cx.rd.read_buf(&mut buf)).await {
+                        break r?;
+                    }
+                },
                 None => cx.rd.read_buf(&mut buf).await?,
             };
+            cx.activity.touch();
             if n == 0 {
                 return Ok(());
             }
@@ -638,6 +680,34 @@ mod tests {
         drop(peer);
         session.closed().await;
         assert!(session.is_closed());
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_counts_traffic_both_ways() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (session, mut incoming) = Session::start(a, Some(Duration::from_millis(300)));
+        let mut peer = Peer {
+            io: b,
+            codec: Codec::new(),
+            buf: BytesMut::new(),
+        };
+        peer.send(syn(1, "stdout")).await;
+        let s = incoming.recv().await.unwrap();
+        // Output only, for three idle periods: the session stays up.
+        let w = s.writer.clone();
+        let drain = tokio::spawn(async move { while peer.recv().await.is_some() {} });
+        for _ in 0..18 {
+            w.write(b"tick").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!session.is_closed(), "output keeps the session alive");
+        // Then silence: closed after about the timeout.
+        let start = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), session.closed())
+            .await
+            .expect("the idle session closes");
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        drain.abort();
     }
 
     #[tokio::test]
