@@ -834,3 +834,48 @@ async fn dual_stack_pod_reports_both_addresses() {
     stop_and_remove_pod(&mut cri, &id).await;
     assert_no_leaks_soon(&d, &LearnedPids::default()).await;
 }
+
+#[tokio::test]
+async fn runtime_handler_picks_the_runtime_and_a_failing_one_rolls_back() {
+    let d = Daemon::start(Opts::default()).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let mut learned = LearnedPids::default();
+    let pod = pod_config(&env, "crun");
+    let res = cri
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: "crun".into(),
+        })
+        .await;
+    match res {
+        // A host where crun works (cgroup v2, or v1 without the hybrid quirk).
+        Ok(r) => {
+            let id = r.into_inner().pod_sandbox_id;
+            let (st, info) = status(&mut cri, &id).await;
+            assert_eq!(st.runtime_handler, "crun");
+            assert_eq!(info["runtimeHandler"], "crun");
+            learned.add(info["pid"].as_i64().unwrap() as u32, "pause");
+            stop_and_remove_pod(&mut cri, &id).await;
+        }
+        // This machine: crun refuses hybrid cgroups. The failure is crun's own, at the last
+        // step, and everything before it (netns, IP, rootfs, cgroup) is undone.
+        Err(e) => {
+            assert!(
+                e.message().contains("crun") || e.message().contains("hybrid"),
+                "crun's own message: {e}"
+            );
+            assert!(list(&mut cri, PodSandboxFilter::default()).await.is_empty());
+        }
+    }
+    assert_no_leaks_soon(&d, &learned).await;
+    // The same pod on the default handler works: the failed attempt released the name.
+    let id = run_pod(&mut cri, &pod)
+        .await
+        .expect("RunPodSandbox on runc");
+    let (st, _) = status(&mut cri, &id).await;
+    assert_eq!(st.runtime_handler, "runc");
+    stop_and_remove_pod(&mut cri, &id).await;
+    assert_no_leaks_soon(&d, &learned).await;
+}
