@@ -165,9 +165,8 @@ pub struct AttachStreams {
 
 impl AttachStreams {
     fn flags(self) -> u8 {
-        (self.stdin as u8) * WANT_STDIN
-            | (self.stdout as u8) * WANT_STDOUT
-            | (self.stderr as u8) * WANT_STDERR
+        let bit = |on: bool, flag: u8| if on { flag } else { 0 };
+        bit(self.stdin, WANT_STDIN) | bit(self.stdout, WANT_STDOUT) | bit(self.stderr, WANT_STDERR)
     }
 }
 
