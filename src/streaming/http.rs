@@ -267,7 +267,8 @@ fn websocket_upgrade(cx: Arc<Context>, req: hyper::Request<Incoming>, request: R
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         match request {
             Request::Exec(c) | Request::Attach(c) => {
-                websocket::serve_command(ws, &proto, kind, c, cx.backend.clone()).await
+                websocket::serve_command(ws, &proto, kind, c, cx.backend.clone(), cx.idle_timeout)
+                    .await
             }
             Request::PortForward(pf) => {
                 let net = network.unwrap_or(super::PodNetwork { netns: None });
@@ -281,7 +282,7 @@ fn websocket_upgrade(cx: Arc<Context>, req: hyper::Request<Incoming>, request: R
                     } else {
                         pf.ports.clone()
                     };
-                    portforward::serve_ws(ws, &proto, ports, net).await
+                    portforward::serve_ws(ws, &proto, ports, net, cx.idle_timeout).await
                 }
             }
         }

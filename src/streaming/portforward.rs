@@ -193,19 +193,27 @@ async fn forward_pair(
 }
 
 /// Port-forward over a WebSocket with channel-prefixed messages: one connection per port.
-pub async fn serve_ws<S>(ws: WebSocketStream<S>, protocol: &str, ports: Vec<u16>, net: PodNetwork)
-where
+pub async fn serve_ws<S>(
+    ws: WebSocketStream<S>,
+    protocol: &str,
+    ports: Vec<u16>,
+    net: PodNetwork,
+    idle_timeout: Option<std::time::Duration>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let enc = Encoding::of(protocol);
     let (mut sink, mut source) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(32);
+    let idle = super::websocket::Idle::new(idle_timeout);
+    let idle_w = idle.clone();
     let writer = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
             let close = matches!(m, Message::Close(_));
             if sink.send(m).await.is_err() || close {
                 break;
             }
+            idle_w.touch();
         }
         let _ = sink.close().await;
     });
@@ -258,7 +266,7 @@ where
             }
         }
     }
-    while let Some(Ok(msg)) = source.next().await {
+    while let Some(msg) = idle.next(&mut source).await {
         if matches!(msg, Message::Close(_)) {
             break;
         }

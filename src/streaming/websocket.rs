@@ -41,6 +41,55 @@ pub fn normal_close() -> Message {
     }))
 }
 
+/// Traffic either way on a WebSocket, for the idle timeout (output alone keeps it alive).
+#[derive(Clone)]
+pub struct Idle {
+    last: Arc<std::sync::Mutex<tokio::time::Instant>>,
+    timeout: Option<std::time::Duration>,
+}
+
+impl Idle {
+    pub fn new(timeout: Option<std::time::Duration>) -> Idle {
+        Idle {
+            last: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
+            timeout,
+        }
+    }
+
+    pub fn touch(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+    }
+
+    /// Resolves once nothing moved for the timeout; never without one.
+    pub async fn expired(&self) {
+        let Some(t) = self.timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let left = t.saturating_sub(last.elapsed());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
+    }
+
+    /// The next message, or `None` at the end, on an error or once idle.
+    pub async fn next<St>(&self, source: &mut St) -> Option<Message>
+    where
+        St: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    {
+        tokio::select! {
+            m = source.next() => {
+                self.touch();
+                m.and_then(Result::ok)
+            }
+            _ = self.expired() => None,
+        }
+    }
+}
+
 /// How channel messages are written: raw binary, or base64 text with an ASCII channel digit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -99,6 +148,7 @@ pub async fn serve_command<S>(
     kind: Kind,
     req: CommandRequest,
     backend: Arc<dyn Backend>,
+    idle_timeout: Option<std::time::Duration>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -106,12 +156,15 @@ pub async fn serve_command<S>(
     let enc = Encoding::of(protocol);
     let (mut sink, mut source) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(32);
+    let idle = Idle::new(idle_timeout);
+    let idle_w = idle.clone();
     let writer = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
             let close = matches!(m, Message::Close(_));
             if sink.send(m).await.is_err() || close {
                 break;
             }
+            idle_w.touch();
         }
         let _ = sink.close().await;
     });
@@ -122,7 +175,7 @@ pub async fn serve_command<S>(
     let reader = tokio::spawn(async move {
         let mut stdin_tx = want_stdin.then_some(stdin_tx);
         let mut resize = ResizeDecoder::default();
-        while let Some(Ok(msg)) = source.next().await {
+        while let Some(msg) = idle.next(&mut source).await {
             if matches!(msg, Message::Close(_)) {
                 break;
             }
@@ -243,6 +296,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn idle_expires_only_without_traffic() {
+        use std::time::Duration;
+        let idle = Idle::new(Some(Duration::from_millis(200)));
+        let start = tokio::time::Instant::now();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            idle.touch();
+        }
+        idle.expired().await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            start.elapsed()
+        );
+        let never = Idle::new(None);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), never.expired())
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn encodings_round_trip() {
