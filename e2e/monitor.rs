@@ -701,3 +701,37 @@ async fn log_reopen_loses_and_duplicates_nothing() {
         "rotations happened while it wrote"
     );
 }
+
+/// The monitor is a subreaper: nothing it adopts (the runtime's intermediate processes,
+/// orphans of the container) stays a zombie while the container runs.
+#[tokio::test]
+async fn the_monitor_leaves_no_zombies() {
+    let script = "for i in 1 2 3 4 5; do (sleep 0.1 &) ; done; sleep 1; echo done";
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", script]);
+    let spawned = monitor::spawn(&b.request()).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut zombies = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if rest.first() == Some(&"Z")
+            && rest.get(1) == Some(&spawned.monitor_pid.to_string().as_str())
+        {
+            zombies.push(e.file_name());
+        }
+    }
+    assert!(
+        zombies.is_empty(),
+        "zombie children of the monitor: {zombies:?}"
+    );
+    assert_eq!(b.wait(&spawned).await.exit_code, 0);
+}

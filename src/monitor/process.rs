@@ -3,8 +3,10 @@
 //! One synchronous, single-threaded event loop over `poll(2)`: a signalfd (SIGCHLD and the
 //! termination signals), the read ends of the container's stdout and stderr pipes, and a timer
 //! while the last output drains. No async runtime and no threads keep the RSS small and make
-//! `fork` safe. Issue-5 features plug in as more fds in the same loop (attach socket, control
-//! FIFO for log reopen, exec-sync's runtime process).
+//! `fork` safe. The attach socket ([`super::attach_server`]: output fan-out, stdin, resize, log
+//! reopen) and the container's stdin are more fds in the same loop. With a tty, `<runtime>
+//! create --console-socket` sends the pty master to a socket in the bundle; it then stands in
+//! for the stdout pipe and stdin.
 //!
 //! Life of a monitor:
 //! 1. `main` adopts the sync pipe (fd 3), forks; the first process exits 0 at once (the daemon
