@@ -164,7 +164,7 @@ impl Cni {
             // Keep going past a failing plugin so the others still release what they hold; the entry
             // stays on disk so a later teardown retries the whole list.
             for plugin in list.plugins.iter().rev() {
-                let res = self
+                let mut res = self
                     .call(
                         &list,
                         plugin,
@@ -173,6 +173,21 @@ impl Cni {
                         &entry.capability_args,
                     )
                     .await;
+                if let (Err(err), Some(_)) = (&res, &standin) {
+                    tracing::info!(sandbox = %pod.id, error = %err, "cni del in the stand-in netns failed; retrying without netns");
+                    // After a reboot the rules the stand-in leads the plugin to are gone as well
+                    // and it fails deleting them; a DEL without a netns still releases the rest.
+                    let bare = self.invocation(CniCommand::Del, pod, String::new());
+                    res = self
+                        .call(
+                            &list,
+                            plugin,
+                            &bare,
+                            entry.result.as_ref(),
+                            &entry.capability_args,
+                        )
+                        .await;
+                }
                 if let Err(e) = res {
                     first_err.get_or_insert(e);
                 }
@@ -563,6 +578,32 @@ sleep 300"#,
         );
         // Gone again once DEL is done.
         assert!(!Path::new(&netns).exists(), "{netns}");
+    }
+
+    #[tokio::test]
+    async fn a_del_failing_in_the_stand_in_is_retried_without_netns() {
+        let f = Fixture::new();
+        f.conflist("10-net.conflist", "net", &["a"]);
+        let cni = f.cni();
+        let mut pod = f.pod();
+        cni.setup(&pod).await.unwrap();
+        pod.netns = f.dir.path().join("gone");
+        // Like the bridge plugin after a reboot: its rules are gone, so DEL fails in a netns.
+        f.plugin(
+            "a",
+            &format!(
+                r#"cat >/dev/null; echo "$CNI_COMMAND a {{\"netns\":\"$CNI_NETNS\"}}" >> {}
+[ -n "$CNI_NETNS" ] && {{ echo '{{"code":999,"msg":"chain does not exist"}}'; exit 1; }}
+exit 0"#,
+                f.log().display()
+            ),
+        );
+        cni.teardown(&pod).await.unwrap();
+        let calls = f.calls();
+        assert_eq!(summary(&calls), ["ADD a", "DEL a", "DEL a"]);
+        assert_ne!(calls[1].2["netns"], "");
+        assert_eq!(calls[2].2["netns"], "");
+        assert!(f.cache_entries().is_empty());
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use crate::state::names::Names;
 use crate::state::{Record, StateError, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -624,16 +625,24 @@ impl Pods {
         if st.network_attached {
             if let Some(netns) = &rec.meta.namespaces.net {
                 let mut pn = self.pod_network(&rec.id, &rec.meta, netns);
+                let mut held = None;
                 if !crate::network::is_netns(netns) {
                     // The pinned file is gone but a live pause still holds the namespace: DEL
                     // inside it, or the bridge plugin cannot find the pod's addresses and
                     // leaves its masquerade rules behind.
-                    if let Some(alive) = self.live_pause_netns(rec).await {
-                        tracing::info!(id = %rec.id, netns = %alive.display(), "pinned netns vanished; using the pause process's");
-                        pn.netns = alive;
+                    held = self.live_pause_netns(rec).await;
+                    if let Some(fd) = &held {
+                        // Our own fd keeps the namespace alive even if the pause dies meanwhile.
+                        pn.netns = PathBuf::from(format!(
+                            "/proc/{}/fd/{}",
+                            std::process::id(),
+                            fd.as_raw_fd()
+                        ));
+                        tracing::info!(id = %rec.id, netns = %pn.netns.display(), "pinned netns vanished; using the pause process's");
                     }
                 }
                 self.cni.teardown(&pn).await?;
+                drop(held);
             }
             rec.update(|s| s.network_attached = false).await?;
         }
@@ -654,17 +663,21 @@ impl Pods {
         Ok(())
     }
 
-    /// `/proc/<pause>/ns/net` when the pause container is running with the recorded pid.
-    async fn live_pause_netns(&self, rec: &Sandbox) -> Option<PathBuf> {
+    /// The pause process's network namespace, opened, when the pause container is running with
+    /// the recorded pid (checked after the open, so the fd cannot be a recycled pid's).
+    async fn live_pause_netns(&self, rec: &Sandbox) -> Option<std::fs::File> {
         let st = rec.status();
         if !st.pause_created || st.pause_pid <= 0 {
             return None;
         }
+        let path = PathBuf::from(format!("/proc/{}/ns/net", st.pause_pid));
+        let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
+            .await
+            .ok()?
+            .ok()?;
         let runtime = self.runtime(&rec.meta.runtime_handler).ok()?;
         let state = runtime.state(&rec.id).await.ok()??;
-        let path = PathBuf::from(format!("/proc/{}/ns/net", st.pause_pid));
-        (state.status == "running" && state.pid == st.pause_pid && crate::network::is_netns(&path))
-            .then_some(path)
+        (state.status == "running" && state.pid == st.pause_pid).then_some(file)
     }
 
     /// RemovePodSandbox for the sandbox itself (containers removed by the caller first).
