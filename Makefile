@@ -12,7 +12,7 @@ CONFIG ?= $(CONFIG_DIR)/ferrio.toml
 CNI_CONF_DIR ?= /etc/cni/net.d
 TEST_REGISTRY ?= 127.0.0.1:5055
 
-.PHONY: all build release deps run test test-e2e lint fmt registry registry-stop clean-test
+.PHONY: all build release deps run test test-e2e lint fmt registry registry-stop clean-test bench
 
 all: build
 
@@ -78,3 +78,8 @@ clean-test:
 	-awk '$$5 ~ "^/var/tmp/ferrio-e2e-" {print $$5}' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
 	-for b in $$(ls /sys/class/net | grep '^fe2e'); do ip link del $$b; done
 	-rm -rf /var/tmp/ferrio-e2e-*
+
+# ferrio vs containerd, conmon and runc side by side (hack/bench/run.sh; BENCH_N iterations).
+BENCH_N ?= 50
+bench: deps
+	hack/bench/run.sh $(BENCH_N)

@@ -1,0 +1,102 @@
+//! The benchmark (hack/bench) with N=2 and 3 pods, so it never rots: ferrio against containerd
+//! when containerd is installed, against the runc / conmon floors only when it is not.
+
+#[allow(dead_code)]
+#[path = "../hack/bench/bench.rs"]
+mod bench;
+#[allow(dead_code)]
+#[path = "../hack/bench/chart.rs"]
+mod chart;
+
+use std::path::PathBuf;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_end_to_end_with_n_2() {
+    let registry = std::env::var("FERRIO_TEST_REGISTRY")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .expect(
+            "FERRIO_TEST_REGISTRY is not set: run `hack/test-registry.sh start` (or `make test`)",
+        );
+    let results = tempfile::tempdir().expect("results dir");
+    let started = std::time::Instant::now();
+    let report = bench::run(bench::Opts {
+        n: 2,
+        list_pods: 3,
+        mem_pods: vec![2],
+        ferrio_bin: PathBuf::from(env!("CARGO_BIN_EXE_ferrio")),
+        monitor_bin: PathBuf::from(env!("CARGO_BIN_EXE_ferrio-monitor")),
+        registry,
+        results_dir: results.path().to_path_buf(),
+        containerd: true,
+    })
+    .await
+    .expect("the benchmark runs");
+    eprintln!("{}", report.table);
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+
+    let row = |m: &str| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.metric == m)
+            .unwrap_or_else(|| panic!("no row {m:?} in\n{}", report.table))
+    };
+    for m in [
+        "PullImage (cold)",
+        "create+start",
+        "pod lifecycle",
+        "ListPodSandbox, 3 pods",
+    ] {
+        let r = row(m);
+        assert_eq!(r.ferrio.map(|s| s.n), Some(2), "{m}: ferrio samples");
+        if report.containerd {
+            assert_eq!(
+                r.containerd.map(|s| s.n),
+                Some(2),
+                "{m}: containerd samples"
+            );
+            assert!(r.ratio().is_some_and(|x| x > 0.0));
+        } else {
+            assert!(r.containerd.is_none());
+        }
+    }
+    // Lifecycle steps are parts of the lifecycle, and the floors ran in the same run.
+    let life = row("pod lifecycle").ferrio.expect("ferrio lifecycle");
+    let cs = row("create+start").ferrio.expect("ferrio create+start");
+    assert!(cs.p50 <= life.p95);
+    assert!(row("create+start").over_floor().is_some());
+    assert_eq!(
+        row("floor: conmon + runc").floor.as_ref().map(|f| f.1.n),
+        Some(2)
+    );
+    assert!(row("daemon RSS idle").ferrio.is_some_and(|s| s.p50 > 1.0));
+    assert!(row("helper RSS per pod, 2 pods")
+        .ferrio
+        .is_some_and(|s| s.p50 > 0.1));
+    if !report.containerd {
+        assert!(report.notes.iter().any(|n| n.contains("containerd")));
+    }
+
+    let csv = std::fs::read_to_string(&report.csv).expect("csv");
+    assert!(csv.lines().count() > 15 && csv.contains("\"pod lifecycle\",ms,"));
+    let png = std::fs::read(&report.png).expect("png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // Nothing left: the work dir is gone and no process names it.
+    assert!(
+        !report.work.exists(),
+        "{} left behind",
+        report.work.display()
+    );
+    let w = report.work.to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(&w).then(|| format!("{p}: {c}"))
+        })
+        .collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+}

@@ -1,0 +1,65 @@
+//! `bench`: ferrio vs containerd (and the runc / conmon floors) over CRI, side by side.
+//! Run it through `hack/bench/run.sh [N]`, which builds ferrio in release mode, starts the test
+//! registry and installs containerd when it is missing.
+
+// The smoke test (e2e/bench_smoke.rs) reads report fields this binary only prints.
+#[allow(dead_code)]
+mod bench;
+mod chart;
+
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "ferrio vs containerd, conmon and runc, over CRI")]
+struct Args {
+    /// Iterations per runtime of each timed operation.
+    #[arg(default_value_t = 50)]
+    n: usize,
+    /// Pods present while ListContainers / ListPodSandbox are timed.
+    #[arg(long, default_value_t = 100)]
+    list_pods: usize,
+    /// Running-pod counts at which memory is sampled.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 50])]
+    mem_pods: Vec<usize>,
+    /// The ferrio binary (ferrio-monitor is taken from the same dir unless --monitor).
+    #[arg(long, default_value = "target/release/ferrio")]
+    ferrio: PathBuf,
+    #[arg(long)]
+    monitor: Option<PathBuf>,
+    /// The test registry (hack/test-registry.sh start).
+    #[arg(long, default_value = "127.0.0.1:5055")]
+    registry: String,
+    #[arg(long, default_value = "hack/bench/results")]
+    results: PathBuf,
+    /// Benchmark ferrio against the floors only.
+    #[arg(long)]
+    no_containerd: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let monitor = a
+        .monitor
+        .unwrap_or_else(|| a.ferrio.with_file_name("ferrio-monitor"));
+    let opts = bench::Opts {
+        n: a.n,
+        list_pods: a.list_pods,
+        mem_pods: a.mem_pods,
+        ferrio_bin: std::fs::canonicalize(&a.ferrio)?,
+        monitor_bin: std::fs::canonicalize(&monitor)?,
+        registry: a.registry,
+        results_dir: a.results,
+        containerd: !a.no_containerd,
+    };
+    // On ^C the run future is dropped, and with it the daemons and everything they made.
+    let report = tokio::select! {
+        r = bench::run(opts) => r?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+    };
+    print!("{}", report.table);
+    println!("csv: {}", report.csv.display());
+    println!("png: {}", report.png.display());
+    Ok(())
+}

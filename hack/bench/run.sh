@@ -1,0 +1,39 @@
+#!/bin/bash
+# Side-by-side benchmark: ferrio vs containerd (Debian's package, CRI plugin) vs the floors
+# (`runc run`, conmon + runc), same images, CNI plugins and runc, on one machine in one run.
+#
+#   hack/bench/run.sh [N]          # N iterations per runtime and metric (default 50)
+#   BENCH_LIST_PODS=100            # pods present while ListPodSandbox / ListContainers are timed
+#   BENCH_MEM_PODS=10,50           # running pods at which memory is sampled
+#   BENCH_NO_INSTALL=1             # do not apt-get install containerd when it is missing
+#
+# Writes the table to stdout and CSV + PNG under hack/bench/results/. Needs root. Everything it
+# starts lives under /var/tmp/ferrio-bench-<hex> and is removed when it ends (also on ^C).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH=$HOME/.cargo/bin:/root/.cargo/bin:$PATH
+
+N=${1:-50}
+if [ "$(id -u)" != 0 ]; then
+  echo "bench: needs root (runc, CNI, mounts)" >&2
+  exit 1
+fi
+
+if ! command -v containerd >/dev/null || ! command -v containerd-shim-runc-v2 >/dev/null; then
+  if [ -z "${BENCH_NO_INSTALL:-}" ]; then
+    echo "bench: installing containerd (Debian package)" >&2
+    # No systemd here to start the packaged service; the benchmark runs its own containerd.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd >&2 ||
+      echo "bench: containerd could not be installed; ferrio against the floors only" >&2
+  fi
+fi
+
+hack/test-registry.sh start >/dev/null
+cargo build --release --bin ferrio --bin ferrio-monitor --example bench >&2
+
+exec target/release/examples/bench "$N" \
+  --ferrio target/release/ferrio \
+  --list-pods "${BENCH_LIST_PODS:-100}" \
+  --mem-pods "${BENCH_MEM_PODS:-10,50}" \
+  --registry "${FERRIO_TEST_REGISTRY:-127.0.0.1:5055}" \
+  --results hack/bench/results
