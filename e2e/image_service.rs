@@ -219,7 +219,6 @@ async fn status_list_fs_info_pinned_and_remove() {
     assert_eq!(list(&mut cri, None).await.len(), 1);
     let freed = fs_info(&mut cri).await.image_filesystems[0]
         .used_bytes
-        .clone()
         .unwrap()
         .value;
     assert!(freed + 1_000_000 < used, "freed {freed} < used {used}");
@@ -230,7 +229,6 @@ async fn status_list_fs_info_pinned_and_remove() {
     assert_eq!(
         fs_info(&mut cri).await.image_filesystems[0]
             .used_bytes
-            .clone()
             .unwrap()
             .value,
         0
