@@ -433,7 +433,10 @@ impl Containers {
         } else {
             Some(Path::new(&sandbox.meta.log_directory).join(&req.config.log_path))
         };
-        let cgroups_path = format!("{}/ferrio-{id}", sandbox.meta.cgroup_parent);
+        let driver = crate::oci::cgroups::CgroupDriver::from_config(
+            &self.pods.config.runtime.cgroup_manager,
+        );
+        let cgroups_path = driver.cgroups_path(&sandbox.meta.cgroup_parent, &id);
         let meta = ContainerMeta {
             sandbox_id: sandbox.id.clone(),
             name: md.name.clone(),

@@ -133,6 +133,12 @@ pub async fn spawn(req: &MonitorSpawn) -> Result<Spawned, MonitorError> {
         tty: req.tty,
         stdin: req.stdin,
         stdin_once: req.stdin_once,
+        // A systemd cgroup path (`slice:prefix:name`) only works with the runtime's systemd
+        // driver; a cgroupfs path is always absolute.
+        systemd_cgroup: req
+            .cgroup_path
+            .as_deref()
+            .is_some_and(|p| !p.starts_with('/') && p.split(':').count() == 3),
     };
     let spawn_err = |source: io::Error| MonitorError::Spawn {
         id: id.clone(),

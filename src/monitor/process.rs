@@ -255,6 +255,9 @@ impl Monitor {
         }
 
         let mut cmd = Command::new(&args.runtime_path);
+        if args.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
         cmd.arg("--root")
             .arg(&args.runtime_root)
             .arg("--log")

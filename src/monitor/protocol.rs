@@ -73,6 +73,9 @@ pub struct MonitorArgs {
     pub stdin: bool,
     /// Close the container's stdin when the first attach client that wrote stdin is done.
     pub stdin_once: bool,
+    /// Pass `--systemd-cgroup` to the runtime (cgroup_manager = "systemd"; the cgroup path is
+    /// then `slice:prefix:name`).
+    pub systemd_cgroup: bool,
 }
 
 /// A command line the monitor could not understand.
@@ -118,6 +121,9 @@ impl MonitorArgs {
         if self.stdin_once {
             v.push("--stdin-once".into());
         }
+        if self.systemd_cgroup {
+            v.push("--systemd-cgroup".into());
+        }
         v
     }
 
@@ -140,6 +146,10 @@ impl MonitorArgs {
                 }
                 "--stdin-once" => {
                     a.stdin_once = true;
+                    continue;
+                }
+                "--systemd-cgroup" => {
+                    a.systemd_cgroup = true;
                     continue;
                 }
                 "--id" => "--id",
@@ -236,6 +246,7 @@ mod tests {
             tty: false,
             stdin: true,
             stdin_once: true,
+            systemd_cgroup: true,
         };
         assert_eq!(MonitorArgs::parse(a.to_args()).unwrap(), a);
         let err = MonitorArgs::parse(vec!["--id".into()]).unwrap_err();
