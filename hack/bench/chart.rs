@@ -12,11 +12,11 @@ pub struct Group {
     pub bars: Vec<(String, f64)>,
 }
 
-const W: usize = 1100;
+const W: usize = 1200;
 const SCALE: usize = 2;
 const GLYPH_W: usize = 4 * SCALE;
 const BAR_H: usize = 12;
-const LABEL_W: usize = 330;
+const LABEL_W: usize = 420;
 const COLORS: [[u8; 3]; 4] = [
     [0x1f, 0x77, 0xb4],
     [0xff, 0x7f, 0x0e],
