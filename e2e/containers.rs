@@ -1007,3 +1007,49 @@ async fn exec_sessions_with_a_tty_and_with_pipes() {
     assert_eq!((o.as_slice(), e.as_slice()), (&b"o hi\n"[..], &b"e\n"[..]));
     p.finish().await;
 }
+
+/// In the pod's shared pid namespace (pid = POD, the CRI default) a background child outlives
+/// the container's init: the monitor kills it, so the container finishes at once and nothing of
+/// it keeps running (before, the child held the log pipes and ran until RemoveContainer).
+#[tokio::test]
+async fn leftovers_in_a_shared_pid_namespace_are_killed_when_the_container_exits() {
+    let mut p = Pod::start("leftovers").await;
+    let id = p
+        .run("bg", &["sh", "-c", "sleep 1000 & echo started; exit 0"])
+        .await;
+    let st = p.wait(&id, ContainerState::ContainerExited, 20).await;
+    assert_eq!(st.exit_code, 0);
+    let verbose = p
+        .cri
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let cg = info["cgroupsPath"]
+        .as_str()
+        .expect("cgroupsPath in info")
+        .to_string();
+    let rel = cg.trim_start_matches('/');
+    let mut left = Vec::new();
+    for h in ["pids", "memory", "cpu"] {
+        let procs = std::path::Path::new("/sys/fs/cgroup")
+            .join(h)
+            .join(rel)
+            .join("cgroup.procs");
+        if let Ok(t) = std::fs::read_to_string(&procs) {
+            left.extend(t.lines().map(str::to_string));
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "processes left in {cg} after the exit: {left:?}"
+    );
+    let log = std::fs::read_to_string(p.log_path("bg")).unwrap();
+    assert!(log_lines(&log).contains(&"started".to_string()), "{log}");
+    p.finish().await;
+}

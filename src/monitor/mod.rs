@@ -33,6 +33,7 @@
 pub mod attach;
 pub mod attach_server;
 pub mod exec;
+pub mod leftovers;
 pub mod log;
 pub mod oom;
 pub mod process;

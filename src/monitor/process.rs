@@ -586,6 +586,14 @@ impl Monitor {
         self.reap();
     }
 
+    /// The container's init is gone: processes it left in a shared pid namespace would hold the
+    /// pipes open and keep running (see [`super::leftovers`]).
+    fn kill_leftovers(&self) {
+        if let Some(cg) = &self.args.cgroup_path {
+            super::leftovers::kill(cg);
+        }
+    }
+
     /// Reaps every exited child (we are a subreaper: orphans of the container land here), and
     /// records the status of the ones we care about.
     fn reap(&mut self) {
@@ -606,6 +614,7 @@ impl Monitor {
                         finished_at: now,
                         deadline: Instant::now() + EOF_GRACE,
                     };
+                    self.kill_leftovers();
                 }
                 // Until the pid file is read any child may turn out to be the container's init.
                 Phase::Creating { .. } if self.early_exits.len() < 64 => {
@@ -639,11 +648,14 @@ impl Monitor {
                 sync.send(&SyncMessage::Created { pid: pid.as_raw() });
                 sync.close();
                 self.phase = match self.take_early_exit(pid) {
-                    Some((exit_code, finished_at)) => Phase::Exited {
-                        exit_code,
-                        finished_at,
-                        deadline: Instant::now() + EOF_GRACE,
-                    },
+                    Some((exit_code, finished_at)) => {
+                        self.kill_leftovers();
+                        Phase::Exited {
+                            exit_code,
+                            finished_at,
+                            deadline: Instant::now() + EOF_GRACE,
+                        }
+                    }
                     None => Phase::Running { pid },
                 };
                 self.early_exits = Vec::new();
