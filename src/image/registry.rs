@@ -506,7 +506,9 @@ impl<'a> Session<'a> {
         let resp = self
             .get(&format!("manifests/{key}"), Some(ACCEPT), true)
             .await?;
-        let what = format!("{}:{key}", self.endpoint);
+        // A digest is written `name@sha256:...`, a tag `name:tag`.
+        let sep = if key.contains(':') { '@' } else { ':' };
+        let what = format!("{}{sep}{key}", self.endpoint);
         let resp = self.check(resp, &what).await?;
         let content_type = resp
             .headers()
