@@ -34,6 +34,27 @@ impl Rollback {
     pub fn commit(mut self) {
         self.undos.clear();
     }
+
+    /// Commit on success; on failure log `what` failed for `id` and undo every step. Returns the
+    /// result unchanged, so a create ends with `rb.finish(result, "container", &id).await`.
+    pub async fn finish<T, E: std::fmt::Display>(
+        self,
+        result: Result<T, E>,
+        what: &str,
+        id: &str,
+    ) -> Result<T, E> {
+        match result {
+            Ok(v) => {
+                self.commit();
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e, "{what} create failed, rolling back");
+                self.run().await;
+                Err(e)
+            }
+        }
+    }
 }
 
 impl Drop for Rollback {
@@ -75,6 +96,23 @@ mod tests {
         rb.commit();
         tokio::task::yield_now().await;
         assert_eq!(log.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn finish_commits_ok_and_undoes_err() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut rb = Rollback::new();
+        let l = log.clone();
+        rb.push("step", async move { l.lock().unwrap().push(1) });
+        assert_eq!(rb.finish(Ok::<_, String>(7), "x", "id").await, Ok(7));
+        tokio::task::yield_now().await;
+        assert!(log.lock().unwrap().is_empty());
+        let mut rb = Rollback::new();
+        let l = log.clone();
+        rb.push("step", async move { l.lock().unwrap().push(2) });
+        let r: Result<(), String> = rb.finish(Err("boom".into()), "x", "id").await;
+        assert_eq!(r, Err("boom".to_string()));
+        assert_eq!(*log.lock().unwrap(), vec![2]);
     }
 
     #[tokio::test]

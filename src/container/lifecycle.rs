@@ -456,17 +456,8 @@ impl Containers {
         let result = self
             .create_steps(&id, meta, &sandbox, &image, &req, &mut rb)
             .await;
-        match result {
-            Ok(()) => {
-                rb.commit();
-                Ok(id)
-            }
-            Err(e) => {
-                tracing::warn!(id = %id, error = %e, "container create failed, rolling back");
-                rb.run().await;
-                Err(e)
-            }
-        }
+        rb.finish(result.map(|()| id.clone()), "container", &id)
+            .await
     }
 
     /// A retry of a CreateContainer (kubelet gave up waiting): the first attempt's container,

@@ -348,17 +348,8 @@ impl Pods {
             rb.push("release name", async move { this.names.release(&k, &i) });
         }
         let result = self.create(&id, &name_key, runtime, req, &mut rb).await;
-        match result {
-            Ok(()) => {
-                rb.commit();
-                Ok(id)
-            }
-            Err(e) => {
-                tracing::warn!(id = %id, error = %e, "pod sandbox create failed, rolling back");
-                rb.run().await;
-                Err(e)
-            }
-        }
+        rb.finish(result.map(|()| id.clone()), "pod sandbox", &id)
+            .await
     }
 
     async fn create(
