@@ -640,6 +640,138 @@ impl Config {
     }
 }
 
+/// A value the daemon swaps on reload (SIGHUP) while requests keep running: the config itself,
+/// and the parts built from it (the CNI network). Cloning shares the holder. A reader takes a
+/// snapshot with [`Live::load`] and keeps it for the whole request, so one RPC sees one config.
+pub struct Live<T>(std::sync::Arc<std::sync::RwLock<std::sync::Arc<T>>>);
+
+/// The daemon's config as a reload may replace it.
+pub type LiveConfig = Live<Config>;
+
+impl<T> Live<T> {
+    pub fn new(value: T) -> Live<T> {
+        Live(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(value),
+        )))
+    }
+
+    /// The current value; later swaps do not change the snapshot.
+    pub fn load(&self) -> std::sync::Arc<T> {
+        // A poisoned lock only means a writer panicked between two plain assignments: the
+        // value inside is whole either way.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replace the value for every later [`Live::load`].
+    pub fn store(&self, value: std::sync::Arc<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}
+
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Live(self.0.clone())
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Live").field(&self.load()).finish()
+    }
+}
+
+/// What a reload changes, key by key: the settings applied to the running daemon, and those
+/// that only a restart can change (they stay as they were).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConfigChanges {
+    /// Keys applied live (`image.sandbox_image`, `runtime.runtimes.kata`, ...).
+    pub applied: Vec<String>,
+    /// Keys that changed in the files but keep their old value until a restart.
+    pub needs_restart: Vec<String>,
+}
+
+impl ConfigChanges {
+    pub fn is_empty(&self) -> bool {
+        self.applied.is_empty() && self.needs_restart.is_empty()
+    }
+}
+
+impl Config {
+    /// The config a reload puts in force: `new`'s live settings over this config's settings that
+    /// need a restart, with what changed on each side. Pure; `new` is already validated.
+    ///
+    /// Live: log level, sandbox image, pinned images, registries and mirrors (auth, insecure),
+    /// download concurrency, runtime handlers and the default one, `restrict_oom_score_adj`,
+    /// the CNI network dir, default network and plugin timeout. Everything a running part was
+    /// built with at start (paths of state and sockets, the cgroup driver, the monitor, the
+    /// streaming and metrics servers, CNI plugin dirs that running pods' teardown needs) needs a
+    /// restart.
+    pub fn reloaded(&self, new: &Config) -> (Config, ConfigChanges) {
+        let mut changes = ConfigChanges::default();
+        let mut live = self.clone();
+        macro_rules! apply {
+            ($key:expr, $($f:ident).+) => {
+                if self.$($f).+ != new.$($f).+ {
+                    changes.applied.push($key.to_string());
+                    live.$($f).+ = new.$($f).+.clone();
+                }
+            };
+        }
+        macro_rules! restart {
+            ($key:expr, $($f:ident).+) => {
+                if self.$($f).+ != new.$($f).+ {
+                    changes.needs_restart.push($key.to_string());
+                }
+            };
+        }
+        apply!("log_level", log_level);
+        apply!("image.sandbox_image", image.sandbox_image);
+        apply!("image.pinned_images", image.pinned_images);
+        apply!("image.global_auth_file", image.global_auth_file);
+        apply!("image.registry", image.registry);
+        apply!(
+            "image.max_concurrent_downloads",
+            image.max_concurrent_downloads
+        );
+        apply!("runtime.default_runtime", runtime.default_runtime);
+        apply!(
+            "runtime.restrict_oom_score_adj",
+            runtime.restrict_oom_score_adj
+        );
+        let (old_h, new_h) = (&self.runtime.runtimes, &new.runtime.runtimes);
+        for name in old_h
+            .keys()
+            .chain(new_h.keys().filter(|k| !old_h.contains_key(*k)))
+        {
+            if old_h.get(name) != new_h.get(name) {
+                changes.applied.push(format!("runtime.runtimes.{name}"));
+            }
+        }
+        live.runtime.runtimes = new_h.clone();
+        apply!("network.network_dir", network.network_dir);
+        apply!("network.cni_default_network", network.cni_default_network);
+        apply!("network.cni_plugin_timeout", network.cni_plugin_timeout);
+
+        restart!("root", root);
+        restart!("runroot", runroot);
+        restart!("api.listen", api.listen);
+        restart!("api.stream_address", api.stream_address);
+        restart!("api.stream_port", api.stream_port);
+        restart!("api.stream_idle_timeout", api.stream_idle_timeout);
+        restart!("api.stream_token_ttl", api.stream_token_ttl);
+        restart!("api.stream_enable_tls", api.stream_enable_tls);
+        restart!("api.stream_tls_cert", api.stream_tls_cert);
+        restart!("api.stream_tls_key", api.stream_tls_key);
+        restart!("runtime.cgroup_manager", runtime.cgroup_manager);
+        restart!("runtime.monitor_path", runtime.monitor_path);
+        restart!("runtime.namespaces_dir", runtime.namespaces_dir);
+        restart!("network.plugin_dirs", network.plugin_dirs);
+        restart!("metrics.enable", metrics.enable);
+        restart!("metrics.address", metrics.address);
+        (live, changes)
+    }
+}
+
 /// The doc line printed above a key or table by `ferrio config`.
 fn comment_for(line: &str) -> Option<&'static str> {
     let key = line.split('=').next()?.trim();

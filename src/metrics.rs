@@ -35,6 +35,7 @@ pub struct Metrics {
     oom: IntGauge,
     monitors: IntGauge,
     events_dropped: prometheus::IntCounter,
+    config_reloads: IntCounterVec,
 }
 
 /// The RPCs whose outcome counts as an image pull.
@@ -98,8 +99,21 @@ impl Metrics {
             "Container events a slow GetContainerEvents subscriber missed",
         )
         .expect("static metric definition");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "ferrio_config_reloads_total",
+                "Config reloads (SIGHUP) by result: ok, or error when the new config was refused",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        // Both series exist from the start, so a dashboard sees 0 rather than nothing.
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
         for c in [
             Box::new(events_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_reloads.clone()),
             Box::new(operations.clone()),
             Box::new(errors.clone()),
             Box::new(latency.clone()),
@@ -122,7 +136,14 @@ impl Metrics {
             oom,
             monitors,
             events_dropped,
+            config_reloads,
         }
+    }
+
+    /// One config reload: applied (`ok`) or refused.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// A GetContainerEvents subscriber fell behind and missed `n` events.

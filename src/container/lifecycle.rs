@@ -335,11 +335,11 @@ impl Containers {
     }
 
     fn run_dir(&self, id: &str) -> PathBuf {
-        self.pods.config.runroot.join("containers").join(id)
+        self.pods.config.load().runroot.join("containers").join(id)
     }
 
     fn overlay_dir(&self, id: &str) -> PathBuf {
-        self.pods.config.root.join("overlay").join(id)
+        self.pods.config.load().root.join("overlay").join(id)
     }
 
     fn exit_file(&self, id: &str) -> PathBuf {
@@ -362,7 +362,9 @@ impl Containers {
     }
 
     fn runtime_for(&self, sandbox: &Sandbox) -> Result<OciRuntime, ContainerError> {
-        Ok(self.pods.runtime(&sandbox.meta.runtime_handler)?.clone())
+        Ok(self
+            .pods
+            .runtime_of(&sandbox.id, &sandbox.meta.runtime_handler)?)
     }
 
     /// CreateContainer. A retry of the same name key returns the container already made.
@@ -434,7 +436,7 @@ impl Containers {
             Some(Path::new(&sandbox.meta.log_directory).join(&req.config.log_path))
         };
         let driver = crate::oci::cgroups::CgroupDriver::from_config(
-            &self.pods.config.runtime.cgroup_manager,
+            &self.pods.config.load().runtime.cgroup_manager,
         );
         let cgroups_path = driver.cgroups_path(&sandbox.meta.cgroup_parent, &id);
         let meta = ContainerMeta {
@@ -567,7 +569,7 @@ impl Containers {
             rootfs: &rootfs,
             cgroups_path: cgroups_path.clone(),
             host: &self.pods.host,
-            restrict_oom_score_adj: self.pods.config.runtime.restrict_oom_score_adj,
+            restrict_oom_score_adj: self.pods.config.load().runtime.restrict_oom_score_adj,
         })?;
         let mut oci = oci;
         crate::sandbox::spec::set_sandbox_id(&mut oci, &sandbox.id);
@@ -708,7 +710,7 @@ impl Containers {
         }
         let runtime = match self.pods.get(&rec.meta.sandbox_id) {
             Ok(s) => self.runtime_for(&s)?,
-            Err(_) => self.pods.runtime("")?.clone(),
+            Err(_) => self.pods.runtime("")?,
         };
         Ok(monitor::exec::ExecSpec {
             runtime_path: runtime.path.clone(),
@@ -799,7 +801,7 @@ impl Containers {
         }
         let runtime = match self.pods.get(&rec.meta.sandbox_id) {
             Ok(s) => self.runtime_for(&s)?,
-            Err(_) => self.pods.runtime("")?.clone(),
+            Err(_) => self.pods.runtime("")?,
         };
         let exited = |s: &ContainerStatus| s.finished_at > 0;
         if timeout > 0 {
@@ -842,7 +844,7 @@ impl Containers {
         self.stop(rec, 0).await?;
         let runtime = match self.pods.get(&rec.meta.sandbox_id) {
             Ok(s) => self.runtime_for(&s)?,
-            Err(_) => self.pods.runtime("")?.clone(),
+            Err(_) => self.pods.runtime("")?,
         };
         runtime.delete(&rec.id).await?;
         let ov = self.overlay_dir(&rec.id);

@@ -199,7 +199,13 @@ impl Containers {
     /// The overlay upper dir of container `id` (the writable layer; the layout is
     /// `lifecycle`'s: `<root>/overlay/<id>/upper`).
     fn upper_dir(&self, id: &str) -> PathBuf {
-        self.pods.config.root.join("overlay").join(id).join("upper")
+        self.pods
+            .config
+            .load()
+            .root
+            .join("overlay")
+            .join(id)
+            .join("upper")
     }
 
     /// Usage of each of `containers`.

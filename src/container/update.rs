@@ -22,7 +22,9 @@ impl Containers {
         match rec.status().state() {
             ContainerState::Created | ContainerState::Running => {
                 let sandbox = self.pods.get(&rec.meta.sandbox_id)?;
-                let runtime = self.pods.runtime(&sandbox.meta.runtime_handler)?.clone();
+                let runtime = self
+                    .pods
+                    .runtime_of(&sandbox.id, &sandbox.meta.runtime_handler)?;
                 runtime.update(&rec.id, &oci).await?;
             }
             ContainerState::Creating => {

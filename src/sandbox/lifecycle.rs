@@ -3,7 +3,7 @@
 //! everything persisted is ferrio's own types.
 
 use super::{files, namespaces, spec};
-use crate::config::Config;
+use crate::config::{Live, LiveConfig};
 use crate::image::ImageStore;
 use crate::monitor;
 use crate::network::{Cni, PodNetwork, PortMapping};
@@ -128,13 +128,19 @@ pub struct RunRequest<'a> {
 
 /// The pod sandboxes of this node and the services their lifecycle uses.
 pub struct Pods {
-    pub config: Arc<Config>,
+    /// Swapped on reload: read it once per request with `load()`.
+    pub config: LiveConfig,
     pub table: Table<SandboxMeta, SandboxStatus>,
     pub names: Names,
     pub images: Arc<ImageStore>,
-    pub cni: Arc<Cni>,
+    /// Swapped on reload (network dir, default network); teardown reads its own cache.
+    pub cni: Live<Cni>,
     pub host: HostFeatures,
-    pub runtimes: HashMap<String, OciRuntime>,
+    /// The configured handlers, swapped on reload.
+    pub runtimes: Live<HashMap<String, OciRuntime>>,
+    /// Pods created before a reload removed or changed their handler keep the runtime they were
+    /// started with (by sandbox id), so they still stop and remove cleanly.
+    pinned_runtimes: std::sync::Mutex<HashMap<String, OciRuntime>>,
     pub monitor_path: PathBuf,
     /// Serialises creates of one name key so a retry waits for the first attempt.
     creating: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -211,10 +217,10 @@ fn now_ns() -> i64 {
 
 impl Pods {
     pub fn new(
-        config: Arc<Config>,
+        config: LiveConfig,
         table: Table<SandboxMeta, SandboxStatus>,
         images: Arc<ImageStore>,
-        cni: Arc<Cni>,
+        cni: Live<Cni>,
         host: HostFeatures,
         runtimes: HashMap<String, OciRuntime>,
         monitor_path: PathBuf,
@@ -230,40 +236,86 @@ impl Pods {
             images,
             cni,
             host,
-            runtimes,
+            runtimes: Live::new(runtimes),
+            pinned_runtimes: Default::default(),
             monitor_path,
             creating: Default::default(),
         }
     }
 
     fn run_dir(&self, id: &str) -> PathBuf {
-        self.config.runroot.join("sandboxes").join(id)
+        self.config.load().runroot.join("sandboxes").join(id)
     }
 
     fn overlay_dir(&self, id: &str) -> PathBuf {
-        self.config.root.join("overlay").join(id)
+        self.config.load().root.join("overlay").join(id)
     }
 
     fn exit_file(&self, id: &str) -> PathBuf {
         self.run_dir(id).join("exit.json")
     }
 
-    /// The OCI runtime for a handler name ("" = the default).
-    pub fn runtime(&self, handler: &str) -> Result<&OciRuntime, SandboxError> {
+    /// The OCI runtime for a handler name ("" = the default), as configured now.
+    pub fn runtime(&self, handler: &str) -> Result<OciRuntime, SandboxError> {
+        let config = self.config.load();
         let name = if handler.is_empty() {
-            self.config.runtime.default_runtime.as_str()
+            config.runtime.default_runtime.as_str()
         } else {
             handler
         };
-        self.runtimes
+        let runtimes = self.runtimes.load();
+        runtimes
             .get(name)
+            .cloned()
             .ok_or_else(|| SandboxError::Invalid {
                 field: "runtime_handler".into(),
                 reason: format!(
                     "unknown runtime handler {name:?} (configured: {})",
-                    self.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
+                    runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             })
+    }
+
+    /// The OCI runtime of an existing pod: the one it was started with when a reload has since
+    /// changed or removed its handler.
+    pub fn runtime_of(&self, id: &str, handler: &str) -> Result<OciRuntime, SandboxError> {
+        let pinned = self
+            .pinned_runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        match pinned {
+            Some(r) => Ok(r),
+            None => self.runtime(handler),
+        }
+    }
+
+    /// Reload: `runtimes` serve new pods from now on; pods whose handler changed or went away
+    /// keep theirs (see [`Pods::runtime_of`]).
+    pub fn set_runtimes(&self, runtimes: HashMap<String, OciRuntime>) {
+        let old = self.runtimes.load();
+        let mut pinned = self
+            .pinned_runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let live: std::collections::HashSet<String> =
+            self.table.list().iter().map(|s| s.id.clone()).collect();
+        pinned.retain(|id, _| live.contains(id));
+        for s in self.table.list() {
+            let Some(before) = old.get(&s.meta.runtime_handler) else {
+                continue;
+            };
+            let same = runtimes.get(&s.meta.runtime_handler).is_some_and(|now| {
+                now.path == before.path
+                    && now.root == before.root
+                    && now.systemd_cgroup == before.systemd_cgroup
+            });
+            if !same {
+                pinned.entry(s.id.clone()).or_insert_with(|| before.clone());
+            }
+        }
+        self.runtimes.store(Arc::new(runtimes));
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
@@ -363,7 +415,7 @@ impl Pods {
         let cfg = req.config;
         let md = cfg.metadata.clone().unwrap_or_default();
         let linux = cfg.linux.clone().unwrap_or_default();
-        let driver = CgroupDriver::from_config(&self.config.runtime.cgroup_manager);
+        let driver = CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager);
         let pod_cg = pod_cgroup(driver, &linux.cgroup_parent, id)?;
         let cgroup_parent = pod_cg.parent.clone();
         // Refuse bad sysctls before anything is made (the pause spec checks them again).
@@ -384,7 +436,7 @@ impl Pods {
             });
         }
         let run_dir = self.run_dir(id);
-        let ns_dir = self.config.namespaces_dir();
+        let ns_dir = self.config.load().namespaces_dir();
         let pinned_plan = namespaces::Pinned {
             net: (!req.host_network).then(|| namespaces::path_for(&ns_dir, "net", id)),
             ipc: (!req.host_ipc).then(|| namespaces::path_for(&ns_dir, "ipc", id)),
@@ -469,12 +521,12 @@ impl Pods {
                 let this = self.clone();
                 let pn = pod_net.clone();
                 rb.push("cni del", async move {
-                    if let Err(e) = this.cni.teardown(&pn).await {
+                    if let Err(e) = this.cni.load().teardown(&pn).await {
                         tracing::warn!(id = %pn.id, error = %e, "cni teardown during rollback failed");
                     }
                 });
             }
-            let st = self.cni.setup(&pod_net).await?;
+            let st = self.cni.load().setup(&pod_net).await?;
             ips = st.ips.iter().map(|ip| ip.to_string()).collect();
             let result = st.result;
             rec.update(|s| s.network_result = Some(result)).await?;
@@ -496,12 +548,13 @@ impl Pods {
             .map_err(io_err(&run_dir))?;
 
         // The pause image: pulled on first use.
-        let sandbox_image = self.config.image.sandbox_image.clone();
+        let config = self.config.load();
+        let sandbox_image = config.image.sandbox_image.clone();
         let image = match self.images.resolve(&sandbox_image) {
             Some(i) => i,
             None => {
                 self.images
-                    .pull(&sandbox_image, &self.config.image, None)
+                    .pull(&sandbox_image, &config.image, None)
                     .await?
             }
         };
@@ -536,7 +589,7 @@ impl Pods {
             cgroups_path: cgroups_path.clone(),
             hostname: hostname.clone(),
             host: &self.host,
-            restrict_oom_score_adj: self.config.runtime.restrict_oom_score_adj,
+            restrict_oom_score_adj: config.runtime.restrict_oom_score_adj,
         })?;
         let mut spec = spec;
         spec::set_sandbox_id(&mut spec, id);
@@ -632,13 +685,13 @@ impl Pods {
                         tracing::info!(id = %rec.id, netns = %pn.netns.display(), "pinned netns vanished; using the pause process's");
                     }
                 }
-                self.cni.teardown(&pn).await?;
+                self.cni.load().teardown(&pn).await?;
                 drop(held);
             }
             rec.update(|s| s.network_attached = false).await?;
         }
         if st.pause_created {
-            let runtime = self.runtime(&rec.meta.runtime_handler)?;
+            let runtime = self.runtime_of(&rec.id, &rec.meta.runtime_handler)?;
             runtime.kill(&rec.id, libc::SIGKILL, true).await?;
             if st.monitor_pid > 0 {
                 let _ = tokio::time::timeout(
@@ -666,7 +719,7 @@ impl Pods {
             .await
             .ok()?
             .ok()?;
-        let runtime = self.runtime(&rec.meta.runtime_handler).ok()?;
+        let runtime = self.runtime_of(&rec.id, &rec.meta.runtime_handler).ok()?;
         let state = runtime.state(&rec.id).await.ok()??;
         (state.status == "running" && state.pid == st.pause_pid).then_some(file)
     }
@@ -677,7 +730,9 @@ impl Pods {
         self.stop(rec).await?;
         let id = rec.id.clone();
         if rec.status().pause_created {
-            self.runtime(&rec.meta.runtime_handler)?.delete(&id).await?;
+            self.runtime_of(&id, &rec.meta.runtime_handler)?
+                .delete(&id)
+                .await?;
             rec.update(|s| s.pause_created = false).await?;
         }
         let ov = self.overlay_dir(&id);

@@ -17,7 +17,8 @@ type Res<T> = Result<Response<T>, Status>;
 impl ImageSvc {
     /// The sandbox image and `pinned_images` (exact names or globs) are never garbage-collected.
     fn pinned(&self, i: &ImageInfo) -> bool {
-        let cfg = &self.0.config.image;
+        let config = self.0.config.load();
+        let cfg = &config.image;
         if let Some(sb) = self.0.images.resolve(&cfg.sandbox_image) {
             if sb.id == i.id {
                 return true;
@@ -173,10 +174,11 @@ impl ImageService for ImageSvc {
             registry_token: a.registry_token,
         });
         let d = self.0.clone();
+        let config = d.config.load();
         // Finish the pull even if the client gives up: a retry then finds the image.
         let info = tokio::spawn(async move {
             d.images
-                .pull(&name, &d.config.image, auth.as_ref())
+                .pull(&name, &config.image, auth.as_ref())
                 .await
                 .map_err(Error::from)
         })
@@ -233,7 +235,7 @@ impl ImageService for ImageSvc {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
         let images_dir = self.0.images.dir().to_path_buf();
         let image_fs = fs_usage(&images_dir, self.0.images.usage(), now);
-        let overlay_dir = self.0.config.root.join("overlay");
+        let overlay_dir = self.0.config.load().root.join("overlay");
         let container_fs = fs_usage(
             &overlay_dir,
             container_fs_usage(overlay_dir.clone()).await?,

@@ -10,13 +10,16 @@ mod events;
 mod image;
 mod observe;
 mod pod;
+mod reload;
 mod resources;
 mod runtime;
 mod stats;
 mod status;
 mod stream;
 
-use crate::config::Config;
+pub use reload::{log_outcome, ConfigSource, ReloadError};
+
+use crate::config::{Config, Live, LiveConfig};
 use crate::container::lifecycle::Containers;
 use crate::error::Error;
 use crate::image::ImageStore;
@@ -54,15 +57,19 @@ pub(crate) async fn detached<T: Send + 'static>(
 
 /// Everything the daemon serves, built once at start.
 pub struct Daemon {
-    pub config: Arc<Config>,
+    /// Swapped by [`Daemon::reload`]; a request takes one snapshot with `load()`.
+    pub config: LiveConfig,
     pub pods: Arc<Pods>,
     pub containers: Arc<Containers>,
     pub images: Arc<ImageStore>,
-    pub cni: Arc<Cni>,
+    /// The CNI network new pods get; swapped by a reload that changes the network settings.
+    pub cni: Live<Cni>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The exec/attach/port-forward server the Exec, Attach and PortForward URLs point at.
     pub streaming: Arc<crate::streaming::Server>,
     pub events: events::Events,
+    /// One reload at a time.
+    reloading: std::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +91,8 @@ impl Daemon {
     /// Open the stores and recover every pod and container left by a previous run. Returns
     /// only when recovery is complete.
     pub async fn start(config: Config, monitor_path: PathBuf) -> Result<Arc<Daemon>, StartError> {
-        let config = Arc::new(config);
+        let live = LiveConfig::new(config);
+        let config = live.load();
         for dir in [&config.root, &config.runroot] {
             std::fs::create_dir_all(dir).map_err(|source| StartError::Io {
                 path: dir.clone(),
@@ -92,34 +100,8 @@ impl Daemon {
             })?;
         }
         let images = Arc::new(ImageStore::open(&config.root.join("images"))?);
-        let cni = Arc::new(
-            Cni::new(
-                config.network.network_dir.clone(),
-                config.network.plugin_dirs.clone(),
-                config.root.join("cni-cache"),
-            )
-            .with_timeout(std::time::Duration::from_secs(
-                config.network.cni_plugin_timeout,
-            ))
-            .with_default_network(Some(config.network.cni_default_network.clone())),
-        );
-        let runtimes: HashMap<String, OciRuntime> = config
-            .runtime
-            .runtimes
-            .iter()
-            .map(|(name, h)| {
-                let root = config.runtime_root(name).unwrap_or_default();
-                (
-                    name.clone(),
-                    OciRuntime {
-                        name: name.clone(),
-                        path: h.runtime_path.clone(),
-                        root,
-                        systemd_cgroup: config.runtime.cgroup_manager == "systemd",
-                    },
-                )
-            })
-            .collect();
+        let cni = Live::new(cni_for(&config));
+        let runtimes = runtimes_for(&config);
         let host = HostFeatures::detect();
         let (sandboxes, broken) = Table::open(&config.root.join("sandboxes"))?;
         for (path, e) in broken {
@@ -130,7 +112,7 @@ impl Daemon {
             tracing::error!(path = %path.display(), error = %e, "skipping broken container record");
         }
         let pods = Arc::new(Pods::new(
-            config.clone(),
+            live.clone(),
             sandboxes,
             images.clone(),
             cni.clone(),
@@ -152,7 +134,7 @@ impl Daemon {
         );
         let streaming = stream::start_server(&config, &pods, &containers).await?;
         let daemon = Arc::new(Daemon {
-            config,
+            config: live,
             pods,
             containers,
             images,
@@ -160,10 +142,11 @@ impl Daemon {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             streaming,
             events: events::Events::new(),
+            reloading: std::sync::Mutex::new(()),
         });
         events::spawn(&daemon);
-        if daemon.config.metrics.enable {
-            let addr = daemon.config.metrics.address.clone();
+        if config.metrics.enable {
+            let addr = config.metrics.address.clone();
             let listener = crate::metrics::bind(&addr)
                 .await
                 .map_err(|source| StartError::Io {
@@ -180,6 +163,40 @@ impl Daemon {
         }
         Ok(daemon)
     }
+}
+
+/// The CNI network settings of `config`; the result cache lives under root.
+fn cni_for(config: &Config) -> Cni {
+    Cni::new(
+        config.network.network_dir.clone(),
+        config.network.plugin_dirs.clone(),
+        config.root.join("cni-cache"),
+    )
+    .with_timeout(std::time::Duration::from_secs(
+        config.network.cni_plugin_timeout,
+    ))
+    .with_default_network(Some(config.network.cni_default_network.clone()))
+}
+
+/// One [`OciRuntime`] per configured handler.
+fn runtimes_for(config: &Config) -> HashMap<String, OciRuntime> {
+    config
+        .runtime
+        .runtimes
+        .iter()
+        .map(|(name, h)| {
+            let root = config.runtime_root(name).unwrap_or_default();
+            (
+                name.clone(),
+                OciRuntime {
+                    name: name.clone(),
+                    path: h.runtime_path.clone(),
+                    root,
+                    systemd_cgroup: config.runtime.cgroup_manager == "systemd",
+                },
+            )
+        })
+        .collect()
 }
 
 /// The kernel's id of this boot.

@@ -132,7 +132,7 @@ pub(super) async fn pod_sandbox_status(
             "pid": st.pause_pid,
             "monitorPid": st.monitor_pid,
             "runtimeHandler": rec.meta.runtime_handler,
-            "image": d.config.image.sandbox_image,
+            "image": d.config.load().image.sandbox_image,
             "hostname": rec.meta.hostname,
             "hostNetwork": rec.meta.host_network,
             "namespaces": rec.meta.namespaces,

@@ -28,7 +28,8 @@ pub(super) async fn status(
         reason: String::new(),
         message: String::new(),
     };
-    let network_ready = match d.cni.ready() {
+    let config = d.config.load();
+    let network_ready = match d.cni.load().ready() {
         Ok(_) => cri::RuntimeCondition {
             r#type: "NetworkReady".into(),
             status: true,
@@ -42,8 +43,7 @@ pub(super) async fn status(
             message: format!("network plugin not ready: {e}"),
         },
     };
-    let runtime_handlers = d
-        .config
+    let runtime_handlers = config
         .runtime
         .runtimes
         .keys()
@@ -73,7 +73,7 @@ pub(super) async fn runtime_config(
     d: &Arc<Daemon>,
     _req: Request<cri::RuntimeConfigRequest>,
 ) -> Res<cri::RuntimeConfigResponse> {
-    let driver = if d.config.runtime.cgroup_manager == "systemd" {
+    let driver = if d.config.load().runtime.cgroup_manager == "systemd" {
         cri::CgroupDriver::Systemd
     } else {
         cri::CgroupDriver::Cgroupfs

@@ -183,7 +183,7 @@ impl StreamBackend {
     }
 
     fn run_dir(&self, id: &str) -> PathBuf {
-        self.pods.config.runroot.join("containers").join(id)
+        self.pods.config.load().runroot.join("containers").join(id)
     }
 
     fn exec_spec(&self, req: &CommandRequest) -> Result<ExecSpec, String> {
@@ -194,7 +194,7 @@ impl StreamBackend {
             .map_err(|e| e.to_string())?;
         let runtime = self
             .pods
-            .runtime(&sandbox.meta.runtime_handler)
+            .runtime_of(&sandbox.id, &sandbox.meta.runtime_handler)
             .map_err(|e| e.to_string())?;
         Ok(ExecSpec {
             runtime_path: runtime.path.clone(),
