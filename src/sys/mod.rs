@@ -1,9 +1,14 @@
 #![allow(unsafe_code)]
 //! The only room allowed `unsafe`: thin, documented wrappers over syscalls that nix does not offer
-//! safely (fork, pidfd_open, adopting an inherited fd, fd passing across exec).
+//! safely (fork, pidfd_open, adopting an inherited fd, fd passing across exec, the private
+//! cgroup mount view a runtime may need on a hybrid host).
 //!
 //! Every function here is small and states its invariants in a `// SAFETY:` comment; callers in
 //! other rooms stay `#![deny(unsafe_code)]`. Nothing here holds state or knows about containers.
+
+mod cgroup_view;
+
+pub use cgroup_view::{mounts_below, CgroupV1View, CGROUP_ROOT};
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
