@@ -879,3 +879,68 @@ async fn runtime_handler_picks_the_runtime_and_a_failing_one_rolls_back() {
     stop_and_remove_pod(&mut cri, &id).await;
     assert_no_leaks_soon(&d, &learned).await;
 }
+
+/// A cgroup file of the pod's cgroup in the v1 hierarchy `ctrl` of this host.
+fn pod_cgroup_file(parent: &str, ctrl: &str, file: &str) -> Option<String> {
+    let p = Path::new("/sys/fs/cgroup")
+        .join(ctrl)
+        .join(parent.trim_start_matches('/'))
+        .join(file);
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+#[tokio::test]
+async fn pod_overhead_and_resources_limit_the_pod_cgroup() {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("skipped: the cgroup v2 files are unit-tested; this reads the v1 hierarchies");
+        return;
+    }
+    let d = Daemon::start(Opts::default()).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let mut pod = pod_config(&env, "sized");
+    let res = |shares, quota, mem| k8s_cri::v1::LinuxContainerResources {
+        cpu_shares: shares,
+        cpu_quota: quota,
+        cpu_period: 100_000,
+        memory_limit_in_bytes: mem,
+        ..Default::default()
+    };
+    let linux = pod.linux.get_or_insert_with(Default::default);
+    linux.resources = Some(res(512, 50_000, 64 << 20));
+    linux.overhead = Some(res(128, 10_000, 16 << 20));
+    let parent = linux.cgroup_parent.clone();
+
+    let id = run_pod(&mut cri, &pod).await.expect("RunPodSandbox");
+    let read = |ctrl, file| pod_cgroup_file(&parent, ctrl, file);
+    assert_eq!(read("cpu", "cpu.shares").as_deref(), Some("640"));
+    assert_eq!(read("cpu", "cpu.cfs_quota_us").as_deref(), Some("60000"));
+    assert_eq!(read("cpu", "cpu.cfs_period_us").as_deref(), Some("100000"));
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        Some((80u64 << 20).to_string())
+    );
+    // The pause runs below the limited cgroup, and the record keeps what was written.
+    let (st, info) = status(&mut cri, &id).await;
+    assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
+    let pid = info["pid"].as_i64().expect("pause pid");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        cg.lines()
+            .any(|l| l.contains(":memory:") && l.contains(&format!("{parent}/"))),
+        "{cg}"
+    );
+    assert_eq!(info["resources"]["memory_limit"], 80u64 << 20, "{info}");
+    assert_eq!(info["resources"]["cpu_shares"], 640, "{info}");
+
+    stop_and_remove_pod(&mut cri, &id).await;
+    for ctrl in ["cpu", "memory"] {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join(parent.trim_start_matches('/'));
+        assert!(!dir.exists(), "{} left after removal", dir.display());
+    }
+    assert_no_leaks_soon(&d, &LearnedPids::default()).await;
+}

@@ -262,6 +262,146 @@ fn remove_tree(dir: &Path) -> bool {
     }
 }
 
+/// Limits ferrio itself writes to a cgroup it creates: a pod's cgroup, from the pod's overhead
+/// plus the sum of its containers' resources (kubelet's `LinuxPodSandboxConfig.overhead` and
+/// `.resources`). `None` leaves the kernel's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CgroupLimits {
+    /// v1 `cpu.shares`; v2 `cpu.weight` after conversion.
+    pub cpu_shares: Option<u64>,
+    /// CFS quota in microseconds per `cpu_period` (v1 `cpu.cfs_quota_us`, v2 `cpu.max`).
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+    /// Bytes (v1 `memory.limit_in_bytes`, v2 `memory.max`).
+    pub memory_limit: Option<i64>,
+}
+
+impl CgroupLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == CgroupLimits::default()
+    }
+}
+
+/// Why writing a cgroup's limits failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup path {0:?} is not below the hierarchy roots")]
+    Path(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates the cgroup at `path` (see [`fs_path`]) and writes `limits` into it, on this host.
+pub fn apply_limits(path: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    apply_limits_under(Path::new(CGROUP_ROOT), is_v2(), path, limits)
+}
+
+/// [`apply_limits`] with the hierarchies mounted at `root`. On v1 only the `cpu` and `memory`
+/// hierarchies that exist are touched (a host without one cannot limit it anyway); on v2 the
+/// controllers are enabled in every ancestor's `cgroup.subtree_control` first, or the files
+/// would not exist.
+pub fn apply_limits_under(
+    root: &Path,
+    v2: bool,
+    path: &str,
+    limits: &CgroupLimits,
+) -> Result<(), CgroupError> {
+    let full = fs_path(path).ok_or_else(|| CgroupError::Path(path.to_string()))?;
+    let rel = full.trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+        return Err(CgroupError::Path(path.to_string()));
+    }
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| CgroupError::Io { path: p, source }
+    };
+    let write = |dir: &Path, file: &str, value: String| {
+        let f = dir.join(file);
+        std::fs::write(&f, value).map_err(io(&f))
+    };
+    let wants_cpu =
+        limits.cpu_shares.is_some() || limits.cpu_quota.is_some() || limits.cpu_period.is_some();
+    let wants_memory = limits.memory_limit.is_some();
+    if v2 {
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let controllers: Vec<&str> = [(wants_cpu, "+cpu"), (wants_memory, "+memory")]
+            .into_iter()
+            .filter_map(|(w, c)| w.then_some(c))
+            .collect();
+        if !controllers.is_empty() {
+            let mut ancestor = root.to_path_buf();
+            for comp in rel.split('/') {
+                // Already enabled is fine; a real failure shows as a missing file below.
+                let _ = std::fs::write(
+                    ancestor.join("cgroup.subtree_control"),
+                    controllers.join(" "),
+                );
+                ancestor.push(comp);
+            }
+        }
+        if let Some(shares) = limits.cpu_shares {
+            write(&dir, "cpu.weight", shares_to_weight(shares).to_string())?;
+        }
+        if limits.cpu_quota.is_some() || limits.cpu_period.is_some() {
+            let period = limits.cpu_period.unwrap_or(100_000);
+            let quota = match limits.cpu_quota {
+                Some(q) if q > 0 => q.to_string(),
+                _ => "max".into(),
+            };
+            write(&dir, "cpu.max", format!("{quota} {period}"))?;
+        }
+        if let Some(m) = limits.memory_limit {
+            let v = if m > 0 { m.to_string() } else { "max".into() };
+            write(&dir, "memory.max", v)?;
+        }
+        return Ok(());
+    }
+    let hierarchy = |ctrl: &str| -> Result<Option<PathBuf>, CgroupError> {
+        let base = root.join(ctrl);
+        if !base.is_dir() {
+            return Ok(None);
+        }
+        let dir = base.join(rel);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(Some(dir))
+    };
+    if wants_cpu {
+        if let Some(dir) = hierarchy("cpu")? {
+            // The period first: the kernel checks a quota against the period in force.
+            if let Some(p) = limits.cpu_period {
+                write(&dir, "cpu.cfs_period_us", p.to_string())?;
+            }
+            if let Some(q) = limits.cpu_quota {
+                write(&dir, "cpu.cfs_quota_us", q.max(-1).to_string())?;
+            }
+            if let Some(s) = limits.cpu_shares {
+                write(&dir, "cpu.shares", s.to_string())?;
+            }
+        }
+    }
+    if let Some(m) = limits.memory_limit {
+        if let Some(dir) = hierarchy("memory")? {
+            write(&dir, "memory.limit_in_bytes", m.max(-1).to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// cgroup v1 `cpu.shares` (2..262144) as v2 `cpu.weight` (1..10000), the conversion runc and
+/// the kernel documentation use.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    let s = shares.clamp(2, 262_144);
+    1 + ((s - 2) * 9999) / 262_142
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +535,78 @@ mod tests {
         assert!(remove(&format!("/{name}")).is_empty());
         for d in made {
             assert!(!d.exists() && !d.parent().unwrap().exists());
+        }
+    }
+
+    fn limits() -> CgroupLimits {
+        CgroupLimits {
+            cpu_shares: Some(640),
+            cpu_quota: Some(60_000),
+            cpu_period: Some(100_000),
+            memory_limit: Some(80 << 20),
+        }
+    }
+
+    #[test]
+    fn v1_limits_go_to_the_cpu_and_memory_hierarchies() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["cpu", "memory"] {
+            std::fs::create_dir(root.path().join(c)).unwrap();
+        }
+        apply_limits_under(root.path(), false, "/pods/p1", &limits()).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(read("cpu/pods/p1/cpu.shares"), "640");
+        assert_eq!(read("cpu/pods/p1/cpu.cfs_quota_us"), "60000");
+        assert_eq!(read("cpu/pods/p1/cpu.cfs_period_us"), "100000");
+        assert_eq!(
+            read("memory/pods/p1/memory.limit_in_bytes"),
+            (80u64 << 20).to_string()
+        );
+        // A hierarchy the host lacks is skipped, not created.
+        assert!(!root.path().join("cpuset").exists());
+    }
+
+    #[test]
+    fn v2_limits_enable_controllers_and_convert_shares() {
+        let root = tempfile::tempdir().unwrap();
+        apply_limits_under(root.path(), true, "/pods/p1", &limits()).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(
+            read("pods/p1/cpu.weight"),
+            shares_to_weight(640).to_string()
+        );
+        assert_eq!(read("pods/p1/cpu.max"), "60000 100000");
+        assert_eq!(read("pods/p1/memory.max"), (80u64 << 20).to_string());
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory");
+        assert_eq!(read("pods/cgroup.subtree_control"), "+cpu +memory");
+        // No quota is "max".
+        let l = CgroupLimits {
+            cpu_period: Some(50_000),
+            ..Default::default()
+        };
+        apply_limits_under(root.path(), true, "/pods/p2", &l).unwrap();
+        assert_eq!(read("pods/p2/cpu.max"), "max 50000");
+        assert!(!root.path().join("pods/p2/memory.max").exists());
+    }
+
+    #[test]
+    fn shares_convert_to_weights_at_the_ends() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1024), 39);
+    }
+
+    #[test]
+    fn limits_refuse_escapes() {
+        let root = tempfile::tempdir().unwrap();
+        for bad in ["/", "/a/../b", "nonsense"] {
+            assert!(
+                matches!(
+                    apply_limits_under(root.path(), true, bad, &limits()),
+                    Err(CgroupError::Path(_))
+                ),
+                "{bad}"
+            );
         }
     }
 }

@@ -45,6 +45,8 @@ pub enum SandboxError {
     Monitor(#[from] monitor::MonitorError),
     #[error(transparent)]
     Oci(#[from] crate::oci::OciError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -83,6 +85,10 @@ pub struct SandboxMeta {
     /// the pod. Empty in records written before it existed: `cgroup_parent` then.
     #[serde(default)]
     pub cgroup_dir: String,
+    /// What ferrio wrote into the pod's cgroup: the pod's overhead plus its containers' sum
+    /// (`linux.overhead` and `linux.resources`). `None` when the config asked for nothing.
+    #[serde(default)]
+    pub resources: Option<cgroups::CgroupLimits>,
     pub host_network: bool,
     pub namespaces: namespaces::Pinned,
     pub pod_files: files::PodFilePaths,
@@ -457,6 +463,7 @@ impl Pods {
             log_directory: cfg.log_directory.clone(),
             cgroup_parent: cgroup_parent.clone(),
             cgroup_dir: pod_cg.dir.clone(),
+            resources: spec::pod_limits(&linux),
             host_network: req.host_network,
             namespaces: pinned_plan.clone(),
             pod_files: files::PodFilePaths {
@@ -490,6 +497,16 @@ impl Pods {
             rb.push("remove cgroup", async move {
                 let _ = tokio::task::spawn_blocking(move || crate::oci::cgroups::remove(&cg)).await;
             });
+        }
+        // The pod cgroup's limits, before anything runs in it (runc only creates the leaves).
+        if let Some(limits) = rec.meta.resources.clone() {
+            let dir = pod_cg.dir.clone();
+            tokio::task::spawn_blocking(move || cgroups::apply_limits(&dir, &limits))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    path: PathBuf::from(&pod_cg.dir),
+                    source: std::io::Error::other(e),
+                })??;
         }
 
         // Namespaces.

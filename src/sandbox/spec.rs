@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use k8s_cri::v1::{
-    security_profile::ProfileType, NamespaceMode, PodSandboxConfig, SecurityProfile,
+    security_profile::ProfileType, LinuxContainerResources, LinuxPodSandboxConfig, NamespaceMode,
+    PodSandboxConfig, SecurityProfile,
 };
 use oci_spec::runtime::{
     Arch, Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder,
@@ -23,7 +24,44 @@ use oci_spec::runtime::{
 };
 
 use crate::image::ImageConfig;
+use crate::oci::cgroups::CgroupLimits;
 use crate::oci::host::{HostFeatures, SpecError};
+
+/// The pod cgroup's limits: the containers' sum (`resources`) plus the pod's `overhead`, as
+/// kubelet sizes a pod cgroup. Quota and memory are limited only when `resources` limits them
+/// (an overhead alone is no reason to throttle a pod whose containers are unlimited); shares
+/// add up. `None` when the config asks for nothing.
+pub fn pod_limits(linux: &LinuxPodSandboxConfig) -> Option<CgroupLimits> {
+    let none = LinuxContainerResources::default();
+    let (r, o) = (
+        linux.resources.as_ref(),
+        linux.overhead.as_ref().unwrap_or(&none),
+    );
+    let r_or = r.unwrap_or(&none);
+    let period = [r_or.cpu_period, o.cpu_period]
+        .into_iter()
+        .find(|p| *p > 0)
+        .map(|p| p as u64);
+    let shares = r_or.cpu_shares.max(0) + o.cpu_shares.max(0);
+    let quota = (r_or.cpu_quota > 0).then(|| {
+        // The overhead's quota is rescaled when it came with a period of its own.
+        let extra = match (o.cpu_quota > 0, o.cpu_period > 0, period) {
+            (false, _, _) => 0,
+            (true, true, Some(p)) => o.cpu_quota * p as i64 / o.cpu_period,
+            (true, _, _) => o.cpu_quota,
+        };
+        r_or.cpu_quota + extra
+    });
+    let memory = (r_or.memory_limit_in_bytes > 0)
+        .then(|| r_or.memory_limit_in_bytes + o.memory_limit_in_bytes.max(0));
+    let limits = CgroupLimits {
+        cpu_shares: (shares > 0).then_some(shares as u64),
+        cpu_quota: quota,
+        cpu_period: quota.and(period.or(Some(100_000))),
+        memory_limit: memory,
+    };
+    (!limits.is_empty()).then_some(limits)
+}
 
 /// Annotation keys ferrio writes into every spec (containerd's names, which tools know).
 pub const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -1415,5 +1453,43 @@ mod tests {
             assert!(parse_capability(n).is_some(), "{n}");
         }
         assert!(parse_capability("CAP_NOPE").is_none());
+    }
+
+    #[test]
+    fn pod_limits_add_the_overhead_to_the_resources() {
+        let res = |shares, quota, period, mem| LinuxContainerResources {
+            cpu_shares: shares,
+            cpu_quota: quota,
+            cpu_period: period,
+            memory_limit_in_bytes: mem,
+            ..Default::default()
+        };
+        assert_eq!(pod_limits(&LinuxPodSandboxConfig::default()), None);
+        let linux = LinuxPodSandboxConfig {
+            resources: Some(res(512, 50_000, 100_000, 64 << 20)),
+            overhead: Some(res(128, 5_000, 50_000, 16 << 20)),
+            ..Default::default()
+        };
+        assert_eq!(
+            pod_limits(&linux),
+            Some(CgroupLimits {
+                cpu_shares: Some(640),
+                cpu_quota: Some(60_000),
+                cpu_period: Some(100_000),
+                memory_limit: Some(80 << 20),
+            })
+        );
+        // Overhead only: shares, but no throttling of unlimited containers.
+        let linux = LinuxPodSandboxConfig {
+            overhead: Some(res(128, 5_000, 100_000, 16 << 20)),
+            ..Default::default()
+        };
+        assert_eq!(
+            pod_limits(&linux),
+            Some(CgroupLimits {
+                cpu_shares: Some(128),
+                ..Default::default()
+            })
+        );
     }
 }

@@ -138,6 +138,7 @@ pub(super) async fn pod_sandbox_status(
             "namespaces": rec.meta.namespaces,
             "podFiles": rec.meta.pod_files,
             "cgroupParent": rec.meta.cgroup_parent,
+            "resources": rec.meta.resources,
             "portMappings": rec.meta.port_mappings,
             "network": {
                 "ips": st.ips,
