@@ -96,6 +96,11 @@ pub struct RuntimeHandler {
     pub runtime_path: PathBuf,
     /// The runtime's `--root` state dir; "" means `<runroot>/oci/<handler>`.
     pub runtime_root: PathBuf,
+    /// On a cgroup v1 hybrid host, run this runtime in a private mount namespace whose
+    /// /sys/fs/cgroup holds the v1 hierarchies only (crun refuses hybrid hosts). Unset: yes for
+    /// crun, no for others. Ignored on cgroup v2 and pure v1 hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_v1_view: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -248,6 +253,7 @@ impl Default for RuntimeConfig {
             RuntimeHandler {
                 runtime_path: "/usr/sbin/runc".into(),
                 runtime_root: PathBuf::new(),
+                cgroup_v1_view: None,
             },
         );
         runtimes.insert(
@@ -255,6 +261,7 @@ impl Default for RuntimeConfig {
             RuntimeHandler {
                 runtime_path: "/usr/bin/crun".into(),
                 runtime_root: PathBuf::new(),
+                cgroup_v1_view: None,
             },
         );
         RuntimeConfig {
@@ -273,6 +280,7 @@ impl Default for RuntimeHandler {
         RuntimeHandler {
             runtime_path: "/usr/sbin/runc".into(),
             runtime_root: PathBuf::new(),
+            cgroup_v1_view: None,
         }
     }
 }
@@ -796,6 +804,7 @@ fn comment_for(line: &str) -> Option<&'static str> {
         "restrict_oom_score_adj" => "Clamp oom_score_adj to what the host allows.",
         "runtime_path" => "The OCI runtime binary.",
         "runtime_root" => "The runtime's --root; \"\" = <runroot>/oci/<handler>.",
+        "cgroup_v1_view" => "On a cgroup v1 hybrid host, hide the cgroup2 mount from this runtime (default: crun only).",
         "[image]" => "Images and registries.",
         "sandbox_image" => "The pause image every pod runs.",
         "pinned_images" => "Images never garbage-collected (names or globs).",

@@ -213,6 +213,62 @@ impl HostFeatures {
     }
 }
 
+/// How `/sys/fs/cgroup` is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupLayout {
+    /// cgroup v2 only: a cgroup2 file system at `/sys/fs/cgroup`.
+    Unified,
+    /// v1 hierarchies only, below a tmpfs at `/sys/fs/cgroup`.
+    Legacy,
+    /// v1 hierarchies plus a cgroup2 mount below `/sys/fs/cgroup` (`unified`, usually holding
+    /// no controller or only hugetlb). runc copes; crun 1.8 refuses it.
+    Hybrid,
+}
+
+impl CgroupLayout {
+    /// This host's layout, from /proc/self/mountinfo (unreadable counts as legacy).
+    pub fn detect() -> CgroupLayout {
+        CgroupLayout::from_mountinfo(&read("/proc/self/mountinfo"))
+    }
+
+    /// The layout a mountinfo text describes.
+    pub fn from_mountinfo(mountinfo: &str) -> CgroupLayout {
+        if cgroup_v2_from_mountinfo(mountinfo) {
+            return CgroupLayout::Unified;
+        }
+        let (v1, v2) = crate::sys::mounts_below(mountinfo, Path::new(crate::sys::CGROUP_ROOT));
+        if !v1.is_empty() && !v2.is_empty() {
+            CgroupLayout::Hybrid
+        } else {
+            CgroupLayout::Legacy
+        }
+    }
+}
+
+/// Whether the OCI runtime at `runtime_path` must run in a private mount namespace whose
+/// `/sys/fs/cgroup` holds the v1 hierarchies only ([`crate::sys::CgroupV1View`]). Only ever on
+/// a hybrid host; there `configured` (the handler's `cgroup_v1_view`) decides when set, else
+/// the runtime's kind: crun refuses hybrid hosts, runc and others do not.
+pub fn needs_cgroup_v1_view(
+    layout: CgroupLayout,
+    runtime_path: &Path,
+    configured: Option<bool>,
+) -> bool {
+    layout == CgroupLayout::Hybrid && configured.unwrap_or_else(|| is_crun(runtime_path))
+}
+
+/// crun by the binary's name, or the name of what a symlink points to (`/usr/local/bin/oci ->
+/// crun`). A name is enough: probing with `--version` would cost a process per handler and
+/// reload for the same answer.
+fn is_crun(runtime_path: &Path) -> bool {
+    let named_crun = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == "crun" || n.starts_with("crun-") || n.starts_with("crun."))
+    };
+    named_crun(runtime_path) || std::fs::canonicalize(runtime_path).is_ok_and(|p| named_crun(&p))
+}
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -382,6 +438,47 @@ mod tests {
     }
 
     #[test]
+    fn cgroup_layout_and_who_needs_the_v1_view() {
+        let legacy = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n\
+                      35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(CgroupLayout::from_mountinfo(HYBRID), CgroupLayout::Hybrid);
+        assert_eq!(CgroupLayout::from_mountinfo(UNIFIED), CgroupLayout::Unified);
+        assert_eq!(CgroupLayout::from_mountinfo(legacy), CgroupLayout::Legacy);
+        // A cgroup2 mount elsewhere (a container's, a test's) does not make a host hybrid.
+        let elsewhere = format!("{legacy}50 1 0:40 / /run/x/cg rw - cgroup2 cgroup2 rw\n");
+        assert_eq!(
+            CgroupLayout::from_mountinfo(&elsewhere),
+            CgroupLayout::Legacy
+        );
+
+        let crun = Path::new("/usr/bin/crun");
+        let runc = Path::new("/usr/sbin/runc");
+        use CgroupLayout::*;
+        assert!(needs_cgroup_v1_view(Hybrid, crun, None));
+        assert!(!needs_cgroup_v1_view(Hybrid, runc, None));
+        assert!(needs_cgroup_v1_view(
+            Hybrid,
+            Path::new("/opt/crun-1.8"),
+            None
+        ));
+        assert!(!needs_cgroup_v1_view(Hybrid, Path::new("/opt/scrun"), None));
+        // The handler's setting wins on a hybrid host, and nothing changes elsewhere.
+        assert!(!needs_cgroup_v1_view(Hybrid, crun, Some(false)));
+        assert!(needs_cgroup_v1_view(Hybrid, runc, Some(true)));
+        for layout in [Unified, Legacy] {
+            assert!(!needs_cgroup_v1_view(layout, crun, None));
+            assert!(!needs_cgroup_v1_view(layout, runc, Some(true)));
+        }
+        // A symlink named otherwise is judged by what it points to.
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("crun");
+        std::fs::write(&target, b"").unwrap();
+        let link = dir.path().join("oci-runtime");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(needs_cgroup_v1_view(Hybrid, &link, None));
+    }
+
+    #[test]
     fn detect_matches_this_host() {
         let h = HostFeatures::detect();
         // Whatever the host, the bounding set is a subset of the known names and the floor
@@ -396,5 +493,6 @@ mod tests {
         assert_eq!(h.cap_bounding, capability_names(bnd));
         let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert_eq!(h.cgroup_v2, cgroup_v2_from_mountinfo(&mi));
+        assert_eq!(h.cgroup_v2, CgroupLayout::detect() == CgroupLayout::Unified);
     }
 }
