@@ -882,9 +882,50 @@ impl Containers {
                 }
                 ContainerState::Exited => {}
                 ContainerState::Created | ContainerState::Running => {
+                    if st.state() == ContainerState::Created {
+                        self.adopt_interrupted_start(&rec).await;
+                    }
                     // wait_exit returns at once with the exit file when the monitor is gone.
                     self.watch_exit(rec.clone());
                 }
+            }
+        }
+    }
+
+    /// A daemon killed during StartContainer after the runtime's `start` ran leaves a record
+    /// that says created while the process runs (found by the e2e fault loop). Ask the runtime:
+    /// if it runs, record the start, so the container is listed as running, StopContainer
+    /// kills it, and kubelet does not start it a second time. The start time is unknown: the
+    /// recovery's clock is the closest bound.
+    async fn adopt_interrupted_start(&self, rec: &Arc<Container>) {
+        let Ok(sandbox) = self.pods.get(&rec.meta.sandbox_id) else {
+            return;
+        };
+        let Ok(runtime) = self.runtime_for(&sandbox) else {
+            return;
+        };
+        match runtime.state(&rec.id).await {
+            Ok(Some(s)) if s.status == "running" || s.status == "paused" => {
+                let now = now_ns();
+                let r = rec
+                    .update(|st| {
+                        if st.started_at == 0 {
+                            st.started_at = now;
+                        }
+                    })
+                    .await;
+                match r {
+                    Ok(_) => {
+                        tracing::info!(id = %rec.id, "container started while the daemon went down")
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %rec.id, error = %e, "cannot record an interrupted start")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(id = %rec.id, error = %e, "cannot ask the runtime for the state")
             }
         }
     }
