@@ -944,3 +944,80 @@ async fn pod_overhead_and_resources_limit_the_pod_cgroup() {
     }
     assert_no_leaks_soon(&d, &LearnedPids::default()).await;
 }
+
+#[tokio::test]
+async fn stop_pod_sandbox_gives_each_container_its_grace_period_at_once() {
+    const GRACE: &str = "io.kubernetes.pod.terminationGracePeriod";
+    let d = Daemon::start(Opts::default()).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    pull_busybox(&mut cri).await;
+    let mut pod = pod_config(&env, "grace");
+    pod.annotations = [(GRACE.to_string(), "30".to_string())].into();
+    let pod_id = run_pod(&mut cri, &pod).await.expect("RunPodSandbox");
+
+    // Each takes 3 s to exit after SIGTERM: one after the other would take 6 s.
+    let script = "trap 'sleep 3; exit 42' TERM; echo ready; while true; do sleep 0.1; done";
+    let mut ids = Vec::new();
+    for (name, annotated) in [("slow-a", true), ("slow-b", false)] {
+        let mut config = container_config(name, BUSYBOX, &["sh", "-c", script]);
+        if annotated {
+            // kubelet puts it on containers too; the pod's is the fallback.
+            config.annotations = [(GRACE.to_string(), "20".to_string())].into();
+        }
+        let id = cri
+            .rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+            .into_inner()
+            .container_id;
+        cri.rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+        ids.push(id);
+    }
+    for name in ["slow-a", "slow-b"] {
+        wait_log(&pod, name, "ready").await;
+    }
+
+    let t = Instant::now();
+    cri.rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    let took = t.elapsed();
+    for id in &ids {
+        let st = wait_for_container_state(
+            &mut cri,
+            id,
+            ContainerState::ContainerExited,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(st.exit_code, 42, "{id} exited by its TERM trap: {st:?}");
+    }
+    assert!(
+        took >= Duration::from_secs(3),
+        "grace period cut short: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(5500),
+        "containers stopped one after the other: {took:?}"
+    );
+
+    for id in &ids {
+        stop_and_remove_container(&mut cri, id).await;
+    }
+    stop_and_remove_pod(&mut cri, &pod_id).await;
+    assert_no_leaks_soon(&d, &LearnedPids::default()).await;
+}

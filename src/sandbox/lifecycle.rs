@@ -214,6 +214,21 @@ pub fn pod_cgroup(
     }
 }
 
+/// kubelet's annotation (on pods and containers) carrying the pod's termination grace period,
+/// in seconds.
+pub const ANN_GRACE_PERIOD: &str = "io.kubernetes.pod.terminationGracePeriod";
+
+/// The grace period StopPodSandbox gives a container: kubelet's annotation on the container,
+/// else on the pod, else 0 (critest and crictl send none; kubelet stops containers itself
+/// before it stops the pod, so this matters only when it could not).
+pub fn grace_period(container: &BTreeMap<String, String>, pod: &BTreeMap<String, String>) -> i64 {
+    [container, pod]
+        .into_iter()
+        .find_map(|a| a.get(ANN_GRACE_PERIOD)?.trim().parse::<i64>().ok())
+        .unwrap_or(0)
+        .max(0)
+}
+
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -889,5 +904,16 @@ mod tests {
         assert_eq!(c.dir, "/ferrio.slice/ferrio-pod0123456789ab.slice");
         let e = pod_cgroup(CgroupDriver::Systemd, "-.slice", ID).unwrap_err();
         assert!(matches!(e, SandboxError::Invalid { .. }), "{e}");
+    }
+
+    #[test]
+    fn grace_period_from_the_container_then_the_pod() {
+        let ann = |v: &str| BTreeMap::from([(ANN_GRACE_PERIOD.to_string(), v.to_string())]);
+        let none = BTreeMap::new();
+        assert_eq!(grace_period(&none, &none), 0);
+        assert_eq!(grace_period(&none, &ann("30")), 30);
+        assert_eq!(grace_period(&ann("5"), &ann("30")), 5);
+        assert_eq!(grace_period(&ann("x"), &ann("30")), 30);
+        assert_eq!(grace_period(&ann("-3"), &none), 0);
     }
 }

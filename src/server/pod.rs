@@ -10,7 +10,7 @@ use super::convert;
 use crate::error::Error;
 use crate::network::PortMapping;
 use crate::sandbox::files::Dns;
-use crate::sandbox::lifecycle::RunRequest;
+use crate::sandbox::lifecycle::{grace_period, RunRequest};
 
 pub(super) async fn run_pod_sandbox(
     d: &Arc<Daemon>,
@@ -87,9 +87,14 @@ pub(super) async fn stop_pod_sandbox(
         let Some(rec) = d.pods.table.get(&id)? else {
             return Ok(());
         };
-        for c in d.containers.of_sandbox(&rec.id) {
-            d.containers.stop(&c, 0).await?;
-        }
+        // All at once, each with its own grace period: one slow container must not add its
+        // wait to the others'.
+        let stops = d.containers.of_sandbox(&rec.id).into_iter().map(|c| {
+            let grace = grace_period(&c.meta.annotations, &rec.meta.annotations);
+            let d = d.clone();
+            async move { d.containers.stop(&c, grace).await }
+        });
+        futures::future::try_join_all(stops).await?;
         d.pods.stop(&rec).await?;
         Ok(())
     })
