@@ -715,6 +715,53 @@ impl Config {
     /// streaming and metrics servers, CNI plugin dirs that running pods' teardown needs) needs a
     /// restart.
     pub fn reloaded(&self, new: &Config) -> (Config, ConfigChanges) {
+        // Every key is sorted into live or restart below; a new field breaks these patterns
+        // until it is.
+        let Config {
+            root: _,
+            runroot: _,
+            log_level: _,
+            api: _,
+            runtime: _,
+            image: _,
+            network: _,
+            metrics: _,
+        } = new;
+        let ApiConfig {
+            listen: _,
+            stream_address: _,
+            stream_port: _,
+            stream_idle_timeout: _,
+            stream_token_ttl: _,
+            stream_enable_tls: _,
+            stream_tls_cert: _,
+            stream_tls_key: _,
+        } = &new.api;
+        let RuntimeConfig {
+            default_runtime: _,
+            cgroup_manager: _,
+            monitor_path: _,
+            namespaces_dir: _,
+            restrict_oom_score_adj: _,
+            runtimes: _,
+        } = &new.runtime;
+        let ImageConfig {
+            sandbox_image: _,
+            pinned_images: _,
+            global_auth_file: _,
+            registry: _,
+            max_concurrent_downloads: _,
+        } = &new.image;
+        let NetworkConfig {
+            network_dir: _,
+            plugin_dirs: _,
+            cni_default_network: _,
+            cni_plugin_timeout: _,
+        } = &new.network;
+        let MetricsConfig {
+            enable: _,
+            address: _,
+        } = &new.metrics;
         let mut changes = ConfigChanges::default();
         let mut live = self.clone();
         macro_rules! apply {
@@ -983,6 +1030,115 @@ plugin_dirs = ["/opt/cni/bin"]
         let text = c.to_commented_toml();
         assert!(text.contains("# The pause image every pod runs."));
         assert_eq!(Config::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn reload_applies_live_settings_and_keeps_restart_ones() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.log_level = "debug".into();
+        new.image.sandbox_image = "example.com/pause:9".into();
+        new.image.pinned_images = vec!["x/*".into()];
+        new.image.registry.push(RegistryConfig {
+            prefix: "example.com".into(),
+            mirror: vec![MirrorConfig {
+                location: "127.0.0.1:5000".into(),
+                insecure: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        new.runtime.runtimes.remove("crun");
+        new.runtime.runtimes.insert(
+            "kata".into(),
+            RuntimeHandler {
+                runtime_path: "/usr/bin/kata".into(),
+                ..Default::default()
+            },
+        );
+        new.runtime.runtimes.get_mut("runc").unwrap().runtime_root = "/run/x".into();
+        new.network.network_dir = "/etc/cni/other".into();
+        new.network.cni_default_network = "net2".into();
+        new.root = "/var/lib/elsewhere".into();
+        new.api.listen = "/run/other.sock".into();
+        new.api.stream_port = 1234;
+        new.network.plugin_dirs = vec!["/usr/lib/cni".into()];
+        new.metrics.enable = true;
+
+        let (live, changes) = old.reloaded(&new);
+        assert_eq!(
+            changes.applied,
+            [
+                "log_level",
+                "image.sandbox_image",
+                "image.pinned_images",
+                "image.registry",
+                "runtime.runtimes.crun",
+                "runtime.runtimes.runc",
+                "runtime.runtimes.kata",
+                "network.network_dir",
+                "network.cni_default_network",
+            ]
+        );
+        assert_eq!(
+            changes.needs_restart,
+            [
+                "root",
+                "api.listen",
+                "api.stream_port",
+                "network.plugin_dirs",
+                "metrics.enable"
+            ]
+        );
+        // Live settings come from the new files...
+        assert_eq!(live.log_level, "debug");
+        assert_eq!(live.image, new.image);
+        assert_eq!(live.runtime.runtimes, new.runtime.runtimes);
+        assert_eq!(live.network.network_dir, new.network.network_dir);
+        assert_eq!(live.network.cni_default_network, "net2");
+        // ...the rest stays as the running daemon was built.
+        assert_eq!(live.root, old.root);
+        assert_eq!(live.api, old.api);
+        assert_eq!(live.network.plugin_dirs, old.network.plugin_dirs);
+        assert_eq!(live.metrics, old.metrics);
+        live.validate().unwrap();
+    }
+
+    #[test]
+    fn reload_of_the_same_config_changes_nothing() {
+        let c =
+            Config::from_toml("log_level = \"warn\"\n[image]\npinned_images = [\"a\"]\n").unwrap();
+        let (live, changes) = c.reloaded(&c.clone());
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(live, c);
+    }
+
+    #[test]
+    fn reload_only_of_restart_settings_applies_nothing() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.runroot = "/run/elsewhere".into();
+        new.runtime.cgroup_manager = "systemd".into();
+        new.metrics.address = "127.0.0.1:1".into();
+        let (live, changes) = old.reloaded(&new);
+        assert!(changes.applied.is_empty());
+        assert_eq!(
+            changes.needs_restart,
+            ["runroot", "runtime.cgroup_manager", "metrics.address"]
+        );
+        assert_eq!(live, old);
+    }
+
+    #[test]
+    fn live_config_snapshots_survive_a_swap() {
+        let live = LiveConfig::new(Config::default());
+        let other = live.clone();
+        let before = live.load();
+        let mut c = Config::default();
+        c.log_level = "trace".into();
+        other.store(std::sync::Arc::new(c));
+        assert_eq!(before.log_level, "info", "a snapshot never changes");
+        assert_eq!(live.load().log_level, "trace", "clones share the holder");
     }
 
     #[test]

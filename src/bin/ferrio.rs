@@ -1,5 +1,5 @@
 //! `ferrio`: the daemon. Args -> Config::load -> Daemon::start (recovery) -> serve until a
-//! signal. Containers keep running when it exits.
+//! signal. Containers keep running when it exits. SIGHUP reloads the config files.
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -34,8 +34,18 @@ enum Command {
     Config,
 }
 
+/// The tracing filter for a log level: ferrio's own crates at `level`, everything else at warn.
+fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!("ferrio={level},ferrio_monitor={level},warn"))
+}
+
 fn main() {
     let cli = Cli::parse();
+    let source = server::ConfigSource {
+        file: cli.config.clone(),
+        dropin_dir: Some(cli.config_dir.clone()),
+        log_level: cli.log_level.clone(),
+    };
     let mut config = match Config::load(cli.config.as_deref(), Some(&cli.config_dir)) {
         Ok(c) => c,
         Err(e) => {
@@ -54,13 +64,22 @@ fn main() {
         print!("{}", config.to_commented_toml());
         return;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "ferrio={0},ferrio_monitor={0},warn",
-            config.log_level
-        )))
-        .with_writer(std::io::stderr)
-        .init();
+    // The filter sits behind a reload handle so SIGHUP can change the level in place.
+    let (filter, log_handle) =
+        tracing_subscriber::reload::Layer::new(log_filter(&config.log_level));
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+    let set_log_level = move |level: &str| {
+        log_handle
+            .reload(log_filter(level))
+            .map_err(|e| format!("cannot change the log level: {e}"))
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -72,7 +91,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(serve(config)) {
+    if let Err(e) = rt.block_on(serve(config, source, set_log_level)) {
         tracing::error!("{e:#}");
         eprintln!("ferrio: {e:#}");
         std::process::exit(1);
@@ -146,17 +165,40 @@ fn bind(listen: &Path) -> anyhow::Result<(tokio::net::UnixListener, Flock<std::f
     Ok((listener, lock))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    source: server::ConfigSource,
+    set_log_level: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     let monitor = monitor_path(&config)?;
     let listen = config.api.listen.clone();
     // Take the socket before recovery so a second daemon cannot recover the same state.
     let (listener, _lock) = bind(&listen)?;
+    // Registered before recovery: SIGHUP's default action would kill the daemon. A SIGHUP that
+    // comes during recovery is handled once serving starts.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), root = %config.root.display(), runroot = %config.runroot.display(), "ferrio starting");
     let daemon = server::Daemon::start(config, monitor)
         .await
         .context("cannot start")?;
     tracing::info!(socket = %listen.display(), "serving CRI");
     notify_ready();
+    {
+        let daemon = daemon.clone();
+        let set_log_level = std::sync::Arc::new(set_log_level);
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config");
+                let (d, src, set) = (daemon.clone(), source.clone(), set_log_level.clone());
+                // Reading the files is blocking work.
+                match tokio::task::spawn_blocking(move || d.reload(&src, &*set)).await {
+                    Ok(result) => server::log_outcome(&result),
+                    Err(e) => tracing::error!(error = %e, "config reload task failed"),
+                }
+            }
+        });
+    }
     let signal = async {
         use tokio::signal::unix::{signal, SignalKind};
         let (mut term, mut int) = match (
