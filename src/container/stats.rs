@@ -7,12 +7,13 @@
 //! `usage_nano_cores` is the rate since the previous stats call, as kubelet expects.
 
 use super::lifecycle::{Container, ContainerState, Containers};
+use crate::image::usage::UsageCache;
 use crate::oci::cgroups::{self, CgroupStats};
 use crate::sandbox::lifecycle::Sandbox;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 /// With no earlier sample, how far apart the two samples of the CPU rate are taken.
@@ -22,6 +23,12 @@ const SAMPLE_TTL_NS: i64 = 10 * 60 * 1_000_000_000;
 
 /// Last (time ns, cumulative cpu ns) per cgroup path.
 static CPU_SAMPLES: Mutex<Option<HashMap<String, (i64, u64)>>> = Mutex::new(None);
+
+/// How long a writable layer's walk is reused (see [`UsageCache`]): the walk was the per-call
+/// cost that grew with every file a container writes (hack/bench-load.sh).
+const LAYER_USAGE_TTL: Duration = Duration::from_secs(10);
+static LAYER_USAGE: LazyLock<UsageCache<DiskUsage>> =
+    LazyLock::new(|| UsageCache::new(LAYER_USAGE_TTL));
 
 /// One cgroup's usage at one instant.
 #[derive(Debug, Clone, Default)]
@@ -283,7 +290,7 @@ fn container_usage(containers: Vec<Arc<Container>>, uppers: Vec<PathBuf>) -> Vec
         .map(|((container, usage), upper)| ContainerUsage {
             container,
             usage,
-            writable_layer: disk_usage(&upper),
+            writable_layer: LAYER_USAGE.get_or_walk(&upper, disk_usage),
         })
         .collect()
 }
