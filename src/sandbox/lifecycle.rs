@@ -804,6 +804,7 @@ impl Pods {
             let st = rec.status();
             if st.state == SandboxState::Creating {
                 tracing::info!(id = %rec.id, "reaping pod sandbox left half-created");
+                self.end_unrecorded_pause(&rec).await;
                 if let Err(e) = self.remove(&rec).await {
                     tracing::warn!(id = %rec.id, error = %e, "cannot reap half-created pod sandbox");
                 }
@@ -816,6 +817,65 @@ impl Pods {
                     let _ = rec.update(|s| s.state = SandboxState::NotReady).await;
                 }
             }
+        }
+    }
+}
+
+impl Pods {
+    /// A daemon killed while the monitor was creating the pause leaves a monitor, and soon a
+    /// created pause, that the record does not know: `pause_created` and `monitor_pid` are set
+    /// only once the spawn returned, so `remove` would skip the runtime's delete and leave the
+    /// pause, its monitor and its cgroup behind (found by the e2e fault loop). Kill that monitor,
+    /// let the runtime's `create` finish (killing it midway strands its `init`), and mark the
+    /// pause created so that `remove` deletes it; the delete is a no-op if nothing was created.
+    async fn end_unrecorded_pause(&self, rec: &Arc<Sandbox>) {
+        if rec.status().pause_created {
+            return;
+        }
+        let id = rec.id.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let procs: Vec<(i32, String)> = std::fs::read_dir("/proc")
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                        .filter_map(|pid| {
+                            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                            c.contains(id.as_str()).then_some((pid, c))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let creates: Vec<i32> = procs
+                .iter()
+                .filter(|(_, c)| c.contains(" create ") && c.trim_end().ends_with(id.as_str()))
+                .map(|(p, _)| *p)
+                .collect();
+            for (pid, c) in &procs {
+                if c.contains("ferrio-monitor") && c.contains(&format!("--id {id} ")) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let running = |pid: i32| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rfind(") ").map(|i| !s[i + 2..].starts_with('Z')))
+                    .unwrap_or(false)
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while creates.iter().any(|p| running(*p)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !procs.is_empty()
+        })
+        .await
+        .unwrap_or(false);
+        if found {
+            tracing::info!(id = %rec.id, "stopped the monitor of a pause left half-created");
+            let _ = rec.update(|s| s.pause_created = true).await;
         }
     }
 }
