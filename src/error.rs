@@ -36,7 +36,20 @@ fn image_code(e: &ImageError) -> Code {
     match e {
         ImageError::InvalidReference { .. } => Code::InvalidArgument,
         ImageError::NotFound { .. } => Code::NotFound,
+        e if image_disk_full(e) => Code::ResourceExhausted,
         _ => Code::Unknown,
+    }
+}
+
+/// Whether the image store's file system is full: kubelet (and a person) then sees
+/// ResourceExhausted rather than Unknown. The unpacker keeps only the OS error's text, so its
+/// reason is matched against that text (found by the e2e disk-full test).
+fn image_disk_full(e: &ImageError) -> bool {
+    let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+    match e {
+        ImageError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+        ImageError::Unpack { reason, .. } => reason.contains(&enospc.to_string()),
+        _ => false,
     }
 }
 
@@ -127,5 +140,30 @@ mod tests {
         })
         .into();
         assert_eq!(s.code(), Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn a_full_image_disk_is_resource_exhausted() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let s: Status = Error::from(ImageError::Unpack {
+            layer: "sha256:ab".into(),
+            entry: "big".into(),
+            reason: full.to_string(),
+        })
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("No space left on device"), "{s:?}");
+        let s: Status = Error::from(ImageError::Io {
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        })
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let s: Status = Error::from(ImageError::Io {
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        })
+        .into();
+        assert_eq!(s.code(), Code::Unknown);
     }
 }
