@@ -9,4 +9,5 @@ mod harness_check;
 mod lifecycle;
 mod observability;
 mod recovery;
+mod reload;
 mod sandbox;

@@ -1134,9 +1134,10 @@ plugin_dirs = ["/opt/cni/bin"]
         let live = LiveConfig::new(Config::default());
         let other = live.clone();
         let before = live.load();
-        let mut c = Config::default();
-        c.log_level = "trace".into();
-        other.store(std::sync::Arc::new(c));
+        other.store(std::sync::Arc::new(Config {
+            log_level: "trace".into(),
+            ..Config::default()
+        }));
         assert_eq!(before.log_level, "info", "a snapshot never changes");
         assert_eq!(live.load().log_level, "trace", "clones share the holder");
     }

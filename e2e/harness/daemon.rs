@@ -126,6 +126,29 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("connect to {}: {e}", self.env.socket().display()))
     }
 
+    /// SIGHUP (reload the config files) and wait for the daemon to log the outcome: returns the
+    /// log lines written since, ending with `config reloaded` or `config reload refused`.
+    pub async fn sighup(&self) -> String {
+        let read = || std::fs::read_to_string(self.env.daemon_log()).unwrap_or_default();
+        let before = read().len();
+        kill(Pid::from_raw(self.pid as i32), Signal::SIGHUP).expect("SIGHUP the daemon");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = read();
+            let new = text.get(before..).unwrap_or_default();
+            if new.contains("config reloaded") || new.contains("config reload refused") {
+                return new.to_string();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "ferrio logged no reload outcome within {START_TIMEOUT:?} of SIGHUP; its log:\n{}",
+                    self.log_tail(80)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGTERM and wait for the exit (SIGKILL after a timeout); returns how it ended.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate()

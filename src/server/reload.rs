@@ -118,14 +118,17 @@ pub fn log_outcome(result: &Result<ConfigChanges, ReloadError>) {
     match result {
         Ok(c) if c.is_empty() => tracing::info!("config reloaded: nothing changed"),
         Ok(c) => {
-            if !c.applied.is_empty() {
-                tracing::info!(applied = %c.applied.join(", "), "config reloaded");
-            }
+            // The restart warning first: "config reloaded" is the last line of a reload.
             if !c.needs_restart.is_empty() {
                 tracing::warn!(
                     keys = %c.needs_restart.join(", "),
                     "config reload: these settings changed but need a restart; the old values stay in force"
                 );
+            }
+            if c.applied.is_empty() {
+                tracing::info!("config reloaded: nothing applied");
+            } else {
+                tracing::info!(applied = %c.applied.join(", "), "config reloaded");
             }
         }
         Err(e) => {

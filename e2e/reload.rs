@@ -1,0 +1,481 @@
+//! Live reload: the config files rewritten, SIGHUP, and the change seen through CRI (handlers,
+//! the network and sandbox image of new pods, pulls through a new mirror, pinned images), while a
+//! pod from before the reload still stops and removes with what it started with; a broken config
+//! is refused and the old one keeps serving.
+
+use crate::harness::{pod_config, Cri, Daemon, Env, LearnedPids, Opts, REGISTRY_ENV};
+use ferrio::config::{Config, MirrorConfig, RegistryConfig, RuntimeHandler};
+use k8s_cri::v1::{
+    ImageSpec, ImageStatusRequest, PodSandboxConfig, PodSandboxStatusRequest, PullImageRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
+};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+const PAUSE_VIA_NEW_MIRROR: &str = "reload.test/pause:3.10";
+const BUSYBOX: &str = "docker.io/library/busybox:1.36";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Options with the metrics endpoint on `port`.
+fn with_metrics(port: u16) -> Opts {
+    Opts {
+        configure: Some(Box::new(move |c: &mut Config| {
+            c.metrics.enable = true;
+            c.metrics.address = format!("127.0.0.1:{port}");
+        })),
+        ..Default::default()
+    }
+}
+
+async fn scrape(port: u16) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Edit the env's config file as an operator would (the daemon keeps running).
+fn rewrite(env: &Env, edit: impl FnOnce(&mut Config)) {
+    let text = std::fs::read_to_string(env.config_path()).expect("read the config file");
+    let mut c: Config = toml::from_str(&text).expect("the config file parses");
+    edit(&mut c);
+    std::fs::write(env.config_path(), toml::to_string_pretty(&c).unwrap())
+        .expect("write the config file");
+}
+
+async fn run_pod(
+    cri: &mut Cri,
+    config: &PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
+    cri.rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn stop_and_remove(cri: &mut Cri, id: &str) {
+    cri.rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e}"));
+    cri.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e}"));
+}
+
+/// (ip, verbose info) of a pod.
+async fn pod_status(cri: &mut Cri, id: &str) -> (String, serde_json::Value) {
+    let r = cri
+        .rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e}"))
+        .into_inner();
+    let info = r
+        .info
+        .get("info")
+        .map(|s| serde_json::from_str(s).expect("verbose info is JSON"))
+        .unwrap_or(serde_json::Value::Null);
+    let ip = r
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    (ip, info)
+}
+
+/// The runtime handlers Status reports, sorted, and whether the network is ready.
+async fn handlers_and_network(cri: &mut Cri) -> (Vec<String>, bool) {
+    let st = cri
+        .rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    let mut names: Vec<String> = st.runtime_handlers.into_iter().map(|h| h.name).collect();
+    names.sort();
+    let net = st
+        .status
+        .map(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "NetworkReady" && c.status)
+        })
+        .unwrap_or(false);
+    (names, net)
+}
+
+async fn image_status(cri: &mut Cri, image: &str) -> Option<k8s_cri::v1::Image> {
+    cri.img
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .expect("ImageStatus")
+        .into_inner()
+        .image
+}
+
+async fn assert_no_leaks_soon(d: &Daemon, learned: &LearnedPids) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.env().leaks(&[d.pid()], learned).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.assert_no_leaks(learned);
+}
+
+/// Entries of a directory (none when it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn reload_applies_to_new_pods_and_old_pods_keep_what_they_started_with() {
+    let port = free_port();
+    let d = Daemon::start(with_metrics(port)).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let registry = std::env::var(REGISTRY_ENV).expect("the test registry");
+
+    // A pod from before the reload, on the handler whose state dir the reload moves.
+    let before = run_pod(&mut cri, &pod_config(&env, "before"), "")
+        .await
+        .expect("RunPodSandbox before the reload");
+    let (ip_before, _) = pod_status(&mut cri, &before).await;
+    assert!(env.in_subnet(&ip_before), "{ip_before}");
+    assert_eq!(
+        handlers_and_network(&mut cri).await,
+        (vec!["crun".to_string(), "runc".to_string()], true)
+    );
+    assert!(
+        image_status(&mut cri, PAUSE_VIA_NEW_MIRROR).await.is_none(),
+        "nothing maps reload.test to a registry yet"
+    );
+    assert!(
+        d.log_tail(10_000).contains("DEBUG"),
+        "the test daemon starts at debug"
+    );
+
+    // A second network in a new dir: the same bridge and subnet, its own name and address range,
+    // so a pod's address shows which one it got.
+    let net2 = env.dir().join("net2.d");
+    let net2_name = format!("{}r", env.network_name());
+    let prefix = env.subnet().trim_end_matches("0/24").to_string();
+    std::fs::create_dir_all(&net2).unwrap();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": net2_name,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": env.bridge(),
+                "isGateway": true,
+                "ipMasq": true,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": env.ipam_dir(),
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "ranges": [[{
+                        "subnet": env.subnet(),
+                        "rangeStart": format!("{prefix}200"),
+                        "rangeEnd": format!("{prefix}250"),
+                    }]]
+                }
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true } }
+        ]
+    });
+    std::fs::write(
+        net2.join("10-reload.conflist"),
+        serde_json::to_string_pretty(&conflist).unwrap(),
+    )
+    .unwrap();
+
+    let moved_root = env.runroot().join("oci").join("runc-moved");
+    let (net2_dir, moved) = (net2.clone(), moved_root.clone());
+    rewrite(&env, move |c| {
+        c.log_level = "info".into();
+        c.image.sandbox_image = PAUSE_VIA_NEW_MIRROR.into();
+        c.image.registry.push(RegistryConfig {
+            prefix: "reload.test".into(),
+            fallback: false,
+            mirror: vec![MirrorConfig {
+                location: registry,
+                insecure: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        c.runtime.runtimes.remove("crun");
+        c.runtime.runtimes.insert(
+            "runc-b".into(),
+            RuntimeHandler {
+                runtime_path: "/usr/sbin/runc".into(),
+                ..Default::default()
+            },
+        );
+        c.runtime.runtimes.get_mut("runc").unwrap().runtime_root = moved;
+        c.network.network_dir = net2_dir;
+        // Not live: logged and ignored (metrics keep serving on the old port).
+        c.metrics.address = "127.0.0.1:1".into();
+        c.api.stream_token_ttl = "2m".into();
+    });
+    let log = d.sighup().await;
+    // Everything logged after the reload's last line is under the new level.
+    let reloaded_at = std::fs::read_to_string(env.daemon_log()).unwrap().len();
+    assert!(log.contains("config reloaded"), "{log}");
+    for key in [
+        "image.sandbox_image",
+        "image.registry",
+        "runtime.runtimes.crun",
+        "runtime.runtimes.runc-b",
+        "network.network_dir",
+        "log_level",
+    ] {
+        assert!(log.contains(key), "{key} applied: {log}");
+    }
+    assert!(
+        log.contains("need a restart")
+            && log.contains("metrics.address")
+            && log.contains("api.stream_token_ttl"),
+        "{log}"
+    );
+
+    // Handlers: crun gone, runc-b there; the new network is ready.
+    assert_eq!(
+        handlers_and_network(&mut cri).await,
+        (vec!["runc".to_string(), "runc-b".to_string()], true)
+    );
+    let e = run_pod(&mut cri, &pod_config(&env, "gone"), "crun")
+        .await
+        .expect_err("crun was removed");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+
+    // A new pod on the new handler: the new network, and the new sandbox image pulled through
+    // the new mirror.
+    let after = run_pod(&mut cri, &pod_config(&env, "after"), "runc-b")
+        .await
+        .expect("RunPodSandbox on the new handler");
+    let (ip_after, info) = pod_status(&mut cri, &after).await;
+    let last: u8 = ip_after.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        env.in_subnet(&ip_after) && (200..=250).contains(&last),
+        "the pod got the new network's range: {ip_after}"
+    );
+    assert_eq!(info["image"], PAUSE_VIA_NEW_MIRROR, "{info}");
+    assert_eq!(info["runtimeHandler"], "runc-b", "{info}");
+    let pause = image_status(&mut cri, PAUSE_VIA_NEW_MIRROR)
+        .await
+        .expect("the new sandbox image was pulled through the new mirror");
+    assert!(pause.pinned, "the sandbox image is pinned: {pause:?}");
+
+    // A new pod on the changed handler runs under its new state dir.
+    let moved_pod = run_pod(&mut cri, &pod_config(&env, "moved"), "runc")
+        .await
+        .expect("RunPodSandbox on the changed handler");
+    assert!(
+        entries(&moved_root).contains(&moved_pod),
+        "runc state of the new pod under {}: {:?}",
+        moved_root.display(),
+        entries(&moved_root)
+    );
+
+    // The new level: info, so creating those pods logged no DEBUG lines.
+    let since = std::fs::read_to_string(env.daemon_log()).unwrap();
+    let since = since.get(reloaded_at..).unwrap_or_default();
+    assert!(
+        !since.contains("DEBUG") && since.contains("INFO"),
+        "info and no DEBUG lines after log_level=info:\n{since}"
+    );
+
+    // Metrics kept their old address (a restart setting) and counted the reload.
+    let m = scrape(port).await;
+    assert!(
+        m.contains("ferrio_config_reloads_total{result=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("ferrio_config_reloads_total{result=\"error\"} 0"),
+        "{m}"
+    );
+
+    // The pod from before stops and removes with the runc it started with (the old state dir).
+    let old_root = env.runroot().join("oci").join("runc");
+    assert!(
+        entries(&old_root).contains(&before),
+        "{:?}",
+        entries(&old_root)
+    );
+    for id in [&before, &after, &moved_pod] {
+        stop_and_remove(&mut cri, id).await;
+    }
+    assert!(!entries(&old_root).contains(&before), "runc state removed");
+    assert!(
+        entries(&moved_root).is_empty(),
+        "{:?}",
+        entries(&moved_root)
+    );
+    let reserved: Vec<String> = entries(&env.ipam_dir().join(&net2_name))
+        .into_iter()
+        .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+        .collect();
+    assert!(
+        reserved.is_empty(),
+        "new network's IPs released: {reserved:?}"
+    );
+    assert_no_leaks_soon(&d, &LearnedPids::default()).await;
+}
+
+#[tokio::test]
+async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
+    let port = free_port();
+    let d = Daemon::start(with_metrics(port)).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let good = std::fs::read_to_string(env.config_path()).unwrap();
+    let defaults = (vec!["crun".to_string(), "runc".to_string()], true);
+
+    // A parse error: the log names the file.
+    std::fs::write(
+        env.config_path(),
+        format!("{good}\nsandbox_image = = \"x\"\n"),
+    )
+    .unwrap();
+    let log = d.sighup().await;
+    assert!(log.contains("config reload refused"), "{log}");
+    assert!(
+        log.contains(&env.config_path().display().to_string()),
+        "{log}"
+    );
+
+    // An unknown key in a drop-in: named with its file.
+    std::fs::write(env.config_path(), &good).unwrap();
+    let dropin = env.dropin_dir().join("50-bad.toml");
+    std::fs::write(&dropin, "[image]\nsandbox_imag = \"x\"\n").unwrap();
+    let log = d.sighup().await;
+    assert!(
+        log.contains("config reload refused")
+            && log.contains("50-bad.toml")
+            && log.contains("sandbox_imag"),
+        "{log}"
+    );
+    std::fs::remove_file(&dropin).unwrap();
+
+    // A validation error, next to a valid live change that must not apply either.
+    rewrite(&env, |c| {
+        c.image.sandbox_image = PAUSE_VIA_NEW_MIRROR.into();
+        c.runtime.default_runtime = "nope".into();
+    });
+    let log = d.sighup().await;
+    assert!(
+        log.contains("config reload refused") && log.contains("runtime.default_runtime"),
+        "{log}"
+    );
+
+    // A new handler whose binary is missing: refused at reload, before anything changes.
+    std::fs::write(env.config_path(), &good).unwrap();
+    rewrite(&env, |c| {
+        c.log_level = "info".into();
+        c.runtime.runtimes.insert(
+            "ghost".into(),
+            RuntimeHandler {
+                runtime_path: "/nonexistent/runc".into(),
+                ..Default::default()
+            },
+        );
+    });
+    let log = d.sighup().await;
+    assert!(
+        log.contains("config reload refused")
+            && log.contains("runtime.runtimes.ghost.runtime_path"),
+        "{log}"
+    );
+
+    // The old config is whole: handlers, level and sandbox image as at start.
+    assert_eq!(handlers_and_network(&mut cri).await, defaults);
+    let log_len = std::fs::read_to_string(env.daemon_log()).unwrap().len();
+    let pod = run_pod(&mut cri, &pod_config(&env, "still"), "")
+        .await
+        .expect("RunPodSandbox after refused reloads");
+    let (_, info) = pod_status(&mut cri, &pod).await;
+    assert_eq!(info["image"], "registry.k8s.io/pause:3.10", "{info}");
+    let since = std::fs::read_to_string(env.daemon_log()).unwrap();
+    assert!(
+        since.get(log_len..).unwrap_or_default().contains("DEBUG"),
+        "still at debug after the refused log_level change"
+    );
+
+    // A valid drop-in afterwards applies: pinned images are live.
+    std::fs::write(env.config_path(), &good).unwrap();
+    cri.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage busybox");
+    assert!(!image_status(&mut cri, BUSYBOX).await.unwrap().pinned);
+    std::fs::write(
+        env.dropin_dir().join("50-pin.toml"),
+        "[image]\npinned_images = [\"docker.io/library/busy*\"]\n",
+    )
+    .unwrap();
+    let log = d.sighup().await;
+    assert!(
+        log.contains("config reloaded") && log.contains("image.pinned_images"),
+        "{log}"
+    );
+    assert!(image_status(&mut cri, BUSYBOX).await.unwrap().pinned);
+
+    let m = scrape(port).await;
+    assert!(
+        m.contains("ferrio_config_reloads_total{result=\"error\"} 4"),
+        "{m}"
+    );
+    assert!(
+        m.contains("ferrio_config_reloads_total{result=\"ok\"} 1"),
+        "{m}"
+    );
+
+    stop_and_remove(&mut cri, &pod).await;
+    assert_no_leaks_soon(&d, &LearnedPids::default()).await;
+}
