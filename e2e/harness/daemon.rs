@@ -50,6 +50,14 @@ impl Daemon {
 
     /// A daemon on an existing env (a restart reuses root and runroot).
     pub async fn start_on(env: &Arc<Env>) -> Daemon {
+        let mut d = Daemon::spawn_on(env);
+        d.wait_ready().await;
+        d
+    }
+
+    /// A daemon on an existing env, not yet answering (the fault tests kill it during
+    /// recovery); `start_on` is this plus the wait for Version.
+    pub fn spawn_on(env: &Arc<Env>) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -67,13 +75,11 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", ferrio_bin().display()));
         let pid = child.id();
-        let mut d = Daemon {
+        Daemon {
             env: env.clone(),
             child: Some(child),
             pid,
-        };
-        d.wait_ready().await;
-        d
+        }
     }
 
     /// Wait until the socket answers Version; panic with the daemon's log if it exits or hangs.
