@@ -876,6 +876,13 @@ impl Containers {
             match st.state() {
                 ContainerState::Creating => {
                     tracing::info!(id = %rec.id, "reaping container left half-created");
+                    // The monitor may still be creating it (its pid is not on record yet): as for
+                    // a pause, stop it and let the runtime's create end before the delete.
+                    let id = rec.id.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::sandbox::lifecycle::stop_half_created_monitor(&id)
+                    })
+                    .await;
                     if let Err(e) = self.remove(&rec).await {
                         tracing::warn!(id = %rec.id, error = %e, "cannot reap half-created container");
                     }

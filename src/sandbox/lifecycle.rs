@@ -833,51 +833,57 @@ impl Pods {
             return;
         }
         let id = rec.id.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let procs: Vec<(i32, String)> = std::fs::read_dir("/proc")
-                .map(|rd| {
-                    rd.flatten()
-                        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                        .filter_map(|pid| {
-                            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                            c.contains(id.as_str()).then_some((pid, c))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let creates: Vec<i32> = procs
-                .iter()
-                .filter(|(_, c)| c.contains(" create ") && c.trim_end().ends_with(id.as_str()))
-                .map(|(p, _)| *p)
-                .collect();
-            for (pid, c) in &procs {
-                if c.contains("ferrio-monitor") && c.contains(&format!("--id {id} ")) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(*pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            let running = |pid: i32| {
-                std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|s| s.rfind(") ").map(|i| !s[i + 2..].starts_with('Z')))
-                    .unwrap_or(false)
-            };
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while creates.iter().any(|p| running(*p)) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            !procs.is_empty()
-        })
-        .await
-        .unwrap_or(false);
+        let found = tokio::task::spawn_blocking(move || stop_half_created_monitor(&id))
+            .await
+            .unwrap_or(false);
         if found {
             tracing::info!(id = %rec.id, "stopped the monitor of a pause left half-created");
             let _ = rec.update(|s| s.pause_created = true).await;
         }
     }
+}
+
+/// Kill the monitor of object `id` whose spawn a daemon kill cut short (its pid was never
+/// recorded) and wait until the runtime's `create` it ran has finished, so that a runtime
+/// delete afterwards finds and removes whatever was created. Whether any such process was
+/// there. Blocking: /proc scans and a wait of up to 10 s.
+pub(crate) fn stop_half_created_monitor(id: &str) -> bool {
+    let procs: Vec<(i32, String)> = std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter_map(|pid| {
+                    let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                    c.contains(id).then_some((pid, c))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let creates: Vec<i32> = procs
+        .iter()
+        .filter(|(_, c)| c.contains(" create ") && c.trim_end().ends_with(id))
+        .map(|(p, _)| *p)
+        .collect();
+    for (pid, c) in &procs {
+        if c.contains("ferrio-monitor") && c.contains(&format!("--id {id} ")) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let running = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rfind(") ").map(|i| !s[i + 2..].starts_with('Z')))
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while creates.iter().any(|p| running(*p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !procs.is_empty()
 }
 
 /// Write `config.json` into a fresh bundle directory.
