@@ -26,7 +26,7 @@ pub enum OciError {
 }
 
 /// One configured runtime handler.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OciRuntime {
     /// The handler name (`runc`, `crun`).
     pub name: String,

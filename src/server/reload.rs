@@ -3,6 +3,7 @@
 
 use super::{cni_for, runtimes_for, Daemon};
 use crate::config::{Config, ConfigChanges, ConfigError};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -48,7 +49,7 @@ fn check_usable(old: &Config, new: &Config) -> Result<(), ReloadError> {
             continue;
         }
         let usable = std::fs::metadata(&h.runtime_path)
-            .map(|m| m.is_file())
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             .unwrap_or(false);
         if !usable {
             return invalid(
@@ -134,5 +135,84 @@ pub fn log_outcome(result: &Result<ConfigChanges, ReloadError>) {
         Err(e) => {
             tracing::error!(error = %e, "config reload refused; the old config stays in force")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RuntimeHandler;
+
+    fn handler(path: &str) -> RuntimeHandler {
+        RuntimeHandler {
+            runtime_path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_new_or_changed_handler_needs_its_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("runc");
+        std::fs::write(&bin, "").unwrap();
+        let mode = |m| std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(m)).unwrap();
+        let mut old = Config::default();
+        // A handler the running daemon already has is not checked again (its pods need it).
+        old.runtime
+            .runtimes
+            .insert("gone".into(), handler("/nonexistent/old"));
+        let mut new = old.clone();
+        new.runtime
+            .runtimes
+            .insert("fresh".into(), handler(&bin.display().to_string()));
+        mode(0o644);
+        let e = check_usable(&old, &new).unwrap_err().to_string();
+        assert!(e.contains("runtime.runtimes.fresh.runtime_path"), "{e}");
+        mode(0o755);
+        check_usable(&old, &new).unwrap();
+
+        new.runtime
+            .runtimes
+            .insert("ghost".into(), handler("/nonexistent/runc"));
+        let e = check_usable(&old, &new).unwrap_err().to_string();
+        assert!(e.contains("runtime.runtimes.ghost.runtime_path"), "{e}");
+        new.runtime.runtimes.remove("ghost");
+
+        // A directory is no runtime.
+        new.runtime
+            .runtimes
+            .insert("fresh".into(), handler(&dir.path().display().to_string()));
+        let e = check_usable(&old, &new).unwrap_err().to_string();
+        assert!(e.contains("runtime.runtimes.fresh.runtime_path"), "{e}");
+    }
+
+    #[test]
+    fn a_new_sandbox_image_must_be_a_reference() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.image.sandbox_image = "example.com/pause:3.10".into();
+        check_usable(&old, &new).unwrap();
+        new.image.sandbox_image = "Not A Reference!".into();
+        let e = check_usable(&old, &new).unwrap_err().to_string();
+        assert!(e.contains("image.sandbox_image"), "{e}");
+    }
+
+    #[test]
+    fn source_applies_the_log_level_override_on_every_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferrio.toml");
+        std::fs::write(&file, "log_level = \"debug\"\n").unwrap();
+        let mut source = ConfigSource {
+            file: Some(file.clone()),
+            dropin_dir: Some(dir.path().join("ferrio.d")),
+            log_level: None,
+        };
+        assert_eq!(source.load().unwrap().log_level, "debug");
+        source.log_level = Some("warn".into());
+        assert_eq!(source.load().unwrap().log_level, "warn");
+        source.log_level = Some("loud".into());
+        assert!(source.load().unwrap_err().to_string().contains("log_level"));
+        std::fs::write(&file, "log_level = \n").unwrap();
+        assert!(matches!(source.load(), Err(ReloadError::Config(_))));
     }
 }
