@@ -3,11 +3,15 @@
 //! pod from before the reload still stops and removes with what it started with; a broken config
 //! is refused and the old one keeps serving.
 
-use crate::harness::{pod_config, Cri, Daemon, Env, LearnedPids, Opts, REGISTRY_ENV};
+use crate::harness::{
+    container_config, pod_config, wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts,
+    REGISTRY_ENV,
+};
 use ferrio::config::{Config, MirrorConfig, RegistryConfig, RuntimeHandler};
 use k8s_cri::v1::{
-    ImageSpec, ImageStatusRequest, PodSandboxConfig, PodSandboxStatusRequest, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
+    ContainerState, CreateContainerRequest, ImageSpec, ImageStatusRequest, PodSandboxConfig,
+    PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StatusRequest, StopPodSandboxRequest,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -55,6 +59,35 @@ fn rewrite(env: &Env, edit: impl FnOnce(&mut Config)) {
     edit(&mut c);
     std::fs::write(env.config_path(), toml::to_string_pretty(&c).unwrap())
         .expect("write the config file");
+}
+
+/// Create and start a container running `sleep` in a pod; returns its id once running.
+async fn start_sleeper(cri: &mut Cri, pod_id: &str, pod: &PodSandboxConfig, name: &str) -> String {
+    let id = cri
+        .rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(container_config(name, BUSYBOX, &["sleep", "300"])),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+        .into_inner()
+        .container_id;
+    cri.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+    wait_for_container_state(
+        cri,
+        &id,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(30),
+    )
+    .await;
+    id
 }
 
 async fn run_pod(
@@ -173,10 +206,23 @@ async fn reload_applies_to_new_pods_and_old_pods_keep_what_they_started_with() {
     let mut cri = d.client().await;
     let registry = std::env::var(REGISTRY_ENV).expect("the test registry");
 
-    // A pod from before the reload, on the handler whose state dir the reload moves.
-    let before = run_pod(&mut cri, &pod_config(&env, "before"), "")
+    // A pod from before the reload, on the handler whose state dir the reload moves, with a
+    // container running in it.
+    cri.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage busybox");
+    let before_cfg = pod_config(&env, "before");
+    let before = run_pod(&mut cri, &before_cfg, "")
         .await
         .expect("RunPodSandbox before the reload");
+    let c1 = start_sleeper(&mut cri, &before, &before_cfg, "c1").await;
     let (ip_before, _) = pod_status(&mut cri, &before).await;
     assert!(env.in_subnet(&ip_before), "{ip_before}");
     assert_eq!(
@@ -335,8 +381,25 @@ async fn reload_applies_to_new_pods_and_old_pods_keep_what_they_started_with() {
         "{m}"
     );
 
-    // The pod from before stops and removes with the runc it started with (the old state dir).
+    // The pod from before is untouched, and a container created in it now runs with the runc
+    // (and state dir) the pod started with.
     let old_root = env.runroot().join("oci").join("runc");
+    wait_for_container_state(
+        &mut cri,
+        &c1,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(5),
+    )
+    .await;
+    let c2 = start_sleeper(&mut cri, &before, &before_cfg, "c2").await;
+    assert!(
+        entries(&old_root).contains(&c2) && !entries(&moved_root).contains(&c2),
+        "old root {:?}, new root {:?}",
+        entries(&old_root),
+        entries(&moved_root)
+    );
+
+    // It stops and removes with that runc too.
     assert!(
         entries(&old_root).contains(&before),
         "{:?}",
@@ -345,7 +408,12 @@ async fn reload_applies_to_new_pods_and_old_pods_keep_what_they_started_with() {
     for id in [&before, &after, &moved_pod] {
         stop_and_remove(&mut cri, id).await;
     }
-    assert!(!entries(&old_root).contains(&before), "runc state removed");
+    for id in [&before, &c1, &c2] {
+        assert!(
+            !entries(&old_root).contains(id),
+            "runc state of {id} removed"
+        );
+    }
     assert!(
         entries(&moved_root).is_empty(),
         "{:?}",
