@@ -78,16 +78,20 @@ async fn run(c: &mut Client, config: PodSandboxConfig) -> Result<(String, Durati
     Ok((id, t.elapsed()))
 }
 
-async fn remove(c: &mut Client, id: &str) -> Result<(), BoxError> {
+/// StopPodSandbox then RemovePodSandbox, returning how long each took.
+async fn remove(c: &mut Client, id: &str) -> Result<(Duration, Duration), BoxError> {
+    let t = Instant::now();
     c.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: id.into(),
     })
     .await?;
+    let stop = t.elapsed();
+    let t = Instant::now();
     c.remove_pod_sandbox(RemovePodSandboxRequest {
         pod_sandbox_id: id.into(),
     })
     .await?;
-    Ok(())
+    Ok((stop, t.elapsed()))
 }
 
 /// The nearest-rank percentile `p` (0..=100) of `v`, in milliseconds.
@@ -110,11 +114,13 @@ async fn main() -> Result<(), BoxError> {
     let (id, _) = run(&mut c, pod(&args, 0)).await?;
     remove(&mut c, &id).await?;
 
-    let mut serial = Vec::new();
+    let (mut serial, mut stops, mut removes) = (Vec::new(), Vec::new(), Vec::new());
     for n in 1..=args.serial {
         let (id, took) = run(&mut c, pod(&args, n)).await?;
         serial.push(took);
-        remove(&mut c, &id).await?;
+        let (stop, rm) = remove(&mut c, &id).await?;
+        stops.push(stop);
+        removes.push(rm);
     }
     println!(
         "ferrio serial   n={} p50_ms={:.1} p95_ms={:.1}",
@@ -122,6 +128,15 @@ async fn main() -> Result<(), BoxError> {
         percentile(&serial, 50),
         percentile(&serial, 95)
     );
+    // Not part of the goal; printed so the stop/remove path can be compared to containerd's.
+    for (what, v) in [("stop  ", &stops), ("remove", &removes)] {
+        println!(
+            "ferrio {what}   n={} p50_ms={:.1} p95_ms={:.1}",
+            v.len(),
+            percentile(v, 50),
+            percentile(v, 95)
+        );
+    }
 
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -12,7 +12,7 @@ use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
 use crate::state::names::Names;
-use crate::state::{Record, StateError, Table};
+use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
@@ -327,12 +327,7 @@ impl Pods {
             let Some(before) = old.get(&s.meta.runtime_handler) else {
                 continue;
             };
-            let same = runtimes.get(&s.meta.runtime_handler).is_some_and(|now| {
-                now.path == before.path
-                    && now.root == before.root
-                    && now.systemd_cgroup == before.systemd_cgroup
-            });
-            if !same {
+            if runtimes.get(&s.meta.runtime_handler) != Some(before) {
                 pinned.entry(s.id.clone()).or_insert_with(|| before.clone());
             }
         }
@@ -695,46 +690,84 @@ impl Pods {
     }
 
     /// StopPodSandbox for the sandbox itself (its containers are stopped by the caller first):
-    /// CNI DEL while the netns still exists, then the pause process. Idempotent.
+    /// CNI DEL while the netns still exists, and the pause process killed. Idempotent.
     pub async fn stop(self: &Arc<Self>, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
-        let st = rec.status();
-        if st.network_attached {
-            if let Some(netns) = &rec.meta.namespaces.net {
-                let mut pn = self.pod_network(&rec.id, &rec.meta, netns);
-                let mut held = None;
-                if !crate::network::is_netns(netns) {
-                    // The pinned file is gone but a live pause still holds the namespace: DEL
-                    // inside it, or the bridge plugin cannot find the pod's addresses and
-                    // leaves its masquerade rules behind.
-                    held = self.live_pause_netns(rec).await;
-                    if let Some(fd) = &held {
-                        // Our own fd keeps the namespace alive even if the pause dies meanwhile.
-                        pn.netns = PathBuf::from(format!(
-                            "/proc/{}/fd/{}",
-                            std::process::id(),
-                            fd.as_raw_fd()
-                        ));
-                        tracing::info!(id = %rec.id, netns = %pn.netns.display(), "pinned netns vanished; using the pause process's");
-                    }
-                }
-                self.cni.load().teardown(&pn).await?;
-                drop(held);
-            }
-            rec.update(|s| s.network_attached = false).await?;
-        }
-        if st.pause_created {
-            let runtime = self.runtime_of(&rec.id, &rec.meta.runtime_handler)?;
-            runtime.kill(&rec.id, libc::SIGKILL, true).await?;
-            if st.monitor_pid > 0 {
-                let _ = tokio::time::timeout(
-                    PAUSE_KILL_WAIT,
-                    monitor::wait_exit(st.monitor_pid, &self.exit_file(&rec.id)),
-                )
-                .await;
-            }
+        let pinned = rec
+            .meta
+            .namespaces
+            .net
+            .as_deref()
+            .is_none_or(crate::network::is_netns);
+        if rec.status().network_attached && !pinned {
+            // The DEL needs the live pause's namespace: network first, then the pause.
+            self.stop_network(rec).await?;
+            self.stop_pause(rec).await?;
+        } else {
+            // The pinned netns outlives the pause, so the DEL and the kill need not wait for
+            // each other (the DEL's plugins take most of a stop).
+            let (net, pause) = tokio::join!(self.stop_network(rec), self.stop_pause(rec));
+            net?;
+            pause?;
         }
         if rec.status().state != SandboxState::NotReady {
-            rec.update(|s| s.state = SandboxState::NotReady).await?;
+            // A fact of this boot: after a reboot the pause is gone anyway.
+            rec.update_with(Durability::Crash, |s| s.state = SandboxState::NotReady)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// CNI DEL, unless it already ran.
+    async fn stop_network(&self, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
+        if !rec.status().network_attached {
+            return Ok(());
+        }
+        if let Some(netns) = &rec.meta.namespaces.net {
+            let mut pn = self.pod_network(&rec.id, &rec.meta, netns);
+            let mut held = None;
+            if !crate::network::is_netns(netns) {
+                // The pinned file is gone but a live pause still holds the namespace: DEL
+                // inside it, or the bridge plugin cannot find the pod's addresses and
+                // leaves its masquerade rules behind.
+                held = self.live_pause_netns(rec).await;
+                if let Some(fd) = &held {
+                    // Our own fd keeps the namespace alive even if the pause dies meanwhile.
+                    pn.netns = PathBuf::from(format!(
+                        "/proc/{}/fd/{}",
+                        std::process::id(),
+                        fd.as_raw_fd()
+                    ));
+                    tracing::info!(id = %rec.id, netns = %pn.netns.display(), "pinned netns vanished; using the pause process's");
+                }
+            }
+            self.cni.load().teardown(&pn).await?;
+            drop(held);
+        }
+        // Crash durability: a power loss that undoes this only repeats an idempotent DEL.
+        rec.update_with(Durability::Crash, |s| s.network_attached = false)
+            .await?;
+        Ok(())
+    }
+
+    /// SIGKILL to the pause and wait for its monitor to record the exit, unless it did.
+    async fn stop_pause(&self, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
+        let st = rec.status();
+        // The exit file is the monitor's last act: with it the pause is gone and a second
+        // kill (Remove after Stop) would only cost a runtime call.
+        let exit_file = self.exit_file(&rec.id);
+        if !st.pause_created || tokio::fs::try_exists(&exit_file).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let runtime = self.runtime_of(&rec.id, &rec.meta.runtime_handler)?;
+        // Not `--all`: the pause is alone in its cgroup (runc would freeze it to find more),
+        // and in a shared pid namespace killing it, PID 1, ends the rest.
+        runtime.kill(&rec.id, libc::SIGKILL, false).await?;
+        if st.monitor_pid > 0 {
+            let _ = tokio::time::timeout(
+                PAUSE_KILL_WAIT,
+                monitor::wait_exit(st.monitor_pid, &exit_file),
+            )
+            .await;
         }
         Ok(())
     }
@@ -765,7 +798,8 @@ impl Pods {
             self.runtime_of(&id, &rec.meta.runtime_handler)?
                 .delete(&id)
                 .await?;
-            rec.update(|s| s.pause_created = false).await?;
+            // No status write: the record goes below, and a remove retried after a failure
+            // in between only repeats the idempotent delete.
         }
         let ov = self.overlay_dir(&id);
         let pinned = rec.meta.namespaces.clone();

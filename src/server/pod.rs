@@ -112,9 +112,11 @@ pub(super) async fn remove_pod_sandbox(
         let Some(rec) = d.pods.table.get(&id)? else {
             return Ok(());
         };
-        for c in d.containers.of_sandbox(&rec.id) {
-            d.containers.remove(&c).await?;
-        }
+        let removes = d.containers.of_sandbox(&rec.id).into_iter().map(|c| {
+            let d = d.clone();
+            async move { d.containers.remove(&c).await }
+        });
+        futures::future::try_join_all(removes).await?;
         d.pods.remove(&rec).await?;
         Ok(())
     })
