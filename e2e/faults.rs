@@ -801,6 +801,12 @@ async fn a_killed_monitor_is_reported_and_the_container_still_stops_and_goes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..3 {
         let (st, _) = container_status(&mut cri, &id).await;
+        println!(
+            "after the monitor's SIGKILL: state {:?}, reason {:?}, message {:?}",
+            st.state(),
+            st.reason,
+            st.message
+        );
         let runc = runtime_list(&env, "runc")
             .get(&id)
             .cloned()
@@ -819,6 +825,21 @@ async fn a_killed_monitor_is_reported_and_the_container_still_stops_and_goes() {
                 assert!(
                     st.message.contains("monitor"),
                     "the message says why: {st:?}"
+                );
+                // Exited is the truth only if the process is gone too (the daemon deletes a
+                // container whose monitor vanished, which kills it).
+                let deadline = Instant::now() + SETTLE;
+                while alive(pid) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                assert!(!alive(pid), "reported exited while {pid} runs: {st:?}");
+                let runc = runtime_list(&env, "runc")
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_default();
+                assert!(
+                    runc.0.is_empty() || runc.0 == "stopped",
+                    "reported exited, runc says {runc:?}"
                 );
             }
             other => panic!("after the monitor died the container is {other:?}: {st:?}"),
