@@ -8,6 +8,10 @@ mod bench;
 #[path = "../hack/bench/chart.rs"]
 mod chart;
 
+#[allow(dead_code)]
+#[path = "../examples/bench_load.rs"]
+mod bench_load;
+
 use std::path::PathBuf;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,4 +103,72 @@ async fn bench_runs_end_to_end_with_n_2() {
         })
         .collect();
     assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+/// The load benchmark (hack/bench-load.sh) with 3 pods x 2 containers: every row measured, the
+/// restart keeps monitors and containers, the CSV is written and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_bench_runs_end_to_end_with_3_pods() {
+    let registry = std::env::var("FERRIO_TEST_REGISTRY")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .expect(
+            "FERRIO_TEST_REGISTRY is not set: run `hack/test-registry.sh start` (or `make test`)",
+        );
+    let results = tempfile::tempdir().expect("results dir");
+    let report = bench_load::run(bench_load::Opts {
+        pods: 3,
+        calls: 20,
+        idle: std::time::Duration::from_secs(2),
+        parallel: 2,
+        ferrio_bin: PathBuf::from(env!("CARGO_BIN_EXE_ferrio")),
+        monitor_bin: PathBuf::from(env!("CARGO_BIN_EXE_ferrio-monitor")),
+        registry,
+        results_dir: results.path().to_path_buf(),
+    })
+    .await
+    .expect("the load benchmark runs");
+    eprintln!("{}", report.table);
+
+    let row = |m: &str| {
+        report
+            .row(m)
+            .unwrap_or_else(|| panic!("no row {m:?} in\n{}", report.table))
+    };
+    for m in [
+        "ListPodSandbox, 3 pods",
+        "ListContainers, 3 pods",
+        "ListContainerStats, 3 pods",
+    ] {
+        let r = row(m);
+        let p99 = r.p99.expect("a latency has a p99");
+        assert!(r.value > 0.0 && p99 >= r.value, "{m}: {r:?}");
+    }
+    // Goals are not asserted (a loaded CI box), the measurements are.
+    assert!(row("daemon CPU idle, 2 s").value >= 0.0);
+    // A pause and two containers per pod, each with its monitor.
+    let mons = row("monitors RSS total, 9 monitors");
+    assert!(mons.value > 1.0, "{mons:?}");
+    assert!(row("daemon RSS").value > 1.0);
+    assert!(row("PSS per monitor").value > 0.0);
+    assert_eq!(row("monitors alive across the restart").value, 9.0);
+    assert!(
+        row("monitors alive across the restart")
+            .goal
+            .as_ref()
+            .is_some_and(|g| g.1),
+        "the same monitors serve the containers after a restart:\n{}",
+        report.table
+    );
+    assert_eq!(row("containers running after the restart").value, 6.0);
+
+    let csv = std::fs::read_to_string(&report.csv).expect("csv");
+    assert!(csv.starts_with("pods,metric,"), "{csv}");
+    assert!(csv.contains("\"ListContainers, 3 pods\",ms,"), "{csv}");
+    assert!(
+        report.leftovers.is_empty(),
+        "left behind: {:?}",
+        report.leftovers
+    );
+    assert!(!report.work.exists());
 }

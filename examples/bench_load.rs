@@ -324,7 +324,7 @@ impl Load {
         let pct = |ticks: u64| ticks as f64 / hz / secs * 100.0;
         let daemon_pct = pct(d1.0.saturating_sub(d0.0));
         rows.push(Row {
-            metric: format!("daemon CPU idle, {:.0} s", secs),
+            metric: format!("daemon CPU idle, {} s", opts.idle.as_secs()),
             unit: "%",
             value: daemon_pct,
             p99: None,
@@ -391,6 +391,59 @@ impl Load {
                 goal: None,
             });
         }
+
+        // Restart (an upgrade is one): the monitors, and so the containers, must outlive the
+        // daemon, and the new daemon must find every one of them again.
+        let before = procs_matching("ferrio-monitor", &self.work);
+        drop(rt);
+        self.stop_daemon();
+        let alive = before
+            .iter()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .count();
+        let started = Instant::now();
+        let channel = self.spawn(opts).await?;
+        let restart_s = started.elapsed().as_secs_f64();
+        let mut rt = RuntimeServiceClient::new(channel);
+        let running = rt
+            .list_containers(ListContainersRequest::default())
+            .await?
+            .into_inner()
+            .containers
+            .iter()
+            .filter(|c| c.state == k8s_cri::v1::ContainerState::ContainerRunning as i32)
+            .count();
+        let mut after = procs_matching("ferrio-monitor", &self.work);
+        let mut before = before;
+        before.sort_unstable();
+        after.sort_unstable();
+        rows.push(Row {
+            metric: format!("restart to serving, {} pods", opts.pods),
+            unit: "s",
+            value: restart_s,
+            p99: None,
+            goal: None,
+        });
+        rows.push(Row {
+            metric: "monitors alive across the restart".into(),
+            unit: "",
+            value: alive as f64,
+            p99: None,
+            goal: Some((
+                format!("all {} (same pids after)", before.len()),
+                alive == before.len() && before == after,
+            )),
+        });
+        rows.push(Row {
+            metric: "containers running after the restart".into(),
+            unit: "",
+            value: running as f64,
+            p99: None,
+            goal: Some((
+                format!("all {}", opts.pods * CONTAINERS),
+                running == opts.pods * CONTAINERS,
+            )),
+        });
 
         // Teardown through the API, as kubelet would, `parallel` pods at a time.
         let started = Instant::now();
@@ -469,7 +522,17 @@ impl Load {
             conflist(&self.bridge, octet, &dir.join("ipam")),
         )?;
 
-        let log = std::fs::File::create(dir.join("ferrio.log"))?;
+        self.spawn(opts).await
+    }
+
+    /// Starts the daemon on the files `start` wrote and waits until it answers Version.
+    async fn spawn(&mut self, opts: &Opts) -> Result<Channel> {
+        let dir = self.work.clone();
+        // Appends: a restarted daemon's log follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("ferrio.log"))?;
         let child = Command::new(&opts.ferrio_bin)
             .arg("--config")
             .arg(dir.join("ferrio.toml"))
