@@ -860,6 +860,8 @@ async fn bench_container() {
 
     let mut ferrio_t = Vec::new();
     let mut ferrio_create_t = Vec::new();
+    let mut ferrio_stop_t = Vec::new();
+    let mut ferrio_remove_t = Vec::new();
     for i in 0..n {
         let cfg = container_config(&format!("b{i}"), BUSYBOX, &["sleep", "1000"]);
         let t0 = Instant::now();
@@ -867,7 +869,12 @@ async fn bench_container() {
         ferrio_create_t.push(t0.elapsed());
         p.start_ctr(&id).await;
         ferrio_t.push(t0.elapsed());
+        let t1 = Instant::now();
+        p.stop_ctr(&id, 0).await;
+        ferrio_stop_t.push(t1.elapsed());
+        let t2 = Instant::now();
         p.remove_ctr(&id).await;
+        ferrio_remove_t.push(t2.elapsed());
     }
     let mut runc_t = Vec::new();
     let mut conmon_t = Vec::new();
@@ -926,6 +933,16 @@ async fn bench_container() {
         "    of which CreateContainer              {:7.1} / {:7.1}",
         pct_ms(&ferrio_create_t, 50),
         pct_ms(&ferrio_create_t, 90)
+    );
+    println!(
+        "  ferrio StopContainer (timeout 0)        {:7.1} / {:7.1}",
+        pct_ms(&ferrio_stop_t, 50),
+        pct_ms(&ferrio_stop_t, 90)
+    );
+    println!(
+        "  ferrio RemoveContainer (after stop)     {:7.1} / {:7.1}",
+        pct_ms(&ferrio_remove_t, 50),
+        pct_ms(&ferrio_remove_t, 90)
     );
     println!(
         "  runc create + runc start (floor)        {:7.1} / {:7.1}",

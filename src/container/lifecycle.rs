@@ -2,6 +2,11 @@
 //!
 //! Status is derived from facts (created, started_at, finished_at) rather than a stored state
 //! enum, as containerd does: a container is Running once started and until it has finished.
+//!
+//! Records are written with [`Durability::Crash`]: atomic, so a daemon killed at any instant
+//! finds every record whole, but not fsynced. Everything a record says is about processes of
+//! this boot: after a reboot the boot-id check marks them exited, and a record that a power loss
+//! took away leaves only its overlay directory behind, which [`Containers::recover`] sweeps.
 
 use super::spec;
 use crate::image::ImageStore;
@@ -10,7 +15,7 @@ use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
 use crate::sandbox::lifecycle::{monitor_alive, Pods, Sandbox, SandboxError, SandboxState};
 use crate::state::names::Names;
-use crate::state::{Record, StateError, Table};
+use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +66,59 @@ pub enum ContainerError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Names that removed directories get until they are deleted (in the same parent directory, so
+/// that moving them there is a rename).
+const TRASH_PREFIX: &str = ".trash-";
+
+/// Unmounts the overlay at `dir/merged`, stacked mounts included (a busy one lazily), and
+/// leaves the directories in place.
+fn unmount_overlay(dir: &Path) -> Result<(), ContainerError> {
+    use nix::errno::Errno;
+    use nix::mount::{umount2, MntFlags};
+    let merged = dir.join("merged");
+    let err = |e: Errno| ContainerError::Io {
+        path: merged.clone(),
+        source: std::io::Error::from(e),
+    };
+    for _ in 0..16 {
+        match umount2(&merged, MntFlags::empty()) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+            // Busy (a process still has its cwd inside): detach it lazily.
+            Err(Errno::EBUSY) => umount2(&merged, MntFlags::MNT_DETACH).map_err(err)?,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Renames `dir` to a trash entry beside it; `None` when there is no `dir`.
+fn move_to_trash(dir: &Path) -> Result<Option<PathBuf>, ContainerError> {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let trash = dir.with_file_name(format!("{TRASH_PREFIX}{name}"));
+    let mut moved = std::fs::rename(dir, &trash);
+    if moved.is_err() && dir.exists() && trash.exists() {
+        // What a daemon killed while deleting left in the way.
+        empty_trash(&trash);
+        moved = std::fs::rename(dir, &trash);
+    }
+    match moved {
+        Ok(()) => Ok(Some(trash)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ContainerError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Deletes a trash entry (unmounting first whatever may still be mounted in it).
+fn empty_trash(trash: &Path) {
+    if let Err(e) = crate::image::overlay::unmount_rootfs(trash) {
+        tracing::warn!(path = %trash.display(), error = %e, "cannot delete a removed directory");
+    }
 }
 
 fn join_err(path: &Path) -> impl FnOnce(tokio::task::JoinError) -> ContainerError + '_ {
@@ -507,9 +565,11 @@ impl Containers {
         let runtime = self.runtime_for(sandbox)?;
         let cgroups_path = meta.cgroups_path.clone();
         let log_path = meta.log_path.clone();
+        // Without fsync (a power loss ends the container anyway; recovery sweeps what a lost
+        // record leaves on disk): several fsyncs were most of CreateContainer's time.
         let rec = self
             .table
-            .insert(id, meta, ContainerStatus::default())
+            .insert_with(id, meta, ContainerStatus::default(), Durability::Crash)
             .await?;
         {
             let this = self.clone();
@@ -607,7 +667,7 @@ impl Containers {
             stdin_once: req.config.stdin_once,
         })
         .await?;
-        rec.update(|s| {
+        rec.update_with(Durability::Crash, |s| {
             s.created = true;
             s.pid = spawned.container_pid;
             s.monitor_pid = spawned.monitor_pid;
@@ -620,6 +680,7 @@ impl Containers {
     /// Record the exit when the container's monitor reports it (also across daemon restarts).
     fn watch_exit(self: &Arc<Self>, rec: Arc<Container>) {
         let exit_file = self.exit_file(&rec.id);
+        let this = self.clone();
         tokio::spawn(async move {
             let pid = rec.status().monitor_pid;
             // A pid that is no longer our monitor (gone, or recycled after a reboot) must not
@@ -644,6 +705,20 @@ impl Containers {
                     format!("cannot read exit record: {e}"),
                 ),
             };
+            // The runtime's state and the container's cgroup go as soon as the container is
+            // gone (as containerd's shim does), before the exit is published: StopContainer
+            // then returns with nothing left for RemoveContainer but the rootfs and the record,
+            // and no RemoveContainer races this delete.
+            if rec.status().finished_at == 0 {
+                match this.runtime_of(&rec) {
+                    Ok(rt) => {
+                        if let Err(e) = rt.delete(&rec.id).await {
+                            tracing::warn!(id = %rec.id, error = %e, "cannot delete exited container");
+                        }
+                    }
+                    Err(e) => tracing::warn!(id = %rec.id, error = %e, "no runtime to delete with"),
+                }
+            }
             let mut msg = msg;
             if let Some(file) = rec.meta.termination_message.clone() {
                 let text = tokio::task::spawn_blocking(move || file.read())
@@ -655,7 +730,7 @@ impl Containers {
             }
             if rec.status().finished_at == 0 {
                 let r = rec
-                    .update(|s| {
+                    .update_with(Durability::Crash, |s| {
                         s.finished_at = at.max(1);
                         s.exit_code = code;
                         s.oom_killed = oom;
@@ -779,7 +854,7 @@ impl Containers {
         // must not get a finish time before its start time.
         let started = now_ns();
         runtime.start(&rec.id).await?;
-        rec.update(|s| {
+        rec.update_with(Durability::Crash, |s| {
             if s.started_at == 0 {
                 s.started_at = if s.finished_at > 0 {
                     started.min(s.finished_at)
@@ -821,7 +896,7 @@ impl Containers {
         {
             // The monitor did not report: trust the runtime's view.
             if !monitor_alive(rec.status().monitor_pid, &rec.id) {
-                rec.update(|s| {
+                rec.update_with(Durability::Crash, |s| {
                     if s.finished_at == 0 {
                         s.finished_at = now_ns();
                         s.exit_code = 137;
@@ -839,6 +914,14 @@ impl Containers {
         Ok(())
     }
 
+    /// The runtime that runs `rec` (the default one when its pod is gone).
+    fn runtime_of(&self, rec: &Container) -> Result<OciRuntime, ContainerError> {
+        match self.pods.get(&rec.meta.sandbox_id) {
+            Ok(s) => self.runtime_for(&s),
+            Err(_) => Ok(self.pods.runtime("")?.clone()),
+        }
+    }
+
     /// RemoveContainer: stops it if needed and leaves nothing behind. Idempotent.
     pub async fn remove(&self, rec: &Arc<Container>) -> Result<(), ContainerError> {
         self.stop(rec, 0).await?;
@@ -846,23 +929,34 @@ impl Containers {
             Ok(s) => self.runtime_for(&s)?,
             Err(_) => self.pods.runtime("")?,
         };
-        runtime.delete(&rec.id).await?;
+        // Usually deleted already, when the container exited (see watch_exit): a runtime that
+        // has no state left for it would only be asked to find that out (~10 ms of runc).
+        if runtime.root.join(&rec.id).exists() {
+            runtime.delete(&rec.id).await?;
+        }
         let ov = self.overlay_dir(&rec.id);
         let run_dir = self.run_dir(&rec.id);
         let cg = rec.meta.cgroups_path.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), ContainerError> {
-            crate::image::overlay::unmount_rootfs(&ov)?;
+        let trash = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, ContainerError> {
+            unmount_overlay(&ov)?;
             crate::oci::cgroups::remove(&cg);
-            match std::fs::remove_dir_all(&run_dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ContainerError::Io {
-                    path: run_dir,
-                    source: e,
-                }),
-                _ => Ok(()),
+            let mut trash = Vec::new();
+            for dir in [ov, run_dir] {
+                trash.extend(move_to_trash(&dir)?);
             }
+            Ok(trash)
         })
         .await
         .map_err(join_err(&self.run_dir(&rec.id)))??;
+        // Nothing is mounted any more and nothing is left under the container's names; the
+        // files themselves go in the background: every unlink and rmdir costs milliseconds on
+        // a journaled disk (an upper dir full of files far more). A daemon killed meanwhile
+        // leaves trash entries that recovery sweeps.
+        tokio::task::spawn_blocking(move || {
+            for t in trash {
+                empty_trash(&t);
+            }
+        });
         self.table.remove(&rec.id).await?;
         self.names.release(&rec.meta.name_key, &rec.id);
         Ok(())
@@ -897,6 +991,7 @@ impl Containers {
                 }
             }
         }
+        self.sweep_orphan_rootfs().await;
     }
 
     /// A daemon killed during StartContainer after the runtime's `start` ran leaves a record
@@ -934,6 +1029,59 @@ impl Containers {
             Err(e) => {
                 tracing::warn!(id = %rec.id, error = %e, "cannot ask the runtime for the state")
             }
+        }
+    }
+
+    /// Unmounts and removes the overlay directories that no container or pod record leads to:
+    /// records are not fsynced, and one that a power loss took away leaves its rootfs (upper
+    /// dir included) on disk. Also empties the trash that a daemon killed during a
+    /// RemoveContainer left. Runs during recovery, before any create can be under way.
+    async fn sweep_orphan_rootfs(&self) {
+        let base = self.overlay_dir("");
+        let run_base = self.run_dir("");
+        let known: std::collections::HashSet<String> = self
+            .table
+            .list()
+            .iter()
+            .map(|c| c.id.clone())
+            .chain(self.pods.table.list().iter().map(|p| p.id.clone()))
+            .collect();
+        let swept = tokio::task::spawn_blocking(move || {
+            for dir in [&base, &run_base] {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    if entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(TRASH_PREFIX)
+                    {
+                        empty_trash(&entry.path());
+                    }
+                }
+            }
+            let Ok(entries) = std::fs::read_dir(&base) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Only what we name: 64 hex digits, as every container and pod id.
+                let ours = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+                if !ours || known.contains(&name) {
+                    continue;
+                }
+                match crate::image::overlay::unmount_rootfs(&entry.path()) {
+                    Ok(()) => tracing::info!(id = %name, "removed a rootfs no record leads to"),
+                    Err(e) => {
+                        tracing::warn!(id = %name, error = %e, "cannot remove an orphaned rootfs")
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::warn!(error = %e, "sweeping orphaned rootfs directories failed");
         }
     }
 }
