@@ -304,6 +304,21 @@ async fn setup_and_teardown_with_real_plugins() {
     assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
     let lo = run("ip", &["-n", &env.netns, "link", "show", "lo"]);
     assert!(lo.contains(",UP"), "lo not up: {lo}");
+    // ferrio's own netlink queries see the same as iproute2.
+    let ours = ferrio::network::addresses(&pod.netns, "eth0")
+        .await
+        .unwrap();
+    let v4: Vec<String> = ours
+        .iter()
+        .filter(|n| n.is_ipv4())
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(v4, [format!("{ip}/24")], "{ours:?}");
+    let links = ferrio::network::links(&pod.netns).await.unwrap();
+    assert!(
+        links.iter().any(|l| l.name == "lo" && l.up),
+        "lo not up: {links:?}"
+    );
     assert_eq!(env.bridge_ports().len(), 1);
     assert_eq!(env.reservations(), [ip.to_string()]);
     assert!(env.cache_entry().exists());

@@ -4,26 +4,46 @@
 //! exits afterwards; no runtime thread ever changes namespace.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{
-    self, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
-};
+use ipnetwork::IpNetwork;
 
+use super::netlink::{Link, Netlink};
 use super::NetworkError;
-
-const RTM_NEWLINK: u16 = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const IFF_UP: u32 = 0x1;
-const IFLA_IFNAME: u16 = 3;
 
 /// Sets `lo` up inside the network namespace at `netns`.
 pub async fn bring_loopback_up(netns: &Path) -> Result<(), NetworkError> {
     in_netns(netns, |path| {
-        set_link_up("lo").map_err(|e| NetworkError::io("set lo up in", path, e))
+        Netlink::open()
+            .and_then(|mut nl| nl.set_up("lo"))
+            .map_err(|e| NetworkError::io("set lo up in", path, e))
+    })
+    .await
+}
+
+/// The links inside the network namespace at `netns`.
+pub async fn links(netns: &Path) -> Result<Vec<Link>, NetworkError> {
+    in_netns(netns, |path| {
+        Netlink::open()
+            .and_then(|mut nl| nl.links())
+            .map_err(|e| NetworkError::io("list links in", path, e))
+    })
+    .await
+}
+
+/// The addresses of link `ifname` inside the network namespace at `netns`; empty when there is
+/// no such link.
+pub async fn addresses(netns: &Path, ifname: &str) -> Result<Vec<IpNetwork>, NetworkError> {
+    let ifname = ifname.to_string();
+    in_netns(netns, move |path| {
+        let query = || -> std::io::Result<Vec<IpNetwork>> {
+            let mut nl = Netlink::open()?;
+            match nl.links()?.into_iter().find(|l| l.name == ifname) {
+                Some(link) => nl.addresses(link.index),
+                None => Ok(Vec::new()),
+            }
+        };
+        query().map_err(|e| NetworkError::io("list addresses in", path, e))
     })
     .await
 }
@@ -65,73 +85,6 @@ pub fn is_netns(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
-/// RTM_NEWLINK on an existing link picked by name, with IFF_UP set; waits for the kernel's ack.
-fn set_link_up(name: &str) -> std::io::Result<()> {
-    let fd = socket::socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )?;
-    socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-
-    let seq: u32 = 1;
-    let mut attr_name = name.as_bytes().to_vec();
-    attr_name.push(0);
-    let rta_len = 4 + attr_name.len();
-    let rta_padded = (rta_len + 3) & !3;
-    let total = 16 + 16 + rta_padded;
-    let mut msg = Vec::with_capacity(total);
-    // nlmsghdr
-    msg.extend_from_slice(&(total as u32).to_ne_bytes());
-    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    // ifinfomsg: family, pad, type, index 0 (look up by IFLA_IFNAME), flags, change mask
-    msg.extend_from_slice(&[0u8, 0u8]);
-    msg.extend_from_slice(&0u16.to_ne_bytes());
-    msg.extend_from_slice(&0i32.to_ne_bytes());
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes());
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes());
-    // rtattr IFLA_IFNAME
-    msg.extend_from_slice(&(rta_len as u16).to_ne_bytes());
-    msg.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
-    msg.extend_from_slice(&attr_name);
-    msg.resize(total, 0);
-
-    let sent = socket::send(fd.as_raw_fd(), &msg, MsgFlags::empty())?;
-    if sent != msg.len() {
-        return Err(std::io::Error::other("short netlink send"));
-    }
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(word(&buf, off)) as usize;
-            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-            let got_seq = u32::from_ne_bytes(word(&buf, off + 8));
-            if len < 16 || off + len > n {
-                return Err(std::io::Error::other("malformed netlink reply"));
-            }
-            if kind == NLMSG_ERROR && got_seq == seq && len >= 20 {
-                let errno = i32::from_ne_bytes(word(&buf, off + 16));
-                return if errno == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::from_raw_os_error(-errno))
-                };
-            }
-            off += (len + 3) & !3;
-        }
-    }
-}
-
-fn word(buf: &[u8], at: usize) -> [u8; 4] {
-    [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +111,24 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         let err = bring_loopback_up(f.path()).await.unwrap_err();
         assert!(err.to_string().starts_with("enter netns"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn loopback_comes_up_and_is_seen_with_its_address() {
+        // A namespace of our own, on a thread that unshares and parks until dropped.
+        let s = super::super::standin::StandIn::new("eth0", &["10.77.1.5/24".parse().unwrap()])
+            .unwrap();
+        let lo = |links: Vec<Link>| links.into_iter().find(|l| l.name == "lo").unwrap();
+        assert!(!lo(links(s.path()).await.unwrap()).up, "lo starts down");
+        bring_loopback_up(s.path()).await.unwrap();
+        assert!(lo(links(s.path()).await.unwrap()).up);
+        let lo_addrs = addresses(s.path(), "lo").await.unwrap();
+        assert!(
+            lo_addrs.iter().any(|n| n.to_string() == "127.0.0.1/8"),
+            "{lo_addrs:?}"
+        );
+        let eth0 = addresses(s.path(), "eth0").await.unwrap();
+        assert_eq!(eth0, ["10.77.1.5/24".parse::<IpNetwork>().unwrap()]);
+        assert!(addresses(s.path(), "nope0").await.unwrap().is_empty());
     }
 }

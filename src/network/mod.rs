@@ -14,6 +14,7 @@ mod cni;
 mod conflist;
 mod exec;
 mod loopback;
+mod netlink;
 mod result;
 mod standin;
 
@@ -24,7 +25,8 @@ use futures::future::BoxFuture;
 
 pub use cni::Cni;
 pub use conflist::NetworkConfigList;
-pub use loopback::{bring_loopback_up, is_netns};
+pub use loopback::{addresses, bring_loopback_up, is_netns, links};
+pub use netlink::Link;
 pub use result::{result_addrs, result_ips};
 
 /// What the CNI calls need to know about one pod sandbox.

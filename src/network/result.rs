@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
+
 use serde_json::Value;
 
 /// Pod addresses in a CNI result, IPv4 first, duplicates and loopback addresses dropped.
@@ -12,13 +14,13 @@ use serde_json::Value;
 pub fn result_ips(result: &Value, ifname: &str) -> Vec<IpAddr> {
     result_addrs(result, ifname)
         .into_iter()
-        .map(|(ip, _)| ip)
+        .map(|net| net.ip())
         .collect()
 }
 
 /// Like [`result_ips`], with each address's prefix length (32 or 128 where the result gives none).
-pub fn result_addrs(result: &Value, ifname: &str) -> Vec<(IpAddr, u8)> {
-    let mut found: Vec<(IpAddr, u8)> = Vec::new();
+pub fn result_addrs(result: &Value, ifname: &str) -> Vec<IpNetwork> {
+    let mut found: Vec<IpNetwork> = Vec::new();
     let interfaces = result.get("interfaces").and_then(Value::as_array);
     if let Some(ips) = result.get("ips").and_then(Value::as_array) {
         for entry in ips {
@@ -50,30 +52,21 @@ pub fn result_addrs(result: &Value, ifname: &str) -> Vec<(IpAddr, u8)> {
             found.push(ip);
         }
     }
-    let mut ips: Vec<(IpAddr, u8)> = Vec::new();
-    for (ip, prefix) in found {
-        if !ip.is_loopback() && !ips.iter().any(|(i, _)| *i == ip) {
-            ips.push((ip, prefix));
+    let mut ips: Vec<IpNetwork> = Vec::new();
+    for net in found {
+        if !net.ip().is_loopback() && !ips.iter().any(|n| n.ip() == net.ip()) {
+            ips.push(net);
         }
     }
     // Stable: keeps the plugin's order within each family.
-    ips.sort_by_key(|(ip, _)| ip.is_ipv6());
+    ips.sort_by_key(|n| n.is_ipv6());
     ips
 }
 
-/// "10.1.2.3/24" as address and prefix length; a bare address gets its family's full length.
-fn parse_cidr_ip(s: &str) -> Option<(IpAddr, u8)> {
-    let (addr, prefix) = match s.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr.parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
-        None => max,
-    };
-    Some((ip, prefix))
+/// "10.1.2.3/24" as address and prefix length (host bits kept: it is the pod's own address);
+/// a bare address gets its family's full length.
+fn parse_cidr_ip(s: &str) -> Option<IpNetwork> {
+    s.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -143,5 +136,15 @@ mod tests {
         assert!(result_ips(&json!({}), "eth0").is_empty());
         assert!(result_ips(&json!({"ips": "no"}), "eth0").is_empty());
         assert!(result_ips(&json!(null), "eth0").is_empty());
+    }
+
+    #[test]
+    fn addresses_keep_their_prefix() {
+        let r = json!({"ips": [{"address": "10.1.2.3/24"}, {"address": "fd00::5"}, {"address": "10.1.2.4/33"}]});
+        let got: Vec<String> = result_addrs(&r, "eth0")
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(got, ["10.1.2.3/24", "fd00::5/128"]);
     }
 }
