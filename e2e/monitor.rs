@@ -97,6 +97,7 @@ impl Bundle {
             tty: false,
             stdin: false,
             stdin_once: false,
+            cgroup_v1_view: false,
         }
     }
 

@@ -665,6 +665,7 @@ impl Containers {
             tty: req.config.tty,
             stdin: req.config.stdin,
             stdin_once: req.config.stdin_once,
+            cgroup_v1_view: runtime.cgroup_view.is_some(),
         })
         .await?;
         rec.update_with(Durability::Crash, |s| {
@@ -795,6 +796,7 @@ impl Containers {
             tty,
             stdin,
             state_dir: self.run_dir(&rec.id),
+            cgroup_view: runtime.cgroup_view.clone(),
         })
     }
 

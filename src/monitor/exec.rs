@@ -63,6 +63,9 @@ pub struct ExecSpec {
     pub stdin: bool,
     /// A directory the daemon owns (the container's run dir) for the runtime's pid file.
     pub state_dir: PathBuf,
+    /// Run the runtime in this private cgroup view (`OciRuntime::cgroup_view`: crun on a
+    /// hybrid host).
+    pub cgroup_view: Option<Arc<crate::sys::CgroupV1View>>,
 }
 
 /// The result of an ExecSync.
@@ -148,6 +151,9 @@ pub async fn spawn_exec(spec: &ExecSpec) -> Result<ExecSession, MonitorError> {
     }
     cmd.arg(&spec.id).args(&spec.cmd);
     cmd.kill_on_drop(true);
+    if let Some(view) = &spec.cgroup_view {
+        view.apply(cmd.as_std_mut());
+    }
 
     let io_err = |what: &str, e: &dyn std::fmt::Display| exec_err(&spec.id, format!("{what}: {e}"));
     let mut keep_stdin = None;

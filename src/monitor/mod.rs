@@ -106,6 +106,9 @@ pub struct MonitorSpawn {
     pub stdin: bool,
     /// Close the container's stdin once the first attach session that wrote to it ends.
     pub stdin_once: bool,
+    /// The runtime needs the private v1 cgroup view (`OciRuntime::cgroup_view`); the monitor
+    /// builds it from its own mount table.
+    pub cgroup_v1_view: bool,
 }
 
 /// A monitor that created its container.
@@ -140,6 +143,7 @@ pub async fn spawn(req: &MonitorSpawn) -> Result<Spawned, MonitorError> {
             .cgroup_path
             .as_deref()
             .is_some_and(|p| !p.starts_with('/') && p.split(':').count() == 3),
+        cgroup_v1_view: req.cgroup_v1_view,
     };
     let spawn_err = |source: io::Error| MonitorError::Spawn {
         id: id.clone(),

@@ -255,6 +255,15 @@ impl Monitor {
         }
 
         let mut cmd = Command::new(&args.runtime_path);
+        if args.cgroup_v1_view {
+            // Read from our own mount table, which is the host's: the hook only builds it.
+            match sys::CgroupV1View::of_host() {
+                Ok(Some(view)) => std::sync::Arc::new(view).apply(&mut cmd),
+                // Not hybrid (any more): the runtime needs no help.
+                Ok(None) => {}
+                Err(e) => return Err(format!("preparing the v1 cgroup view: {e}")),
+            }
+        }
         if args.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }

@@ -76,6 +76,9 @@ pub struct MonitorArgs {
     /// Pass `--systemd-cgroup` to the runtime (cgroup_manager = "systemd"; the cgroup path is
     /// then `slice:prefix:name`).
     pub systemd_cgroup: bool,
+    /// Run the runtime in a private mount namespace whose /sys/fs/cgroup holds the v1
+    /// hierarchies only (crun on a cgroup v1 hybrid host; see `sys::CgroupV1View`).
+    pub cgroup_v1_view: bool,
 }
 
 /// A command line the monitor could not understand.
@@ -124,6 +127,9 @@ impl MonitorArgs {
         if self.systemd_cgroup {
             v.push("--systemd-cgroup".into());
         }
+        if self.cgroup_v1_view {
+            v.push("--cgroup-v1-view".into());
+        }
         v
     }
 
@@ -150,6 +156,10 @@ impl MonitorArgs {
                 }
                 "--systemd-cgroup" => {
                     a.systemd_cgroup = true;
+                    continue;
+                }
+                "--cgroup-v1-view" => {
+                    a.cgroup_v1_view = true;
                     continue;
                 }
                 "--id" => "--id",
@@ -247,6 +257,7 @@ mod tests {
             stdin: true,
             stdin_once: true,
             systemd_cgroup: true,
+            cgroup_v1_view: true,
         };
         assert_eq!(MonitorArgs::parse(a.to_args()).unwrap(), a);
         let err = MonitorArgs::parse(vec!["--id".into()]).unwrap_err();

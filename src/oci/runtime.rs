@@ -1,7 +1,11 @@
 //! `runc`/`crun` verbs other than create: start, kill, delete, state, update.
 
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::oci::host::{needs_cgroup_v1_view, CgroupLayout};
+use crate::sys::CgroupV1View;
 use std::time::Duration;
 
 /// How long one runtime verb may take before it is treated as hung.
@@ -35,6 +39,9 @@ pub struct OciRuntime {
     pub root: PathBuf,
     /// Pass `--systemd-cgroup`: cgroups paths are `slice:prefix:name` and systemd makes them.
     pub systemd_cgroup: bool,
+    /// Run every invocation in a private mount namespace whose /sys/fs/cgroup holds the v1
+    /// hierarchies only (crun on a hybrid host); see [`OciRuntime::cgroup_view_for`].
+    pub cgroup_view: Option<Arc<CgroupV1View>>,
 }
 
 /// The part of `runc state` the daemon uses.
@@ -52,6 +59,23 @@ fn is_missing(message: &str) -> bool {
 }
 
 impl OciRuntime {
+    /// The private cgroup view the runtime at `path` needs on this host, if any: on a hybrid
+    /// host for crun (or as `configured`, the handler's `cgroup_v1_view`), never elsewhere.
+    /// Reads the mount table; call it when the handler is set up, not per verb.
+    pub fn cgroup_view_for(path: &Path, configured: Option<bool>) -> Option<Arc<CgroupV1View>> {
+        if !needs_cgroup_v1_view(CgroupLayout::detect(), path, configured) {
+            return None;
+        }
+        match CgroupV1View::of_host() {
+            Ok(view) => view.map(Arc::new),
+            // The runtime then runs as is and fails with its own message.
+            Err(e) => {
+                tracing::warn!(runtime = %path.display(), error = %e, "cannot prepare the v1 cgroup view");
+                None
+            }
+        }
+    }
+
     /// The global flags every verb gets (`--root`, and `--systemd-cgroup` for the systemd driver);
     /// the monitor puts the same in front of `create`.
     pub fn global_args(&self) -> Vec<std::ffi::OsString> {
@@ -75,6 +99,9 @@ impl OciRuntime {
     ) -> Result<Vec<u8>, OciError> {
         let mut cmd = tokio::process::Command::new(&self.path);
         cmd.args(self.global_args()).args(args);
+        if let Some(view) = &self.cgroup_view {
+            view.apply(cmd.as_std_mut());
+        }
         cmd.stdin(if input.is_some() {
             std::process::Stdio::piped()
         } else {
@@ -209,6 +236,7 @@ mod tests {
             path: "/usr/sbin/runc".into(),
             root: root.path().into(),
             systemd_cgroup: false,
+            cgroup_view: None,
         };
         if !rt.path.exists() {
             panic!("runc is required: run hack/install-deps.sh");
@@ -233,6 +261,7 @@ mod tests {
             path: "/usr/sbin/runc".into(),
             root: "/run/x".into(),
             systemd_cgroup: false,
+            cgroup_view: None,
         };
         assert_eq!(rt.global_args(), ["--root", "/run/x"]);
         rt.systemd_cgroup = true;

@@ -642,6 +642,7 @@ impl Pods {
             tty: false,
             stdin: false,
             stdin_once: false,
+            cgroup_v1_view: runtime.cgroup_view.is_some(),
         })
         .await?;
         rec.update(|s| {

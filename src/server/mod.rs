@@ -193,6 +193,7 @@ fn runtimes_for(config: &Config) -> HashMap<String, OciRuntime> {
                     path: h.runtime_path.clone(),
                     root,
                     systemd_cgroup: config.runtime.cgroup_manager == "systemd",
+                    cgroup_view: OciRuntime::cgroup_view_for(&h.runtime_path, h.cgroup_v1_view),
                 },
             )
         })

@@ -204,6 +204,7 @@ impl StreamBackend {
             tty: req.tty,
             stdin: req.stdin,
             state_dir: self.run_dir(&c.id),
+            cgroup_view: runtime.cgroup_view.clone(),
         })
     }
 }
