@@ -4,6 +4,7 @@
 
 mod container_spec;
 mod containers;
+mod crun;
 mod faults;
 mod harness;
 mod harness_check;
