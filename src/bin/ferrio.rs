@@ -40,6 +40,7 @@ fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
 }
 
 fn main() {
+    ferrio::sys::tune_malloc();
     let cli = Cli::parse();
     let source = server::ConfigSource {
         file: cli.config.clone(),

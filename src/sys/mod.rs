@@ -311,6 +311,20 @@ pub fn set_winsize(fd: std::os::fd::BorrowedFd<'_>, cols: u16, rows: u16) -> io:
     Ok(())
 }
 
+/// Keeps a long-lived process's heap small (the daemon's RSS is a feature): at most two glibc
+/// malloc arenas instead of up to eight per core (one per allocating thread, each keeping the
+/// memory freed into it), and a fixed mmap threshold, so that big buffers (layer downloads,
+/// large JSON) are mapped and unmapped rather than raising the threshold and staying in the
+/// heap once freed. Call first thing in `main`, before any thread exists.
+pub fn tune_malloc() {
+    // SAFETY: mallopt only sets glibc allocator parameters (valid values, no pointers), and
+    // it runs before any other thread could be allocating concurrently.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
