@@ -201,3 +201,64 @@ async fn a_pod_on_crun_runs_execs_logs_stops_and_leaves_nothing() {
     assert!(!crun_root.join(&pod_id).exists(), "crun deleted the pause");
     d.assert_no_leaks(&learned);
 }
+
+/// `cgroup_v1_view = false` turns the view off for a handler: on a hybrid host crun then fails
+/// with its own message, and the failed RunPodSandbox leaves nothing behind.
+#[tokio::test]
+async fn a_crun_handler_without_the_view_fails_on_a_hybrid_host() {
+    use ferrio::oci::host::CgroupLayout;
+    if !Path::new(CRUN).exists() {
+        println!("SKIPPED: {CRUN} is not installed (hack/install-deps.sh installs it)");
+        return;
+    }
+    let d = Daemon::start(Opts {
+        configure: Some(Box::new(|c| {
+            c.runtime.runtimes.insert(
+                "crun-plain".into(),
+                ferrio::config::RuntimeHandler {
+                    runtime_path: CRUN.into(),
+                    cgroup_v1_view: Some(false),
+                    ..Default::default()
+                },
+            );
+        })),
+        ..Default::default()
+    })
+    .await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let mut learned = LearnedPids::default();
+    let pod = pod_config(&env, "crun-plain");
+    let res = cri
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: "crun-plain".into(),
+        })
+        .await;
+    match (CgroupLayout::detect(), res) {
+        (CgroupLayout::Hybrid, Err(e)) => {
+            assert!(e.message().contains("hybrid"), "crun's own message: {e}")
+        }
+        (CgroupLayout::Hybrid, Ok(_)) => panic!("crun ran on a hybrid host without the view"),
+        (layout, r) => {
+            println!("{layout:?} host: crun needs no view here");
+            let id = r
+                .expect("RunPodSandbox on crun")
+                .into_inner()
+                .pod_sandbox_id;
+            learned.learn_cgroup(&pod.linux.as_ref().unwrap().cgroup_parent);
+            cri.rt
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await
+                .expect("StopPodSandbox");
+            cri.rt
+                .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await
+                .expect("RemovePodSandbox");
+        }
+    }
+    d.assert_no_leaks(&learned);
+}
