@@ -144,6 +144,11 @@ async fn load_bench_runs_end_to_end_with_3_pods() {
         let p99 = r.p99.expect("a latency has a p99");
         assert!(r.value > 0.0 && p99 >= r.value, "{m}: {r:?}");
     }
+    // The daemon's own timing of the same calls, from its metrics endpoint.
+    for op in ["ListPodSandbox", "ListContainers", "ListContainerStats"] {
+        let r = row(&format!("{op} p99 in the daemon, at most"));
+        assert!(r.value > 0.0, "{r:?}");
+    }
     // Goals are not asserted (a loaded CI box), the measurements are.
     assert!(row("daemon CPU idle, 2 s").value >= 0.0);
     // A pause and two containers per pod, each with its monitor.

@@ -138,6 +138,8 @@ struct Load {
     cgroup_parent: String,
     child: Option<Child>,
     pid: u32,
+    /// ferrio's Prometheus endpoint: its latency histogram is the time spent in the daemon.
+    metrics: String,
 }
 
 impl Drop for Load {
@@ -160,6 +162,7 @@ pub async fn run(opts: Opts) -> Result<Report> {
         cgroup_parent: format!("/ferrio-load-{tag}"),
         child: None,
         pid: 0,
+        metrics: String::new(),
     };
     let rows = load.measure(&opts).await;
     let rows = match rows {
@@ -246,7 +249,13 @@ impl Load {
             );
         }
 
-        // Latencies. One warm-up call each (the first stats call has no CPU rate yet).
+        // Latencies, serial, one client.
+        // One untimed call each first: the first stats call takes two CPU samples 100 ms apart.
+        rt.list_pod_sandbox(ListPodSandboxRequest::default())
+            .await?;
+        rt.list_container_stats(ListContainerStatsRequest::default())
+            .await?;
+        let before = scrape_latency(&self.metrics);
         let mut lat = |metric: &str, samples: Vec<Duration>, goal: bool| {
             let p50 = percentile(&samples, 50.0);
             let p99 = percentile(&samples, 99.0);
@@ -293,6 +302,20 @@ impl Load {
         })
         .await?;
         lat("ListContainerStats", s, false);
+        // The same calls as the daemon timed them (request in to response out): what of the
+        // client's latency is the daemon's, and what is the box's scheduling.
+        let after = scrape_latency(&self.metrics);
+        for op in ["ListPodSandbox", "ListContainers", "ListContainerStats"] {
+            if let Some(bound) = p99_bound(&before, &after, op) {
+                rows.push(Row {
+                    metric: format!("{op} p99 in the daemon, at most"),
+                    unit: "ms",
+                    value: bound * 1000.0,
+                    p99: None,
+                    goal: None,
+                });
+            }
+        }
         let stats = rt
             .list_container_stats(ListContainerStatsRequest::default())
             .await?
@@ -510,6 +533,12 @@ impl Load {
                 }],
             })
             .collect();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        self.metrics = format!("127.0.0.1:{port}");
+        c.metrics.enable = true;
+        c.metrics.address = self.metrics.clone();
         c.network.network_dir = dir.join("net.d");
         c.network.plugin_dirs = vec![CNI_BIN.into()];
         if let Err((key, reason)) = c.validate() {
@@ -723,13 +752,12 @@ async fn remove_pod(rt: &mut Rt, pod_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// `n` serial calls of `call` (after one untimed warm-up); their durations.
+/// `n` serial calls of `call`; their durations.
 async fn time_calls<F, Fut>(n: usize, call: F) -> Result<Vec<Duration>>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), tonic::Status>>,
 {
-    call().await?;
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -784,6 +812,57 @@ fn pick_octet() -> Result<u8> {
         bail!("no free 10.216.X.0/24 subnet");
     }
     Ok(free[rand::random::<usize>() % free.len()])
+}
+
+// ---- the daemon's metrics ----
+
+/// Cumulative `ferrio_operations_latency_seconds` bucket counts: (operation, le) -> count.
+type Buckets = std::collections::BTreeMap<(String, String), u64>;
+
+/// GET /metrics (empty when it cannot be read: the rows derived from it are left out).
+fn scrape_latency(addr: &str) -> Buckets {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_ok() {
+            let _ = s.read_to_string(&mut text);
+        }
+    }
+    let label = |l: &str, k: &str| {
+        let at = l.find(&format!("{k}=\""))? + k.len() + 2;
+        Some(l[at..].split('"').next()?.to_string())
+    };
+    text.lines()
+        .filter(|l| l.starts_with("ferrio_operations_latency_seconds_bucket{"))
+        .filter_map(|l| {
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some(((label(l, "operation")?, label(l, "le")?), count))
+        })
+        .collect()
+}
+
+/// The smallest bucket bound (seconds) under which 99% of `op`'s calls between the two scrapes
+/// finished.
+fn p99_bound(before: &Buckets, after: &Buckets, op: &str) -> Option<f64> {
+    let mut buckets: Vec<(f64, u64)> = after
+        .iter()
+        .filter(|((o, _), _)| o == op)
+        .map(|(key, n)| {
+            let le = key.1.parse().unwrap_or(f64::INFINITY); // "+Inf"
+            (le, n.saturating_sub(before.get(key).copied().unwrap_or(0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, n)| *n as f64 >= 0.99 * total as f64)
+        .map(|(le, _)| *le)
 }
 
 // ---- /proc ----
@@ -994,7 +1073,7 @@ fn to_table(rows: &[Row], opts: &Opts) -> String {
     );
     let _ = writeln!(
         t,
-        "{:<44} {:>10} {:>10} {:>5}  goal",
+        "{:<52} {:>10} {:>10} {:>5}  goal",
         "metric", "value/p50", "p99", "unit"
     );
     for r in rows {
@@ -1009,7 +1088,7 @@ fn to_table(rows: &[Row], opts: &Opts) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             t,
-            "{:<44} {:>10.2} {:>10} {:>5}  {goal}",
+            "{:<52} {:>10.2} {:>10} {:>5}  {goal}",
             r.metric, r.value, p99, r.unit
         );
     }
