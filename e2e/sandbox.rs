@@ -850,7 +850,8 @@ async fn runtime_handler_picks_the_runtime_and_a_failing_one_rolls_back() {
         })
         .await;
     match res {
-        // A host where crun works (cgroup v2, or v1 without the hybrid quirk).
+        // A host where crun works (cgroup v2, v1, and a v1 hybrid host such as this one,
+        // where crun runs in the private v1 cgroup view: see e2e/crun.rs).
         Ok(r) => {
             let id = r.into_inner().pod_sandbox_id;
             let (st, info) = status(&mut cri, &id).await;
@@ -859,8 +860,9 @@ async fn runtime_handler_picks_the_runtime_and_a_failing_one_rolls_back() {
             learned.add(info["pid"].as_i64().unwrap() as u32, "pause");
             stop_and_remove_pod(&mut cri, &id).await;
         }
-        // This machine: crun refuses hybrid cgroups. The failure is crun's own, at the last
-        // step, and everything before it (netns, IP, rootfs, cgroup) is undone.
+        // A host where crun fails (e2e/crun.rs turns the view off to get one). The failure is
+        // crun's own, at the last step, and everything before it (netns, IP, rootfs, cgroup)
+        // is undone.
         Err(e) => {
             assert!(
                 e.message().contains("crun") || e.message().contains("hybrid"),
