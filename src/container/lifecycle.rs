@@ -142,6 +142,9 @@ pub struct ContainerMeta {
     pub image_ref: String,
     /// `sha256:...` of the resolved image.
     pub image_id: String,
+    /// Ids of the images mounted as image volumes, in mount order (see `image_volume`).
+    #[serde(default)]
+    pub image_volumes: Vec<String>,
     /// Absolute log path; `None` when the pod has no log directory.
     pub log_path: Option<PathBuf>,
     pub created_at: i64,
@@ -467,6 +470,7 @@ impl Containers {
             .images
             .resolve(&image_ref)
             .ok_or_else(|| ContainerError::ImageNotFound(image_ref.clone()))?;
+        let image_volumes = super::image_volume::resolve(&self.images, req.config)?;
         let name_key = format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt);
         if let Some(holder) = self.names.get(&name_key) {
             return self.created_by_earlier_attempt(&name_key, &holder).await;
@@ -507,6 +511,7 @@ impl Containers {
             annotations: req.config.annotations.clone().into_iter().collect(),
             image_ref: image_ref.clone(),
             image_id: image.id.clone(),
+            image_volumes,
             log_path: log_path.clone(),
             created_at: now_ns(),
             cgroups_path: cgroups_path.clone(),
@@ -606,6 +611,7 @@ impl Containers {
         }
 
         prepare_rootfs(&rootfs, req.config, &image.config.volumes).await?;
+        let image_volumes = self.mount_image_volumes(&rec, req.config, rb).await?;
 
         let st = sandbox.status();
         let ns = &sandbox.meta.namespaces;
@@ -627,6 +633,7 @@ impl Containers {
             },
             image: &image.config,
             rootfs: &rootfs,
+            image_volumes: &image_volumes,
             cgroups_path: cgroups_path.clone(),
             host: &self.pods.host,
             restrict_oom_score_adj: self.pods.config.load().runtime.restrict_oom_score_adj,
@@ -936,6 +943,7 @@ impl Containers {
         if runtime.root.join(&rec.id).exists() {
             runtime.delete(&rec.id).await?;
         }
+        self.unmount_image_volumes(&rec.id).await?;
         let ov = self.overlay_dir(&rec.id);
         let run_dir = self.run_dir(&rec.id);
         let cg = rec.meta.cgroups_path.clone();

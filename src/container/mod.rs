@@ -4,6 +4,7 @@
 //! Owns `<root>/containers/<id>` (records), `<root>/overlay/<id>` (rootfs) and
 //! `<runroot>/containers/<id>` (bundle, pid and exit files). May read `sandbox`.
 
+pub mod image_volume;
 pub mod lifecycle;
 pub mod spec;
 pub mod stats;

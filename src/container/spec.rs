@@ -64,6 +64,8 @@ pub struct ContainerSpecInput<'a> {
     pub image: &'a ImageConfig,
     /// The mounted rootfs; users and groups are resolved from its /etc/passwd and /etc/group.
     pub rootfs: &'a Path,
+    /// The image volumes of `config.mounts`, already mounted read-only on the host.
+    pub image_volumes: &'a [crate::container::image_volume::ImageVolume],
     /// Absolute cgroup path (or systemd `slice:prefix:name`).
     pub cgroups_path: String,
     pub host: &'a HostFeatures,
@@ -748,21 +750,22 @@ fn mounts(
     let mut propagation: Option<&'static str> = None;
     for (i, m) in config.mounts.iter().enumerate() {
         let field = format!("mounts[{i}]");
-        if m.image
-            .as_ref()
-            .map(|s| !s.image.is_empty())
-            .unwrap_or(false)
-        {
-            return Err(SpecError::invalid(
-                field,
-                "image volume mounts are not supported",
-            ));
-        }
         if !m.container_path.starts_with('/') {
             return Err(SpecError::invalid(
                 field,
                 format!("container path {:?} is not absolute", m.container_path),
             ));
+        }
+        if m.image.as_ref().is_some_and(|s| !s.image.is_empty()) {
+            // An image volume: the image's read-only overlay, bound read-only, never
+            // propagating (there is nothing to propagate into an image).
+            let Some(v) = input.image_volumes.iter().find(|v| v.index == i) else {
+                return Err(SpecError::invalid(field, "image volume is not mounted"));
+            };
+            let dest = PathBuf::from(&m.container_path);
+            let options = strings(&["rbind", "rprivate", "ro", "nodev"]);
+            user.push((dest.clone(), bind(&dest, &v.source, options)?));
+            continue;
         }
         if m.host_path.is_empty() {
             return Err(SpecError::invalid(field, "host path is empty"));
@@ -1126,6 +1129,7 @@ mod tests {
         pod_files: bool,
         restrict: bool,
         cgroups_path: String,
+        image_volumes: Vec<crate::container::image_volume::ImageVolume>,
     }
 
     impl Fixture {
@@ -1173,6 +1177,7 @@ mod tests {
                 pod_files: true,
                 restrict: true,
                 cgroups_path: "/ferrio/pod/c1".into(),
+                image_volumes: Vec::new(),
                 dir,
             }
         }
@@ -1230,6 +1235,7 @@ mod tests {
                 },
                 image: &self.image,
                 rootfs: &rootfs,
+                image_volumes: &self.image_volumes,
                 cgroups_path: self.cgroups_path.clone(),
                 host: &self.host,
                 restrict_oom_score_adj: self.restrict,
@@ -1778,6 +1784,38 @@ mod tests {
             f.sec().seccomp_profile_path = "runtime/default".into();
         }
         assert!(linux(&f.spec()).seccomp().is_some());
+    }
+
+    #[test]
+    fn image_volumes_bind_their_overlay_read_only() {
+        let mut f = Fixture::new();
+        let image = || {
+            Some(ImageSpec {
+                image: "sha256:abc".into(),
+                ..Default::default()
+            })
+        };
+        f.config.mounts = vec![CriMount {
+            container_path: "/mnt/image".into(),
+            readonly: true,
+            image: image(),
+            ..Default::default()
+        }];
+        // Not mounted by the lifecycle: refused, never an empty bind.
+        assert_eq!(invalid_field(f.build()), "mounts[0]");
+        let source = f.dir.path().join("iv/0/merged");
+        f.image_volumes = vec![crate::container::image_volume::ImageVolume {
+            index: 0,
+            source: source.clone(),
+        }];
+        let s = f.spec();
+        let m = mount_at(&s, "/mnt/image").unwrap();
+        assert_eq!(m.typ().as_deref(), Some("bind"));
+        assert_eq!(m.source().as_deref(), Some(source.as_path()));
+        assert_eq!(
+            m.options().clone().unwrap(),
+            ["rbind", "rprivate", "ro", "nodev"]
+        );
     }
 
     #[test]

@@ -27,27 +27,63 @@ const PAGE: usize = 4096;
 /// Create `dir/{upper,work,merged}` and mount an overlay of `layers` (bottom first) at
 /// `dir/merged`; returns the merged path. On failure nothing is left mounted.
 pub fn mount_rootfs(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: io::Error| ImageError::io(p, e)
-    };
-    let dir = if dir.is_absolute() {
+    let dir = absolute(dir)?;
+    for sub in [UPPER, WORK] {
+        fs::create_dir_all(dir.join(sub)).map_err(io_err(&dir.join(sub)))?;
+    }
+    let lowers = link_layers(layers, &dir, false)?;
+    mount_overlay(
+        &dir,
+        format!("lowerdir={lowers},upperdir={UPPER},workdir={WORK}"),
+        MsFlags::empty(),
+        layers.len(),
+    )
+}
+
+/// Mount the image's `layers` (bottom first) read-only at `dir/merged`, with no upper dir: an
+/// image volume (KEP-4639), which the container sees exactly as the image ships it. Returns the
+/// merged path; on failure nothing is left mounted. [`unmount_rootfs`] takes it down.
+pub fn mount_readonly(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
+    let dir = absolute(dir)?;
+    // Without an upper dir overlay wants at least two lowers: an empty one goes at the bottom.
+    let lowers = link_layers(layers, &dir, true)?;
+    mount_overlay(
+        &dir,
+        format!("lowerdir={lowers}"),
+        // Read-only by the kernel, not only by the bind into the container; devices in an image
+        // are not the container's to open. Executables stay executable (kubelet's contract).
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        layers.len(),
+    )
+}
+
+fn io_err(p: &Path) -> impl FnOnce(io::Error) -> ImageError {
+    let p = p.to_path_buf();
+    move |e| ImageError::io(p, e)
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, ImageError> {
+    Ok(if dir.is_absolute() {
         dir.to_path_buf()
     } else {
-        std::env::current_dir().map_err(io(dir))?.join(dir)
-    };
-    for sub in [UPPER, WORK, MERGED] {
-        fs::create_dir_all(dir.join(sub)).map_err(io(&dir.join(sub)))?;
-    }
+        std::env::current_dir().map_err(io_err(dir))?.join(dir)
+    })
+}
+
+/// Short links `dir/l/<n>` to each layer and the `lowerdir` value naming them, topmost first.
+/// `empty_bottom` adds the empty dir below all layers; it is also the only lower of an image
+/// without layers.
+fn link_layers(layers: &[PathBuf], dir: &Path, empty_bottom: bool) -> Result<String, ImageError> {
+    fs::create_dir_all(dir.join(MERGED)).map_err(io_err(&dir.join(MERGED)))?;
     let links = dir.join(LINKS);
     // Stale links from an earlier attempt would point at other layers.
     if links.exists() {
-        fs::remove_dir_all(&links).map_err(io(&links))?;
+        fs::remove_dir_all(&links).map_err(io_err(&links))?;
     }
-    fs::create_dir_all(&links).map_err(io(&links))?;
-    let mut lowers: Vec<String> = Vec::with_capacity(layers.len().max(1));
-    if layers.is_empty() {
-        fs::create_dir_all(dir.join(EMPTY)).map_err(io(&dir.join(EMPTY)))?;
+    fs::create_dir_all(&links).map_err(io_err(&links))?;
+    let mut lowers: Vec<String> = Vec::with_capacity(layers.len() + 1);
+    if layers.is_empty() || empty_bottom {
+        fs::create_dir_all(dir.join(EMPTY)).map_err(io_err(&dir.join(EMPTY)))?;
         lowers.push(EMPTY.to_string());
     }
     for (i, layer) in layers.iter().enumerate() {
@@ -58,26 +94,29 @@ pub fn mount_rootfs(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageErro
             });
         }
         let link = links.join(i.to_string());
-        std::os::unix::fs::symlink(layer, &link).map_err(io(&link))?;
+        std::os::unix::fs::symlink(layer, &link).map_err(io_err(&link))?;
         lowers.push(format!("{LINKS}/{i}"));
     }
     // overlay wants the topmost layer first.
     lowers.reverse();
-    let data = format!(
-        "lowerdir={},upperdir={UPPER},workdir={WORK}",
-        lowers.join(":")
-    );
+    Ok(lowers.join(":"))
+}
+
+/// Mount overlay with option string `data` (relative to `dir`) at `dir/merged`.
+fn mount_overlay(
+    dir: &Path,
+    data: String,
+    flags: MsFlags,
+    layer_count: usize,
+) -> Result<PathBuf, ImageError> {
     let merged = dir.join(MERGED);
     if data.len() >= PAGE {
         return Err(ImageError::Mount {
             path: merged,
-            reason: format!(
-                "{} layers do not fit in one mount option page",
-                layers.len()
-            ),
+            reason: format!("{layer_count} layers do not fit in one mount option page"),
         });
     }
-    let (d, m) = (dir.clone(), merged.clone());
+    let (d, m) = (dir.to_path_buf(), merged.clone());
     let res = std::thread::spawn(move || -> Result<(), String> {
         // This thread alone gets its own cwd, so relative lowerdirs resolve under `dir`.
         unshare(CloneFlags::CLONE_FS).map_err(|e| format!("unshare(CLONE_FS): {e}"))?;
@@ -86,7 +125,7 @@ pub fn mount_rootfs(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageErro
             Some("overlay"),
             &m,
             Some("overlay"),
-            MsFlags::empty(),
+            flags,
             Some(data.as_str()),
         )
         .map_err(|e| format!("mount overlay ({data}): {e}"))

@@ -204,7 +204,7 @@ impl ImageService for ImageSvc {
                 .table
                 .list()
                 .into_iter()
-                .find(|c| c.meta.image_id == i.id)
+                .find(|c| c.uses_image(&i.id))
             {
                 return Err(Error::FailedPrecondition(format!(
                     "image {name:?} ({}) is in use by container {}",
