@@ -13,9 +13,9 @@ use k8s_cri::v1::{
     LinuxContainerSecurityContext, LinuxSandboxSecurityContext, ListContainerStatsRequest,
     ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, Mount,
     MountPropagation, PodSandboxConfig, PodSandboxStatsRequest, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
-    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
-    SupplementalGroupsPolicy, UpdateContainerResourcesRequest,
+    RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    SecurityProfile, StartContainerRequest, StatusRequest, StopContainerRequest,
+    StopPodSandboxRequest, SupplementalGroupsPolicy, UpdateContainerResourcesRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -773,6 +773,179 @@ fn read_trim(p: &Path) -> String {
         .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
         .trim()
         .to_string()
+}
+
+/// The host mounts below `dir` (from this process's mountinfo).
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|mp| mp.starts_with(&prefix))
+        .collect()
+}
+
+#[tokio::test]
+async fn image_volumes_are_read_only_images() {
+    groups_image();
+    let mut w = World::new("specimgvol", &[BUSYBOX]).await;
+    // kubelet pulls the volume's image and passes PullImage's image_ref.
+    let volume_ref = w
+        .cri
+        .img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX_GROUPS.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref;
+    let volumes_dir = w.env.root().join("image-volumes");
+    let image_mount = |readonly: bool| Mount {
+        container_path: "/mnt/iv".into(),
+        readonly,
+        image: Some(ImageSpec {
+            image: volume_ref.clone(),
+            user_specified_image: BUSYBOX_GROUPS.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    // The image's files are there (the extra layer's /etc/group), writes fail, binaries run.
+    let mut c = container_config(
+        "iv",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "grep -q '^extra:x:3000:test' /mnt/iv/etc/group && echo READ=ok; \
+             if touch /mnt/iv/new 2>/dev/null; then echo WRITE=ok; else echo WRITE=refused; fi; \
+             /mnt/iv/bin/sh -c 'echo EXEC=ok'; \
+             grep ' /mnt/iv ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1 | sed 's/^/OPTS=/'",
+        ],
+    );
+    c.mounts = vec![image_mount(true)];
+    let id = w
+        .create(c)
+        .await
+        .unwrap_or_else(|e| panic!("create with an image volume: {e}"));
+    w.start(&id).await;
+    wait_for_container_state(
+        &mut w.cri,
+        &id,
+        ContainerState::ContainerExited,
+        Duration::from_secs(30),
+    )
+    .await;
+    let log = read_log(&w.log_path("iv"));
+    assert_eq!(field(&log, "READ="), "ok", "{log}");
+    assert_eq!(field(&log, "WRITE="), "refused", "{log}");
+    assert_eq!(field(&log, "EXEC="), "ok", "{log}");
+    assert_eq!(field(&log, "OPTS="), "ro", "{log}");
+
+    // ContainerStatus reports the mount with its image; the host holds one read-only overlay.
+    let st = w
+        .cri
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let m = st
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/mnt/iv")
+        .expect("the image volume in ContainerStatus mounts");
+    assert_eq!(m.image.as_ref().unwrap().image, volume_ref);
+    assert!(m.readonly && m.host_path.is_empty(), "{m:?}");
+    assert_eq!(
+        mounts_below(&volumes_dir).len(),
+        1,
+        "one overlay on the host"
+    );
+
+    // In use: the image cannot go while the container exists.
+    let e = w
+        .cri
+        .img
+        .remove_image(RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: volume_ref.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("an image mounted as a volume is in use");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+
+    // RemoveContainer takes the overlay down; then the image may go.
+    w.remove(&id).await;
+    assert!(mounts_below(&volumes_dir).is_empty());
+    assert!(!volumes_dir.join(&id).exists());
+    w.cri
+        .img
+        .remove_image(RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: volume_ref.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveImage after the container: {e}"));
+
+    // Refused: an image that is not pulled (NotFound), a read-write image volume and an image
+    // volume with a host path (InvalidArgument).
+    let mut c = container_config("ivbad", BUSYBOX, &["true"]);
+    c.mounts = vec![image_mount(true)];
+    let e = w.create(c.clone()).await.expect_err("image not pulled");
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    pull(&mut w.cri, BUSYBOX_GROUPS).await;
+    c.mounts = vec![image_mount(false)];
+    let e = w
+        .create(c.clone())
+        .await
+        .expect_err("read-write image volume");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let mut both = image_mount(true);
+    both.host_path = "/tmp".into();
+    c.mounts = vec![both];
+    let e = w.create(c.clone()).await.expect_err("host path and image");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+
+    // A create that fails after the volume was mounted (a later mount is invalid) rolls the
+    // volume back: nothing stays mounted and the name is free again.
+    c.mounts = vec![
+        image_mount(true),
+        Mount {
+            container_path: "relative".into(),
+            host_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    let e = w
+        .create(c.clone())
+        .await
+        .expect_err("a relative container path");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(mounts_below(&volumes_dir).is_empty());
+    c.mounts = vec![image_mount(true)];
+    c.command = vec!["true".into()];
+    let (code, _) = w.run(c).await;
+    assert_eq!(code, 0);
+    assert!(mounts_below(&volumes_dir).is_empty());
+
+    w.finish().await;
 }
 
 #[tokio::test]
