@@ -24,6 +24,13 @@ async fn a_pod_on_crun_runs_execs_logs_stops_and_leaves_nothing() {
         println!("SKIPPED: {CRUN} is not installed (hack/install-deps.sh installs it)");
         return;
     }
+    // Where the memory limit is, in the container and on the host (cgroupfs driver).
+    let (memory_dir, limit_file) =
+        if ferrio::oci::host::CgroupLayout::detect() == ferrio::oci::host::CgroupLayout::Unified {
+            ("/sys/fs/cgroup", "memory.max")
+        } else {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        };
     let d = Daemon::start(Opts::default()).await;
     let env = d.env().clone();
     let mut cri = d.client().await;
@@ -117,7 +124,32 @@ async fn a_pod_on_crun_runs_execs_logs_stops_and_leaves_nothing() {
         Duration::from_secs(20),
     )
     .await;
-    learned.learn_cgroup(&parent);
+    // The container's init by pid (its cgroup also holds short-lived `sleep`s), and its
+    // cgroup on the host, where crun (in its view) wrote the limit.
+    let info = cri
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: ctr_id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus verbose")
+        .into_inner()
+        .info;
+    let info: serde_json::Value =
+        serde_json::from_str(info.get("info").expect("verbose info")).expect("info is JSON");
+    let pid = info["status"]["pid"].as_u64().expect("status.pid");
+    learned.add(pid as u32, "crun container");
+    let cgroups_path = info["cgroupsPath"].as_str().expect("cgroupsPath");
+    let host_limit = Path::new(memory_dir)
+        .join(cgroups_path.trim_start_matches('/'))
+        .join(limit_file);
+    assert_eq!(
+        std::fs::read_to_string(&host_limit)
+            .unwrap_or_else(|e| panic!("{}: {e}", host_limit.display()))
+            .trim(),
+        MEMORY_LIMIT.to_string()
+    );
 
     // ExecSync through crun exec: output, exit code, and the container's own cgroup view.
     let exec = |cmd: &[&str]| ExecSyncRequest {
@@ -136,10 +168,7 @@ async fn a_pod_on_crun_runs_execs_logs_stops_and_leaves_nothing() {
     assert_eq!(r.stderr, b"err\n");
     let r = cri
         .rt
-        .exec_sync(exec(&[
-            "cat",
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-        ]))
+        .exec_sync(exec(&["cat", &format!("{memory_dir}/{limit_file}")]))
         .await
         .expect("ExecSync cat")
         .into_inner();
@@ -149,6 +178,26 @@ async fn a_pod_on_crun_runs_execs_logs_stops_and_leaves_nothing() {
         MEMORY_LIMIT.to_string(),
         "the memory limit is in the container's cgroup"
     );
+
+    // A daemon restart: recovery asks crun for the truth (crun state, in the view too) and
+    // finds the container still running.
+    let before = learned.pids();
+    d.stop();
+    assert_eq!(
+        learned.still_alive().len(),
+        before.len(),
+        "the pod outlives the daemon"
+    );
+    let d = Daemon::start_on(&env).await;
+    let mut cri = d.client().await;
+    let st = wait_for_container_state(
+        &mut cri,
+        &ctr_id,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(st.id, ctr_id);
 
     // Stop: SIGTERM through crun kill, the trap's exit code is recorded.
     cri.rt
