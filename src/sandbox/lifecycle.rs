@@ -795,15 +795,42 @@ impl Pods {
     pub async fn remove(self: &Arc<Self>, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
         self.stop(rec).await?;
         let id = rec.id.clone();
-        if rec.status().pause_created {
-            self.runtime_of(&id, &rec.meta.runtime_handler)?
-                .delete(&id)
-                .await?;
-            // No status write: the record goes below, and a remove retried after a failure
-            // in between only repeats the idempotent delete.
-        }
         let ov = self.overlay_dir(&id);
         let pinned = rec.meta.namespaces.clone();
+        // The pause's mounts and namespaces are released while the runtime deletes its state
+        // (runc's own start-up is most of a remove), once the pause is known to be gone.
+        let release = move || -> Result<(), SandboxError> {
+            crate::image::overlay::unmount_rootfs(&ov)?;
+            namespaces::unpin(&pinned);
+            Ok(())
+        };
+        let join_err = |e: tokio::task::JoinError| SandboxError::Io {
+            path: self.overlay_dir(&id),
+            source: std::io::Error::other(e),
+        };
+        if rec.status().pause_created {
+            let runtime = self.runtime_of(&id, &rec.meta.runtime_handler)?;
+            let exited = tokio::fs::try_exists(self.exit_file(&id))
+                .await
+                .unwrap_or(false);
+            // No status write after the delete: the record goes below, and a remove retried
+            // after a failure in between only repeats the idempotent delete.
+            if exited {
+                let (deleted, released) =
+                    tokio::join!(runtime.delete(&id), tokio::task::spawn_blocking(release));
+                deleted?;
+                released.map_err(join_err)??;
+            } else {
+                runtime.delete(&id).await?;
+                tokio::task::spawn_blocking(release)
+                    .await
+                    .map_err(join_err)??;
+            }
+        } else {
+            tokio::task::spawn_blocking(release)
+                .await
+                .map_err(join_err)??;
+        }
         let cg = if rec.meta.cgroup_dir.is_empty() {
             rec.meta.cgroup_parent.clone()
         } else {
@@ -811,8 +838,7 @@ impl Pods {
         };
         let run_dir = self.run_dir(&id);
         tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
-            crate::image::overlay::unmount_rootfs(&ov)?;
-            namespaces::unpin(&pinned);
+            // After the delete: runc removes the leaf, this the pod's cgroup above it.
             let left = crate::oci::cgroups::remove(&cg);
             if !left.is_empty() {
                 tracing::warn!(cgroups = ?left, "pod cgroups still busy");
