@@ -254,6 +254,37 @@ mod tests {
         assert!(e.contains("runc update nope"), "{e}");
     }
 
+    /// Every verb runs in the view when the runtime has one: a stand-in runtime reports as its
+    /// "state" whether it sees the cgroup2 mount.
+    #[tokio::test]
+    async fn verbs_run_in_the_cgroup_view() {
+        let Some(view) = CgroupV1View::of_host().unwrap() else {
+            eprintln!("skipped: not a hybrid cgroup host");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fake-crun");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n\
+             if [ -e /sys/fs/cgroup/unified ]; then s=hybrid; else s=v1; fi\n\
+             printf '{\"status\":\"%s\"}\\n' $s\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut rt = OciRuntime {
+            name: "crun".into(),
+            path: script,
+            root: dir.path().into(),
+            systemd_cgroup: false,
+            cgroup_view: None,
+        };
+        assert_eq!(rt.state("x").await.unwrap().unwrap().status, "hybrid");
+        rt.cgroup_view = Some(Arc::new(view));
+        assert_eq!(rt.state("x").await.unwrap().unwrap().status, "v1");
+    }
+
     #[test]
     fn systemd_flag_is_global() {
         let mut rt = OciRuntime {
