@@ -3,7 +3,8 @@
 # e2e harness; needs root, runc, conmon and the test registry):
 #  - create+start of a container in an existing pod, p50/p90: ferrio (CreateContainer +
 #    StartContainer) against the raw floor (`runc create` + `runc start` of an equivalent bundle:
-#    the same rootfs, namespaces and process) and against conmon + runc;
+#    the same rootfs, namespaces and process) and against conmon + runc; StopContainer
+#    (timeout 0) and RemoveContainer after it, p50/p90;
 #  - monitor RSS (VmRSS) with 1, 10 and 50 running containers: ferrio-monitor against Debian's
 #    conmon monitoring the same containers.
 #   hack/bench-container.sh            # 20 runs each
