@@ -1257,6 +1257,63 @@ async fn update_resources_and_stats() {
         .iter()
         .any(|m| m.name == "container_memory_working_set_bytes"
             && m.value.as_ref().is_some_and(|v| v.value > 0)));
+    // The cAdvisor set kubelet's CRI metrics provider (and critest) reads: every described name
+    // has a value for the pod or its container (pressure needs cgroup v2 PSI; block I/O counts
+    // need a disk that reports per-device I/O), with the descriptor's label count.
+    for d in &desc {
+        let optional = d.name.starts_with("container_pressure_")
+            || d.name.starts_with("container_blkio_")
+            || d.name.starts_with("container_fs_reads")
+            || d.name.starts_with("container_fs_writes")
+            || (d.name == "container_spec_cpu_quota" && !v2);
+        let found: Vec<_> = pm
+            .metrics
+            .iter()
+            .chain(&cm.metrics)
+            .filter(|m| m.name == d.name)
+            .collect();
+        assert!(optional || !found.is_empty(), "no value for {}", d.name);
+        for m in found {
+            assert_eq!(d.label_keys.len(), m.label_values.len(), "{m:?}");
+        }
+    }
+    let value = |name: &str| {
+        cm.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.value.as_ref())
+            .map(|v| v.value)
+            .unwrap_or_else(|| panic!("container metric {name}"))
+    };
+    // The values are the container's own: the limits in force after the update, CFS periods
+    // under the 50 ms quota of a busy loop, the writable layer's 512 KiB, its start.
+    assert_eq!(value("container_spec_memory_limit_bytes"), 96 << 20);
+    if !v2 {
+        assert_eq!(value("container_spec_cpu_shares"), 512);
+        assert_eq!(value("container_spec_cpu_quota"), 50_000);
+    }
+    assert_eq!(value("container_spec_cpu_period"), 100_000);
+    assert!(value("container_cpu_cfs_periods_total") > 0);
+    assert!(
+        value("container_cpu_user_seconds_total") <= value("container_cpu_usage_seconds_total") + 1
+    );
+    assert!(value("container_threads") >= 1);
+    assert!(value("container_file_descriptors") >= 3, "stdio at least");
+    assert!(value("container_fs_usage_bytes") >= 512 * 1024);
+    assert!(value("container_fs_limit_bytes") > value("container_fs_usage_bytes"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let started = value("container_start_time_seconds");
+    assert!(started <= now && started + 600 > now, "{started} vs {now}");
+    let rx = pm
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_network_receive_packets_total")
+        .expect("pod network packets");
+    assert_eq!(rx.label_values[3], "eth0");
+    assert!(rx.value.as_ref().unwrap().value > 0);
 
     w.remove(&id).await;
     w.finish().await;

@@ -63,9 +63,13 @@ pub struct ContainerUsage {
 pub struct InterfaceUsage {
     pub name: String,
     pub rx_bytes: u64,
+    pub rx_packets: u64,
     pub rx_errors: u64,
+    pub rx_dropped: u64,
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 /// A pod's usage: its cgroup parent (pause and every container), its network, its containers.
@@ -194,9 +198,13 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceUsage> {
             Some(InterfaceUsage {
                 name: name.to_string(),
                 rx_bytes: v[0],
+                rx_packets: v[1],
                 rx_errors: v[2],
+                rx_dropped: v[3],
                 tx_bytes: v[8],
+                tx_packets: v[9],
                 tx_errors: v[10],
+                tx_dropped: v[11],
             })
         })
         .collect()
@@ -295,6 +303,332 @@ fn container_usage(containers: Vec<Arc<Container>>, uppers: Vec<PathBuf>) -> Vec
         .collect()
 }
 
+// ---------------------------------------------------------------------------------------
+// The rest of cAdvisor's per-container numbers, for ListPodSandboxMetrics
+
+/// Block I/O of one device: `(major, minor, operation, bytes)`, operation as cAdvisor names it
+/// (`Read`, `Write`, ...).
+pub type DeviceIo = (u64, u64, String, u64);
+
+/// What cAdvisor reports of a cgroup beyond [`CgroupStats`]: CFS throttling, user/system CPU,
+/// the memory breakdown and failures, OOM kills, threads, the limits in force, block I/O and
+/// (v2) pressure stall totals. `None` where the host has no such file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupDetail {
+    pub cfs_periods: Option<u64>,
+    pub cfs_throttled_periods: Option<u64>,
+    pub cfs_throttled_ns: Option<u64>,
+    pub cpu_user_ns: Option<u64>,
+    pub cpu_system_ns: Option<u64>,
+    pub memory_cache: Option<u64>,
+    pub memory_failcnt: Option<u64>,
+    pub memory_kernel: Option<u64>,
+    pub memory_mapped_file: Option<u64>,
+    pub memory_max_usage: Option<u64>,
+    pub memory_swap: Option<u64>,
+    /// Page faults of the cgroup itself and of its whole subtree: (minor+major, major).
+    pub faults_container: Option<(u64, u64)>,
+    pub faults_hierarchy: Option<(u64, u64)>,
+    pub oom_kills: Option<u64>,
+    pub threads: Option<u64>,
+    /// The pids limit; 0 for none (cAdvisor's convention).
+    pub threads_max: Option<u64>,
+    pub cpu_period: Option<u64>,
+    /// CFS quota in microseconds; `None` without a quota.
+    pub cpu_quota: Option<u64>,
+    pub cpu_shares: Option<u64>,
+    pub memory_limit: Option<u64>,
+    pub memory_reservation: Option<u64>,
+    pub memory_swap_limit: Option<u64>,
+    pub device_io: Vec<DeviceIo>,
+    /// (ios, bytes) read and written over all devices.
+    pub reads: Option<(u64, u64)>,
+    pub writes: Option<(u64, u64)>,
+    /// v2 PSI `total=` in microseconds: (some, full) for cpu, io and memory.
+    pub pressure: [Option<(u64, u64)>; 3],
+    /// Processes in the cgroup (for open files and sockets).
+    pub pids: Vec<i32>,
+}
+
+fn read_text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn read_num(p: &Path) -> Option<u64> {
+    read_text(p).trim().parse().ok()
+}
+
+fn flat(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// v1 `blkio.throttle.io_service_bytes_recursive` style lines: `8:0 Read 4096`.
+fn parse_blkio_v1(text: &str) -> Vec<DeviceIo> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (dev, op, v) = (f.next()?, f.next()?, f.next()?);
+            let (ma, mi) = dev.split_once(':')?;
+            Some((
+                ma.parse().ok()?,
+                mi.parse().ok()?,
+                op.to_string(),
+                v.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// v2 `io.stat` lines: `8:0 rbytes=1 wbytes=2 rios=3 wios=4 ...` as (major, minor, key, value).
+fn parse_io_stat_v2(text: &str) -> Vec<DeviceIo> {
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let mut f = l.split_whitespace();
+        let Some((ma, mi)) = f.next().and_then(|d| d.split_once(':')) else {
+            continue;
+        };
+        let (Ok(ma), Ok(mi)) = (ma.parse(), mi.parse()) else {
+            continue;
+        };
+        for kv in f {
+            if let Some((k, v)) = kv.split_once('=') {
+                if let Ok(v) = v.parse() {
+                    out.push((ma, mi, k.to_string(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `some avg10=0.00 avg60=0.00 avg300=0.00 total=123` / `full ...`: the two totals.
+fn parse_pressure(text: &str) -> Option<(u64, u64)> {
+    let total = |kind: &str| {
+        text.lines()
+            .find(|l| l.starts_with(kind))?
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("total="))?
+            .parse()
+            .ok()
+    };
+    let some = total("some")?;
+    Some((some, total("full").unwrap_or(0)))
+}
+
+fn sum_io(ios: &[DeviceIo], ops: &str, bytes: &str) -> Option<(u64, u64)> {
+    if ios.is_empty() {
+        return None;
+    }
+    let sum = |k: &str| ios.iter().filter(|d| d.2 == k).map(|d| d.3).sum();
+    Some((sum(ops), sum(bytes)))
+}
+
+/// The pids in `cgroup.procs` (or `tasks` for `threads`): one number a line.
+fn count_lines(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+}
+
+/// [`CgroupDetail`] of the cgroup at `path` (an OCI cgroupsPath) on this host.
+pub fn cgroup_detail(path: &str) -> CgroupDetail {
+    let Some(rel) = cgroups::fs_path(path) else {
+        return CgroupDetail::default();
+    };
+    cgroup_detail_under(Path::new("/sys/fs/cgroup"), cgroups::is_v2(), &rel)
+}
+
+/// [`cgroup_detail`] with the hierarchies mounted at `root` (v1: `root/<controller>/path`).
+pub fn cgroup_detail_under(root: &Path, v2: bool, path: &str) -> CgroupDetail {
+    let rel = path.trim_start_matches('/');
+    if rel.split('/').any(|c| c == "..") {
+        return CgroupDetail::default();
+    }
+    let mut d = CgroupDetail::default();
+    if v2 {
+        let dir = root.join(rel);
+        let cpu = flat(&read_text(&dir.join("cpu.stat")));
+        let mem = flat(&read_text(&dir.join("memory.stat")));
+        let events = flat(&read_text(&dir.join("memory.events")));
+        let us = |k: &str| cpu.get(k).map(|v| v.saturating_mul(1000));
+        d.cfs_periods = cpu.get("nr_periods").copied();
+        d.cfs_throttled_periods = cpu.get("nr_throttled").copied();
+        d.cfs_throttled_ns = us("throttled_usec");
+        d.cpu_user_ns = us("user_usec");
+        d.cpu_system_ns = us("system_usec");
+        d.memory_cache = mem.get("file").copied();
+        d.memory_failcnt = events.get("max").copied();
+        d.memory_kernel = mem.get("kernel").copied().or_else(|| {
+            Some(mem.get("kernel_stack")? + mem.get("slab")? + mem.get("sock").unwrap_or(&0))
+        });
+        d.memory_mapped_file = mem.get("file_mapped").copied();
+        d.memory_max_usage = read_num(&dir.join("memory.peak"));
+        d.memory_swap = read_num(&dir.join("memory.swap.current"));
+        // v2 counts faults for the subtree only; the cgroup's own are the same number.
+        let f = mem
+            .get("pgfault")
+            .map(|p| (*p, mem.get("pgmajfault").copied().unwrap_or(0)));
+        d.faults_container = f;
+        d.faults_hierarchy = f;
+        d.oom_kills = events.get("oom_kill").copied();
+        d.threads = count_lines(&dir.join("cgroup.threads"));
+        d.threads_max = dir
+            .join("pids.max")
+            .exists()
+            .then(|| read_num(&dir.join("pids.max")).unwrap_or(0));
+        let max = read_text(&dir.join("cpu.max"));
+        let mut f = max.split_whitespace();
+        let (quota, period) = (f.next(), f.next());
+        d.cpu_quota = quota.and_then(|q| q.parse().ok());
+        d.cpu_period = period.and_then(|p| p.parse().ok());
+        // cpu.weight back to shares, as cAdvisor does (the inverse of runc's conversion).
+        d.cpu_shares =
+            read_num(&dir.join("cpu.weight")).map(|w| 2 + (w.saturating_sub(1) * 262_142) / 9999);
+        let limit = |f: &str| {
+            dir.join(f)
+                .exists()
+                .then(|| read_num(&dir.join(f)).unwrap_or(u64::MAX))
+        };
+        d.memory_limit = limit("memory.max");
+        d.memory_reservation = limit("memory.low");
+        d.memory_swap_limit = limit("memory.swap.max");
+        d.device_io = parse_io_stat_v2(&read_text(&dir.join("io.stat")));
+        d.reads = sum_io(&d.device_io, "rios", "rbytes");
+        d.writes = sum_io(&d.device_io, "wios", "wbytes");
+        for (i, f) in ["cpu.pressure", "io.pressure", "memory.pressure"]
+            .iter()
+            .enumerate()
+        {
+            d.pressure[i] = parse_pressure(&read_text(&dir.join(f)));
+        }
+        d.pids = pids_in(&dir.join("cgroup.procs"));
+    } else {
+        let cpu = root.join("cpu").join(rel);
+        let cpuacct = root.join("cpuacct").join(rel);
+        let memory = root.join("memory").join(rel);
+        let pids = root.join("pids").join(rel);
+        let blkio = root.join("blkio").join(rel);
+        let cs = flat(&read_text(&cpu.join("cpu.stat")));
+        d.cfs_periods = cs.get("nr_periods").copied();
+        d.cfs_throttled_periods = cs.get("nr_throttled").copied();
+        d.cfs_throttled_ns = cs.get("throttled_time").copied();
+        // cpuacct.stat is in USER_HZ ticks (100 a second on Linux).
+        let acct = flat(&read_text(&cpuacct.join("cpuacct.stat")));
+        d.cpu_user_ns = acct.get("user").map(|t| t.saturating_mul(10_000_000));
+        d.cpu_system_ns = acct.get("system").map(|t| t.saturating_mul(10_000_000));
+        let mem = flat(&read_text(&memory.join("memory.stat")));
+        let total = |k: &str| mem.get(&format!("total_{k}")).or(mem.get(k)).copied();
+        d.memory_cache = total("cache");
+        d.memory_failcnt = read_num(&memory.join("memory.failcnt"));
+        d.memory_kernel = read_num(&memory.join("memory.kmem.usage_in_bytes"));
+        d.memory_mapped_file = total("mapped_file");
+        d.memory_max_usage = read_num(&memory.join("memory.max_usage_in_bytes"));
+        d.memory_swap = total("swap");
+        d.faults_container = mem
+            .get("pgfault")
+            .map(|p| (*p, mem.get("pgmajfault").copied().unwrap_or(0)));
+        d.faults_hierarchy = mem
+            .get("total_pgfault")
+            .map(|p| (*p, mem.get("total_pgmajfault").copied().unwrap_or(0)));
+        d.oom_kills = flat(&read_text(&memory.join("memory.oom_control")))
+            .get("oom_kill")
+            .copied();
+        d.threads = count_lines(&pids.join("tasks"));
+        d.threads_max = pids
+            .join("pids.max")
+            .exists()
+            .then(|| read_num(&pids.join("pids.max")).unwrap_or(0));
+        d.cpu_period = read_num(&cpu.join("cpu.cfs_period_us"));
+        d.cpu_quota = read_num(&cpu.join("cpu.cfs_quota_us"));
+        d.cpu_shares = read_num(&cpu.join("cpu.shares"));
+        d.memory_limit = read_num(&memory.join("memory.limit_in_bytes"));
+        d.memory_reservation = read_num(&memory.join("memory.soft_limit_in_bytes"));
+        d.memory_swap_limit = read_num(&memory.join("memory.memsw.limit_in_bytes"));
+        let bytes = parse_blkio_v1(&read_text(
+            &blkio.join("blkio.throttle.io_service_bytes_recursive"),
+        ));
+        let ios = parse_blkio_v1(&read_text(
+            &blkio.join("blkio.throttle.io_serviced_recursive"),
+        ));
+        let find = |v: &[DeviceIo], op: &str| -> Option<u64> {
+            (!v.is_empty()).then(|| v.iter().filter(|d| d.2 == op).map(|d| d.3).sum())
+        };
+        d.reads = find(&ios, "Read").zip(find(&bytes, "Read"));
+        d.writes = find(&ios, "Write").zip(find(&bytes, "Write"));
+        d.device_io = bytes.into_iter().filter(|d| d.2 != "Total").collect();
+        d.pids = pids_in(&pids.join("cgroup.procs"));
+    }
+    d
+}
+
+fn pids_in(procs: &Path) -> Vec<i32> {
+    read_text(procs)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Open files and sockets of `pids`: (file descriptors, sockets).
+pub fn open_files(pids: &[i32]) -> (u64, u64) {
+    let (mut fds, mut sockets) = (0, 0);
+    for pid in pids {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            fds += 1;
+            if std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            {
+                sockets += 1;
+            }
+        }
+    }
+    (fds, sockets)
+}
+
+/// The filesystem holding a path: its device name (mountinfo's source), capacity and inodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsInfo {
+    pub device: String,
+    pub limit_bytes: u64,
+    pub inodes_total: u64,
+    pub inodes_free: u64,
+}
+
+/// [`FsInfo`] of the filesystem `path` lives on.
+pub fn fs_info(path: &Path) -> Option<FsInfo> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let mp = crate::image::usage::mountpoint_of(path);
+    let device = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| {
+            // The last line for the mount point is the one on top.
+            info.lines()
+                .rev()
+                .find(|l| {
+                    l.split(' ')
+                        .nth(4)
+                        .map(crate::image::overlay::unescape_mountinfo)
+                        == Some(mp.to_string_lossy().into_owned())
+                })
+                .and_then(|l| l.split_once(" - "))
+                .and_then(|(_, post)| post.split_whitespace().nth(1).map(str::to_string))
+        })
+        .unwrap_or_else(|| mp.display().to_string());
+    Some(FsInfo {
+        device,
+        limit_bytes: (st.blocks() as u64).saturating_mul(st.fragment_size() as u64),
+        inodes_total: st.files() as u64,
+        inodes_free: st.files_free() as u64,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,12 +648,107 @@ Inter-|   Receive                                                |  Transmit
             vec![InterfaceUsage {
                 name: "eth0".into(),
                 rx_bytes: 1296,
+                rx_packets: 16,
                 rx_errors: 1,
+                rx_dropped: 0,
                 tx_bytes: 936,
+                tx_packets: 12,
                 tx_errors: 2,
+                tx_dropped: 0,
             }]
         );
         assert!(parse_net_dev("eth0: 1 2 3\n").is_empty());
+    }
+
+    #[test]
+    fn cgroup_detail_v1_and_v2_from_files() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |p: &str, t: &str| {
+            let f = d.path().join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, t).unwrap();
+        };
+        w(
+            "cpu/p/c/cpu.stat",
+            "nr_periods 10\nnr_throttled 4\nthrottled_time 5000\n",
+        );
+        w("cpu/p/c/cpu.cfs_quota_us", "20000\n");
+        w("cpu/p/c/cpu.cfs_period_us", "100000\n");
+        w("cpu/p/c/cpu.shares", "1024\n");
+        w("cpuacct/p/c/cpuacct.stat", "user 3\nsystem 2\n");
+        w(
+            "memory/p/c/memory.stat",
+            "cache 10\npgfault 7\npgmajfault 1\ntotal_cache 40\ntotal_mapped_file 8\ntotal_swap 0\ntotal_pgfault 9\ntotal_pgmajfault 2\n",
+        );
+        w(
+            "memory/p/c/memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        );
+        w("memory/p/c/memory.memsw.limit_in_bytes", "67108864\n");
+        w("pids/p/c/tasks", "1\n2\n3\n");
+        w("pids/p/c/cgroup.procs", "1\n2\n");
+        w("pids/p/c/pids.max", "max\n");
+        w(
+            "blkio/p/c/blkio.throttle.io_service_bytes_recursive",
+            "8:0 Read 4096\n8:0 Write 8192\n8:0 Total 12288\nTotal 12288\n",
+        );
+        w(
+            "blkio/p/c/blkio.throttle.io_serviced_recursive",
+            "8:0 Read 1\n8:0 Write 2\n8:0 Total 3\n",
+        );
+        let c = cgroup_detail_under(d.path(), false, "/p/c");
+        assert_eq!(
+            (c.cfs_periods, c.cfs_throttled_periods),
+            (Some(10), Some(4))
+        );
+        assert_eq!(c.cfs_throttled_ns, Some(5000));
+        assert_eq!(
+            (c.cpu_user_ns, c.cpu_system_ns),
+            (Some(30_000_000), Some(20_000_000))
+        );
+        assert_eq!(
+            (c.cpu_quota, c.cpu_period, c.cpu_shares),
+            (Some(20000), Some(100000), Some(1024))
+        );
+        assert_eq!((c.memory_cache, c.memory_mapped_file), (Some(40), Some(8)));
+        assert_eq!(c.faults_container, Some((7, 1)));
+        assert_eq!(c.faults_hierarchy, Some((9, 2)));
+        assert_eq!(
+            (c.oom_kills, c.threads, c.threads_max),
+            (Some(3), Some(3), Some(0))
+        );
+        assert_eq!(c.memory_swap_limit, Some(64 << 20));
+        assert_eq!(c.reads, Some((1, 4096)));
+        assert_eq!(c.writes, Some((2, 8192)));
+        assert_eq!(c.device_io.len(), 2, "Total lines are not devices");
+        assert_eq!(c.pids, vec![1, 2]);
+
+        w("u/p/c/cpu.stat", "usage_usec 9\nuser_usec 5\nsystem_usec 4\nnr_periods 6\nnr_throttled 1\nthrottled_usec 2\n");
+        w("u/p/c/cpu.max", "max 100000\n");
+        w(
+            "u/p/c/memory.events",
+            "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n",
+        );
+        w("u/p/c/memory.max", "max\n");
+        w(
+            "u/p/c/io.stat",
+            "8:0 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n",
+        );
+        w("u/p/c/memory.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=77\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=33\n");
+        let c = cgroup_detail_under(&d.path().join("u"), true, "/p/c");
+        assert_eq!((c.cpu_user_ns, c.cpu_system_ns), (Some(5000), Some(4000)));
+        assert_eq!(
+            (c.cfs_throttled_ns, c.cpu_quota, c.cpu_period),
+            (Some(2000), None, Some(100000))
+        );
+        assert_eq!((c.memory_failcnt, c.oom_kills), (Some(5), Some(1)));
+        assert_eq!(c.memory_limit, Some(u64::MAX));
+        assert_eq!((c.reads, c.writes), (Some((1, 100)), Some((2, 200))));
+        assert_eq!(c.pressure, [None, None, Some((77, 33))]);
+        assert_eq!(
+            cgroup_detail_under(d.path(), false, "/../x"),
+            CgroupDetail::default()
+        );
     }
 
     #[test]
