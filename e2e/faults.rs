@@ -4,15 +4,16 @@
 //! or start, a registry that drops the connection mid-blob, and an image store whose disk is full.
 
 use crate::harness::{
-    container_config, pod_config, wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts,
+    container_config, pod_config, pod_status, run_pod, wait_for_container_state, Cri, Daemon, Env,
+    LearnedPids, Opts,
 };
 use ferrio::config::RuntimeHandler;
 use k8s_cri::v1::{
     ContainerConfig, ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
     ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, PodSandboxConfig,
-    PodSandboxState, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
-    RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StatusRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxState, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
+    RemovePodSandboxRequest, StartContainerRequest, StatusRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,20 +38,6 @@ async fn pull(cri: &mut Cri, image: &str) -> Result<String, Status> {
         })
         .await
         .map(|r| r.into_inner().image_ref)
-}
-
-async fn run_pod(
-    cri: &mut Cri,
-    config: &PodSandboxConfig,
-    handler: &str,
-) -> Result<String, Status> {
-    cri.rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
 }
 
 async fn create(
@@ -146,25 +133,6 @@ async fn container_status(
         })
         .await
         .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
-        .into_inner();
-    let info = r
-        .info
-        .get("info")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (r.status.expect("a status"), info)
-}
-
-/// PodSandboxStatus with its verbose info parsed.
-async fn pod_status(cri: &mut Cri, id: &str) -> (k8s_cri::v1::PodSandboxStatus, serde_json::Value) {
-    let r = cri
-        .rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e}"))
         .into_inner();
     let info = r
         .info

@@ -4,14 +4,13 @@
 //! is refused and the old one keeps serving.
 
 use crate::harness::{
-    container_config, pod_config, wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts,
-    REGISTRY_ENV,
+    container_config, pod_config, pod_status, run_pod, stop_and_remove_pod,
+    wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts, REGISTRY_ENV,
 };
 use ferrio::config::{Config, MirrorConfig, RegistryConfig, RuntimeHandler};
 use k8s_cri::v1::{
     ContainerState, CreateContainerRequest, ImageSpec, ImageStatusRequest, PodSandboxConfig,
-    PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StatusRequest, StopPodSandboxRequest,
+    PullImageRequest, StartContainerRequest, StatusRequest,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -90,57 +89,10 @@ async fn start_sleeper(cri: &mut Cri, pod_id: &str, pod: &PodSandboxConfig, name
     id
 }
 
-async fn run_pod(
-    cri: &mut Cri,
-    config: &PodSandboxConfig,
-    handler: &str,
-) -> Result<String, tonic::Status> {
-    cri.rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
-}
-
-async fn stop_and_remove(cri: &mut Cri, id: &str) {
-    cri.rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e}"));
-    cri.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e}"));
-}
-
 /// (ip, verbose info) of a pod.
-async fn pod_status(cri: &mut Cri, id: &str) -> (String, serde_json::Value) {
-    let r = cri
-        .rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e}"))
-        .into_inner();
-    let info = r
-        .info
-        .get("info")
-        .map(|s| serde_json::from_str(s).expect("verbose info is JSON"))
-        .unwrap_or(serde_json::Value::Null);
-    let ip = r
-        .status
-        .and_then(|s| s.network)
-        .map(|n| n.ip)
-        .unwrap_or_default();
-    (ip, info)
+async fn pod_ip(cri: &mut Cri, id: &str) -> (String, serde_json::Value) {
+    let (status, info) = pod_status(cri, id).await;
+    (status.network.map(|n| n.ip).unwrap_or_default(), info)
 }
 
 /// The runtime handlers Status reports, sorted, and whether the network is ready.
@@ -223,7 +175,7 @@ async fn reload_applies_to_new_pods_and_old_pods_keep_what_they_started_with() {
         .await
         .expect("RunPodSandbox before the reload");
     let c1 = start_sleeper(&mut cri, &before, &before_cfg, "c1").await;
-    let (ip_before, _) = pod_status(&mut cri, &before).await;
+    let (ip_before, _) = pod_ip(&mut cri, &before).await;
     assert!(env.in_subnet(&ip_before), "{ip_before}");
     assert_eq!(
         handlers_and_network(&mut cri).await,
@@ -338,7 +290,7 @@ async fn reload_applies_to_new_pods_and_old_pods_keep_what_they_started_with() {
     let after = run_pod(&mut cri, &pod_config(&env, "after"), "runc-b")
         .await
         .expect("RunPodSandbox on the new handler");
-    let (ip_after, info) = pod_status(&mut cri, &after).await;
+    let (ip_after, info) = pod_ip(&mut cri, &after).await;
     let last: u8 = ip_after.rsplit('.').next().unwrap().parse().unwrap();
     assert!(
         env.in_subnet(&ip_after) && (200..=250).contains(&last),
@@ -406,7 +358,7 @@ async fn reload_applies_to_new_pods_and_old_pods_keep_what_they_started_with() {
         entries(&old_root)
     );
     for id in [&before, &after, &moved_pod] {
-        stop_and_remove(&mut cri, id).await;
+        stop_and_remove_pod(&mut cri, id).await;
     }
     for id in [&before, &c1, &c2] {
         assert!(
@@ -501,7 +453,7 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
     let pod = run_pod(&mut cri, &pod_config(&env, "still"), "")
         .await
         .expect("RunPodSandbox after refused reloads");
-    let (_, info) = pod_status(&mut cri, &pod).await;
+    let (_, info) = pod_ip(&mut cri, &pod).await;
     assert_eq!(info["image"], "registry.k8s.io/pause:3.10", "{info}");
     let since = std::fs::read_to_string(env.daemon_log()).unwrap();
     assert!(
@@ -544,6 +496,6 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
         "{m}"
     );
 
-    stop_and_remove(&mut cri, &pod).await;
+    stop_and_remove_pod(&mut cri, &pod).await;
     assert_no_leaks_soon(&d, &LearnedPids::default()).await;
 }

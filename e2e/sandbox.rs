@@ -4,14 +4,15 @@
 //! seen from inside real containers, host-network pods, list filters and verbose status.
 
 use crate::harness::{
-    container_config, pod_config, wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts,
+    container_config, pod_config, pod_status, run_pod, stop_and_remove_pod,
+    wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts,
 };
 use k8s_cri::v1::{
     ContainerState, CreateContainerRequest, DnsConfig, ImageSpec, ListPodSandboxRequest,
     NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxState,
-    PodSandboxStateValue, PodSandboxStatusRequest, PortMapping, Protocol, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxStateValue, PortMapping, Protocol, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -21,50 +22,6 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 const BUSYBOX: &str = "docker.io/library/busybox:1.36";
-
-async fn run_pod(cri: &mut Cri, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
-    cri.rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
-}
-
-async fn stop_and_remove_pod(cri: &mut Cri, id: &str) {
-    cri.rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e}"));
-    cri.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e}"));
-}
-
-/// PodSandboxStatus with its verbose `info` parsed.
-async fn status(cri: &mut Cri, id: &str) -> (k8s_cri::v1::PodSandboxStatus, serde_json::Value) {
-    let r = cri
-        .rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e}"))
-        .into_inner();
-    let info = r
-        .info
-        .get("info")
-        .map(|s| serde_json::from_str(s).expect("verbose info is JSON"))
-        .unwrap_or(serde_json::Value::Null);
-    (r.status.expect("a status"), info)
-}
 
 async fn list(cri: &mut Cri, filter: PodSandboxFilter) -> Vec<k8s_cri::v1::PodSandbox> {
     cri.rt
@@ -202,13 +159,13 @@ async fn retried_run_pod_sandbox_gets_the_same_id() {
     // Two at once: the second waits for the first and gets its id.
     let (mut c1, mut c2) = (d.client().await, d.client().await);
     let (p1, p2) = (pod.clone(), pod.clone());
-    let (a, b) = tokio::join!(async move { run_pod(&mut c1, &p1).await }, async move {
-        run_pod(&mut c2, &p2).await
+    let (a, b) = tokio::join!(async move { run_pod(&mut c1, &p1, "").await }, async move {
+        run_pod(&mut c2, &p2, "").await
     });
     let id = a.expect("first RunPodSandbox");
     assert_eq!(b.expect("concurrent retry of RunPodSandbox"), id);
     // And after it finished.
-    assert_eq!(run_pod(&mut cri, &pod).await.expect("late retry"), id);
+    assert_eq!(run_pod(&mut cri, &pod, "").await.expect("late retry"), id);
 
     let by_label = list(
         &mut cri,
@@ -250,7 +207,7 @@ async fn retried_run_pod_sandbox_gets_the_same_id() {
     .await;
     assert!(other.is_empty());
 
-    let (st, info) = status(&mut cri, &id).await;
+    let (st, info) = pod_status(&mut cri, &id).await;
     assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
     assert_eq!(st.runtime_handler, "runc");
     assert!(st.created_at > 0);
@@ -286,7 +243,7 @@ async fn retried_run_pod_sandbox_gets_the_same_id() {
     stop_and_remove_pod(&mut cri, &id).await;
     stop_and_remove_pod(&mut cri, &"f".repeat(64)).await;
     // A retry after the removal makes a new pod.
-    let id2 = run_pod(&mut cri, &pod).await.expect("run after remove");
+    let id2 = run_pod(&mut cri, &pod, "").await.expect("run after remove");
     assert_ne!(id2, id);
     stop_and_remove_pod(&mut cri, &id2).await;
     assert_no_leaks_soon(&d, &LearnedPids::default()).await;
@@ -301,15 +258,15 @@ async fn stop_and_remove_after_the_pause_died_or_the_netns_vanished() {
 
     // The pause process killed from outside: the pod turns NOTREADY, stop and remove still work.
     let pod = pod_config(&env, "dead-pause");
-    let id = run_pod(&mut cri, &pod).await.expect("RunPodSandbox");
-    let (_, info) = status(&mut cri, &id).await;
+    let id = run_pod(&mut cri, &pod, "").await.expect("RunPodSandbox");
+    let (_, info) = pod_status(&mut cri, &id).await;
     let pid = info["pid"].as_i64().expect("pid in verbose info") as i32;
     learned.add(pid as u32, "pause");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)
         .expect("kill the pause process");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (st, _) = status(&mut cri, &id).await;
+        let (st, _) = pod_status(&mut cri, &id).await;
         if st.state == PodSandboxState::SandboxNotready as i32 {
             break;
         }
@@ -323,8 +280,8 @@ async fn stop_and_remove_after_the_pause_died_or_the_netns_vanished() {
 
     // The pinned netns unmounted and deleted behind ferrio's back: the IP is still released.
     let pod = pod_config(&env, "lost-netns");
-    let id = run_pod(&mut cri, &pod).await.expect("RunPodSandbox");
-    let (_, info) = status(&mut cri, &id).await;
+    let id = run_pod(&mut cri, &pod, "").await.expect("RunPodSandbox");
+    let (_, info) = pod_status(&mut cri, &id).await;
     learned.add(info["pid"].as_i64().unwrap() as u32, "pause");
     let netns = PathBuf::from(info["namespaces"]["net"].as_str().expect("a pinned netns"));
     nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH).expect("unmount the netns");
@@ -333,8 +290,8 @@ async fn stop_and_remove_after_the_pause_died_or_the_netns_vanished() {
 
     // Both kinds at once: pause dead and netns gone.
     let pod = pod_config(&env, "both-gone");
-    let id = run_pod(&mut cri, &pod).await.expect("RunPodSandbox");
-    let (_, info) = status(&mut cri, &id).await;
+    let id = run_pod(&mut cri, &pod, "").await.expect("RunPodSandbox");
+    let (_, info) = pod_status(&mut cri, &id).await;
     let pid = info["pid"].as_i64().unwrap() as i32;
     learned.add(pid as u32, "pause");
     let netns = PathBuf::from(info["namespaces"]["net"].as_str().unwrap());
@@ -418,7 +375,7 @@ exec sleep 300"#,
     // A failing plugin after bridge: the plugin's message comes back, bridge is undone.
     std::fs::write(&net_file, conflist(&env, &name, &["fake-fail"])).unwrap();
     let pod = pod_config(&env, "cni-fail");
-    let e = run_pod(&mut cri, &pod)
+    let e = run_pod(&mut cri, &pod, "")
         .await
         .expect_err("a failing plugin fails the pod");
     assert!(e.message().contains("fake plugin refuses"), "{e}");
@@ -431,7 +388,7 @@ exec sleep 300"#,
     // A hanging plugin: killed after cni_plugin_timeout, everything undone.
     std::fs::write(&net_file, conflist(&env, &name, &["fake-hang"])).unwrap();
     let started = Instant::now();
-    let e = run_pod(&mut cri, &pod)
+    let e = run_pod(&mut cri, &pod, "")
         .await
         .expect_err("a hanging plugin fails the pod");
     assert!(e.message().contains("timed out"), "{e}");
@@ -450,15 +407,15 @@ exec sleep 300"#,
         conflist(&env, "fe2e-first-broken", &["fake-fail"]),
     )
     .unwrap();
-    let e = run_pod(&mut cri, &pod)
+    let e = run_pod(&mut cri, &pod, "")
         .await
         .expect_err("first network is the broken one");
     assert!(e.message().contains("fake plugin refuses"), "{e}");
     std::fs::remove_file(env.network_dir().join("05-first.conflist")).unwrap();
-    let id = run_pod(&mut cri, &pod)
+    let id = run_pod(&mut cri, &pod, "")
         .await
         .expect("works again without a restart");
-    let (st, _) = status(&mut cri, &id).await;
+    let (st, _) = pod_status(&mut cri, &id).await;
     assert!(env.in_subnet(&st.network.unwrap().ip));
     stop_and_remove_pod(&mut cri, &id).await;
     assert_no_leaks_soon(&d, &LearnedPids::default()).await;
@@ -475,10 +432,10 @@ exec sleep 300"#,
     std::fs::write(env.config_path(), toml::to_string_pretty(&cfg).unwrap()).unwrap();
     let d = Daemon::start_on(&env).await;
     let mut cri = d.client().await;
-    let id = run_pod(&mut cri, &pod)
+    let id = run_pod(&mut cri, &pod, "")
         .await
         .expect("the default network is used");
-    let (_, info) = status(&mut cri, &id).await;
+    let (_, info) = pod_status(&mut cri, &id).await;
     assert_eq!(
         info["network"]["cniResult"]["interfaces"][0]["name"],
         name.as_str(),
@@ -495,8 +452,8 @@ async fn cni_del_runs_after_a_daemon_restart() {
     let mut cri = d.client().await;
     let mut learned = LearnedPids::default();
     let pod = pod_config(&env, "restart");
-    let id = run_pod(&mut cri, &pod).await.expect("RunPodSandbox");
-    let (st, info) = status(&mut cri, &id).await;
+    let id = run_pod(&mut cri, &pod, "").await.expect("RunPodSandbox");
+    let (st, info) = pod_status(&mut cri, &id).await;
     learned.add(info["pid"].as_i64().unwrap() as u32, "pause");
     let ip = st.network.unwrap().ip;
     drop(cri);
@@ -506,7 +463,7 @@ async fn cni_del_runs_after_a_daemon_restart() {
     std::fs::remove_file(env.network_dir().join("10-e2e.conflist")).unwrap();
     let d = Daemon::start_on(&env).await;
     let mut cri = d.client().await;
-    let (st, _) = status(&mut cri, &id).await;
+    let (st, _) = pod_status(&mut cri, &id).await;
     assert_eq!(
         st.state,
         PodSandboxState::SandboxReady as i32,
@@ -565,8 +522,8 @@ async fn pod_config_fields_seen_from_inside_containers() {
         &mut a,
         ns_option(NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Pod),
     );
-    let a_id = run_pod(&mut cri, &a).await.expect("RunPodSandbox a");
-    let (a_st, a_info) = status(&mut cri, &a_id).await;
+    let a_id = run_pod(&mut cri, &a, "").await.expect("RunPodSandbox a");
+    let (a_st, a_info) = pod_status(&mut cri, &a_id).await;
     learned.add(a_info["pid"].as_i64().unwrap() as u32, "pause a");
     let a_ip = a_st.network.as_ref().unwrap().ip.clone();
     assert_eq!(
@@ -637,8 +594,8 @@ async fn pod_config_fields_seen_from_inside_containers() {
             NamespaceMode::Pod,
         ),
     );
-    let b_id = run_pod(&mut cri, &b).await.expect("RunPodSandbox b");
-    let (_, b_info) = status(&mut cri, &b_id).await;
+    let b_id = run_pod(&mut cri, &b, "").await.expect("RunPodSandbox b");
+    let (_, b_info) = pod_status(&mut cri, &b_id).await;
     learned.add(b_info["pid"].as_i64().unwrap() as u32, "pause b");
     // busybox-static's wget crashes in an image without NSS libraries; nc with a numeric
     // address and port needs none.
@@ -702,7 +659,7 @@ async fn host_network_pod_gets_no_cni_and_the_host_netns() {
     );
     bad.linux.as_mut().unwrap().sysctls =
         [("net.ipv4.ip_forward".to_string(), "1".to_string())].into();
-    let e = run_pod(&mut cri, &bad)
+    let e = run_pod(&mut cri, &bad, "")
         .await
         .expect_err("net sysctl on the host network");
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
@@ -717,7 +674,7 @@ async fn host_network_pod_gets_no_cni_and_the_host_netns() {
             NamespaceMode::Pod,
         ),
     );
-    let e = run_pod(&mut cri, &target)
+    let e = run_pod(&mut cri, &target, "")
         .await
         .expect_err("TARGET pid for a pod");
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
@@ -731,10 +688,10 @@ async fn host_network_pod_gets_no_cni_and_the_host_netns() {
             NamespaceMode::Node,
         ),
     );
-    let id = run_pod(&mut cri, &pod)
+    let id = run_pod(&mut cri, &pod, "")
         .await
         .expect("RunPodSandbox host network");
-    let (_, info) = status(&mut cri, &id).await;
+    let (_, info) = pod_status(&mut cri, &id).await;
     learned.add(info["pid"].as_i64().unwrap() as u32, "pause");
     assert!(
         info["namespaces"]["net"].is_null(),
@@ -811,10 +768,10 @@ async fn dual_stack_pod_reports_both_addresses() {
     });
     std::fs::write(env.network_dir().join("10-e2e.conflist"), list.to_string()).unwrap();
     let pod = pod_config(&env, "dual");
-    let id = run_pod(&mut cri, &pod)
+    let id = run_pod(&mut cri, &pod, "")
         .await
         .expect("RunPodSandbox dual-stack");
-    let (st, info) = status(&mut cri, &id).await;
+    let (st, info) = pod_status(&mut cri, &id).await;
     let net = st.network.expect("network status");
     assert!(env.in_subnet(&net.ip), "IPv4 first: {net:?}");
     assert_eq!(net.additional_ips.len(), 1, "{net:?}");
@@ -854,7 +811,7 @@ async fn runtime_handler_picks_the_runtime_and_a_failing_one_rolls_back() {
         // where crun runs in the private v1 cgroup view: see e2e/crun.rs).
         Ok(r) => {
             let id = r.into_inner().pod_sandbox_id;
-            let (st, info) = status(&mut cri, &id).await;
+            let (st, info) = pod_status(&mut cri, &id).await;
             assert_eq!(st.runtime_handler, "crun");
             assert_eq!(info["runtimeHandler"], "crun");
             learned.add(info["pid"].as_i64().unwrap() as u32, "pause");
@@ -873,10 +830,10 @@ async fn runtime_handler_picks_the_runtime_and_a_failing_one_rolls_back() {
     }
     assert_no_leaks_soon(&d, &learned).await;
     // The same pod on the default handler works: the failed attempt released the name.
-    let id = run_pod(&mut cri, &pod)
+    let id = run_pod(&mut cri, &pod, "")
         .await
         .expect("RunPodSandbox on runc");
-    let (st, _) = status(&mut cri, &id).await;
+    let (st, _) = pod_status(&mut cri, &id).await;
     assert_eq!(st.runtime_handler, "runc");
     stop_and_remove_pod(&mut cri, &id).await;
     assert_no_leaks_soon(&d, &learned).await;
@@ -915,7 +872,7 @@ async fn pod_overhead_and_resources_limit_the_pod_cgroup() {
     linux.overhead = Some(res(128, 10_000, 16 << 20));
     let parent = linux.cgroup_parent.clone();
 
-    let id = run_pod(&mut cri, &pod).await.expect("RunPodSandbox");
+    let id = run_pod(&mut cri, &pod, "").await.expect("RunPodSandbox");
     let read = |ctrl, file| pod_cgroup_file(&parent, ctrl, file);
     assert_eq!(read("cpu", "cpu.shares").as_deref(), Some("640"));
     assert_eq!(read("cpu", "cpu.cfs_quota_us").as_deref(), Some("60000"));
@@ -925,7 +882,7 @@ async fn pod_overhead_and_resources_limit_the_pod_cgroup() {
         Some((80u64 << 20).to_string())
     );
     // The pause runs below the limited cgroup, and the record keeps what was written.
-    let (st, info) = status(&mut cri, &id).await;
+    let (st, info) = pod_status(&mut cri, &id).await;
     assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
     let pid = info["pid"].as_i64().expect("pause pid");
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
@@ -956,7 +913,7 @@ async fn stop_pod_sandbox_gives_each_container_its_grace_period_at_once() {
     pull_busybox(&mut cri).await;
     let mut pod = pod_config(&env, "grace");
     pod.annotations = [(GRACE.to_string(), "30".to_string())].into();
-    let pod_id = run_pod(&mut cri, &pod).await.expect("RunPodSandbox");
+    let pod_id = run_pod(&mut cri, &pod, "").await.expect("RunPodSandbox");
 
     // Each takes 3 s to exit after SIGTERM: one after the other would take 6 s.
     let script = "trap 'sleep 3; exit 42' TERM; echo ready; while true; do sleep 0.1; done";

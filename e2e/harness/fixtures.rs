@@ -5,7 +5,8 @@ use super::env::Env;
 use super::rand_hex;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
+    ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus,
+    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use std::time::{Duration, Instant};
 
@@ -78,4 +79,55 @@ pub async fn wait_for_container_state(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// RunPodSandbox with `handler` ("" is the default runtime). The error is returned, not unwrapped:
+/// many tests expect one.
+pub async fn run_pod(
+    cri: &mut Cri,
+    config: &PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
+    cri.rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+/// StopPodSandbox then RemovePodSandbox, the way kubelet ends a pod; panics naming the call that failed.
+pub async fn stop_and_remove_pod(cri: &mut Cri, id: &str) {
+    cri.rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e}"));
+    cri.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e}"));
+}
+
+/// Verbose PodSandboxStatus: the status and its `info` parsed as JSON (Null when the daemon sent none).
+pub async fn pod_status(cri: &mut Cri, id: &str) -> (PodSandboxStatus, serde_json::Value) {
+    let r = cri
+        .rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e}"))
+        .into_inner();
+    let info = r
+        .info
+        .get("info")
+        .map(|s| serde_json::from_str(s).expect("verbose info is JSON"))
+        .unwrap_or(serde_json::Value::Null);
+    (r.status.expect("a status"), info)
 }
