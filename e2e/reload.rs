@@ -4,13 +4,13 @@
 //! is refused and the old one keeps serving.
 
 use crate::harness::{
-    container_config, pod_config, pod_status, run_pod, stop_and_remove_pod,
+    container_config, pod_config, pod_status, run_pod, start_container, stop_and_remove_pod,
     wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts, REGISTRY_ENV,
 };
 use ferrio::config::{Config, MirrorConfig, RegistryConfig, RuntimeHandler};
 use k8s_cri::v1::{
-    ContainerState, CreateContainerRequest, ImageSpec, ImageStatusRequest, PodSandboxConfig,
-    PullImageRequest, StartContainerRequest, StatusRequest,
+    ContainerState, ImageSpec, ImageStatusRequest, PodSandboxConfig, PullImageRequest,
+    StatusRequest,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -62,31 +62,13 @@ fn rewrite(env: &Env, edit: impl FnOnce(&mut Config)) {
 
 /// Create and start a container running `sleep` in a pod; returns its id once running.
 async fn start_sleeper(cri: &mut Cri, pod_id: &str, pod: &PodSandboxConfig, name: &str) -> String {
-    let id = cri
-        .rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(container_config(name, BUSYBOX, &["sleep", "300"])),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
-        .into_inner()
-        .container_id;
-    cri.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    wait_for_container_state(
+    start_container(
         cri,
-        &id,
-        ContainerState::ContainerRunning,
-        Duration::from_secs(30),
+        pod_id,
+        pod,
+        container_config(name, BUSYBOX, &["sleep", "300"]),
     )
-    .await;
-    id
+    .await
 }
 
 /// (ip, verbose info) of a pod.

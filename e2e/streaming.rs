@@ -9,12 +9,12 @@ mod harness;
 use client::{spdy_connect, spdy_exec, ws_collect, ws_connect, ExecOpts};
 use futures::{SinkExt, StreamExt};
 use harness::{
-    container_config, pod_config, wait_for_container_state, Cri, Daemon, LearnedPids, Opts,
+    container_config, pod_config, run_pod, start_container, wait_for_container_state, Cri, Daemon,
+    LearnedPids, Opts,
 };
 use k8s_cri::v1::{
-    AttachRequest, ContainerState, CreateContainerRequest, ExecRequest, ImageSpec,
-    PodSandboxConfig, PortForwardRequest, PullImageRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    AttachRequest, ContainerState, ExecRequest, ImageSpec, PodSandboxConfig, PortForwardRequest,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, StopContainerRequest,
     StopPodSandboxRequest,
 };
 use std::time::{Duration, Instant};
@@ -54,40 +54,11 @@ async fn pod_with(cri: &mut Cri, d: &Daemon, name: &str, command: &[&str]) -> Po
         .await
         .unwrap_or_else(|e| panic!("PullImage: {e}"));
     let config = pod_config(d.env(), name);
-    let id = cri
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
+    let id = run_pod(cri, &config, "")
         .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
-        .into_inner()
-        .pod_sandbox_id;
-    let container = cri
-        .rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: id.clone(),
-            config: Some(container_config(name, BUSYBOX, command)),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
-        .into_inner()
-        .container_id;
-    cri.rt
-        .start_container(StartContainerRequest {
-            container_id: container.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer: {e}"));
-    wait_for_container_state(
-        cri,
-        &container,
-        ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"));
+    let container =
+        start_container(cri, &id, &config, container_config(name, BUSYBOX, command)).await;
     Pod {
         id,
         container,
@@ -1119,31 +1090,7 @@ async fn add_container(
     let mut config = container_config(name, BUSYBOX, command);
     config.stdin = true;
     config.tty = tty;
-    let id = cri
-        .rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod.config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
-        .into_inner()
-        .container_id;
-    cri.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    wait_for_container_state(
-        cri,
-        &id,
-        ContainerState::ContainerRunning,
-        Duration::from_secs(20),
-    )
-    .await;
-    id
+    start_container(cri, &pod.id, &pod.config, config).await
 }
 
 /// Read `out` until its text contains `want`.

@@ -5,8 +5,9 @@ use super::env::Env;
 use super::rand_hex;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus,
-    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatus, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use std::time::{Duration, Instant};
 
@@ -130,4 +131,44 @@ pub async fn pod_status(cri: &mut Cri, id: &str) -> (PodSandboxStatus, serde_jso
         .map(|s| serde_json::from_str(s).expect("verbose info is JSON"))
         .unwrap_or(serde_json::Value::Null);
     (r.status.expect("a status"), info)
+}
+
+/// CreateContainer + StartContainer in pod `pod_id`, then wait until it is reported running; panics naming
+/// the call that failed. Returns the container id.
+pub async fn start_container(
+    cri: &mut Cri,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = cri
+        .rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+        .into_inner()
+        .container_id;
+    cri.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+    wait_for_container_state(
+        cri,
+        &id,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(30),
+    )
+    .await;
+    id
 }
