@@ -108,6 +108,20 @@ fn leak_check_sees_leftovers_and_cleanup_removes_them() {
     let made_cgroup = std::fs::create_dir_all(cg.join("leaf")).is_ok();
     let mut learned = LearnedPids::default();
     learned.add(sleeper.id(), "sleeper");
+    // The leak check finds processes by the temp dir in their command line: wait until the child has
+    // exec'd sh (right after fork its cmdline is still empty, and a busy machine can take a while).
+    let cmdline = format!("/proc/{}/cmdline", sleeper.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&cmdline)
+        .unwrap_or_default()
+        .contains(&*dir.to_string_lossy())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sleeper never exec'd"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 
     let found = env.leaks(&[], &learned).join("\n");
     for want in [
