@@ -862,7 +862,7 @@ impl Containers {
         // The process runs from the moment `start` is issued; a container that exits at once
         // must not get a finish time before its start time.
         let started = now_ns();
-        runtime.start(&rec.id).await?;
+        runtime.start_created(&rec.id, st.pid).await?;
         rec.update_with(Durability::Crash, |s| {
             if s.started_at == 0 {
                 s.started_at = if s.finished_at > 0 {
