@@ -23,6 +23,12 @@ impl Rollback {
     }
 
     /// Undo every step, newest first.
+    /// Stack `other`'s undos on top of this guard's, in their order: they are undone first.
+    /// For steps that ran side by side, each with its own guard.
+    pub fn absorb(&mut self, mut other: Rollback) {
+        self.undos.append(&mut other.undos);
+    }
+
     pub async fn run(mut self) {
         while let Some((what, undo)) = self.undos.pop() {
             tracing::debug!(step = what, "rolling back");

@@ -54,6 +54,17 @@ pub enum SandboxError {
     },
 }
 
+/// What [`Pods::create_pause`] needs from the RunPodSandbox request.
+struct PauseInput<'a> {
+    id: &'a str,
+    rec: &'a Arc<Sandbox>,
+    runtime: &'a OciRuntime,
+    cfg: &'a k8s_cri::v1::PodSandboxConfig,
+    pinned: &'a namespaces::Pinned,
+    cgroups_path: String,
+    hostname: &'a str,
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
     move |source| SandboxError::Io {
         path: path.to_path_buf(),
@@ -539,27 +550,39 @@ impl Pods {
             });
         }
 
-        // Network: DEL must run before the namespaces are unpinned, so its undo goes on top.
-        let mut ips = Vec::new();
-        if let Some(netns) = &pinned.net {
-            let pod_net = self.pod_network(id, &rec.meta, netns);
-            rec.update(|s| s.network_attached = true).await?;
-            {
-                let this = self.clone();
-                let pn = pod_net.clone();
-                rb.push("cni del", async move {
-                    if let Err(e) = this.cni.load().teardown(&pn).await {
-                        tracing::warn!(id = %pn.id, error = %e, "cni teardown during rollback failed");
-                    }
-                });
+        // The network and the pause container do not wait for each other: the pause joins a
+        // pinned netns whether or not CNI has configured it yet, and CNI only needs the netns.
+        // Both are chains of processes (the plugins and iptables; the monitor and runc), so
+        // side by side a pod is ready in about the time of the longer one. Each keeps its own
+        // undo list; both are then stacked on top of the namespaces' undo, so the DEL still
+        // runs before the namespaces are unpinned.
+        let mut net_rb = Rollback::new();
+        let mut pause_rb = Rollback::new();
+        let net = async {
+            match &pinned.net {
+                Some(netns) => self.attach_network(id, &rec, netns, &mut net_rb).await,
+                None => Ok(Vec::new()),
             }
-            let st = self.cni.load().setup(&pod_net).await?;
-            ips = st.ips.iter().map(|ip| ip.to_string()).collect();
-            let result = st.result;
-            rec.update(|s| s.network_result = Some(result)).await?;
-        }
+        };
+        let pause = self.create_pause(
+            PauseInput {
+                id,
+                rec: &rec,
+                runtime,
+                cfg,
+                pinned: &pinned,
+                cgroups_path: pod_cg.pause_path.clone(),
+                hostname: &hostname,
+            },
+            &mut pause_rb,
+        );
+        let (ips, paused) = tokio::join!(net, pause);
+        rb.absorb(net_rb);
+        rb.absorb(pause_rb);
+        let ips = ips?;
+        paused?;
 
-        // Pod files.
+        // Pod files: /etc/hosts names the pod's first IP.
         let (rd, hn, ip0, dns) = (
             run_dir.clone(),
             hostname.clone(),
@@ -573,8 +596,57 @@ impl Pods {
                 source: std::io::Error::other(e),
             })?
             .map_err(io_err(&run_dir))?;
+        // Ready is a fact of this boot (after a reboot the pause is gone): no fsync.
+        rec.update_with(Durability::Crash, |s| {
+            s.state = SandboxState::Ready;
+            s.ips = ips.clone();
+        })
+        .await?;
+        self.watch_pause(rec.clone());
+        tracing::info!(id = %id, pod = %format!("{}/{}", md.namespace, md.name), ip = ?ips, "pod sandbox ready");
+        Ok(())
+    }
 
-        // The pause image: pulled on first use.
+    /// CNI ADD in the pod's netns; the pod's IPs. Recorded as attached before the ADD, so a
+    /// daemon killed during it still runs the DEL that frees the address.
+    async fn attach_network(
+        self: &Arc<Self>,
+        id: &str,
+        rec: &Arc<Sandbox>,
+        netns: &Path,
+        rb: &mut Rollback,
+    ) -> Result<Vec<String>, SandboxError> {
+        let pod_net = self.pod_network(id, &rec.meta, netns);
+        rec.update(|s| s.network_attached = true).await?;
+        {
+            let this = self.clone();
+            let pn = pod_net.clone();
+            rb.push("cni del", async move {
+                if let Err(e) = this.cni.load().teardown(&pn).await {
+                    tracing::warn!(id = %pn.id, error = %e, "cni teardown during rollback failed");
+                }
+            });
+        }
+        let st = self.cni.load().setup(&pod_net).await?;
+        let ips = st.ips.iter().map(|ip| ip.to_string()).collect();
+        let result = st.result;
+        rec.update(|s| s.network_result = Some(result)).await?;
+        Ok(ips)
+    }
+
+    /// The pause container, created and started: its image (pulled on first use), rootfs,
+    /// spec and bundle, its monitor and the runtime's create, then start.
+    async fn create_pause(&self, p: PauseInput<'_>, rb: &mut Rollback) -> Result<(), SandboxError> {
+        let PauseInput {
+            id,
+            rec,
+            runtime,
+            cfg,
+            pinned,
+            cgroups_path,
+            hostname,
+        } = p;
+        let run_dir = self.run_dir(id);
         let config = self.config.load();
         let sandbox_image = config.image.sandbox_image.clone();
         let image = match self.images.resolve(&sandbox_image) {
@@ -603,9 +675,6 @@ impl Pods {
                         .await;
             });
         }
-
-        // The pause container.
-        let cgroups_path = pod_cg.pause_path.clone();
         let spec = spec::pause_spec(&spec::PauseSpecInput {
             config: cfg,
             image: &image.config,
@@ -614,7 +683,7 @@ impl Pods {
             ipcns: pinned.ipc.as_deref(),
             utsns: pinned.uts.as_deref(),
             cgroups_path: cgroups_path.clone(),
-            hostname: hostname.clone(),
+            hostname: hostname.to_string(),
             host: &self.host,
             restrict_oom_score_adj: config.runtime.restrict_oom_score_adj,
         })?;
@@ -638,27 +707,21 @@ impl Pods {
             log_path: None,
             exit_file: self.exit_file(id),
             pid_file: run_dir.join("pause.pid"),
-            cgroup_path: Some(cgroups_path.clone()),
+            cgroup_path: Some(cgroups_path),
             tty: false,
             stdin: false,
             stdin_once: false,
             cgroup_v1_view: runtime.cgroup_view.is_some(),
         })
         .await?;
-        rec.update(|s| {
+        // Pids are facts of this boot: no fsync.
+        rec.update_with(Durability::Crash, |s| {
             s.pause_created = true;
             s.pause_pid = spawned.container_pid;
             s.monitor_pid = spawned.monitor_pid;
         })
         .await?;
-        runtime.start(id).await?;
-        rec.update(|s| {
-            s.state = SandboxState::Ready;
-            s.ips = ips.clone();
-        })
-        .await?;
-        self.watch_pause(rec.clone());
-        tracing::info!(id = %id, pod = %format!("{}/{}", md.namespace, md.name), ip = ?ips, "pod sandbox ready");
+        runtime.start_created(id, spawned.container_pid).await?;
         Ok(())
     }
 
