@@ -418,8 +418,9 @@ impl Bench {
                 .join(", ")
         );
 
-        let floor = Floor::prepare(&self.work, &opts.registry, tag8)?;
+        let floor = Floor::prepare(&self.work, &opts.registry, tag8, octets.2)?;
         self.cgroup_parents.push(floor.cgroup_parent.clone());
+        self.bridges.push(floor.net.clone());
 
         // Warm-up: images present (pause pulled by the first pod), one lifecycle each.
         let mut samples = Samples::default();
@@ -460,6 +461,16 @@ impl Bench {
                 .entry("conmon + runc")
                 .or_default()
                 .push(floor.conmon_run(i)?);
+            let (create, start) = floor.runc_create_start(i)?;
+            let cni = floor.cni_add_del(i)?;
+            for (name, v) in [
+                ("runc create", create),
+                ("runc create + start", create + start),
+                ("CNI ADD + DEL", cni),
+                ("pod: CNI + runc create + start", cni + create + start),
+            ] {
+                floor_samples.entry(name).or_default().push(v);
+            }
             if (i + 1) % 10 == 0 {
                 eprintln!("bench: {} of {} iterations", i + 1, opts.n);
             }
@@ -574,7 +585,11 @@ impl Bench {
         for m in timed_metrics {
             let floor = match m {
                 "create+start" => lf("runc run").map(|s| ("runc run".to_string(), s)),
-                "pod lifecycle" => lf("conmon + runc").map(|s| ("conmon + runc".to_string(), s)),
+                // What no runtime can skip: the plugins' ADD and DEL and the container's create
+                // and start (the pause runs beside the ADD; the rest is the runtime's own).
+                "pod lifecycle" => lf("pod: CNI + runc create + start")
+                    .map(|s| ("CNI + runc create + start".to_string(), s)),
+                "RunPodSandbox" | "StopPodSandbox" => None,
                 _ => None,
             };
             rows.push(self.row(&samples, m, "ms", floor));
@@ -1087,8 +1102,14 @@ fn conflist(name: &str, octet: u8, ipam_dir: Option<&Path>) -> String {
     .unwrap_or_default()
 }
 
-/// Two free 10.215.X.0/24 subnets (neither routed nor addressed on the host).
-fn pick_octets() -> Result<(u8, u8)> {
+/// The CNI floor's network, bridge and netns name.
+fn floor_net(tag: &str) -> String {
+    format!("fb{tag}n")
+}
+
+/// Three free 10.215.X.0/24 subnets (neither routed nor addressed on the host): ferrio's,
+/// containerd's and the CNI floor's.
+fn pick_octets() -> Result<(u8, u8, u8)> {
     let out = |args: &[&str]| {
         Command::new("ip")
             .args(args)
@@ -1100,11 +1121,11 @@ fn pick_octets() -> Result<(u8, u8)> {
     let free: Vec<u8> = (2..=250u8)
         .filter(|o| !used.contains(&format!("10.215.{o}.")))
         .collect();
-    if free.len() < 2 {
-        bail!("no two free 10.215.X.0/24 subnets");
+    if free.len() < 3 {
+        bail!("no three free 10.215.X.0/24 subnets");
     }
-    let i = rand::random::<usize>() % (free.len() - 1);
-    Ok((free[i], free[i + 1]))
+    let i = rand::random::<usize>() % (free.len() - 2);
+    Ok((free[i], free[i + 1], free[i + 2]))
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -1170,11 +1191,20 @@ struct Floor {
     dir: PathBuf,
     config: serde_json::Value,
     cgroup_parent: String,
+    /// The CNI floor's network (bridge) name; its netns is named the same.
+    net: String,
+    /// The same bridge + host-local + portmap list the daemons get, on its own bridge.
+    conflist: serde_json::Value,
 }
 
 impl Floor {
-    fn prepare(work: &Path, registry: &str, tag: &str) -> Result<Floor> {
+    fn prepare(work: &Path, registry: &str, tag: &str, octet: u8) -> Result<Floor> {
         let dir = work.join("floor");
+        let net = floor_net(tag);
+        let conflist = serde_json::from_str(&conflist(&net, octet, Some(&dir.join("ipam"))))?;
+        if !Path::new("/run/netns").join(&net).exists() {
+            sh(Command::new("ip").args(["netns", "add", &net]))?;
+        }
         std::fs::create_dir_all(dir.join("exits"))?;
         std::fs::create_dir_all(dir.join("runc"))?;
         // conmon fails silently (no container, exit 0) when its socket dir is missing.
@@ -1203,7 +1233,100 @@ impl Floor {
             dir,
             config,
             cgroup_parent,
+            net,
+            conflist,
         })
+    }
+
+    /// `runc create` of `true`, then `runc start` (the two runtime calls CRI needs); each in
+    /// ms. The delete after it is not timed.
+    fn runc_create_start(&self, i: usize) -> Result<(f64, f64)> {
+        let id = format!("create-{i}");
+        let b = self.bundle(&id, &["true"])?;
+        let t = Instant::now();
+        // No pipes: the container's init inherits runc's stdio and holds it until it runs.
+        let st = self
+            .runc()
+            .args(["create", "--bundle"])
+            .arg(&b)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let create = ms(t.elapsed());
+        if !st.success() {
+            bail!("runc create {id}: {st}");
+        }
+        let t = Instant::now();
+        sh(self.runc().args(["start", &id]))?;
+        let start = ms(t.elapsed());
+        sh(self.runc().args(["delete", "--force", &id]))?;
+        let _ = std::fs::remove_dir_all(&b);
+        Ok((create, start))
+    }
+
+    /// The plugins of the daemons' conflist run by hand in the floor's netns: ADD in order, each
+    /// given the previous result, then DEL in reverse with the final one; in ms.
+    fn cni_add_del(&self, i: usize) -> Result<f64> {
+        let id = format!("floor-cni-{i}");
+        let plugins = self.conflist["plugins"]
+            .as_array()
+            .ok_or_else(|| anyhow!("conflist without plugins"))?;
+        let t = Instant::now();
+        let mut prev: Option<serde_json::Value> = None;
+        for p in plugins {
+            prev = Some(self.cni_call("ADD", &id, p, prev.as_ref())?);
+        }
+        for p in plugins.iter().rev() {
+            self.cni_call("DEL", &id, p, prev.as_ref())?;
+        }
+        Ok(ms(t.elapsed()))
+    }
+
+    /// One plugin call as the CNI spec has runtimes make it; the plugin's result.
+    fn cni_call(
+        &self,
+        command: &str,
+        id: &str,
+        plugin: &serde_json::Value,
+        prev: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        use std::io::Write;
+        let kind = plugin["type"].as_str().unwrap_or_default();
+        let mut conf = plugin.clone();
+        conf["name"] = self.conflist["name"].clone();
+        conf["cniVersion"] = self.conflist["cniVersion"].clone();
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        let mut child = Command::new(Path::new(CNI_BIN).join(kind))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", Path::new("/run/netns").join(&self.net))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_BIN)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin"))?
+            .write_all(&serde_json::to_vec(&conf)?)?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "cni {kind} {command}: {} {}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(prev.cloned().unwrap_or_default());
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// A bundle dir for container `id` running `args`.
@@ -1396,6 +1519,16 @@ fn hard_clean(work: &Path, bridges: &[String], cgroup_parents: &[String]) {
         .collect();
     for m in mounts.iter().rev() {
         let _ = Command::new("umount").args(["-l", m]).status();
+    }
+    // The CNI floor's netns, named after the run.
+    if let Some(tag) = work
+        .file_name()
+        .map(|n| n.to_string_lossy().replace("ferrio-bench-", ""))
+    {
+        let ns = floor_net(&tag[..8.min(tag.len())]);
+        if Path::new("/run/netns").join(&ns).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
     }
     for b in bridges {
         clean_iptables(b);
