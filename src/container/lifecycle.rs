@@ -720,7 +720,7 @@ impl Containers {
             if rec.status().finished_at == 0 {
                 match this.runtime_of(&rec) {
                     Ok(rt) => {
-                        if let Err(e) = rt.delete(&rec.id).await {
+                        if let Err(e) = rt.delete_exited(&rec.id, &rec.meta.cgroups_path).await {
                             tracing::warn!(id = %rec.id, error = %e, "cannot delete exited container");
                         }
                     }
@@ -889,7 +889,9 @@ impl Containers {
         };
         let exited = |s: &ContainerStatus| s.finished_at > 0;
         if timeout > 0 {
-            runtime.kill(&rec.id, rec.meta.stop_signal, false).await?;
+            runtime
+                .kill_init(&rec.id, st.pid, rec.meta.stop_signal, false)
+                .await?;
             let wait = rec.wait_for(exited);
             if tokio::time::timeout(Duration::from_secs(timeout as u64), wait)
                 .await
@@ -898,7 +900,9 @@ impl Containers {
                 return Ok(());
             }
         }
-        runtime.kill(&rec.id, libc::SIGKILL, true).await?;
+        runtime
+            .kill_init(&rec.id, st.pid, libc::SIGKILL, true)
+            .await?;
         if tokio::time::timeout(KILL_WAIT, rec.wait_for(exited))
             .await
             .is_err()

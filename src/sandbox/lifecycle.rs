@@ -825,7 +825,9 @@ impl Pods {
         let runtime = self.runtime_of(&rec.id, &rec.meta.runtime_handler)?;
         // Not `--all`: the pause is alone in its cgroup (runc would freeze it to find more),
         // and in a shared pid namespace killing it, PID 1, ends the rest.
-        runtime.kill(&rec.id, libc::SIGKILL, false).await?;
+        runtime
+            .kill_init(&rec.id, st.pause_pid, libc::SIGKILL, false)
+            .await?;
         if st.monitor_pid > 0 {
             let _ = tokio::time::timeout(
                 PAUSE_KILL_WAIT,
@@ -879,8 +881,12 @@ impl Pods {
             // No status write after the delete: the record goes below, and a remove retried
             // after a failure in between only repeats the idempotent delete.
             if exited {
-                let (deleted, released) =
-                    tokio::join!(runtime.delete(&id), tokio::task::spawn_blocking(release));
+                let driver = CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager);
+                let pause_cgroup = driver.cgroups_path(&rec.meta.cgroup_parent, &id);
+                let (deleted, released) = tokio::join!(
+                    runtime.delete_exited(&id, &pause_cgroup),
+                    tokio::task::spawn_blocking(release)
+                );
                 deleted?;
                 released.map_err(join_err)??;
             } else {

@@ -30,6 +30,27 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Sends signal `sig` to the process a pidfd refers to (Linux 5.1+). Unlike kill(2) it cannot
+/// reach another process that reused the pid after an exit: ESRCH once the process is gone.
+pub fn pidfd_send_signal(fd: std::os::fd::BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal takes a pidfd, a signal number, an optional siginfo (NULL here)
+    // and flags (0); it reads no memory of ours. `fd` is borrowed, so it is open for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd() as libc::c_long,
+            sig as libc::c_long,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Waits until a pidfd from [`pidfd_open`] turns readable, i.e. until its process has exited.
 pub async fn pidfd_exited(fd: OwnedFd) -> io::Result<()> {
     // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open and is not replaced while
