@@ -91,7 +91,9 @@ pub(super) async fn list_containers(
         .table
         .list()
         .into_iter()
-        .filter(|c| c.status().state() != crate::container::lifecycle::ContainerState::Creating)
+        .filter(|c| {
+            c.peek(|st| st.state()) != crate::container::lifecycle::ContainerState::Creating
+        })
         .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
         .filter(|c| {
             filter.pod_sandbox_id.is_empty()

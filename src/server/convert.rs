@@ -35,7 +35,7 @@ pub fn pod_sandbox(s: &Sandbox) -> cri::PodSandbox {
     cri::PodSandbox {
         id: s.id.clone(),
         metadata: Some(sandbox_metadata(s)),
-        state: sandbox_state(s.status().state) as i32,
+        state: sandbox_state(s.peek(|st| st.state)) as i32,
         created_at: s.meta.created_at,
         labels: map(&s.meta.labels),
         annotations: map(&s.meta.annotations),
@@ -110,7 +110,7 @@ pub fn container(c: &Container) -> cri::Container {
         metadata: Some(container_metadata(c)),
         image: Some(image_spec(c)),
         image_ref: c.meta.image_id.clone(),
-        state: container_state(c.status().state()) as i32,
+        state: container_state(c.peek(|st| st.state())) as i32,
         created_at: c.meta.created_at,
         labels: map(&c.meta.labels),
         annotations: map(&c.meta.annotations),

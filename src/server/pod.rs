@@ -180,7 +180,7 @@ pub(super) async fn list_pod_sandbox(
         .table
         .list()
         .into_iter()
-        .filter(|s| s.status().state != crate::sandbox::lifecycle::SandboxState::Creating)
+        .filter(|s| s.peek(|st| st.state) != crate::sandbox::lifecycle::SandboxState::Creating)
         .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
         .filter(|s| convert::matches(&s.meta.labels, &filter.label_selector))
         .map(|s| convert::pod_sandbox(&s))

@@ -192,6 +192,13 @@ where
             .clone()
     }
 
+    /// `f` applied to the current status in place, without a copy: for hot readers (the List
+    /// RPCs) that need a field or two of a status whose whole clone would allocate (a pod's CNI
+    /// result is a JSON tree). `f` runs under the status lock: keep it short.
+    pub fn peek<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.status.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Apply `f` to a copy of the status, persist it atomically and durably (it survives a
     /// power loss), then publish it. If the write fails the in-memory status is left unchanged.
     pub async fn update<F: FnOnce(&mut S)>(&self, f: F) -> Result<S, StateError> {
@@ -516,8 +523,10 @@ mod tests {
         let r2 = r.clone();
         let h = tokio::spawn(async move { r2.wait_for(|s| s.n == 2).await });
         r.update(|s| s.n = 1).await.unwrap();
+        assert_eq!(r.peek(|s| s.n), 1, "peek reads the published status");
         r.update(|s| s.n = 2).await.unwrap();
         assert_eq!(h.await.unwrap().n, 2);
+        assert_eq!(r.peek(|s| s.n), 2);
     }
 
     #[tokio::test]
