@@ -843,14 +843,13 @@ async fn a_killed_monitor_is_reported_and_the_container_still_stops_and_goes() {
 // An OCI runtime that fails create or start.
 
 /// A runtime wrapper: refuses `create` / `start` while `fail-create` / `fail-start` exist next to
-/// it, with a message on stderr, and is runc otherwise. Its `--version` is its own: taken for
-/// runc, ferrio would start containers through runc's exec fifo and never run its `start`.
+/// it, with a message on stderr, and is runc otherwise (its handler turns `runc_shortcuts` off,
+/// or ferrio would start containers through runc's exec fifo and never run its `start`).
 fn faulty_runtime(dir: &Path) -> PathBuf {
     let path = dir.join("faulty-runc");
     let script = format!(
         "#!/bin/sh\n\
          # ferrio fault test: an OCI runtime that fails on demand.\n\
-         if [ \"$1\" = --version ]; then echo 'faulty-runc 0 (wraps runc)'; exit 0; fi\n\
          for a in \"$@\"; do\n\
            case \"$a\" in\n\
              create|start)\n\
@@ -888,6 +887,7 @@ async fn a_runtime_failing_create_or_start_rolls_back_and_a_retry_works() {
                 "faulty".into(),
                 RuntimeHandler {
                     runtime_path: wrapper.clone(),
+                    runc_shortcuts: Some(false),
                     ..Default::default()
                 },
             );

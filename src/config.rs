@@ -101,6 +101,12 @@ pub struct RuntimeHandler {
     /// crun, no for others. Ignored on cgroup v2 and pure v1 hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_v1_view: Option<bool>,
+    /// When the binary is runc: start a created container through runc's exec fifo and delete
+    /// an exited one by removing its cgroup and runc state dir, instead of running `runc start`
+    /// and `runc delete` (each a ~10 ms process). Unset: on. `false` runs every verb through the
+    /// binary (a runc whose internals changed; a wrapper script that must see each verb).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runc_shortcuts: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -254,6 +260,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/sbin/runc".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                runc_shortcuts: None,
             },
         );
         runtimes.insert(
@@ -262,6 +269,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/bin/crun".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                runc_shortcuts: None,
             },
         );
         RuntimeConfig {
@@ -281,6 +289,7 @@ impl Default for RuntimeHandler {
             runtime_path: "/usr/sbin/runc".into(),
             runtime_root: PathBuf::new(),
             cgroup_v1_view: None,
+            runc_shortcuts: None,
         }
     }
 }
@@ -852,6 +861,7 @@ fn comment_for(line: &str) -> Option<&'static str> {
         "runtime_path" => "The OCI runtime binary.",
         "runtime_root" => "The runtime's --root; \"\" = <runroot>/oci/<handler>.",
         "cgroup_v1_view" => "On a cgroup v1 hybrid host, hide the cgroup2 mount from this runtime (default: crun only).",
+        "runc_shortcuts" => "For runc: start and delete without a runc process (default on; false: every verb through runc).",
         "[image]" => "Images and registries.",
         "sandbox_image" => "The pause image every pod runs.",
         "pinned_images" => "Images never garbage-collected (names or globs).",
