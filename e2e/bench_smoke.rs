@@ -70,10 +70,16 @@ async fn bench_runs_end_to_end_with_n_2() {
     let cs = row("create+start").ferrio.expect("ferrio create+start");
     assert!(cs.p50 <= life.p95);
     assert!(row("create+start").over_floor().is_some());
-    assert_eq!(
-        row("floor: conmon + runc").floor.as_ref().map(|f| f.1.n),
-        Some(2)
-    );
+    for f in [
+        "floor: conmon + runc",
+        "floor: runc create",
+        "floor: runc create + start",
+        "floor: CNI ADD + DEL",
+        "floor: pod: CNI + runc create + start",
+    ] {
+        assert_eq!(row(f).floor.as_ref().map(|f| f.1.n), Some(2), "{f}");
+    }
+    assert!(row("pod lifecycle").over_floor().is_some());
     assert!(row("daemon RSS idle").ferrio.is_some_and(|s| s.p50 > 1.0));
     assert!(row("helper RSS per pod, 2 pods")
         .ferrio
@@ -103,6 +109,13 @@ async fn bench_runs_end_to_end_with_n_2() {
         })
         .collect();
     assert!(left.is_empty(), "processes left: {left:?}");
+    // The CNI floor's netns is named after the run.
+    let tag = w.rsplit("ferrio-bench-").next().unwrap_or_default();
+    let ns = format!("fb{}n", &tag[..8.min(tag.len())]);
+    assert!(
+        !std::path::Path::new("/run/netns").join(&ns).exists(),
+        "netns {ns} left"
+    );
 }
 
 /// The load benchmark (hack/bench-load.sh) with 3 pods x 2 containers: every row measured, the

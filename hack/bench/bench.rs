@@ -1243,21 +1243,7 @@ impl Floor {
     fn runc_create_start(&self, i: usize) -> Result<(f64, f64)> {
         let id = format!("create-{i}");
         let b = self.bundle(&id, &["true"])?;
-        let t = Instant::now();
-        // No pipes: the container's init inherits runc's stdio and holds it until it runs.
-        let st = self
-            .runc()
-            .args(["create", "--bundle"])
-            .arg(&b)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        let create = ms(t.elapsed());
-        if !st.success() {
-            bail!("runc create {id}: {st}");
-        }
+        let create = self.runc_timed("create", &id, &b)?;
         let t = Instant::now();
         sh(self.runc().args(["start", &id]))?;
         let start = ms(t.elapsed());
@@ -1346,23 +1332,34 @@ impl Floor {
         c
     }
 
+    /// `runc <verb> --bundle <b> <id>` (create or run), timed in ms. No pipes: a created
+    /// container's init inherits runc's stdio and would hold a pipe open until it runs; stderr
+    /// goes to a file in the bundle, read when runc fails.
+    fn runc_timed(&self, verb: &str, id: &str, b: &Path) -> Result<f64> {
+        let err = b.join("runc.err");
+        let t = Instant::now();
+        let st = self
+            .runc()
+            .args([verb, "--bundle"])
+            .arg(b)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err)?)
+            .status()?;
+        let el = ms(t.elapsed());
+        if !st.success() {
+            let msg = std::fs::read_to_string(&err).unwrap_or_default();
+            bail!("runc {verb} {id}: {st}: {}", msg.trim());
+        }
+        Ok(el)
+    }
+
     /// `runc run` of `true`: create, start, wait, delete; in ms.
     fn runc_run(&self, i: usize) -> Result<f64> {
         let id = format!("runc-{i}");
         let b = self.bundle(&id, &["true"])?;
-        let t = Instant::now();
-        let st = self
-            .runc()
-            .args(["run", "--bundle"])
-            .arg(&b)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()?;
-        let el = ms(t.elapsed());
-        if !st.success() {
-            bail!("runc run {id}: {st}");
-        }
+        let el = self.runc_timed("run", &id, &b)?;
         let _ = std::fs::remove_dir_all(&b);
         Ok(el)
     }
