@@ -420,6 +420,13 @@ fn release_exec_fifo(fifo: &Path, init_pid: i32) -> std::io::Result<bool> {
             }
             break;
         }
+        if got == 0 && init_has_exec_d(init_pid) {
+            // A start cut off after init's byte was read and before the fifo went (a daemon
+            // killed in between): the user process runs, only the fifo is left. No writer will
+            // come; finishing the start is removing it.
+            std::fs::remove_file(fifo)?;
+            return Ok(true);
+        }
         if std::time::Instant::now() > deadline {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -432,6 +439,28 @@ fn release_exec_fifo(fifo: &Path, init_pid: i32) -> std::io::Result<bool> {
     }
     std::fs::remove_file(fifo)?;
     Ok(true)
+}
+
+/// Whether process `pid` is no longer runc's init: runc names its init `runc:[2:INIT]` and
+/// starts it as `runc init`, and both change at the exec. Both must have changed, so a runc
+/// that renamed one of them still reads as waiting (the safe side: the start then times out
+/// instead of removing the fifo under a live init). /proc/<pid>/exe cannot tell: init runs
+/// from a copy of runc's binary inside the container's root.
+fn init_has_exec_d(pid: i32) -> bool {
+    let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+        return false;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let runc_init = args.len() == 2
+        && args[1] == b"init"
+        && Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(args[0]))
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("runc"));
+    comm.trim_end() != "runc:[2:INIT]" && !runc_init
 }
 
 /// A zombie still answers signal 0; its state letter in /proc says it is done.
@@ -508,6 +537,51 @@ mod tests {
         assert_eq!(rt.state("x").await.unwrap().unwrap().status, "v1");
     }
 
+    /// A process that looks like runc's init waiting on its fifo: `sleep` run under the name
+    /// runc gives its init. Killed on drop.
+    struct FakeInit(std::process::Child);
+    impl FakeInit {
+        fn start(dir: &Path) -> FakeInit {
+            let bin = dir.join("runc:[2:INIT]");
+            std::fs::copy("/bin/sleep", &bin).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let child = loop {
+                match std::process::Command::new(&bin).arg("30").spawn() {
+                    // Another test's fork may still hold our copy open for writing.
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        assert!(std::time::Instant::now() < deadline, "{e}");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    r => break r.unwrap(),
+                }
+            };
+            let init = FakeInit(child);
+            // Right after the fork the child still bears the test binary's name.
+            let comm = format!("/proc/{}/comm", init.pid());
+            while std::fs::read_to_string(&comm)
+                .unwrap_or_default()
+                .trim_end()
+                != "runc:[2:INIT]"
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the stand-in never exec'd"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            init
+        }
+        fn pid(&self) -> i32 {
+            self.0.id() as i32
+        }
+    }
+    impl Drop for FakeInit {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     /// The exec-fifo start against a stand-in init: it opens the fifo for writing (blocking
     /// until a reader comes), writes its byte and closes, as runc's init does before exec.
     #[test]
@@ -515,18 +589,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("exec.fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let init = FakeInit::start(dir.path());
+        assert!(!init_has_exec_d(init.pid()));
         let f2 = fifo.clone();
-        let init = std::thread::spawn(move || {
+        let writer = std::thread::spawn(move || {
             use std::io::Write;
+            // Late, as a busy init may be: the start keeps waiting for it.
+            std::thread::sleep(Duration::from_millis(250));
             let mut w = std::fs::OpenOptions::new().write(true).open(f2).unwrap();
             w.write_all(b"0").unwrap();
         });
-        // Our own pid stands for init's: alive throughout.
-        assert!(release_exec_fifo(&fifo, std::process::id() as i32).unwrap());
-        init.join().unwrap();
+        assert!(release_exec_fifo(&fifo, init.pid()).unwrap());
+        writer.join().unwrap();
         assert!(!fifo.exists(), "the fifo goes, so runc reports running");
         // No fifo: not ours to start (the caller falls back to the runtime's start).
-        assert!(!release_exec_fifo(&fifo, std::process::id() as i32).unwrap());
+        assert!(!release_exec_fifo(&fifo, init.pid()).unwrap());
+    }
+
+    /// A start cut off after init's byte was read leaves the fifo with init already running the
+    /// user process: the next start finishes it instead of waiting for a writer that never comes.
+    #[test]
+    fn exec_fifo_left_behind_an_exec_d_init_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("exec.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut user = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = user.id() as i32;
+        let started = std::time::Instant::now();
+        let r = release_exec_fifo(&fifo, pid);
+        let _ = user.kill();
+        let _ = user.wait();
+        assert!(r.unwrap());
+        assert!(!fifo.exists());
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     /// An init that died before opening the fifo must not leave the start waiting.
@@ -610,7 +708,20 @@ mod tests {
             }
         }
         let _cleanup = Cleanup(rt.clone(), id.clone());
+        assert!(
+            !init_has_exec_d(st.pid),
+            "runc's init taken for the user process"
+        );
         rt.start_created(&id, st.pid).await.unwrap();
+        // The fifo's EOF comes from exec closing init's end; the new name follows within it.
+        let exec_d = std::time::Instant::now() + Duration::from_secs(5);
+        while !init_has_exec_d(st.pid) {
+            assert!(
+                std::time::Instant::now() < exec_d,
+                "the user process taken for runc's init"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let after = rt.state(&id).await.unwrap().unwrap();
         assert_eq!((after.status.as_str(), after.pid), ("running", st.pid));
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", st.pid)).unwrap_or_default();
