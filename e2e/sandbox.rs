@@ -4,15 +4,14 @@
 //! seen from inside real containers, host-network pods, list filters and verbose status.
 
 use crate::harness::{
-    container_config, pod_config, pod_status, run_pod, stop_and_remove_pod,
+    container_config, create_and_start, pod_config, pod_status, run_pod, stop_and_remove_pod,
     wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts,
 };
 use k8s_cri::v1::{
-    ContainerState, CreateContainerRequest, DnsConfig, ImageSpec, ListPodSandboxRequest,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxState,
-    PodSandboxStateValue, PortMapping, Protocol, PullImageRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    ContainerState, DnsConfig, ImageSpec, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStateValue, PortMapping,
+    Protocol, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -55,24 +54,8 @@ async fn start_sh(
     name: &str,
     script: &str,
 ) -> String {
-    let id = cri
-        .rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(container_config(name, BUSYBOX, &["sh", "-c", script])),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
-        .into_inner()
-        .container_id;
-    cri.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    id
+    let config = container_config(name, BUSYBOX, &["sh", "-c", script]);
+    create_and_start(cri, pod_id, pod, config).await
 }
 
 async fn stop_and_remove_container(cri: &mut Cri, id: &str) {
@@ -924,24 +907,7 @@ async fn stop_pod_sandbox_gives_each_container_its_grace_period_at_once() {
             // kubelet puts it on containers too; the pod's is the fallback.
             config.annotations = [(GRACE.to_string(), "20".to_string())].into();
         }
-        let id = cri
-            .rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.clone()),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
-            .into_inner()
-            .container_id;
-        cri.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-        ids.push(id);
+        ids.push(create_and_start(&mut cri, &pod_id, &pod, config).await);
     }
     for name in ["slow-a", "slow-b"] {
         wait_log(&pod, name, "ready").await;

@@ -141,6 +141,25 @@ pub async fn start_container(
     pod: &PodSandboxConfig,
     config: ContainerConfig,
 ) -> String {
+    let id = create_and_start(cri, pod_id, pod, config).await;
+    wait_for_container_state(
+        cri,
+        &id,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(30),
+    )
+    .await;
+    id
+}
+
+/// CreateContainer + StartContainer in pod `pod_id`, without waiting (the process may have exited
+/// by the time it returns); panics naming the call that failed. Returns the container id.
+pub async fn create_and_start(
+    cri: &mut Cri,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
     let name = config
         .metadata
         .as_ref()
@@ -163,12 +182,5 @@ pub async fn start_container(
         })
         .await
         .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    wait_for_container_state(
-        cri,
-        &id,
-        ContainerState::ContainerRunning,
-        Duration::from_secs(30),
-    )
-    .await;
     id
 }
