@@ -643,6 +643,99 @@ mod tests {
         assert!(fifo.exists(), "a failed start leaves runc's state alone");
     }
 
+    /// A busybox `sleep 30` created (not started) by real runc in a temp root, cgroup `/<id>`;
+    /// deleted with `runc delete --force` on drop, whatever the test left.
+    struct RuncContainer {
+        rt: OciRuntime,
+        id: String,
+        cgroup: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl RuncContainer {
+        async fn create(name: &str) -> RuncContainer {
+            let runc = Path::new("/usr/sbin/runc");
+            let busybox = Path::new("/bin/busybox");
+            assert!(
+                runc.exists() && busybox.exists(),
+                "runc and busybox-static are required: run hack/install-deps.sh"
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let bundle = dir.path().join("bundle");
+            std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
+            std::fs::copy(busybox, bundle.join("rootfs/bin/busybox")).unwrap();
+            let out = std::process::Command::new(runc)
+                .arg("spec")
+                .current_dir(&bundle)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "runc spec: {out:?}");
+            let cfg = bundle.join("config.json");
+            let mut spec: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+            spec["process"]["terminal"] = false.into();
+            spec["process"]["args"] = serde_json::json!(["/bin/busybox", "sleep", "30"]);
+            let id = format!("ferrio-{name}-test-{}", std::process::id());
+            let cgroup = format!("/{id}");
+            spec["linux"]["cgroupsPath"] = cgroup.clone().into();
+            std::fs::write(&cfg, serde_json::to_vec(&spec).unwrap()).unwrap();
+            let rt = OciRuntime {
+                name: "runc".into(),
+                path: runc.into(),
+                root: dir.path().join("root"),
+                systemd_cgroup: false,
+                cgroup_view: None,
+                runc: true,
+            };
+            let created = std::process::Command::new(runc)
+                .args(rt.global_args())
+                .args(["create", "--bundle"])
+                .arg(&bundle)
+                .arg(&id)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(created.success());
+            RuncContainer {
+                rt,
+                id,
+                cgroup,
+                _dir: dir,
+            }
+        }
+    }
+
+    impl Drop for RuncContainer {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(&self.rt.path)
+                .args(self.rt.global_args())
+                .args(["delete", "--force", &self.id])
+                .status();
+        }
+    }
+
+    /// A container whose cgroup still holds a process cannot be deleted by removing it: the
+    /// delete falls back to `runc delete --force`, which ends the process and the state.
+    #[tokio::test]
+    async fn delete_of_a_container_with_live_processes_falls_back_to_runc() {
+        let c = RuncContainer::create("busy").await;
+        let pid = c.rt.state(&c.id).await.unwrap().unwrap().pid;
+        c.rt.start_created(&c.id, pid).await.unwrap();
+        c.rt.delete_exited(&c.id, &c.cgroup).await.unwrap();
+        assert!(
+            c.rt.state(&c.id).await.unwrap().is_none(),
+            "runc still knows it"
+        );
+        let gone = std::time::Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+            assert!(std::time::Instant::now() < gone, "the process survived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!Path::new("/sys/fs/cgroup/memory").join(&c.id).exists());
+    }
+
     /// The real thing, the runc shortcuts end to end: `runc create` of a busybox bundle, the
     /// fifo start (runc then reports it running, with the bundle's process), the direct SIGKILL
     /// to every process (init is PID 1 of its own pid namespace), and the delete of the exited
@@ -650,69 +743,17 @@ mod tests {
     #[tokio::test]
     async fn runc_shortcuts_start_kill_and_delete_a_real_container() {
         let runc = Path::new("/usr/sbin/runc");
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            runc.exists() && busybox.exists(),
-            "runc and busybox-static are required: run hack/install-deps.sh"
-        );
         assert!(OciRuntime::is_runc(runc));
-        assert!(!OciRuntime::is_runc(busybox));
-        let dir = tempfile::tempdir().unwrap();
-        let bundle = dir.path().join("bundle");
-        std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
-        std::fs::copy(busybox, bundle.join("rootfs/bin/busybox")).unwrap();
-        let out = std::process::Command::new(runc)
-            .arg("spec")
-            .current_dir(&bundle)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "runc spec: {out:?}");
-        let cfg = bundle.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
-        spec["process"]["terminal"] = false.into();
-        spec["process"]["args"] = serde_json::json!(["/bin/busybox", "sleep", "30"]);
-        let id = format!("ferrio-fifo-test-{}", std::process::id());
-        let cgroup = format!("/{id}");
-        spec["linux"]["cgroupsPath"] = cgroup.clone().into();
-        std::fs::write(&cfg, serde_json::to_vec(&spec).unwrap()).unwrap();
-        let rt = OciRuntime {
-            name: "runc".into(),
-            path: runc.into(),
-            root: dir.path().join("root"),
-            systemd_cgroup: false,
-            cgroup_view: None,
-            runc: true,
-        };
-        let created = std::process::Command::new(runc)
-            .args(rt.global_args())
-            .args(["create", "--bundle"])
-            .arg(&bundle)
-            .arg(&id)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(created.success());
-        let st = rt.state(&id).await.unwrap().unwrap();
+        assert!(!OciRuntime::is_runc(Path::new("/bin/busybox")));
+        let c = RuncContainer::create("fifo").await;
+        let (rt, id, cgroup) = (&c.rt, c.id.as_str(), c.cgroup.as_str());
+        let st = rt.state(id).await.unwrap().unwrap();
         assert_eq!(st.status, "created");
-        // Whatever fails below, nothing stays running.
-        struct Cleanup(OciRuntime, String);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new(&self.0.path)
-                    .args(self.0.global_args())
-                    .args(["delete", "--force", &self.1])
-                    .status();
-            }
-        }
-        let _cleanup = Cleanup(rt.clone(), id.clone());
         assert!(
             !init_has_exec_d(st.pid),
             "runc's init taken for the user process"
         );
-        rt.start_created(&id, st.pid).await.unwrap();
+        rt.start_created(id, st.pid).await.unwrap();
         // The fifo's EOF comes from exec closing init's end; the new name follows within it.
         let exec_d = std::time::Instant::now() + Duration::from_secs(5);
         while !init_has_exec_d(st.pid) {
@@ -722,32 +763,27 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let after = rt.state(&id).await.unwrap().unwrap();
+        let after = rt.state(id).await.unwrap().unwrap();
         assert_eq!((after.status.as_str(), after.pid), ("running", st.pid));
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", st.pid)).unwrap_or_default();
         assert!(cmdline.starts_with(b"/bin/busybox\0sleep"), "{cmdline:?}");
 
         // A process outside the container is never signalled directly (signal 0 is harmless).
-        assert!(!signal_directly(&id, std::process::id() as i32, 0, false).unwrap());
-        assert!(signal_directly(&id, st.pid, 0, true).unwrap());
-        rt.kill_init(&id, st.pid, libc::SIGKILL, true)
-            .await
-            .unwrap();
+        assert!(!signal_directly(id, std::process::id() as i32, 0, false).unwrap());
+        assert!(signal_directly(id, st.pid, 0, true).unwrap());
+        rt.kill_init(id, st.pid, libc::SIGKILL, true).await.unwrap();
         let gone = std::time::Instant::now() + Duration::from_secs(10);
         while std::path::Path::new(&format!("/proc/{}", st.pid)).exists() && !is_zombie(st.pid) {
             assert!(std::time::Instant::now() < gone, "init survived SIGKILL");
             std::thread::sleep(Duration::from_millis(20));
         }
-        rt.delete_exited(&id, &cgroup).await.unwrap();
-        assert!(
-            rt.state(&id).await.unwrap().is_none(),
-            "runc still knows it"
-        );
-        let memory_cg = Path::new("/sys/fs/cgroup/memory").join(&id);
+        rt.delete_exited(id, cgroup).await.unwrap();
+        assert!(rt.state(id).await.unwrap().is_none(), "runc still knows it");
+        let memory_cg = Path::new("/sys/fs/cgroup/memory").join(id);
         assert!(!memory_cg.exists(), "{} left", memory_cg.display());
-        rt.delete_exited(&id, &cgroup).await.unwrap();
+        rt.delete_exited(id, cgroup).await.unwrap();
         // Gone: the fallback `runc start` says so.
-        assert!(rt.start_created(&id, st.pid).await.is_err());
+        assert!(rt.start_created(id, st.pid).await.is_err());
     }
 
     #[test]
