@@ -86,7 +86,7 @@ crates=$(cargo tree --offline --locked -e normal,no-proc-macro --target "$host" 
   -f '{p}|{l}' | grep -v '^ferrio ' | sed 's/ (\*)$//' | sort -u \
   | awk -F'|' '{printf " %s: %s\n", $1, ($2 == "" ? "see the crate" : $2)}')
 [ -n "$crates" ] || die "cargo tree listed no crates"
-first_year=$(git log --reverse --format=%cd --date=format:%Y 2>/dev/null | head -n1)
+first_year=$(git log --format=%cd --date=format:%Y 2>/dev/null | tail -n1)
 last_year=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)
 years=$last_year
 if [ -n "$first_year" ] && [ "$first_year" != "$last_year" ]; then
