@@ -12,7 +12,7 @@ CONFIG ?= $(CONFIG_DIR)/ferrio.toml
 CNI_CONF_DIR ?= /etc/cni/net.d
 TEST_REGISTRY ?= 127.0.0.1:5055
 
-.PHONY: all build release deps run test test-e2e lint fmt registry registry-stop clean-test bench
+.PHONY: all build release deb deps run test test-e2e lint fmt registry registry-stop clean-test bench
 
 all: build
 
@@ -24,6 +24,11 @@ build:
 
 release:
 	$(CARGO) build --release
+
+# The Debian package, target/debian/ferrio_<version>_<arch>.deb, from the release build
+# (hack/build-deb.sh; packaging files in deploy/debian/).
+deb: deps release
+	hack/build-deb.sh
 
 # Run the daemon in the foreground with the default config (installed once, never overwritten) and the
 # example bridge network (installed only when no CNI config exists yet).

@@ -12,6 +12,7 @@ PACKAGES=(
   iproute2 iptables kmod
   jq curl ca-certificates
   gcc libc6-dev pkg-config make
+  dpkg-dev binutils lintian
 )
 
 if [ "$(id -u)" != 0 ]; then

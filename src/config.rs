@@ -76,7 +76,8 @@ pub struct RuntimeConfig {
     pub default_runtime: String,
     /// "cgroupfs" or "systemd"; reported to kubelet by RuntimeConfig.
     pub cgroup_manager: String,
-    /// ferrio-monitor binary; "" means the one next to the ferrio binary.
+    /// ferrio-monitor binary; "" means the one next to the ferrio binary, else the packaged one
+    /// in /usr/libexec/ferrio.
     pub monitor_path: PathBuf,
     /// Where pinned namespaces live (`netns/`, `ipcns/`, `utsns/` below it), as CRI-O's
     /// `namespaces_dir`. "" means `<runroot>/ns`.
@@ -310,7 +311,9 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             network_dir: "/etc/cni/net.d".into(),
-            plugin_dirs: vec!["/opt/cni/bin".into()],
+            // /opt/cni/bin is where kubelet-era tooling installs plugins; /usr/lib/cni is where
+            // Debian's containernetworking-plugins puts them.
+            plugin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             cni_default_network: String::new(),
             cni_plugin_timeout: 60,
         }
@@ -637,21 +640,39 @@ impl Config {
             .max_by_key(|r| r.prefix.len())
     }
 
-    /// The effective config as commented TOML, like `crio config`.
+    /// The effective config as commented TOML, like `crio config`: each table and key with its
+    /// line from [`CONFIG_KEYS`] above it.
     pub fn to_commented_toml(&self) -> String {
         let body = toml::to_string_pretty(self).unwrap_or_default();
         let mut out = String::from(
             "# ferrio configuration (effective values).\n\
              # Loaded from /etc/ferrio/ferrio.toml, then /etc/ferrio/ferrio.d/*.toml in lexical order.\n\n",
         );
+        let mut table: Vec<String> = Vec::new();
+        let mut in_multiline_string = false;
         for line in body.lines() {
-            if let Some(c) = comment_for(line) {
-                out.push_str("# ");
-                out.push_str(c);
-                out.push('\n');
+            let path = if in_multiline_string || line.starts_with([' ', '\t', '#', '"', ']']) {
+                None
+            } else if let Some(header) = line.strip_prefix('[') {
+                let header = header.trim_start_matches('[');
+                let header = header.trim_end().trim_end_matches(']');
+                table = header_segments(header);
+                Some(doc_path(&table))
+            } else {
+                line.split_once(" = ").map(|(k, _)| {
+                    let mut segments = table.clone();
+                    segments.push(k.trim().to_string());
+                    doc_path(&segments)
+                })
+            };
+            if let Some(doc) = path.as_deref().and_then(key_doc) {
+                out.push_str(&comment_lines(doc.doc, 98));
             }
             out.push_str(line);
             out.push('\n');
+            if (line.matches("\"\"\"").count() + line.matches("'''").count()) % 2 == 1 {
+                in_multiline_string = !in_multiline_string;
+            }
         }
         out
     }
@@ -836,54 +857,238 @@ impl Config {
     }
 }
 
-/// The doc line printed above a key or table by `ferrio config`.
-fn comment_for(line: &str) -> Option<&'static str> {
-    let key = line.split('=').next()?.trim();
-    Some(match key {
-        "root" => "Persistent state: images, pod and container records.",
-        "runroot" => "Runtime state (tmpfs): bundles, sockets, exit files.",
-        "log_level" => "error, warn, info, debug or trace.",
-        "[api]" => "The CRI endpoint and the streaming server.",
-        "listen" => "Unix socket kubelet and crictl connect to.",
-        "stream_address" => "Address of the exec/attach/port-forward server.",
-        "stream_port" => "Port of the streaming server; 0 picks a free one.",
-        "stream_idle_timeout" => "Close an idle exec/attach/port-forward connection after this long (\"90s\", \"4h\"); \"\" never.",
-        "stream_token_ttl" => "How long an Exec/Attach/PortForward URL stays valid before its first use.",
-        "stream_enable_tls" => "Serve exec/attach/port-forward over HTTPS with stream_tls_cert and stream_tls_key.",
-        "stream_tls_cert" => "PEM certificate chain of the streaming server.",
-        "stream_tls_key" => "PEM private key of the streaming server.",
-        "[runtime]" => "OCI runtimes and how containers are run.",
-        "default_runtime" => "Handler used when a pod names none.",
-        "cgroup_manager" => "\"cgroupfs\" or \"systemd\".",
-        "monitor_path" => "ferrio-monitor binary; \"\" = next to ferrio.",
-        "namespaces_dir" => "Where pinned namespaces live; \"\" = <runroot>/ns.",
-        "restrict_oom_score_adj" => "Clamp oom_score_adj to what the host allows.",
-        "runtime_path" => "The OCI runtime binary.",
-        "runtime_root" => "The runtime's --root; \"\" = <runroot>/oci/<handler>.",
-        "cgroup_v1_view" => "On a cgroup v1 hybrid host, hide the cgroup2 mount from this runtime (default: crun only).",
-        "runc_shortcuts" => "For runc: start and delete without a runc process (default on; false: every verb through runc).",
-        "[image]" => "Images and registries.",
-        "sandbox_image" => "The pause image every pod runs.",
-        "pinned_images" => "Images never garbage-collected (names or globs).",
-        "global_auth_file" => "docker config.json-style credentials for pulls.",
-        "[[image.registry]]" => "Registry prefix rewritten to location; mirrors tried first.",
-        "prefix" => "Reference prefix matched (longest wins).",
-        "location" => "host[:port][/path] replacing the prefix.",
-        "insecure" => "Allow plain HTTP or unverified TLS.",
-        "fallback" => "After the mirrors, try location itself.",
-        "max_concurrent_downloads" => "Layers one pull downloads at the same time.",
-        "timeout" => "Mirror timeout (connect, request, stalled blob); \"\" = defaults.",
-        "pull_from_mirror" => "\"all\", \"digest-only\" or \"tag-only\" pulls use this mirror.",
-        "[network]" => "CNI.",
-        "network_dir" => "CNI conflists, loaded in lexical order.",
-        "cni_default_network" => "Network (conflist name) pods get; \"\" = first valid one.",
-        "cni_plugin_timeout" => "Seconds a CNI plugin call may run before it is killed.",
-        "plugin_dirs" => "Directories of CNI plugin binaries.",
-        "[metrics]" => "Prometheus endpoint.",
-        "enable" => "Serve /metrics.",
-        "address" => "ip:port of the metrics endpoint (loopback by default).",
-        _ => return None,
-    })
+/// What a documented config path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A `[table]` of keys.
+    Table,
+    /// An `[[array]]` of tables.
+    TableArray,
+    /// A key with a value.
+    Value,
+    /// A key every table of its array must set.
+    Required,
+}
+
+/// One table or key of the config file and what it means.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    /// Dotted path; the handler name of a `runtime.runtimes` table is written `<handler>`.
+    pub path: &'static str,
+    pub kind: KeyKind,
+    pub doc: &'static str,
+}
+
+const fn table(path: &'static str, doc: &'static str) -> KeyDoc {
+    KeyDoc {
+        path,
+        kind: KeyKind::Table,
+        doc,
+    }
+}
+
+const fn table_array(path: &'static str, doc: &'static str) -> KeyDoc {
+    KeyDoc {
+        path,
+        kind: KeyKind::TableArray,
+        doc,
+    }
+}
+
+const fn key(path: &'static str, doc: &'static str) -> KeyDoc {
+    KeyDoc {
+        path,
+        kind: KeyKind::Value,
+        doc,
+    }
+}
+
+const fn required(path: &'static str, doc: &'static str) -> KeyDoc {
+    KeyDoc {
+        path,
+        kind: KeyKind::Required,
+        doc,
+    }
+}
+
+/// The tables keyed by a name the admin chooses, and how their docs spell that name.
+const NAMED_TABLES: &[(&str, &str)] = &[("runtime.runtimes", "<handler>")];
+
+/// Every table and key of the config file, in file order, documented once: `ferrio config`
+/// prints these as comments and `ferrio man ferrio.toml` renders them with their defaults
+/// (ferrio.toml(5)). A test checks that every key of [`Config`] is here.
+pub const CONFIG_KEYS: &[KeyDoc] = &[
+    key("root", "Persistent state: images, pod and container records. Survives reboots."),
+    key("runroot", "Runtime state: bundles, sockets, exit files. Expected on tmpfs (empty after a reboot)."),
+    key("log_level", "error, warn, info, debug or trace."),
+    table("api", "The CRI endpoint and the streaming server."),
+    key("api.listen", "Unix socket kubelet and crictl connect to (mode 0660; a second ferrio on it is refused)."),
+    key("api.stream_address", "IP address the exec/attach/port-forward server binds to."),
+    key("api.stream_port", "Port of the streaming server; 0 picks a free one."),
+    key("api.stream_idle_timeout", "Close an idle exec/attach/port-forward connection after this long (\"90s\", \"4h\"); \"\" = never."),
+    key("api.stream_token_ttl", "How long an Exec/Attach/PortForward URL stays valid before its first use."),
+    key("api.stream_enable_tls", "Serve exec/attach/port-forward over HTTPS with stream_tls_cert and stream_tls_key (kubelet connects to it directly on a real node)."),
+    key("api.stream_tls_cert", "PEM certificate chain of the streaming server."),
+    key("api.stream_tls_key", "PEM private key of the streaming server."),
+    table("runtime", "OCI runtimes and how containers are run."),
+    key("runtime.default_runtime", "Handler used when a pod names none; a key of runtime.runtimes."),
+    key("runtime.cgroup_manager", "\"cgroupfs\" or \"systemd\"; must match kubelet's cgroupDriver."),
+    key("runtime.monitor_path", "ferrio-monitor binary; \"\" = next to the ferrio binary, else /usr/libexec/ferrio/ferrio-monitor."),
+    key("runtime.namespaces_dir", "Where pinned namespaces live (netns/, ipcns/, utsns/ below it); \"\" = <runroot>/ns."),
+    key("runtime.restrict_oom_score_adj", "Clamp containers' oom_score_adj to what the host allows (kubelet asks for -997/-998)."),
+    table("runtime.runtimes.<handler>", "An OCI runtime, by the handler name pods ask for (CRI runtime_handler)."),
+    key("runtime.runtimes.<handler>.runtime_path", "The OCI runtime binary (runc or crun)."),
+    key("runtime.runtimes.<handler>.runtime_root", "The runtime's --root; \"\" = <runroot>/oci/<handler>."),
+    key("runtime.runtimes.<handler>.cgroup_v1_view", "On a cgroup v1 hybrid host, hide the cgroup2 mount from this runtime (unset: on for crun, which refuses hybrid hosts, off for others)."),
+    key("runtime.runtimes.<handler>.runc_shortcuts", "For runc: start through its exec.fifo and delete exited containers without a runc process each (unset: on; false: every verb through runc)."),
+    table("image", "Images and registries."),
+    key("image.sandbox_image", "The pause image every pod runs."),
+    key("image.pinned_images", "Images kubelet's image garbage collector never removes (names or globs)."),
+    key("image.global_auth_file", "docker config.json-style credentials for pulls that carry none."),
+    key("image.max_concurrent_downloads", "Layers one pull downloads (and unpacks) at the same time."),
+    table_array("image.registry", "A registry prefix (registries.conf semantics): rewritten to location; the mirrors are tried first."),
+    required("image.registry.prefix", "Reference prefix matched (docker.io, docker.io/library); the longest match at a /, : or @ boundary wins."),
+    key("image.registry.location", "What prefix is rewritten to when pulling from the registry itself; \"\" = prefix."),
+    key("image.registry.insecure", "Allow plain HTTP or unverified TLS for location."),
+    key("image.registry.fallback", "After the mirrors, try location itself."),
+    table_array("image.registry.mirror", "A mirror of the registry entry, tried in order before location."),
+    required("image.registry.mirror.location", "host[:port][/path], without a scheme, replacing the prefix."),
+    key("image.registry.mirror.insecure", "Allow plain HTTP or unverified TLS for this mirror."),
+    key("image.registry.mirror.timeout", "Longest this mirror may take to connect, answer, or stay silent mid-blob (\"500ms\", \"10s\"); \"\" = 5s connect, 30s otherwise."),
+    key("image.registry.mirror.pull_from_mirror", "Which pulls use this mirror: \"all\", \"digest-only\" or \"tag-only\"."),
+    table("network", "CNI: how pods get their network."),
+    key("network.network_dir", "CNI conflists, loaded in lexical order."),
+    key("network.plugin_dirs", "Directories searched for CNI plugin binaries, in order."),
+    key("network.cni_default_network", "Network (conflist name) pods get; \"\" = the first valid one in lexical order."),
+    key("network.cni_plugin_timeout", "Seconds a CNI plugin call may run before it is killed and the pod's create fails."),
+    table("metrics", "Prometheus endpoint."),
+    key("metrics.enable", "Serve /metrics over HTTP."),
+    key("metrics.address", "ip:port of the metrics endpoint (loopback by default, so nothing is exposed by accident)."),
+];
+
+/// The documentation of `path` (as [`CONFIG_KEYS`] spells it).
+pub fn key_doc(path: &str) -> Option<&'static KeyDoc> {
+    CONFIG_KEYS.iter().find(|k| k.path == path)
+}
+
+/// The documented path of a key given as its segments: the name of a named table becomes its
+/// placeholder (`runtime.runtimes.runc.runtime_path` is `runtime.runtimes.<handler>.runtime_path`).
+pub fn doc_path<S: AsRef<str>>(segments: &[S]) -> String {
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for s in segments {
+        let parent = out.join(".");
+        match NAMED_TABLES.iter().find(|(table, _)| *table == parent) {
+            Some((_, placeholder)) => out.push(placeholder),
+            None => out.push(s.as_ref()),
+        }
+    }
+    out.join(".")
+}
+
+/// The default of a documented key: from [`Config::default`], or for a key of a named table or
+/// a table array, from that table's own default. None for keys without one (unset options,
+/// tables).
+pub fn key_default(path: &str) -> Option<toml::Value> {
+    let (base, rest) = if let Some(rest) = path.strip_prefix("runtime.runtimes.<handler>.") {
+        (toml::Value::try_from(RuntimeHandler::default()), rest)
+    } else if let Some(rest) = path.strip_prefix("image.registry.mirror.") {
+        (toml::Value::try_from(MirrorConfig::default()), rest)
+    } else if let Some(rest) = path.strip_prefix("image.registry.") {
+        (toml::Value::try_from(RegistryConfig::default()), rest)
+    } else {
+        (toml::Value::try_from(Config::default()), path)
+    };
+    let mut value = base.ok()?;
+    for segment in rest.split('.') {
+        value = value.as_table()?.get(segment)?.clone();
+    }
+    Some(value)
+}
+
+/// The segments of a TOML table header's dotted key (`runtime.runtimes."a.b"` is `runtime`,
+/// `runtimes`, `a.b`). Escapes inside quoted keys are kept as written: handler names are plain.
+fn header_segments(header: &str) -> Vec<String> {
+    let mut segments = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    for c in header.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => current.push(c),
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '.') => segments.push(std::mem::take(&mut current)),
+            (None, c) if c.is_whitespace() => {}
+            (None, c) => current.push(c),
+        }
+    }
+    segments.push(current);
+    segments
+}
+
+/// `text` as `# ` comment lines of at most about `width` columns.
+fn comment_lines(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            out.push_str(&format!("# {line}\n"));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        out.push_str(&format!("# {line}\n"));
+    }
+    out
+}
+
+/// Every table and key a config can hold, as [`CONFIG_KEYS`] spells them, from a config with
+/// every optional part filled in (a registry with a mirror, a handler with every option).
+#[cfg(test)]
+pub(crate) fn config_key_paths() -> Vec<(String, KeyKind)> {
+    fn walk(table: &toml::Table, prefix: &mut Vec<String>, out: &mut Vec<(String, KeyKind)>) {
+        for (k, v) in table {
+            prefix.push(k.clone());
+            let path = doc_path(prefix);
+            match v {
+                toml::Value::Table(t) => {
+                    // A named table's map itself is documented by its entries' table.
+                    if !NAMED_TABLES.iter().any(|(named, _)| *named == path) {
+                        out.push((path, KeyKind::Table));
+                    }
+                    walk(t, prefix, out);
+                }
+                toml::Value::Array(a) if a.first().is_some_and(toml::Value::is_table) => {
+                    out.push((path, KeyKind::TableArray));
+                    if let Some(t) = a.first().and_then(toml::Value::as_table) {
+                        walk(t, prefix, out);
+                    }
+                }
+                _ => out.push((path, KeyKind::Value)),
+            }
+            prefix.pop();
+        }
+    }
+    let mut full = Config::default();
+    full.image.registry.push(RegistryConfig {
+        prefix: "docker.io".into(),
+        mirror: vec![MirrorConfig::default()],
+        ..Default::default()
+    });
+    for h in full.runtime.runtimes.values_mut() {
+        h.cgroup_v1_view = Some(true);
+        h.runc_shortcuts = Some(true);
+    }
+    let mut out = Vec::new();
+    if let Ok(toml::Value::Table(t)) = toml::Value::try_from(&full) {
+        walk(&t, &mut Vec::new(), &mut out);
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
 }
 
 #[cfg(test)]
@@ -897,7 +1102,10 @@ mod tests {
         assert_eq!(c.api.listen, PathBuf::from("/run/ferrio/ferrio.sock"));
         assert_eq!(c.runtime.default_runtime, "runc");
         assert_eq!(c.image.sandbox_image, "registry.k8s.io/pause:3.10");
-        assert_eq!(c.network.plugin_dirs, vec![PathBuf::from("/opt/cni/bin")]);
+        assert_eq!(
+            c.network.plugin_dirs,
+            [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
     }
 
     #[test]
@@ -1038,8 +1246,79 @@ plugin_dirs = ["/opt/cni/bin"]
     fn commented_output_round_trips() {
         let c = Config::default();
         let text = c.to_commented_toml();
-        assert!(text.contains("# The pause image every pod runs."));
+        assert!(text.contains("# The pause image every pod runs.\nsandbox_image = "));
         assert_eq!(Config::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn commented_output_documents_nested_tables_by_their_path() {
+        let mut c = Config::from_toml(
+            "[[image.registry]]\nprefix = \"docker.io\"\nlocation = \"registry-1.docker.io\"\n\
+             [[image.registry.mirror]]\nlocation = \"m:5000\"\n\
+             [runtime]\ndefault_runtime = \"my.kata\"\n\
+             [runtime.runtimes.\"my.kata\"]\nruntime_path = \"/usr/bin/kata\"\n",
+        )
+        .unwrap();
+        c.image.pinned_images = vec!["a = b".into(), "line\nbreak = x".into()];
+        let text = c.to_commented_toml();
+        let doc = |p: &str| comment_lines(key_doc(p).unwrap().doc, 98);
+        assert!(text.contains(&format!(
+            "{}location = \"registry-1.docker.io\"",
+            doc("image.registry.location")
+        )));
+        assert!(text.contains(&format!(
+            "{}location = \"m:5000\"",
+            doc("image.registry.mirror.location")
+        )));
+        assert!(text.contains(&format!(
+            "{}[runtime.runtimes.\"my.kata\"]",
+            doc("runtime.runtimes.<handler>")
+        )));
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn every_config_key_is_documented_and_every_doc_is_a_key() {
+        let keys = config_key_paths();
+        for (path, kind) in &keys {
+            let doc = key_doc(path).unwrap_or_else(|| panic!("{path} has no entry in CONFIG_KEYS"));
+            let doc_kind = match doc.kind {
+                KeyKind::Required => KeyKind::Value,
+                k => k,
+            };
+            assert_eq!(doc_kind, *kind, "{path}");
+        }
+        for doc in CONFIG_KEYS {
+            assert!(
+                keys.iter().any(|(p, _)| p == doc.path),
+                "CONFIG_KEYS documents {}, which is no key of Config",
+                doc.path
+            );
+        }
+    }
+
+    #[test]
+    fn key_defaults_come_from_the_code() {
+        assert_eq!(
+            key_default("api.listen"),
+            Some(toml::Value::String("/run/ferrio/ferrio.sock".into()))
+        );
+        assert_eq!(
+            key_default("runtime.runtimes.<handler>.runtime_path"),
+            Some(toml::Value::String("/usr/sbin/runc".into()))
+        );
+        assert_eq!(
+            key_default("image.registry.mirror.pull_from_mirror"),
+            Some(toml::Value::String("all".into()))
+        );
+        assert_eq!(
+            key_default("runtime.runtimes.<handler>.cgroup_v1_view"),
+            None
+        );
+        assert_eq!(
+            doc_path(&["runtime", "runtimes", "runc", "runtime_root"]),
+            "runtime.runtimes.<handler>.runtime_root"
+        );
     }
 
     #[test]

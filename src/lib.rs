@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`config`]: TOML config, drop-ins, defaults and validation (pure).
+//! - [`man`]: the manual pages ferrio(8) and ferrio.toml(5), rendered from the CLI and [`config`].
 //! - [`error`]: typed errors and the one mapping onto gRPC status codes.
 //! - [`server`]: the gRPC edge; thin handlers that convert CRI messages and orchestrate rooms below.
 //! - [`sandbox`]: pod lifecycle: pinned namespaces, pause spec, pod files.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod image;
+pub mod man;
 pub mod metrics;
 pub mod monitor;
 pub mod network;

@@ -2,7 +2,7 @@
 //! signal. Containers keep running when it exits. SIGHUP reloads the config files.
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ferrio::config::{Config, DEFAULT_DROPIN_DIR};
 use ferrio::server;
 use nix::fcntl::{Flock, FlockArg};
@@ -12,17 +12,32 @@ use std::path::{Path, PathBuf};
 /// How long in-flight requests may run after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Where the packaged ferrio-monitor lives when it is not next to the ferrio binary: it is run
+/// by the daemon only, never by users, so it stays out of PATH.
+const LIBEXEC_MONITOR: &str = "/usr/libexec/ferrio/ferrio-monitor";
+
 #[derive(Parser)]
-#[command(name = "ferrio", version, about = "A Kubernetes CRI runtime")]
+#[command(
+    name = "ferrio",
+    version,
+    about = "A Kubernetes CRI container runtime",
+    long_about = "ferrio serves the Kubernetes Container Runtime Interface (CRI v1) over gRPC on a \
+        unix socket: it pulls images from registries, runs pods and containers with an OCI runtime \
+        (runc or crun), wires pods into the network with CNI plugins, and supervises each \
+        container with its own ferrio-monitor process.\n\n\
+        Containers keep running while the daemon restarts: a new ferrio finds them again from its \
+        state on disk, records exits that happened while it was down and only then serves the \
+        socket."
+)]
 struct Cli {
     /// Config file (default /etc/ferrio/ferrio.toml, optional when not given).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Drop-in directory applied after the config file, in lexical order.
-    #[arg(long, global = true, default_value = DEFAULT_DROPIN_DIR)]
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_DROPIN_DIR)]
     config_dir: PathBuf,
     /// Overrides log_level from the config.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -32,6 +47,19 @@ struct Cli {
 enum Command {
     /// Print the complete effective config as commented TOML.
     Config,
+    /// Print a manual page as roff (what the Debian package installs).
+    #[command(hide = true)]
+    Man { page: ManPage },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ManPage {
+    /// ferrio(8)
+    #[value(name = "ferrio")]
+    Ferrio,
+    /// ferrio.toml(5)
+    #[value(name = "ferrio.toml")]
+    FerrioToml,
 }
 
 /// The tracing filter for a log level: ferrio's own crates at `level`, everything else at warn.
@@ -42,6 +70,18 @@ fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
 fn main() {
     ferrio::sys::tune_malloc();
     let cli = Cli::parse();
+    // Before the config is read: the pages document the defaults, not this host's files.
+    if let Some(Command::Man { page }) = cli.command {
+        let version = env!("CARGO_PKG_VERSION");
+        print!(
+            "{}",
+            match page {
+                ManPage::Ferrio => ferrio::man::command_page(&Cli::command(), version),
+                ManPage::FerrioToml => ferrio::man::config_page(version),
+            }
+        );
+        return;
+    }
     let source = server::ConfigSource {
         file: cli.config.clone(),
         dropin_dir: Some(cli.config_dir.clone()),
@@ -99,20 +139,25 @@ fn main() {
     }
 }
 
-/// The ferrio-monitor binary: configured, or next to this executable.
+/// The ferrio-monitor binary: configured, or next to this executable (a build tree, the cargo
+/// install), or the packaged one in /usr/libexec/ferrio.
 fn monitor_path(config: &Config) -> anyhow::Result<PathBuf> {
     if !config.runtime.monitor_path.as_os_str().is_empty() {
         return Ok(config.runtime.monitor_path.clone());
     }
     let exe = std::env::current_exe().context("cannot find the ferrio executable")?;
-    let p = exe.with_file_name("ferrio-monitor");
-    if !p.exists() {
-        bail!(
-            "ferrio-monitor not found next to {} (set runtime.monitor_path)",
-            exe.display()
-        );
+    let beside = exe.with_file_name("ferrio-monitor");
+    if beside.exists() {
+        return Ok(beside);
     }
-    Ok(p)
+    let packaged = PathBuf::from(LIBEXEC_MONITOR);
+    if packaged.exists() {
+        return Ok(packaged);
+    }
+    bail!(
+        "ferrio-monitor not found next to {} nor at {LIBEXEC_MONITOR} (set runtime.monitor_path)",
+        exe.display()
+    );
 }
 
 /// Tell systemd (Type=notify) that recovery is done and the socket is served. A no-op when not
@@ -233,4 +278,23 @@ async fn serve(
     }
     let _ = std::fs::remove_file(&listen);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_page_lists_every_visible_option_and_command() {
+        let page = ferrio::man::command_page(&Cli::command(), "0.0.0");
+        for option in ["config", "config\\-dir", "log\\-level", "help", "version"] {
+            assert!(
+                page.contains(&format!("\\fB\\-\\-{option}\\fR")),
+                "--{option} is missing from ferrio(8)"
+            );
+        }
+        assert!(page.contains("\\fB\\-\\-config\\fR \\fIFILE\\fR"));
+        assert!(page.contains(".TP\n\\fBconfig\\fR\nPrint the complete effective config"));
+        assert!(!page.contains("\\fBman\\fR"), "the man command is hidden");
+    }
 }
