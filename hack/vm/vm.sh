@@ -112,7 +112,7 @@ ensure_image() {
   mkdir -p "$build"
   log "building the node image $(basename "$dir") (logs in $build)"
   started=$SECONDS
-  if ! bash "$RECIPE" "$build" "$CACHE/debs" >&2; then
+  if ! bash "$RECIPE" "$build" "$CACHE/debs" </dev/null >&2; then
     exec {lock_fd}>&-
     die "building the image failed; logs in $build"
   fi
@@ -298,6 +298,7 @@ cmd_up() {
   need_space "$RUN_SPACE_MB" "running the VM"
   mkdir -p "$CACHE/run"
   mkdir "$run" || die "VM '$INSTANCE' is being started by someone else"
+  OWNED_RUN=$run
   mkdir "$run/tmp"
   # This VM's own copies: a rebuild may replace the image directory while it runs.
   install -m 0600 "$img/id_ed25519" "$run/id_ed25519"
@@ -325,7 +326,7 @@ cmd_up() {
       -device virtio-net-pci,netdev=net0,romfile= \
       -device virtio-rng-pci \
       "${SHARE_ARGS[@]}" \
-      -daemonize -pidfile "$run/qemu.pid" 2>"$run/qemu.log"; then
+      -daemonize -pidfile "$run/qemu.pid" </dev/null 2>"$run/qemu.log"; then
       break
     fi
     err=$(cat "$run/qemu.log")
@@ -356,8 +357,9 @@ cmd_up() {
     sleep 1
   done
   # The shares are mounted before sshd starts; a failed mount does not stop sshd, so check it here.
-  if ! vm_ssh "$run" mountpoint -q "$repo"; then
-    vm_ssh "$run" journalctl -b -u ferrio-shares.service --no-pager | sed 's/^/  | /' >&2 || true
+  # These commands must not read the caller's stdin: it belongs to the command `run` or `shell` runs next.
+  if ! vm_ssh "$run" mountpoint -q "$repo" </dev/null; then
+    vm_ssh "$run" journalctl -b -u ferrio-shares.service --no-pager </dev/null | sed 's/^/  | /' >&2 || true
     stop_instance "$run"
     die "the guest did not mount $repo from the host"
   fi
@@ -425,9 +427,13 @@ cmd_status() {
   [ "$found" = 1 ] || echo "no VM is up in $CACHE"
 }
 
-# From here on the instance is stopped however the script ends: failure, ^C, SIGTERM or a normal exit.
+# The run dir this process created, and so may remove; never a VM someone else started.
+OWNED_RUN=
+
+# From here on the VM this process starts is stopped however the script ends: failure, ^C, SIGTERM or a
+# normal exit.
 stop_on_exit() {
-  trap 'trap - EXIT; stop_instance "$(run_dir "$INSTANCE")"' EXIT
+  trap 'trap - EXIT; [ -z "$OWNED_RUN" ] || stop_instance "$OWNED_RUN"' EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
   trap 'exit 129' HUP
