@@ -88,3 +88,12 @@ clean-test:
 BENCH_N ?= 50
 bench: deps
 	hack/bench/run.sh $(BENCH_N)
+
+# The VM test bed (hack/vm): a Debian 12 node with systemd and pure cgroup v2. `vm-image` builds (or
+# reuses) its image; `vm-shell` boots it, opens a root shell and shuts it down on exit.
+.PHONY: vm-image vm-shell
+vm-image: deps
+	hack/vm/vm.sh image
+
+vm-shell: deps
+	hack/vm/vm.sh shell

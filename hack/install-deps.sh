@@ -13,6 +13,8 @@ PACKAGES=(
   jq curl ca-certificates
   gcc libc6-dev pkg-config make
   dpkg-dev binutils lintian
+  # The VM test bed (hack/vm): QEMU is installed separately below.
+  debootstrap e2fsprogs openssh-client util-linux
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -38,6 +40,36 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -q
   fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# QEMU for the VM test bed. bookworm's qemu-system-x86 (7.2) cannot be installed next to a qemu-utils from
+# bookworm-backports (they share qemu-system-common's version), as some machines have; there it comes from
+# backports too.
+BACKPORTS_LIST=/etc/apt/sources.list.d/bookworm-backports.list
+install_qemu() {
+  export DEBIAN_FRONTEND=noninteractive
+  local from_backports=0
+  if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then
+    from_backports=1
+  elif ! apt-get install -y -q --no-install-recommends qemu-system-x86; then
+    echo "install-deps.sh: qemu-system-x86 from bookworm does not install here; trying bookworm-backports" >&2
+    from_backports=1
+  fi
+  [ "$from_backports" = 1 ] || return 0
+  if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" >"$BACKPORTS_LIST"
+  fi
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*bookworm-backports*_Packages' 2>/dev/null | head -n1)" ]; then
+    apt-get update -q
+  fi
+  apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+}
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  echo "install-deps.sh: installing qemu-system-x86"
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -mtime -1 2>/dev/null | head -n1)" ]; then
+    apt-get update -q
+  fi
+  install_qemu
 fi
 
 # Debian ships the CNI plugins in /usr/lib/cni; kubelet-era tooling and ferrio's default config look in
