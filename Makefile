@@ -12,7 +12,7 @@ CONFIG ?= $(CONFIG_DIR)/ferrio.toml
 CNI_CONF_DIR ?= /etc/cni/net.d
 TEST_REGISTRY ?= 127.0.0.1:5055
 
-.PHONY: all build release deb deps run test test-e2e lint fmt registry registry-stop clean-test bench
+.PHONY: all build release deb deps run test test-e2e test-vm lint fmt registry registry-stop clean-test bench
 
 all: build
 
@@ -69,10 +69,16 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Every test: unit tests, then the e2e suites against a real daemon, runc, CNI and the local registry.
-# One test at a time: the e2e tests share the host's iptables and cgroups.
+# Every test: unit tests, then the e2e suites against a real daemon, runc, CNI and the local registry,
+# then the node-shape suite in a systemd + cgroup v2 VM. One test at a time: the e2e tests share the
+# host's iptables and cgroups.
 test: deps registry lint
 	FERRIO_TEST_REGISTRY=$(TEST_REGISTRY) $(CARGO) test --all-targets -- --test-threads=1
+	$(MAKE) test-vm
+
+# The packaged ferrio on a systemd + cgroup v2 node: a Debian 12 VM (hack/vm/), both cgroup drivers.
+test-vm: deps
+	hack/vm/test-vm.sh
 
 # Only the e2e suite of this repo's harness.
 test-e2e: deps registry
