@@ -248,6 +248,10 @@ async fn start_returns_when_the_socket_serves(run: &mut Run) -> Result<(), Strin
         got == Some(want as i32),
         "RuntimeConfig cgroup_driver {got:?}, want {want:?}"
     );
+    // kubelet pulls before it creates.
+    pull(&mut c, pods::BUSYBOX)
+        .await
+        .map_err(|e| format!("PullImage {}: {e}", pods::BUSYBOX))?;
     run.cri = Some(c);
     Ok(())
 }
@@ -680,22 +684,12 @@ async fn reload_applies_a_changed_mirror(run: &mut Run) -> Result<(), String> {
     };
     write_dropin(run.driver, &run.registry, &[])?;
     node::systemctl(&["reload", SERVICE])?;
-    let r = pulled.map_err(|e| format!("{image} after the reload: {e}"))?;
+    pulled.map_err(|e| format!("{image} after the reload: {e}"))?;
     ensure!(
         main_pid() == pid,
         "the reload restarted the daemon ({pid} -> {})",
         main_pid()
     );
-    cri(run)?
-        .img
-        .remove_image(RemoveImageRequest {
-            image: Some(ImageSpec {
-                image: r,
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(|e| format!("RemoveImage: {e}"))?;
     Ok(())
 }
 
@@ -720,6 +714,11 @@ async fn running_in(cri: &mut Cri, pod: &str) -> Result<Vec<String>, String> {
 }
 
 async fn ten_still_running(run: &mut Run, pod: &str) -> Result<(), String> {
+    ensure!(
+        run.ten.len() == 10,
+        "{} of ten containers started (an earlier check failed)",
+        run.ten.len()
+    );
     for (id, ctr, mon) in run.ten.clone() {
         ensure!(ctr.alive(), "container {id}'s process {} is gone", ctr.pid);
         ensure!(mon.alive(), "container {id}'s monitor {} is gone", mon.pid);
@@ -831,14 +830,15 @@ async fn removing_every_pod_leaves_nothing(run: &mut Run) -> Result<(), String> 
         }
     }
     // systemd drops a scope once it is empty; give it a moment.
+    let ferrio_units = || {
+        let mut u = node::units_matching("ferrio-*.scope");
+        u.extend(node::units_matching("ferrio-*.slice"));
+        u
+    };
     let _ = node::wait_for("ferrio's scopes to go", Duration::from_secs(10), || {
-        node::units_matching("ferrio-*").is_empty()
+        ferrio_units().is_empty()
     });
-    left.extend(
-        node::units_matching("ferrio-*")
-            .into_iter()
-            .map(|u| format!("unit {u}")),
-    );
+    left.extend(ferrio_units().into_iter().map(|u| format!("unit {u}")));
     left.extend(
         node::cgroups_named("ferrio-")
             .into_iter()

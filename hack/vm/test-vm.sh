@@ -15,9 +15,18 @@ log() { echo "test-vm: $*" >&2; }
 
 export PATH="$HOME/.cargo/bin:/root/.cargo/bin:$PATH"
 
-log "building the package (make deb)"
-make -s deb
-deb=$(ls -t target/debian/ferrio_*_amd64.deb | head -n1)
+# FERRIO_VM_DEB=debug packs the debug binaries instead (quicker to build, for iterating on the
+# suite); the default is the release package, as `make deb` builds it for operators.
+if [ "${FERRIO_VM_DEB:-release}" = debug ]; then
+  log "building the package from the debug build"
+  cargo build -q --bin ferrio --bin ferrio-monitor
+  hack/build-deb.sh --bin-dir target/debug --out target/debian-debug --fast >/dev/null
+  deb=$(ls -t target/debian-debug/ferrio_*_amd64.deb | head -n1)
+else
+  log "building the package (make deb)"
+  make -s deb
+  deb=$(ls -t target/debian/ferrio_*_amd64.deb | head -n1)
+fi
 [ -f "$deb" ] || { log "make deb produced no package"; exit 1; }
 
 log "building the node-shape suite"
@@ -43,7 +52,8 @@ EOF
 )
 
 set +e
-hack/vm/vm.sh run -- "$guest_script" 2>&1 | tee "$out"
+# The summary is printed once, last, below.
+hack/vm/vm.sh run -- "$guest_script" 2>&1 | tee "$out" | grep --line-buffered -Ev '^[0-9]+ passed, [0-9]+ failed$'
 status=${PIPESTATUS[0]}
 set -e
 
