@@ -94,10 +94,12 @@ impl Bundle {
             exit_file: self.path("exit"),
             pid_file: self.path("bundle/pid"),
             cgroup_path: Some(self.cgroup.clone()),
+            cgroup_dir: Some(self.cgroup.clone()),
             tty: false,
             stdin: false,
             stdin_once: false,
             cgroup_v1_view: false,
+            scope: None,
         }
     }
 
