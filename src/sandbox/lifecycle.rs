@@ -108,6 +108,18 @@ pub struct SandboxMeta {
     pub port_mappings: Vec<PortMapping>,
 }
 
+impl SandboxMeta {
+    /// The pod's cgroup below the hierarchy roots, for stats and removal (`cgroup_parent` is a
+    /// bare slice name with the systemd driver, which names no directory).
+    pub fn cgroup_fs_dir(&self) -> &str {
+        if self.cgroup_dir.is_empty() {
+            &self.cgroup_parent
+        } else {
+            &self.cgroup_dir
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub enum SandboxState {
     /// Being created; hidden from List, reaped by recovery if the daemon died meanwhile.
@@ -995,11 +1007,7 @@ impl Pods {
                 .await
                 .map_err(join_err)??;
         }
-        let cg = if rec.meta.cgroup_dir.is_empty() {
-            rec.meta.cgroup_parent.clone()
-        } else {
-            rec.meta.cgroup_dir.clone()
-        };
+        let cg = rec.meta.cgroup_fs_dir().to_string();
         // After the delete: runc removes the leaf, this the pod's cgroup above it.
         let owned = match driver {
             // Records of the cgroupfs driver always had their parent removed with the pod.
