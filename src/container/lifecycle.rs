@@ -1002,6 +1002,13 @@ impl Containers {
                     if st.state() == ContainerState::Created {
                         self.adopt_interrupted_start(&rec).await;
                     }
+                    if let Ok(sandbox) = self.pods.get(&rec.meta.sandbox_id) {
+                        self.pods.keep_monitor_in_scope(
+                            &rec.id,
+                            st.monitor_pid,
+                            &sandbox.meta.cgroup_parent,
+                        );
+                    }
                     // wait_exit returns at once with the exit file when the monitor is gone.
                     self.watch_exit(rec.clone());
                 }

@@ -325,6 +325,35 @@ impl Pods {
         })
     }
 
+    /// After a daemon restart: a live monitor of object `id` that is not in its scope (started
+    /// by a daemon that did not move monitors, or whose move failed) is moved now, in the
+    /// background. Does nothing without systemd.
+    pub fn keep_monitor_in_scope(&self, id: &str, monitor_pid: i32, pod_parent: &str) {
+        let Some(scope) = self.monitor_scope(pod_parent) else {
+            return;
+        };
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let unit = crate::systemd::monitor_scope_name(&id);
+            let (i, u) = (id.clone(), unit.clone());
+            let needed = tokio::task::spawn_blocking(move || {
+                monitor_alive(monitor_pid, &i) && !crate::systemd::runs_in_unit(monitor_pid, &u)
+            })
+            .await
+            .unwrap_or(false);
+            if !needed {
+                return;
+            }
+            match crate::systemd::move_monitor(&*scope.units, &id, monitor_pid, &scope.slice).await
+            {
+                Ok(()) => tracing::info!(%id, %unit, "moved a monitor into its scope"),
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "monitor stays in the daemon's cgroup")
+                }
+            }
+        });
+    }
+
     /// Makes the pod's cgroup ready for its containers and sets the pod's limits in it.
     /// systemd driver: ferrio's own slice is started as a transient unit carrying the limits (so
     /// that systemd writes `memory.max`, `cpu.weight` and `cpu.max`, and a later reload of the
@@ -1048,6 +1077,7 @@ impl Pods {
             }
             if st.state == SandboxState::Ready {
                 if monitor_alive(st.monitor_pid, &rec.id) {
+                    self.keep_monitor_in_scope(&rec.id, st.monitor_pid, &rec.meta.cgroup_parent);
                     self.watch_pause(rec.clone());
                 } else {
                     let _ = rec.update(|s| s.state = SandboxState::NotReady).await;

@@ -326,6 +326,11 @@ async fn move_monitor_with(
     wait_in_unit(proc_root, pid, &unit.name, timeout).await
 }
 
+/// Whether process `pid` runs in unit `unit` now (blocking: one /proc read).
+pub fn runs_in_unit(pid: i32, unit: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| in_unit(&t, unit))
+}
+
 /// Polls `<proc>/<pid>/cgroup` until the process's cgroup is unit `unit` (every hierarchy line
 /// that names a path: the unified one on v2, `name=systemd` on v1), or `timeout` passed.
 pub async fn wait_in_unit(
@@ -596,6 +601,15 @@ mod tests {
         assert!(wait_in_unit(root.path(), 78, &unit.name, Duration::ZERO)
             .await
             .is_err());
+    }
+
+    #[test]
+    fn this_process_is_in_no_monitor_scope() {
+        assert!(!runs_in_unit(
+            std::process::id() as i32,
+            "ferrio-monitor-x.scope"
+        ));
+        assert!(!runs_in_unit(-1, "ferrio-monitor-x.scope"));
     }
 
     #[test]
