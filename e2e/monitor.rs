@@ -94,10 +94,12 @@ impl Bundle {
             exit_file: self.path("exit"),
             pid_file: self.path("bundle/pid"),
             cgroup_path: Some(self.cgroup.clone()),
+            cgroup_dir: Some(self.cgroup.clone()),
             tty: false,
             stdin: false,
             stdin_once: false,
             cgroup_v1_view: false,
+            scope: None,
         }
     }
 
@@ -735,4 +737,95 @@ async fn the_monitor_leaves_no_zombies() {
         "zombie children of the monitor: {zombies:?}"
     );
     assert_eq!(b.wait(&spawned).await.exit_code, 0);
+}
+
+/// Stands in for systemd: "starts" a monitor's scope by moving the process into a cgroup of that
+/// name in the hierarchy `/proc/<pid>/cgroup` reports systemd's units in (the unified one here),
+/// and records what it was asked.
+struct CgroupfsScopes {
+    base: PathBuf,
+    asked: std::sync::Mutex<Vec<ferrio::systemd::TransientUnit>>,
+}
+
+impl ferrio::systemd::UnitControl for CgroupfsScopes {
+    fn start_transient<'a>(
+        &'a self,
+        unit: &'a ferrio::systemd::TransientUnit,
+    ) -> futures::future::BoxFuture<'a, Result<(), ferrio::systemd::SystemdError>> {
+        Box::pin(async move {
+            self.asked.lock().unwrap().push(unit.clone());
+            let pids = unit.properties.iter().find_map(|(k, v)| match v {
+                ferrio::systemd::PropertyValue::U32Array(p) if *k == "PIDs" => Some(p.clone()),
+                _ => None,
+            });
+            let dir = self.base.join(&unit.name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for pid in pids.unwrap_or_default() {
+                std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+            }
+            Ok(())
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        _name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), ferrio::systemd::SystemdError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Where systemd's units show in `/proc/self/cgroup`: its v1 `name=systemd` hierarchy, else
+/// the unified one (`/sys/fs/cgroup/unified` on a hybrid host).
+fn unit_hierarchy() -> Option<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    if own.lines().any(|l| l.contains(":name=systemd:")) {
+        return Some("/sys/fs/cgroup/systemd".into());
+    }
+    if !own.lines().any(|l| l.starts_with("0::")) {
+        return None;
+    }
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    Some(if unified.is_dir() {
+        unified.into()
+    } else {
+        "/sys/fs/cgroup".into()
+    })
+}
+
+/// With a scope requested, the monitor is moved while the runtime creates the container, and
+/// the spawn returns only once the move shows in `/proc/<monitor>/cgroup`.
+#[tokio::test]
+async fn the_monitor_is_moved_into_its_scope_during_the_create() {
+    let hierarchy = unit_hierarchy().expect("this test needs a cgroup2 or name=systemd hierarchy");
+    let base = hierarchy.join(format!("ferrio-scope-test-{}", std::process::id()));
+    let scopes = std::sync::Arc::new(CgroupfsScopes {
+        base: base.clone(),
+        asked: Default::default(),
+    });
+    let mut b = Bundle::new(&["/bin/busybox", "true"]);
+    let mut req = b.request();
+    req.scope = Some(monitor::MonitorScope {
+        units: scopes.clone(),
+        slice: "kubepods-pod1.slice".into(),
+    });
+    let spawned = monitor::spawn(&req).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    let unit = format!("ferrio-monitor-{}.scope", b.id);
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", spawned.monitor_pid)).unwrap();
+    assert!(own.contains(&format!("/{unit}\n")), "{own}");
+    let asked = scopes.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        [ferrio::systemd::TransientUnit::monitor_scope(
+            &b.id,
+            spawned.monitor_pid,
+            "kubepods-pod1.slice"
+        )]
+    );
+    b.start();
+    assert_eq!(b.wait(&spawned).await.exit_code, 0);
+    // The monitor is gone: its cgroup (systemd would collect the scope) can go.
+    let _ = std::fs::remove_dir(base.join(&unit));
+    std::fs::remove_dir(&base).expect("test cgroups removed");
 }

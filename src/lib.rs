@@ -16,6 +16,7 @@
 //! - [`rollback`]: the undo stack every multi-step create uses.
 //! - [`state`]: persistent records written atomically.
 //! - [`streaming`]: the exec/attach/port-forward HTTP server (SPDY/3.1, WebSocket, one-shot tokens).
+//! - [`systemd`]: transient scopes and slices over systemd's D-Bus API, only where systemd is PID 1.
 //! - [`sys`]: the only room allowed `unsafe`.
 //!
 //! Rooms below `server` never import `server` nor CRI proto types (only `server/` and the
@@ -37,3 +38,4 @@ pub mod server;
 pub mod state;
 pub mod streaming;
 pub mod sys;
+pub mod systemd;

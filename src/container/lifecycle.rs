@@ -668,11 +668,13 @@ impl Containers {
             log_path,
             exit_file: self.exit_file(id),
             pid_file: run_dir.join("container.pid"),
+            cgroup_dir: crate::oci::cgroups::fs_path(&cgroups_path),
             cgroup_path: Some(cgroups_path),
             tty: req.config.tty,
             stdin: req.config.stdin,
             stdin_once: req.config.stdin_once,
             cgroup_v1_view: runtime.cgroup_view.is_some(),
+            scope: self.pods.monitor_scope(&sandbox.meta.cgroup_parent),
         })
         .await?;
         rec.update_with(Durability::Crash, |s| {
@@ -999,6 +1001,13 @@ impl Containers {
                 ContainerState::Created | ContainerState::Running => {
                     if st.state() == ContainerState::Created {
                         self.adopt_interrupted_start(&rec).await;
+                    }
+                    if let Ok(sandbox) = self.pods.get(&rec.meta.sandbox_id) {
+                        self.pods.keep_monitor_in_scope(
+                            &rec.id,
+                            st.monitor_pid,
+                            &sandbox.meta.cgroup_parent,
+                        );
                     }
                     // wait_exit returns at once with the exit file when the monitor is gone.
                     self.watch_exit(rec.clone());

@@ -92,7 +92,7 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Read the cgroups at `paths` (OCI cgroupsPaths) and turn CPU counters into rates. Paths
+/// Read the cgroups at `paths` (OCI cgroupsPaths, or paths below the hierarchy roots) and turn CPU counters into rates. Paths
 /// without an earlier sample are read twice, [`FIRST_SAMPLE_GAP`] apart, once for all of them.
 fn sample(paths: &[String]) -> Vec<Usage> {
     let read = |p: &String| {
@@ -254,7 +254,7 @@ impl Containers {
         tokio::task::spawn_blocking(move || {
             let paths: Vec<String> = per_pod
                 .iter()
-                .map(|(p, _, _)| p.meta.cgroup_parent.clone())
+                .map(|(p, _, _)| p.meta.cgroup_fs_dir().to_string())
                 .collect();
             let usages = sample(&paths);
             per_pod
@@ -749,6 +749,65 @@ Inter-|   Receive                                                |  Transmit
             cgroup_detail_under(d.path(), false, "/../x"),
             CgroupDetail::default()
         );
+    }
+
+    /// The systemd driver on cgroup v2: a container's scope inside kubelet's pod slice, read
+    /// through the same paths the daemon and the monitor resolve.
+    #[test]
+    fn v2_files_of_a_systemd_scope_in_kubelets_slice() {
+        use crate::oci::cgroups::CgroupDriver;
+        let d = tempfile::tempdir().unwrap();
+        let pod = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice";
+        let slice = cgroups::to_slice(pod).unwrap();
+        let ctr = cgroups::fs_path(&CgroupDriver::Systemd.cgroups_path(&slice, "c1")).unwrap();
+        assert_eq!(ctr, format!("{pod}/ferrio-c1.scope"));
+        let w = |dir: &str, f: &str, text: &str| {
+            let dir = d.path().join(dir.trim_start_matches('/'));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(f), text).unwrap();
+        };
+        for dir in [pod, ctr.as_str()] {
+            w(
+                dir,
+                "cpu.stat",
+                "usage_usec 10\nuser_usec 6\nsystem_usec 4\n",
+            );
+            w(dir, "memory.current", "4096\n");
+            w(dir, "memory.stat", "anon 1024\ninactive_file 1024\n");
+            w(dir, "cpu.max", "50000 100000\n");
+            w(dir, "cpu.weight", "39\n");
+        }
+        w(pod, "memory.max", "67108864\n");
+        w(&ctr, "memory.max", "33554432\n");
+        w(
+            &ctr,
+            "memory.events",
+            "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n",
+        );
+        w(
+            &ctr,
+            "io.stat",
+            "8:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n",
+        );
+        let psi = "some avg10=0.00 avg60=0.00 avg300=0.00 total=11\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n";
+        for f in ["cpu.pressure", "io.pressure", "memory.pressure"] {
+            w(&ctr, f, psi);
+        }
+        let c = cgroup_detail_under(d.path(), true, &ctr);
+        assert_eq!(c.oom_kills, Some(1));
+        assert_eq!(c.pressure, [Some((11, 5)); 3]);
+        assert_eq!((c.reads, c.writes), (Some((1, 10)), Some((2, 20))));
+        assert_eq!((c.cpu_quota, c.cpu_period), (Some(50000), Some(100000)));
+        let st = cgroups::read_stats_under(d.path(), true, &ctr);
+        assert_eq!(st.memory_usage, Some(4096));
+        assert_eq!(st.memory_working_set, Some(3072));
+        assert_eq!(st.memory_limit, Some(32 << 20));
+        assert_eq!(st.cpu_usage_ns, Some(10_000));
+        // The pod's own numbers come from the slice kubelet named.
+        let st = cgroups::read_stats_under(d.path(), true, pod);
+        assert_eq!(st.memory_limit, Some(64 << 20));
+        // The monitor finds the OOM kill at the same place.
+        assert!(crate::monitor::oom::oom_killed_under(d.path(), &ctr));
     }
 
     #[test]

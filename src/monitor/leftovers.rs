@@ -10,7 +10,7 @@ use std::path::Path;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// The processes in the cgroup at `cgroup_path` (absolute, cgroupfs driver), from the v1 `pids`
+/// The processes in the cgroup at `cgroup_path` (below the hierarchy roots, either driver), from the v1 `pids`
 /// or `memory` hierarchy or the v2 unified one. Unknown layouts answer nothing.
 pub fn procs_under(root: &Path, cgroup_path: &str) -> Vec<i32> {
     let Some(rel) = cgroup_path.strip_prefix('/') else {

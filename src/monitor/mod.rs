@@ -98,8 +98,11 @@ pub struct MonitorSpawn {
     pub exit_file: PathBuf,
     /// Where the runtime writes the container's pid.
     pub pid_file: PathBuf,
-    /// The OCI cgroupsPath, to detect OOM kills.
+    /// The OCI cgroupsPath (its syntax tells the runtime's cgroup driver).
     pub cgroup_path: Option<String>,
+    /// The container's cgroup below the hierarchy roots (`cgroups::fs_path` of `cgroup_path`),
+    /// where the monitor reads OOM kills and finds processes left behind.
+    pub cgroup_dir: Option<String>,
     /// Give the container a terminal (a pty whose master the monitor receives from the runtime).
     pub tty: bool,
     /// Keep the container's stdin open for attach.
@@ -109,6 +112,24 @@ pub struct MonitorSpawn {
     /// The runtime needs the private v1 cgroup view (`OciRuntime::cgroup_view`); the monitor
     /// builds it from its own mount table.
     pub cgroup_v1_view: bool,
+    /// Where systemd is PID 1: the monitor leaves the daemon's cgroup for a scope of its own.
+    pub scope: Option<MonitorScope>,
+}
+
+/// The systemd scope a monitor is moved into as soon as it reports its pid, so that it leaves
+/// the daemon's service (whose stop or restart must not touch it) and is accounted in `slice`.
+#[derive(Clone)]
+pub struct MonitorScope {
+    pub units: std::sync::Arc<dyn crate::systemd::UnitControl>,
+    pub slice: String,
+}
+
+impl std::fmt::Debug for MonitorScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorScope")
+            .field("slice", &self.slice)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A monitor that created its container.
@@ -132,7 +153,7 @@ pub async fn spawn(req: &MonitorSpawn) -> Result<Spawned, MonitorError> {
         pid_file: req.pid_file.clone(),
         exit_file: req.exit_file.clone(),
         log_path: req.log_path.clone(),
-        cgroup_path: req.cgroup_path.clone(),
+        cgroup_path: req.cgroup_dir.clone(),
         runtime_log: None,
         tty: req.tty,
         stdin: req.stdin,
@@ -171,17 +192,20 @@ pub async fn spawn(req: &MonitorSpawn) -> Result<Spawned, MonitorError> {
     let mut lines = BufReader::new(pipe).lines();
     let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
     let mut monitor_pid = None;
-    loop {
+    // The move into the monitor's scope runs while the runtime creates the container.
+    let mut moving: Option<tokio::task::JoinHandle<Result<(), crate::systemd::SystemdError>>> =
+        None;
+    let result = loop {
         let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) => {
-                return Err(MonitorError::Protocol {
+                break Err(MonitorError::Protocol {
                     id,
                     message: "monitor exited without reporting the create".into(),
                 })
             }
             Ok(Err(e)) => {
-                return Err(MonitorError::Protocol {
+                break Err(MonitorError::Protocol {
                     id,
                     message: e.to_string(),
                 })
@@ -194,35 +218,65 @@ pub async fn spawn(req: &MonitorSpawn) -> Result<Spawned, MonitorError> {
                         nix::sys::signal::Signal::SIGTERM,
                     );
                 }
-                return Err(MonitorError::Timeout {
+                break Err(MonitorError::Timeout {
                     id,
                     timeout: CREATE_TIMEOUT,
                 });
             }
         };
-        let msg: SyncMessage = serde_json::from_str(&line).map_err(|e| MonitorError::Protocol {
-            id: id.clone(),
-            message: format!("bad message {line:?}: {e}"),
-        })?;
+        let msg: SyncMessage = match serde_json::from_str(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                break Err(MonitorError::Protocol {
+                    id,
+                    message: format!("bad message {line:?}: {e}"),
+                })
+            }
+        };
         match msg {
-            SyncMessage::Started { monitor_pid: pid } => monitor_pid = Some(pid),
+            SyncMessage::Started { monitor_pid: pid } => {
+                monitor_pid = Some(pid);
+                if let Some(scope) = req.scope.clone() {
+                    let id = id.clone();
+                    moving = Some(tokio::spawn(async move {
+                        crate::systemd::move_monitor(&*scope.units, &id, pid, &scope.slice).await
+                    }));
+                }
+            }
             SyncMessage::Failed { error } => {
-                return Err(MonitorError::Runtime { id, message: error })
+                break Err(MonitorError::Runtime { id, message: error })
             }
             SyncMessage::Created { pid } => {
                 let Some(monitor_pid) = monitor_pid else {
-                    return Err(MonitorError::Protocol {
+                    break Err(MonitorError::Protocol {
                         id,
                         message: "container created before the monitor said who it is".into(),
                     });
                 };
-                return Ok(Spawned {
+                break Ok(Spawned {
                     monitor_pid,
                     container_pid: pid,
                 });
             }
         }
+    };
+    if let Some(moving) = moving {
+        if result.is_err() {
+            // A monitor that failed its create is gone or going: no point in waiting.
+            moving.abort();
+        } else {
+            // A monitor left in the daemon's cgroup still does its work (CRI-O treats a failed
+            // move alike): say so, but keep the container.
+            match moving.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(id = %req.id, error = %e, "monitor stays in the daemon's cgroup")
+                }
+                Err(e) => tracing::warn!(id = %req.id, error = %e, "moving the monitor panicked"),
+            }
+        }
     }
+    result
 }
 
 /// Reads the exit record the monitor left; `None` when the container has not exited (yet).

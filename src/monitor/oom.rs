@@ -9,8 +9,9 @@ use std::path::Path;
 /// The root under which cgroup hierarchies are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// Whether the cgroup at `cgroup_path` (the OCI `cgroupsPath`, absolute, cgroupfs driver) saw an
-/// OOM kill. Unknown layouts (systemd slice syntax, no memory controller) answer `false`.
+/// Whether the cgroup at `cgroup_path` (below the hierarchy roots, as the daemon resolved it
+/// for either cgroup driver) saw an OOM kill. Unknown layouts (no memory controller, systemd's
+/// unexpanded `slice:prefix:name`) answer `false`.
 pub fn oom_killed(cgroup_path: &str) -> bool {
     oom_killed_under(Path::new(CGROUP_ROOT), cgroup_path)
 }

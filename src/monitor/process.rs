@@ -151,6 +151,10 @@ struct Monitor {
     create_output: Vec<u8>,
     /// Children reaped before we knew the container's pid (pid, exit code, time).
     early_exits: Vec<(Pid, i32, i64)>,
+    /// The container's cgroup counted an OOM kill when its init was reaped. Read at once: with
+    /// the systemd driver on cgroup v2 the container's scope, and the counter with it, goes away
+    /// as soon as systemd sees it empty.
+    oom_seen: bool,
     /// Our end of the container's stdin (pipe write end, or a dup of the pty master); kept
     /// open so the container's stdin does not see EOF; attach clients write to it.
     stdin: Option<OwnedFd>,
@@ -323,6 +327,7 @@ impl Monitor {
             runtime_log,
             create_output: Vec::new(),
             early_exits: Vec::new(),
+            oom_seen: false,
             stdin: stdin_keep,
             stdin_buf: Vec::new(),
             stdin_close: false,
@@ -623,6 +628,11 @@ impl Monitor {
                         finished_at: now,
                         deadline: Instant::now() + EOF_GRACE,
                     };
+                    self.oom_seen = self
+                        .args
+                        .cgroup_path
+                        .as_deref()
+                        .is_some_and(oom::oom_killed);
                     self.kill_leftovers();
                 }
                 // Until the pid file is read any child may turn out to be the container's init.
@@ -717,12 +727,12 @@ impl Monitor {
             // Only reached when poll failed: say so with an impossible exit code.
             _ => (-1, unix_nanos(SystemTime::now())),
         };
-        let oom_killed = self
-            .args
-            .cgroup_path
-            .as_deref()
-            .map(oom::oom_killed)
-            .unwrap_or(false);
+        let oom_killed = self.oom_seen
+            || self
+                .args
+                .cgroup_path
+                .as_deref()
+                .is_some_and(oom::oom_killed);
         let record = ExitRecord {
             exit_code,
             finished_at,

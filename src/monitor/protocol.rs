@@ -63,7 +63,8 @@ pub struct MonitorArgs {
     pub exit_file: PathBuf,
     /// The CRI log file; `None` discards the container's output.
     pub log_path: Option<PathBuf>,
-    /// The OCI `cgroupsPath`, to look for OOM kills after the exit.
+    /// The container's cgroup below the hierarchy roots (an absolute cgroupfs path, or a
+    /// systemd scope's expanded path), to look for OOM kills and left-over processes.
     pub cgroup_path: Option<String>,
     /// Where the runtime logs its errors as JSON; defaults to `<bundle>/runtime-create.log`.
     pub runtime_log: Option<PathBuf>,

@@ -32,42 +32,70 @@ impl CgroupDriver {
 
     /// The OCI `cgroupsPath` of object `id` under the pod's `parent`: `<parent>/ferrio-<id>` for
     /// cgroupfs, `<slice>:ferrio:<id>` for systemd (runc then makes `ferrio-<id>.scope`).
+    /// `parent` is a pod's stored parent, already valid in the driver's syntax; an invalid one
+    /// is passed on as it is and refused by the runtime.
     pub fn cgroups_path(self, parent: &str, id: &str) -> String {
         match self {
             CgroupDriver::Cgroupfs => format!("{}/ferrio-{id}", parent.trim_end_matches('/')),
-            CgroupDriver::Systemd => format!("{}:ferrio:{id}", to_slice(parent)),
+            CgroupDriver::Systemd => {
+                let slice = to_slice(parent).unwrap_or_else(|| parent.trim_matches('/').into());
+                format!("{slice}:ferrio:{id}")
+            }
         }
     }
 }
 
-/// A pod's cgroup parent as a systemd slice name. kubelet's systemd driver already sends
-/// `kubepods-burstable-pod<uid>.slice`; a cgroupfs-style path `/kubepods/burstable/pod<uid>`
-/// becomes `kubepods-burstable-pod<uid>.slice` (dashes inside a component are escaped as
-/// systemd does not allow them in a slice component); an empty parent is `system.slice`.
-pub fn to_slice(parent: &str) -> String {
+/// A pod's cgroup parent as a systemd slice name, `None` when it names no valid slice.
+///
+/// - kubelet's systemd driver sends the slice's full path,
+///   `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`: the last
+///   component is the slice (as CRI-O and containerd take it), and the components before it
+///   must be the ones systemd nests it in, or the pod's cgroup would not be where the path says;
+/// - a bare slice name `kubepods-burstable-pod<uid>.slice` is taken as it is;
+/// - a cgroupfs-style path `/kubepods/burstable/pod<uid>` becomes
+///   `kubepods-burstable-pod<uid>.slice` (a dash inside a component becomes `_`, since each dash
+///   of a slice name opens a nested slice);
+/// - an empty parent is `system.slice`.
+pub fn to_slice(parent: &str) -> Option<String> {
     let p = parent.trim_matches('/');
     if p.is_empty() {
-        return "system.slice".into();
+        return Some("system.slice".into());
     }
-    if !p.contains('/') && p.ends_with(".slice") {
-        return p.to_string();
+    let last = p.rsplit('/').next().unwrap_or(p);
+    if last.ends_with(".slice") {
+        let expanded = expand_slice(last)?;
+        // `/a.slice/a-b.slice` must be exactly the expansion of `a-b.slice`.
+        if p.contains('/') && expanded.trim_start_matches('/') != p {
+            return None;
+        }
+        return Some(last.to_string());
     }
     let parts: Vec<String> = p
         .split('/')
         .filter(|c| !c.is_empty())
         .map(|c| c.trim_end_matches(".slice").replace('-', "_"))
         .collect();
-    format!("{}.slice", parts.join("-"))
+    let slice = format!("{}.slice", parts.join("-"));
+    expand_slice(&slice).map(|_| slice)
 }
 
 /// The cgroupfs path of a systemd slice: `a-b-c.slice` lives at `/a.slice/a-b.slice/a-b-c.slice`
-/// (each dash opens a nested slice). `-.slice` is the root.
+/// (each dash opens a nested slice). `-.slice` is the root. `None` for a name systemd refuses
+/// as a slice (empty components, characters outside unit names, over 255 bytes).
 pub fn expand_slice(slice: &str) -> Option<String> {
     let name = slice.strip_suffix(".slice")?;
-    if name == "-" || name.is_empty() {
+    if name == "-" {
         return Some("/".into());
     }
-    if name.starts_with('-') || name.ends_with('-') || name.contains("--") || name.contains('/') {
+    if name.is_empty()
+        || slice.len() > 255
+        || name.starts_with('-')
+        || name.ends_with('-')
+        || name.contains("--")
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":_.\\-".contains(&b))
+    {
         return None;
     }
     let mut path = String::new();
@@ -468,15 +496,15 @@ mod tests {
 
     #[test]
     fn systemd_slices() {
-        assert_eq!(to_slice(""), "system.slice");
-        assert_eq!(to_slice("/"), "system.slice");
+        assert_eq!(to_slice("").as_deref(), Some("system.slice"));
+        assert_eq!(to_slice("/").as_deref(), Some("system.slice"));
         assert_eq!(
-            to_slice("kubepods-burstable-pod12.slice"),
-            "kubepods-burstable-pod12.slice"
+            to_slice("kubepods-burstable-pod12.slice").as_deref(),
+            Some("kubepods-burstable-pod12.slice")
         );
         assert_eq!(
-            to_slice("/kubepods/burstable/pod1-2"),
-            "kubepods-burstable-pod1_2.slice"
+            to_slice("/kubepods/burstable/pod1-2").as_deref(),
+            Some("kubepods-burstable-pod1_2.slice")
         );
         assert_eq!(
             expand_slice("kubepods-burstable-pod12.slice").as_deref(),
@@ -485,6 +513,82 @@ mod tests {
         assert_eq!(expand_slice("-.slice").as_deref(), Some("/"));
         assert_eq!(expand_slice("a--b.slice"), None);
         assert_eq!(expand_slice("a.scope"), None);
+        assert_eq!(expand_slice(".slice"), None);
+        assert_eq!(expand_slice("a b.slice"), None);
+        assert_eq!(expand_slice("a/b.slice"), None);
+        assert_eq!(expand_slice(&format!("{}.slice", "a".repeat(250))), None);
+    }
+
+    /// kubelet's systemd driver, exactly as it sends `linux.cgroup_parent` per QoS class (pod
+    /// uids with their dashes turned into underscores).
+    const UID: &str = "5f0c2b1e_8a3d_4c2b_9e1f_0a1b2c3d4e5f";
+
+    fn kubelet_parents() -> [(String, &'static str); 3] {
+        [
+            (
+                format!("/kubepods.slice/kubepods-pod{UID}.slice"),
+                "guaranteed",
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID}.slice"
+                ),
+                "burstable",
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID}.slice"
+                ),
+                "besteffort",
+            ),
+        ]
+    }
+
+    #[test]
+    fn kubelets_full_slice_paths_name_their_last_slice() {
+        for (parent, qos) in kubelet_parents() {
+            let last = parent.rsplit('/').next().unwrap();
+            let slice = to_slice(&parent).unwrap_or_else(|| panic!("{qos}: {parent}"));
+            assert_eq!(slice, last, "{qos}");
+            // The expansion of the slice is the path kubelet sent: the pod's cgroup is there.
+            assert_eq!(
+                expand_slice(&slice).as_deref(),
+                Some(parent.as_str()),
+                "{qos}"
+            );
+            // The pause and the containers are scopes of runc's inside it.
+            let driver = CgroupDriver::Systemd;
+            let pause = driver.cgroups_path(&parent, "abc");
+            assert_eq!(pause, format!("{last}:ferrio:abc"), "{qos}");
+            assert_eq!(
+                fs_path(&pause),
+                Some(format!("{parent}/ferrio-abc.scope")),
+                "{qos}"
+            );
+            // The stored parent (the bare slice) gives the same paths again.
+            assert_eq!(driver.cgroups_path(&slice, "abc"), pause, "{qos}");
+            // A trailing slash changes nothing.
+            assert_eq!(to_slice(&format!("{parent}/")), Some(slice), "{qos}");
+        }
+    }
+
+    #[test]
+    fn slice_paths_that_contradict_their_slice_are_refused() {
+        for bad in [
+            // The components are not the nesting of the last slice.
+            "/kubepods.slice/kubepods-podX.slice/kubepods-burstable-podX.slice",
+            "/kubepods/kubepods-podX.slice",
+            "/other.slice/kubepods-podX.slice",
+            "kubepods.slice/kubepods-besteffort-podX.slice",
+            // Not a valid slice name at the end.
+            "/kubepods.slice/kubepods--podX.slice",
+            "/kubepods.slice/-kubepods.slice",
+            "/kubepods.slice/kubepods-pod X.slice",
+        ] {
+            assert_eq!(to_slice(bad), None, "{bad}");
+        }
+        // A cgroupfs-style path whose components make an invalid slice.
+        assert_eq!(to_slice("/kube pods/pod1"), None);
     }
 
     #[test]

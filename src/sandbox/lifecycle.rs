@@ -47,6 +47,8 @@ pub enum SandboxError {
     Oci(#[from] crate::oci::OciError),
     #[error(transparent)]
     Cgroup(#[from] cgroups::CgroupError),
+    #[error(transparent)]
+    Systemd(#[from] crate::systemd::SystemdError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -106,6 +108,18 @@ pub struct SandboxMeta {
     pub port_mappings: Vec<PortMapping>,
 }
 
+impl SandboxMeta {
+    /// The pod's cgroup below the hierarchy roots, for stats and removal (`cgroup_parent` is a
+    /// bare slice name with the systemd driver, which names no directory).
+    pub fn cgroup_fs_dir(&self) -> &str {
+        if self.cgroup_dir.is_empty() {
+            &self.cgroup_parent
+        } else {
+            &self.cgroup_dir
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub enum SandboxState {
     /// Being created; hidden from List, reaped by recovery if the daemon died meanwhile.
@@ -159,6 +173,9 @@ pub struct Pods {
     /// started with (by sandbox id), so they still stop and remove cleanly.
     pinned_runtimes: std::sync::Mutex<HashMap<String, OciRuntime>>,
     pub monitor_path: PathBuf,
+    /// systemd's D-Bus API where systemd is PID 1 (monitor scopes, ferrio's pod slices); `None`
+    /// elsewhere, and then nothing talks D-Bus.
+    pub systemd: Option<Arc<crate::systemd::Systemd>>,
     /// Serialises creates of one name key so a retry waits for the first attempt.
     creating: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -174,6 +191,9 @@ pub struct PodCgroup {
     pub parent: String,
     pub pause_path: String,
     pub dir: String,
+    /// ferrio made this cgroup (the pod named no parent) and removes it with the pod. A parent
+    /// kubelet names under the systemd driver is kubelet's slice: never stopped nor removed here.
+    pub owned: bool,
 }
 
 /// The pod cgroup of sandbox `id` for the requested `cgroup_parent` ("" = ferrio's own).
@@ -205,24 +225,34 @@ pub fn pod_cgroup(
                 pause_path: driver.cgroups_path(&parent, id),
                 dir: parent.clone(),
                 parent,
+                owned: requested.is_empty(),
             })
         }
         CgroupDriver::Systemd => {
+            let not_a_slice = || invalid(format!("{requested:?} is not a valid systemd slice"));
             let parent = if requested.is_empty() {
                 cgroups::to_slice(&format!("{DEFAULT_CGROUP_PARENT}/pod{short}"))
             } else {
                 cgroups::to_slice(requested)
-            };
+            }
+            .ok_or_else(not_a_slice)?;
             let dir = cgroups::expand_slice(&parent)
                 .filter(|d| d != "/")
-                .ok_or_else(|| invalid(format!("{requested:?} is not a valid systemd slice")))?;
+                .ok_or_else(not_a_slice)?;
             Ok(PodCgroup {
                 pause_path: driver.cgroups_path(&parent, id),
                 dir,
                 parent,
+                owned: requested.is_empty(),
             })
         }
     }
+}
+
+/// Whether ferrio made the pod cgroup `parent` of sandbox `id` (the pod named none): the same
+/// answer [`pod_cgroup`] gave at create, from what the record keeps.
+pub fn owns_pod_cgroup(driver: CgroupDriver, parent: &str, id: &str) -> bool {
+    pod_cgroup(driver, "", id).is_ok_and(|own| own.parent == parent)
 }
 
 /// kubelet's annotation (on pods and containers) carrying the pod's termination grace period,
@@ -271,7 +301,116 @@ impl Pods {
             runtimes: Live::new(runtimes),
             pinned_runtimes: Default::default(),
             monitor_path,
+            systemd: crate::systemd::Systemd::on_this_host(),
             creating: Default::default(),
+        }
+    }
+
+    /// Where the monitor of an object in a pod with cgroup parent `pod_parent` runs, when
+    /// systemd is PID 1: a scope of its own in the pod's slice with the systemd driver (the pod
+    /// pays for its monitors, as with CRI-O's `conmon_cgroup = "pod"`), in `system.slice` with
+    /// the cgroupfs driver, whose pod cgroups systemd does not know (next to the system's
+    /// services, where node allocatable's system-reserved accounts for it; CRI-O's default too).
+    pub fn monitor_scope(&self, pod_parent: &str) -> Option<monitor::MonitorScope> {
+        let systemd = self.systemd.clone()?;
+        let slice = match CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager) {
+            CgroupDriver::Systemd => {
+                cgroups::to_slice(pod_parent).unwrap_or_else(|| "system.slice".into())
+            }
+            CgroupDriver::Cgroupfs => "system.slice".into(),
+        };
+        Some(monitor::MonitorScope {
+            units: systemd,
+            slice,
+        })
+    }
+
+    /// After a daemon restart: a live monitor of object `id` that is not in its scope (started
+    /// by a daemon that did not move monitors, or whose move failed) is moved now, in the
+    /// background. Does nothing without systemd.
+    pub fn keep_monitor_in_scope(&self, id: &str, monitor_pid: i32, pod_parent: &str) {
+        let Some(scope) = self.monitor_scope(pod_parent) else {
+            return;
+        };
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let unit = crate::systemd::monitor_scope_name(&id);
+            let (i, u) = (id.clone(), unit.clone());
+            let needed = tokio::task::spawn_blocking(move || {
+                monitor_alive(monitor_pid, &i) && !crate::systemd::runs_in_unit(monitor_pid, &u)
+            })
+            .await
+            .unwrap_or(false);
+            if !needed {
+                return;
+            }
+            match crate::systemd::move_monitor(&*scope.units, &id, monitor_pid, &scope.slice).await
+            {
+                Ok(()) => tracing::info!(%id, %unit, "moved a monitor into its scope"),
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "monitor stays in the daemon's cgroup")
+                }
+            }
+        });
+    }
+
+    /// Makes the pod's cgroup ready for its containers and sets the pod's limits in it.
+    /// systemd driver: ferrio's own slice is started as a transient unit carrying the limits (so
+    /// that systemd writes `memory.max`, `cpu.weight` and `cpu.max`, and a later reload of the
+    /// slice keeps them); kubelet's slice is left to kubelet, which sets its limits itself.
+    /// cgroupfs driver (or no systemd to ask): the limit files are written directly.
+    async fn prepare_pod_cgroup(
+        &self,
+        driver: CgroupDriver,
+        pod_cg: &PodCgroup,
+        limits: Option<cgroups::CgroupLimits>,
+    ) -> Result<(), SandboxError> {
+        if driver == CgroupDriver::Systemd {
+            if !pod_cg.owned {
+                return Ok(());
+            }
+            if let Some(systemd) = &self.systemd {
+                use crate::systemd::{TransientUnit, UnitControl};
+                let unit = TransientUnit::pod_slice(&pod_cg.parent, limits.as_ref());
+                systemd.start_transient(&unit).await?;
+                return Ok(());
+            }
+        }
+        let Some(limits) = limits else {
+            return Ok(());
+        };
+        let dir = pod_cg.dir.clone();
+        tokio::task::spawn_blocking(move || cgroups::apply_limits(&dir, &limits))
+            .await
+            .map_err(|e| SandboxError::Io {
+                path: PathBuf::from(&pod_cg.dir),
+                source: std::io::Error::other(e),
+            })??;
+        Ok(())
+    }
+
+    /// Removes the pod's cgroup after its last container: ferrio's own slice is stopped through
+    /// systemd (which removes its cgroup), a cgroupfs parent is removed with `rmdir`; kubelet's
+    /// slice is kubelet's to remove. Problems are logged: nothing is left to retry them with.
+    async fn release_pod_cgroup(&self, driver: CgroupDriver, parent: &str, dir: &str, owned: bool) {
+        if driver == CgroupDriver::Systemd {
+            if !owned {
+                return;
+            }
+            if let Some(systemd) = &self.systemd {
+                use crate::systemd::UnitControl;
+                if let Err(e) = systemd.stop(parent).await {
+                    tracing::warn!(slice = %parent, error = %e, "cannot stop the pod slice");
+                }
+                return;
+            }
+        }
+        let dir = dir.to_string();
+        let left = tokio::task::spawn_blocking(move || cgroups::remove(&dir))
+            .await
+            .unwrap_or_default();
+        if !left.is_empty() {
+            tracing::warn!(cgroups = ?left, "pod cgroups still busy");
         }
     }
 
@@ -514,21 +653,16 @@ impl Pods {
             });
         }
         {
-            let cg = pod_cg.dir.clone();
+            let this = self.clone();
+            let cg = pod_cg.clone();
             rb.push("remove cgroup", async move {
-                let _ = tokio::task::spawn_blocking(move || crate::oci::cgroups::remove(&cg)).await;
+                this.release_pod_cgroup(driver, &cg.parent, &cg.dir, cg.owned)
+                    .await;
             });
         }
         // The pod cgroup's limits, before anything runs in it (runc only creates the leaves).
-        if let Some(limits) = rec.meta.resources.clone() {
-            let dir = pod_cg.dir.clone();
-            tokio::task::spawn_blocking(move || cgroups::apply_limits(&dir, &limits))
-                .await
-                .map_err(|e| SandboxError::Io {
-                    path: PathBuf::from(&pod_cg.dir),
-                    source: std::io::Error::other(e),
-                })??;
-        }
+        self.prepare_pod_cgroup(driver, &pod_cg, rec.meta.resources.clone())
+            .await?;
 
         // Namespaces.
         let want = namespaces::Wanted {
@@ -707,11 +841,13 @@ impl Pods {
             log_path: None,
             exit_file: self.exit_file(id),
             pid_file: run_dir.join("pause.pid"),
+            cgroup_dir: cgroups::fs_path(&cgroups_path),
             cgroup_path: Some(cgroups_path),
             tty: false,
             stdin: false,
             stdin_once: false,
             cgroup_v1_view: runtime.cgroup_view.is_some(),
+            scope: self.monitor_scope(&rec.meta.cgroup_parent),
         })
         .await?;
         // Pids are facts of this boot: no fsync.
@@ -860,6 +996,7 @@ impl Pods {
     pub async fn remove(self: &Arc<Self>, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
         self.stop(rec).await?;
         let id = rec.id.clone();
+        let driver = CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager);
         let ov = self.overlay_dir(&id);
         let pinned = rec.meta.namespaces.clone();
         // The pause's mounts and namespaces are released while the runtime deletes its state
@@ -881,7 +1018,6 @@ impl Pods {
             // No status write after the delete: the record goes below, and a remove retried
             // after a failure in between only repeats the idempotent delete.
             if exited {
-                let driver = CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager);
                 let pause_cgroup = driver.cgroups_path(&rec.meta.cgroup_parent, &id);
                 let (deleted, released) = tokio::join!(
                     runtime.delete_exited(&id, &pause_cgroup),
@@ -900,18 +1036,17 @@ impl Pods {
                 .await
                 .map_err(join_err)??;
         }
-        let cg = if rec.meta.cgroup_dir.is_empty() {
-            rec.meta.cgroup_parent.clone()
-        } else {
-            rec.meta.cgroup_dir.clone()
+        let cg = rec.meta.cgroup_fs_dir().to_string();
+        // After the delete: runc removes the leaf, this the pod's cgroup above it.
+        let owned = match driver {
+            // Records of the cgroupfs driver always had their parent removed with the pod.
+            CgroupDriver::Cgroupfs => true,
+            CgroupDriver::Systemd => owns_pod_cgroup(driver, &rec.meta.cgroup_parent, &id),
         };
+        self.release_pod_cgroup(driver, &rec.meta.cgroup_parent, &cg, owned)
+            .await;
         let run_dir = self.run_dir(&id);
         tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
-            // After the delete: runc removes the leaf, this the pod's cgroup above it.
-            let left = crate::oci::cgroups::remove(&cg);
-            if !left.is_empty() {
-                tracing::warn!(cgroups = ?left, "pod cgroups still busy");
-            }
             match std::fs::remove_dir_all(&run_dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&run_dir)(e)),
                 _ => Ok(()),
@@ -942,6 +1077,7 @@ impl Pods {
             }
             if st.state == SandboxState::Ready {
                 if monitor_alive(st.monitor_pid, &rec.id) {
+                    self.keep_monitor_in_scope(&rec.id, st.monitor_pid, &rec.meta.cgroup_parent);
                     self.watch_pause(rec.clone());
                 } else {
                     let _ = rec.update(|s| s.state = SandboxState::NotReady).await;
@@ -1091,6 +1227,7 @@ mod tests {
             c.pause_path,
             format!("kubepods-burstable-pod1.slice:ferrio:{ID}")
         );
+        assert!(!c.owned);
         // A cgroupfs-style path is converted to slice syntax.
         let c = pod_cgroup(CgroupDriver::Systemd, "/kubepods/besteffort/pod2", ID).unwrap();
         assert_eq!(c.parent, "kubepods-besteffort-pod2.slice");
@@ -1098,8 +1235,59 @@ mod tests {
         let c = pod_cgroup(CgroupDriver::Systemd, "", ID).unwrap();
         assert_eq!(c.parent, "ferrio-pod0123456789ab.slice");
         assert_eq!(c.dir, "/ferrio.slice/ferrio-pod0123456789ab.slice");
-        let e = pod_cgroup(CgroupDriver::Systemd, "-.slice", ID).unwrap_err();
-        assert!(matches!(e, SandboxError::Invalid { .. }), "{e}");
+        assert!(c.owned);
+        assert!(owns_pod_cgroup(CgroupDriver::Systemd, &c.parent, ID));
+        for bad in [
+            "-.slice",
+            "/kubepods.slice/kubepods-besteffort-pod1.slice",
+            "/kubepods.slice/kubepods--pod1.slice",
+        ] {
+            let e = pod_cgroup(CgroupDriver::Systemd, bad, ID).unwrap_err();
+            assert!(matches!(e, SandboxError::Invalid { .. }), "{bad}: {e}");
+        }
+    }
+
+    /// `linux.cgroup_parent` exactly as kubelet's systemd driver sends it, per QoS class.
+    #[test]
+    fn kubelets_systemd_parents_for_every_qos_class() {
+        let uid = "5f0c2b1e_8a3d_4c2b_9e1f_0a1b2c3d4e5f";
+        for (parent, slice) in [
+            (
+                format!("/kubepods.slice/kubepods-pod{uid}.slice"),
+                format!("kubepods-pod{uid}.slice"),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice"
+                ),
+                format!("kubepods-burstable-pod{uid}.slice"),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice"
+                ),
+                format!("kubepods-besteffort-pod{uid}.slice"),
+            ),
+        ] {
+            let c = pod_cgroup(CgroupDriver::Systemd, &parent, ID).unwrap();
+            assert_eq!(c.parent, slice);
+            // Stats and limits read the pod's cgroup where kubelet made it.
+            assert_eq!(c.dir, parent);
+            assert_eq!(c.pause_path, format!("{slice}:ferrio:{ID}"));
+            assert_eq!(
+                cgroups::fs_path(&c.pause_path),
+                Some(format!("{parent}/ferrio-{ID}.scope"))
+            );
+            // kubelet's slice: never stopped nor removed by ferrio.
+            assert!(!c.owned);
+            assert!(!owns_pod_cgroup(CgroupDriver::Systemd, &c.parent, ID));
+            // A container of the pod lands next to the pause.
+            let ctr = CgroupDriver::Systemd.cgroups_path(&c.parent, "c1");
+            assert_eq!(
+                cgroups::fs_path(&ctr),
+                Some(format!("{parent}/ferrio-c1.scope"))
+            );
+        }
     }
 
     #[test]

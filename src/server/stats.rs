@@ -477,7 +477,7 @@ struct Detail {
 }
 
 fn detail_of(p: &PodUsage, overlay_dir: &std::path::Path) -> Detail {
-    let pod = stats::cgroup_detail(&p.sandbox.meta.cgroup_parent);
+    let pod = stats::cgroup_detail(p.sandbox.meta.cgroup_fs_dir());
     let pod_files = stats::open_files(&pod.pids);
     let containers = p
         .containers
