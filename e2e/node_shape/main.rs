@@ -22,8 +22,8 @@ use k8s_cri::v1::{
     AttachRequest, ContainerFilter, ContainerState, ContainerStatsRequest, ExecSyncRequest,
     ImageSpec, LinuxContainerResources, ListContainersRequest, ListPodSandboxMetricsRequest,
     ListPodSandboxRequest, ListPodSandboxStatsRequest, PodSandboxStatusRequest, PortForwardRequest,
-    PullImageRequest, RemoveImageRequest, RemovePodSandboxRequest, RuntimeConfigRequest,
-    StatusRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
+    PullImageRequest, RemovePodSandboxRequest, RuntimeConfigRequest, StatusRequest,
+    StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
 };
 use node::Proc;
 use pods::{Driver, Pod, Qos};
