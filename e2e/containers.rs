@@ -4,7 +4,7 @@
 use crate::harness::{
     container_config, pod_config, wait_for_container_state, Cri, Daemon, LearnedPids, Opts,
 };
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerConfig, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, PodSandboxConfig, PullImageRequest,
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
@@ -140,7 +140,7 @@ impl Pod {
         let ctrs = self
             .cri
             .rt
-            .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
+            .list_containers(ferrio::cri::v1::ListContainersRequest { filter: None })
             .await
             .unwrap()
             .into_inner()
@@ -283,7 +283,7 @@ async fn log_rotation_with_reopen_keeps_every_line_in_order() {
         std::fs::rename(&log, &to).unwrap();
         p.cri
             .rt
-            .reopen_container_log(k8s_cri::v1::ReopenContainerLogRequest {
+            .reopen_container_log(ferrio::cri::v1::ReopenContainerLogRequest {
                 container_id: id.clone(),
             })
             .await
@@ -321,7 +321,7 @@ async fn log_rotation_with_reopen_keeps_every_line_in_order() {
     let e = p
         .cri
         .rt
-        .reopen_container_log(k8s_cri::v1::ReopenContainerLogRequest {
+        .reopen_container_log(ferrio::cri::v1::ReopenContainerLogRequest {
             container_id: id.clone(),
         })
         .await
@@ -336,8 +336,8 @@ async fn a_memory_limit_ends_in_oomkilled() {
     let script = "x=$(head -c 67108864 /dev/zero | tr '\\000' a); echo survived";
     let mut c = container_config("hog", BUSYBOX, &["sh", "-c", script]);
     let limit = 16 * 1024 * 1024;
-    c.linux = Some(k8s_cri::v1::LinuxContainerConfig {
-        resources: Some(k8s_cri::v1::LinuxContainerResources {
+    c.linux = Some(ferrio::cri::v1::LinuxContainerConfig {
+        resources: Some(ferrio::cri::v1::LinuxContainerResources {
             memory_limit_in_bytes: limit,
             memory_swap_limit_in_bytes: limit,
             ..Default::default()
@@ -496,7 +496,7 @@ async fn the_termination_message_becomes_the_status_message() {
     );
     c.annotations
         .insert(key.into(), "/dev/termination-log".into());
-    c.mounts.push(k8s_cri::v1::Mount {
+    c.mounts.push(ferrio::cri::v1::Mount {
         container_path: "/dev/termination-log".into(),
         host_path: host.to_string_lossy().into(),
         ..Default::default()
@@ -531,7 +531,7 @@ async fn the_termination_message_becomes_the_status_message() {
 /// ListContainers filters, attempts, and a retried CreateContainer getting the same container.
 #[tokio::test]
 async fn list_filters_attempts_and_create_retries() {
-    use k8s_cri::v1::{ContainerFilter, ContainerStateValue, ListContainersRequest};
+    use ferrio::cri::v1::{ContainerFilter, ContainerStateValue, ListContainersRequest};
     let mut p = Pod::start("filters").await;
     let cfg = container_config("web", BUSYBOX, &["sleep", "1000"]);
     let a = p.create(cfg.clone()).await;

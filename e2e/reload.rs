@@ -8,7 +8,7 @@ use crate::harness::{
     wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts, REGISTRY_ENV,
 };
 use ferrio::config::{Config, MirrorConfig, RegistryConfig, RuntimeHandler};
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerState, ImageSpec, ImageStatusRequest, PodSandboxConfig, PullImageRequest,
     StatusRequest,
 };
@@ -98,7 +98,7 @@ async fn handlers_and_network(cri: &mut Cri) -> (Vec<String>, bool) {
     (names, net)
 }
 
-async fn image_status(cri: &mut Cri, image: &str) -> Option<k8s_cri::v1::Image> {
+async fn image_status(cri: &mut Cri, image: &str) -> Option<ferrio::cri::v1::Image> {
     cri.img
         .image_status(ImageStatusRequest {
             image: Some(ImageSpec {

@@ -7,7 +7,7 @@ use crate::harness::{
     container_config, create_and_start, pod_config, pod_status, run_pod, stop_and_remove_pod,
     wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts,
 };
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerState, DnsConfig, ImageSpec, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStateValue, PortMapping,
     Protocol, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
@@ -22,7 +22,7 @@ use tonic::Code;
 
 const BUSYBOX: &str = "docker.io/library/busybox:1.36";
 
-async fn list(cri: &mut Cri, filter: PodSandboxFilter) -> Vec<k8s_cri::v1::PodSandbox> {
+async fn list(cri: &mut Cri, filter: PodSandboxFilter) -> Vec<ferrio::cri::v1::PodSandbox> {
     cri.rt
         .list_pod_sandbox(ListPodSandboxRequest {
             filter: Some(filter),
@@ -843,7 +843,7 @@ async fn pod_overhead_and_resources_limit_the_pod_cgroup() {
     let env = d.env().clone();
     let mut cri = d.client().await;
     let mut pod = pod_config(&env, "sized");
-    let res = |shares, quota, mem| k8s_cri::v1::LinuxContainerResources {
+    let res = |shares, quota, mem| ferrio::cri::v1::LinuxContainerResources {
         cpu_shares: shares,
         cpu_quota: quota,
         cpu_period: 100_000,

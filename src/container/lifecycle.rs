@@ -254,7 +254,7 @@ fn now_ns() -> i64 {
 /// Where container `config`'s termination message will be, given its overlay dir: kubelet's
 /// mount at the annotated path if there is one, else the path in the rootfs.
 fn termination_message(
-    config: &k8s_cri::v1::ContainerConfig,
+    config: &crate::cri::v1::ContainerConfig,
     overlay_dir: &Path,
 ) -> Option<MessageFile> {
     let path = config.annotations.get(TERMINATION_MESSAGE_PATH)?;
@@ -280,7 +280,7 @@ fn termination_message(
 /// them). Nothing follows a symlink of the image's.
 async fn prepare_rootfs(
     rootfs: &Path,
-    config: &k8s_cri::v1::ContainerConfig,
+    config: &crate::cri::v1::ContainerConfig,
     volumes: &[String],
 ) -> Result<(), ContainerError> {
     let mounted: Vec<String> = config
@@ -373,8 +373,8 @@ pub struct Containers {
 /// Everything CreateContainer needs from the request.
 pub struct CreateRequest<'a> {
     pub sandbox_id: &'a str,
-    pub config: &'a k8s_cri::v1::ContainerConfig,
-    pub sandbox_config: &'a k8s_cri::v1::PodSandboxConfig,
+    pub config: &'a crate::cri::v1::ContainerConfig,
+    pub sandbox_config: &'a crate::cri::v1::PodSandboxConfig,
 }
 
 impl Containers {

@@ -4,6 +4,7 @@
 //! errors through [`crate::error`]. Cross-object work (StopPodSandbox stops the pod's containers
 //! first) is orchestrated here. The socket is only served after recovery has finished.
 
+mod batches;
 mod container;
 mod convert;
 mod events;
@@ -21,6 +22,8 @@ pub use reload::{log_outcome, ConfigSource, ReloadError};
 
 use crate::config::{Config, Live, LiveConfig};
 use crate::container::lifecycle::Containers;
+use crate::cri::v1::image_service_server::ImageServiceServer;
+use crate::cri::v1::runtime_service_server::RuntimeServiceServer;
 use crate::error::Error;
 use crate::image::ImageStore;
 use crate::network::Cni;
@@ -28,8 +31,6 @@ use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::sandbox::lifecycle::Pods;
 use crate::state::Table;
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 
 use super::Daemon;
 use super::Res;
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use std::sync::Arc;
 use tonic::{Request, Response};
 
@@ -65,6 +65,8 @@ pub(super) async fn status(
         runtime_handlers,
         features: Some(cri::RuntimeFeatures {
             supplemental_groups_policy: true,
+            // Pods with their own user namespace are refused at RunPodSandbox, on any network.
+            user_namespaces_host_network: false,
         }),
     }))
 }
