@@ -22,6 +22,9 @@ pub mod v1 {
     }
 }
 
+#[cfg(test)]
+mod wire_compat;
+
 /// Serde form of `KeyValue.value` in stored records: a string when the bytes are UTF-8 (the form records had
 /// when the field was a string), else an array of byte values; both forms read back.
 pub(crate) mod env_value {
