@@ -209,3 +209,277 @@ async fn status_lists_the_default_handler_also_under_the_empty_name() {
     assert_eq!(named[0].features, empty[0].features);
     assert!(named[0].features.is_some(), "{st:?}");
 }
+
+/// Every message of a server stream.
+async fn drain<T>(stream: tonic::Response<tonic::Streaming<T>>) -> Vec<T> {
+    let mut stream = stream.into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.message().await.expect("stream message") {
+        out.push(batch);
+    }
+    out
+}
+
+fn sorted<T, K: Ord>(mut v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    v.sort_by_key(|x| key(x));
+    v
+}
+
+#[tokio::test]
+async fn each_stream_sends_what_its_list_call_returns() {
+    use ferrio::cri::v1::{
+        ContainerFilter, ContainerState, ContainerStateValue, ContainerStatsFilter,
+        ListContainerStatsRequest, ListContainersRequest, ListImagesRequest,
+        ListPodSandboxMetricsRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest,
+        PodSandboxFilter, PodSandboxState, PodSandboxStateValue, PodSandboxStatsFilter,
+        StopPodSandboxRequest, StreamContainerStatsRequest, StreamContainersRequest,
+        StreamImagesRequest, StreamPodSandboxMetricsRequest, StreamPodSandboxStatsRequest,
+        StreamPodSandboxesRequest,
+    };
+    const BUSYBOX: &str = "docker.io/library/busybox:1.36";
+    let d = Daemon::start(Opts::default()).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    cri.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage");
+    // Three pods, one container each; the last pod stopped; labels to filter on.
+    let mut pods = Vec::new();
+    let mut containers = Vec::new();
+    for (i, tier) in ["web", "web", "db"].iter().enumerate() {
+        let mut pod = crate::harness::pod_config(&env, &format!("streamed-{i}"));
+        pod.labels = [("tier".to_string(), tier.to_string())].into();
+        let id = crate::harness::run_pod(&mut cri, &pod, "")
+            .await
+            .expect("RunPodSandbox");
+        let mut c = crate::harness::container_config("sleeper", BUSYBOX, &["sleep", "600"]);
+        c.labels = [("tier".to_string(), tier.to_string())].into();
+        containers.push(crate::harness::start_container(&mut cri, &id, &pod, c).await);
+        pods.push(id);
+    }
+    cri.rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pods[2].clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+
+    let web = || [("tier".to_string(), "web".to_string())].into();
+    let pod_filters = [
+        None,
+        Some(PodSandboxFilter {
+            label_selector: web(),
+            ..Default::default()
+        }),
+        Some(PodSandboxFilter {
+            id: pods[1][..12].to_string(),
+            ..Default::default()
+        }),
+        Some(PodSandboxFilter {
+            state: Some(PodSandboxStateValue {
+                state: PodSandboxState::SandboxNotready as i32,
+            }),
+            ..Default::default()
+        }),
+    ];
+    for filter in pod_filters {
+        let listed = cri
+            .rt
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: filter.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        let batches = drain(
+            cri.rt
+                .stream_pod_sandboxes(StreamPodSandboxesRequest {
+                    filter: filter.clone(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await;
+        let streamed: Vec<_> = batches.into_iter().flat_map(|b| b.pod_sandboxes).collect();
+        assert!(!listed.is_empty(), "{filter:?} selects something");
+        assert_eq!(
+            sorted(streamed, |p| p.id.clone()),
+            sorted(listed, |p| p.id.clone()),
+            "{filter:?}"
+        );
+    }
+
+    let container_filters = [
+        None,
+        Some(ContainerFilter {
+            pod_sandbox_id: pods[0].clone(),
+            ..Default::default()
+        }),
+        Some(ContainerFilter {
+            label_selector: web(),
+            state: Some(ContainerStateValue {
+                state: ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        }),
+        Some(ContainerFilter {
+            id: containers[2][..12].to_string(),
+            ..Default::default()
+        }),
+    ];
+    for filter in container_filters {
+        let listed = cri
+            .rt
+            .list_containers(ListContainersRequest {
+                filter: filter.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        let streamed: Vec<_> = drain(
+            cri.rt
+                .stream_containers(StreamContainersRequest {
+                    filter: filter.clone(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await
+        .into_iter()
+        .flat_map(|b| b.containers)
+        .collect();
+        assert!(!listed.is_empty(), "{filter:?} selects something");
+        assert_eq!(
+            sorted(streamed, |c| c.id.clone()),
+            sorted(listed, |c| c.id.clone()),
+            "{filter:?}"
+        );
+    }
+
+    // Statistics change between two reads: the same objects, not the same numbers.
+    let stats_filter = Some(ContainerStatsFilter {
+        label_selector: web(),
+        ..Default::default()
+    });
+    let ids = |v: Vec<String>| sorted(v, |s| s.clone());
+    let listed = cri
+        .rt
+        .list_container_stats(ListContainerStatsRequest {
+            filter: stats_filter.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let streamed: Vec<_> = drain(
+        cri.rt
+            .stream_container_stats(StreamContainerStatsRequest {
+                filter: stats_filter,
+            })
+            .await
+            .unwrap(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|b| b.container_stats)
+    .collect();
+    let attr = |s: &ferrio::cri::v1::ContainerStats| s.attributes.clone().unwrap_or_default().id;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        ids(streamed.iter().map(attr).collect()),
+        ids(listed.iter().map(attr).collect())
+    );
+
+    let pod_stats_filter = Some(PodSandboxStatsFilter {
+        id: pods[0].clone(),
+        ..Default::default()
+    });
+    let listed = cri
+        .rt
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest {
+            filter: pod_stats_filter.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    let streamed: Vec<_> = drain(
+        cri.rt
+            .stream_pod_sandbox_stats(StreamPodSandboxStatsRequest {
+                filter: pod_stats_filter,
+            })
+            .await
+            .unwrap(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|b| b.pod_sandbox_stats)
+    .collect();
+    let pod_attr =
+        |s: &ferrio::cri::v1::PodSandboxStats| s.attributes.clone().unwrap_or_default().id;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        streamed.iter().map(pod_attr).collect::<Vec<_>>(),
+        listed.iter().map(pod_attr).collect::<Vec<_>>()
+    );
+
+    let listed = cri
+        .rt
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let streamed: Vec<_> = drain(
+        cri.rt
+            .stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest {})
+            .await
+            .unwrap(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|b| b.pod_sandbox_metrics)
+    .collect();
+    let metric_pods = |v: &[ferrio::cri::v1::PodSandboxMetrics]| {
+        ids(v.iter().map(|m| m.pod_sandbox_id.clone()).collect())
+    };
+    assert_eq!(listed.len(), 2, "the ready pods");
+    assert_eq!(metric_pods(&streamed), metric_pods(&listed));
+
+    let listed = cri
+        .img
+        .list_images(ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    let streamed: Vec<_> = drain(
+        cri.img
+            .stream_images(StreamImagesRequest { filter: None })
+            .await
+            .unwrap(),
+    )
+    .await
+    .into_iter()
+    .flat_map(|b| b.images)
+    .collect();
+    assert!(!listed.is_empty());
+    assert_eq!(
+        sorted(streamed, |i| i.id.clone()),
+        sorted(listed, |i| i.id.clone())
+    );
+
+    for id in &pods {
+        crate::harness::stop_and_remove_pod(&mut cri, id).await;
+    }
+    d.assert_no_leaks(&crate::harness::LearnedPids::default());
+}
