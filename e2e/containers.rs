@@ -691,6 +691,71 @@ async fn the_image_stop_signal_and_volumes_are_honoured() {
     p.finish().await;
 }
 
+/// The config's stop signal goes before the image's STOPSIGNAL, is reported in ContainerStatus and is
+/// still the one sent after a daemon restart.
+#[tokio::test]
+async fn the_config_stop_signal_wins_and_survives_a_daemon_restart() {
+    use ferrio::cri::v1::Signal;
+    let image = ensure_stopsig_image();
+    let mut p = Pod::start("cfgsig").await;
+    p.cri
+        .img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {image}: {e}"));
+    let script = "trap 'echo got usr1; exit 0' USR1; trap 'echo got usr2; exit 42' USR2; \
+                  trap 'echo got term; exit 3' TERM; echo ready; while true; do usleep 50000; done";
+    let mut config = container_config("sig2", image, &["sh", "-c", script]);
+    config.stop_signal = Signal::Sigusr2 as i32;
+    let id = p.create(config).await;
+    p.start_ctr(&id).await;
+    wait_for_log(&p.log_path("sig2"), "ready").await;
+    assert_eq!(p.status(&id).await.stop_signal, Signal::Sigusr2 as i32);
+    // Without a config signal: the image's, and SIGTERM for an image without STOPSIGNAL.
+    let from_image = p.create(container_config("img", image, &["true"])).await;
+    assert_eq!(
+        p.status(&from_image).await.stop_signal,
+        Signal::Sigusr1 as i32
+    );
+    let plain = p
+        .create(container_config("plain", BUSYBOX, &["true"]))
+        .await;
+    assert_eq!(p.status(&plain).await.stop_signal, Signal::Sigterm as i32);
+
+    let Pod {
+        d,
+        cri: _,
+        config,
+        id: pod_id,
+        learned,
+    } = p;
+    let env = d.env().clone();
+    let exit = d.stop();
+    assert!(exit.success(), "daemon exit: {exit:?}");
+    let d = Daemon::start_on(&env).await;
+    let cri = d.client().await;
+    let mut p = Pod {
+        d,
+        cri,
+        config,
+        id: pod_id,
+        learned,
+    };
+    assert_eq!(p.status(&id).await.stop_signal, Signal::Sigusr2 as i32);
+    p.stop_ctr(&id, 10).await;
+    let st = p.status(&id).await;
+    assert_eq!(st.exit_code, 42, "{st:?}");
+    let lines = log_lines(&std::fs::read_to_string(p.log_path("sig2")).unwrap());
+    assert_eq!(lines, vec!["ready", "got usr2"]);
+    p.finish().await;
+}
+
 /// Percentile `q` (0..=100) of durations, in milliseconds.
 fn pct_ms(v: &[Duration], q: usize) -> f64 {
     let mut s: Vec<Duration> = v.to_vec();

@@ -1370,6 +1370,18 @@ mod tests {
     }
 
     #[test]
+    fn an_env_value_that_is_not_utf8_is_refused_by_name() {
+        let mut f = Fixture::new();
+        f.config.envs = vec![KeyValue {
+            key: "SECRET".into(),
+            value: vec![b'a', 0xff, 0xfe],
+        }];
+        let err = f.build().expect_err("not UTF-8");
+        assert!(err.to_string().contains("SECRET"), "{err}");
+        assert_eq!(invalid_field(f.build()), "envs");
+    }
+
+    #[test]
     fn working_dir_cri_then_image_then_root() {
         let mut f = Fixture::new();
         assert_eq!(process(&f.spec()).cwd(), Path::new("/"));

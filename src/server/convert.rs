@@ -150,7 +150,7 @@ pub fn container_status(c: &Container) -> cri::ContainerStatus {
         resources: super::resources::container_resources(c),
         image_id: c.meta.image_id.clone(),
         user: None,
-        stop_signal: 0,
+        stop_signal: crate::container::stop_signal::cri_signal(c.meta.stop_signal) as i32,
     }
 }
 
