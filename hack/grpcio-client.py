@@ -15,15 +15,13 @@ import sys
 import grpc
 
 
+IMAGE_SERVICE = ("ListImages", "StreamImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo")
+
+
 def call(channel, method, request, timeout):
     identity = lambda b: b
-    path = method if method.startswith("/") else None
-    if path is None:
-        if method in ("ListImages", "StreamImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo"):
-            service = "ImageService"
-        else:
-            service = "RuntimeService"
-        path = "/runtime.v1.%s/%s" % (service, method)
+    service = "ImageService" if method in IMAGE_SERVICE else "RuntimeService"
+    path = "/runtime.v1.%s/%s" % (service, method)
     out = {"method": method, "code": "OK", "details": "", "responses": []}
     try:
         if method.startswith("Stream"):
