@@ -6,7 +6,7 @@ use crate::harness::{
     container_config, pod_config, wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts,
     REGISTRY_ENV,
 };
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     security_profile::ProfileType, Capability, ContainerConfig, ContainerState,
     ContainerStatsRequest, ContainerStatus, ContainerStatusRequest, CreateContainerRequest, Device,
     HugepageLimit, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources,

@@ -4,7 +4,7 @@
 use crate::harness::{
     container_config, pod_config, wait_for_container_state, Cri, Daemon, LearnedPids, Opts,
 };
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerConfig, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, PodSandboxConfig, PullImageRequest,
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
@@ -140,7 +140,7 @@ impl Pod {
         let ctrs = self
             .cri
             .rt
-            .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
+            .list_containers(ferrio::cri::v1::ListContainersRequest { filter: None })
             .await
             .unwrap()
             .into_inner()
@@ -283,7 +283,7 @@ async fn log_rotation_with_reopen_keeps_every_line_in_order() {
         std::fs::rename(&log, &to).unwrap();
         p.cri
             .rt
-            .reopen_container_log(k8s_cri::v1::ReopenContainerLogRequest {
+            .reopen_container_log(ferrio::cri::v1::ReopenContainerLogRequest {
                 container_id: id.clone(),
             })
             .await
@@ -321,7 +321,7 @@ async fn log_rotation_with_reopen_keeps_every_line_in_order() {
     let e = p
         .cri
         .rt
-        .reopen_container_log(k8s_cri::v1::ReopenContainerLogRequest {
+        .reopen_container_log(ferrio::cri::v1::ReopenContainerLogRequest {
             container_id: id.clone(),
         })
         .await
@@ -336,8 +336,8 @@ async fn a_memory_limit_ends_in_oomkilled() {
     let script = "x=$(head -c 67108864 /dev/zero | tr '\\000' a); echo survived";
     let mut c = container_config("hog", BUSYBOX, &["sh", "-c", script]);
     let limit = 16 * 1024 * 1024;
-    c.linux = Some(k8s_cri::v1::LinuxContainerConfig {
-        resources: Some(k8s_cri::v1::LinuxContainerResources {
+    c.linux = Some(ferrio::cri::v1::LinuxContainerConfig {
+        resources: Some(ferrio::cri::v1::LinuxContainerResources {
             memory_limit_in_bytes: limit,
             memory_swap_limit_in_bytes: limit,
             ..Default::default()
@@ -496,7 +496,7 @@ async fn the_termination_message_becomes_the_status_message() {
     );
     c.annotations
         .insert(key.into(), "/dev/termination-log".into());
-    c.mounts.push(k8s_cri::v1::Mount {
+    c.mounts.push(ferrio::cri::v1::Mount {
         container_path: "/dev/termination-log".into(),
         host_path: host.to_string_lossy().into(),
         ..Default::default()
@@ -531,7 +531,7 @@ async fn the_termination_message_becomes_the_status_message() {
 /// ListContainers filters, attempts, and a retried CreateContainer getting the same container.
 #[tokio::test]
 async fn list_filters_attempts_and_create_retries() {
-    use k8s_cri::v1::{ContainerFilter, ContainerStateValue, ListContainersRequest};
+    use ferrio::cri::v1::{ContainerFilter, ContainerStateValue, ListContainersRequest};
     let mut p = Pod::start("filters").await;
     let cfg = container_config("web", BUSYBOX, &["sleep", "1000"]);
     let a = p.create(cfg.clone()).await;
@@ -688,6 +688,71 @@ async fn the_image_stop_signal_and_volumes_are_honoured() {
     assert_eq!(st.exit_code, 0, "{st:?}");
     let lines = log_lines(&std::fs::read_to_string(p.log_path("sig")).unwrap());
     assert_eq!(lines, vec!["volume ok", "ready", "got usr1"]);
+    p.finish().await;
+}
+
+/// The config's stop signal goes before the image's STOPSIGNAL, is reported in ContainerStatus and is
+/// still the one sent after a daemon restart.
+#[tokio::test]
+async fn the_config_stop_signal_wins_and_survives_a_daemon_restart() {
+    use ferrio::cri::v1::Signal;
+    let image = ensure_stopsig_image();
+    let mut p = Pod::start("cfgsig").await;
+    p.cri
+        .img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {image}: {e}"));
+    let script = "trap 'echo got usr1; exit 0' USR1; trap 'echo got usr2; exit 42' USR2; \
+                  trap 'echo got term; exit 3' TERM; echo ready; while true; do usleep 50000; done";
+    let mut config = container_config("sig2", image, &["sh", "-c", script]);
+    config.stop_signal = Signal::Sigusr2 as i32;
+    let id = p.create(config).await;
+    p.start_ctr(&id).await;
+    wait_for_log(&p.log_path("sig2"), "ready").await;
+    assert_eq!(p.status(&id).await.stop_signal, Signal::Sigusr2 as i32);
+    // Without a config signal: the image's, and SIGTERM for an image without STOPSIGNAL.
+    let from_image = p.create(container_config("img", image, &["true"])).await;
+    assert_eq!(
+        p.status(&from_image).await.stop_signal,
+        Signal::Sigusr1 as i32
+    );
+    let plain = p
+        .create(container_config("plain", BUSYBOX, &["true"]))
+        .await;
+    assert_eq!(p.status(&plain).await.stop_signal, Signal::Sigterm as i32);
+
+    let Pod {
+        d,
+        cri: _,
+        config,
+        id: pod_id,
+        learned,
+    } = p;
+    let env = d.env().clone();
+    let exit = d.stop();
+    assert!(exit.success(), "daemon exit: {exit:?}");
+    let d = Daemon::start_on(&env).await;
+    let cri = d.client().await;
+    let mut p = Pod {
+        d,
+        cri,
+        config,
+        id: pod_id,
+        learned,
+    };
+    assert_eq!(p.status(&id).await.stop_signal, Signal::Sigusr2 as i32);
+    p.stop_ctr(&id, 10).await;
+    let st = p.status(&id).await;
+    assert_eq!(st.exit_code, 42, "{st:?}");
+    let lines = log_lines(&std::fs::read_to_string(p.log_path("sig2")).unwrap());
+    assert_eq!(lines, vec!["ready", "got usr2"]);
     p.finish().await;
 }
 

@@ -8,7 +8,7 @@ use crate::harness::{
     LearnedPids, Opts,
 };
 use ferrio::config::RuntimeHandler;
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerConfig, ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
     ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, PodSandboxConfig,
     PodSandboxState, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
@@ -102,7 +102,7 @@ async fn remove_pod(cri: &mut Cri, id: &str) -> Result<(), Status> {
         .map(|_| ())
 }
 
-async fn pods(cri: &mut Cri) -> Vec<k8s_cri::v1::PodSandbox> {
+async fn pods(cri: &mut Cri) -> Vec<ferrio::cri::v1::PodSandbox> {
     cri.rt
         .list_pod_sandbox(ListPodSandboxRequest { filter: None })
         .await
@@ -111,7 +111,7 @@ async fn pods(cri: &mut Cri) -> Vec<k8s_cri::v1::PodSandbox> {
         .items
 }
 
-async fn containers(cri: &mut Cri) -> Vec<k8s_cri::v1::Container> {
+async fn containers(cri: &mut Cri) -> Vec<ferrio::cri::v1::Container> {
     cri.rt
         .list_containers(ListContainersRequest { filter: None })
         .await
@@ -124,7 +124,7 @@ async fn containers(cri: &mut Cri) -> Vec<k8s_cri::v1::Container> {
 async fn container_status(
     cri: &mut Cri,
     id: &str,
-) -> (k8s_cri::v1::ContainerStatus, serde_json::Value) {
+) -> (ferrio::cri::v1::ContainerStatus, serde_json::Value) {
     let r = cri
         .rt
         .container_status(ContainerStatusRequest {
@@ -511,7 +511,7 @@ async fn settle_pod(
     env: &Env,
     id: &str,
 ) -> (
-    k8s_cri::v1::PodSandboxStatus,
+    ferrio::cri::v1::PodSandboxStatus,
     serde_json::Value,
     (String, i64),
 ) {
@@ -538,7 +538,7 @@ async fn settle_container(
     env: &Env,
     id: &str,
 ) -> (
-    k8s_cri::v1::ContainerStatus,
+    ferrio::cri::v1::ContainerStatus,
     serde_json::Value,
     (String, i64),
 ) {
@@ -1170,7 +1170,7 @@ fn partial_blobs(images: &Path) -> (Vec<String>, Vec<String>) {
     (bad, tmp)
 }
 
-async fn images(cri: &mut Cri) -> Vec<k8s_cri::v1::Image> {
+async fn images(cri: &mut Cri) -> Vec<ferrio::cri::v1::Image> {
     cri.img
         .list_images(ListImagesRequest { filter: None })
         .await

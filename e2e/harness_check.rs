@@ -160,7 +160,7 @@ fn leak_check_sees_leftovers_and_cleanup_removes_them() {
 #[tokio::test]
 async fn leak_check_sees_a_running_pod() {
     use crate::harness::{container_config, pod_config, wait_for_container_state, Daemon};
-    use k8s_cri::v1::*;
+    use ferrio::cri::v1::*;
 
     let d = Daemon::start(Opts::default()).await;
     let env = d.env().clone();

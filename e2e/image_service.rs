@@ -7,12 +7,12 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
-use harness::{container_config, pod_config, Cri, Daemon, LearnedPids, Opts};
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     CreateContainerRequest, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
     ListImagesRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
     RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
+use harness::{container_config, pod_config, Cri, Daemon, LearnedPids, Opts};
 use tonic::Code;
 
 const BUSYBOX: &str = "docker.io/library/busybox:1.36";
@@ -37,7 +37,7 @@ async fn pull(cri: &mut Cri, image: &str) -> String {
         .image_ref
 }
 
-async fn status(cri: &mut Cri, image: &str, verbose: bool) -> k8s_cri::v1::ImageStatusResponse {
+async fn status(cri: &mut Cri, image: &str, verbose: bool) -> ferrio::cri::v1::ImageStatusResponse {
     cri.img
         .image_status(ImageStatusRequest {
             image: spec(image),
@@ -48,7 +48,7 @@ async fn status(cri: &mut Cri, image: &str, verbose: bool) -> k8s_cri::v1::Image
         .into_inner()
 }
 
-async fn list(cri: &mut Cri, filter: Option<&str>) -> Vec<k8s_cri::v1::Image> {
+async fn list(cri: &mut Cri, filter: Option<&str>) -> Vec<ferrio::cri::v1::Image> {
     cri.img
         .list_images(ListImagesRequest {
             filter: filter.map(|f| ImageFilter { image: spec(f) }),
@@ -66,7 +66,7 @@ async fn remove(cri: &mut Cri, image: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-async fn fs_info(cri: &mut Cri) -> k8s_cri::v1::ImageFsInfoResponse {
+async fn fs_info(cri: &mut Cri) -> ferrio::cri::v1::ImageFsInfoResponse {
     cri.img
         .image_fs_info(ImageFsInfoRequest {})
         .await

@@ -4,7 +4,7 @@ use crate::harness::{
     container_config, ferrio_bin, pod_config, rand_hex, wait_for_container_state, Cri, Daemon,
     LearnedPids, Opts,
 };
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
     ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, PodSandboxConfig,
     PodSandboxState, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
@@ -146,7 +146,7 @@ async fn tear_down(cri: &mut Cri, pod_id: &str, container_id: &str) {
     );
 }
 
-async fn pod_status(cri: &mut Cri, id: &str) -> k8s_cri::v1::PodSandboxStatus {
+async fn pod_status(cri: &mut Cri, id: &str) -> ferrio::cri::v1::PodSandboxStatus {
     cri.rt
         .pod_sandbox_status(PodSandboxStatusRequest {
             pod_sandbox_id: id.into(),
@@ -159,7 +159,10 @@ async fn pod_status(cri: &mut Cri, id: &str) -> k8s_cri::v1::PodSandboxStatus {
         .expect("PodSandboxStatus has a status")
 }
 
-fn condition(resp: &k8s_cri::v1::StatusResponse, ty: &str) -> k8s_cri::v1::RuntimeCondition {
+fn condition(
+    resp: &ferrio::cri::v1::StatusResponse,
+    ty: &str,
+) -> ferrio::cri::v1::RuntimeCondition {
     resp.status
         .as_ref()
         .expect("Status has a status")

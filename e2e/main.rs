@@ -2,6 +2,7 @@
 //! runc, CNI plugins and a loopback registry (`hack/test-registry.sh`; `make test` sets it up).
 //! Modules stay in rustfmt's order (alphabetical), or `cargo fmt --check` fails CI.
 
+mod conformance;
 mod container_spec;
 mod containers;
 mod crun;

@@ -3,7 +3,7 @@
 use crate::harness::{
     container_config, pod_config, wait_for_container_state, Cri, Daemon, LearnedPids, Opts,
 };
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerEventType, ContainerState, CreateContainerRequest, GetEventsRequest, ImageSpec,
     PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StartContainerRequest, StopPodSandboxRequest,

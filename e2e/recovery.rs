@@ -3,7 +3,7 @@
 use crate::harness::{
     container_config, pod_config, wait_for_container_state, Daemon, LearnedPids, Opts,
 };
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec, PodSandboxState,
     PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StartContainerRequest, StopPodSandboxRequest,

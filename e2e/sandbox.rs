@@ -7,11 +7,12 @@ use crate::harness::{
     container_config, create_and_start, pod_config, pod_status, run_pod, stop_and_remove_pod,
     wait_for_container_state, Cri, Daemon, Env, LearnedPids, Opts,
 };
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerState, DnsConfig, ImageSpec, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStateValue, PortMapping,
     Protocol, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdatePodSandboxResourcesRequest,
 };
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -22,7 +23,7 @@ use tonic::Code;
 
 const BUSYBOX: &str = "docker.io/library/busybox:1.36";
 
-async fn list(cri: &mut Cri, filter: PodSandboxFilter) -> Vec<k8s_cri::v1::PodSandbox> {
+async fn list(cri: &mut Cri, filter: PodSandboxFilter) -> Vec<ferrio::cri::v1::PodSandbox> {
     cri.rt
         .list_pod_sandbox(ListPodSandboxRequest {
             filter: Some(filter),
@@ -843,7 +844,7 @@ async fn pod_overhead_and_resources_limit_the_pod_cgroup() {
     let env = d.env().clone();
     let mut cri = d.client().await;
     let mut pod = pod_config(&env, "sized");
-    let res = |shares, quota, mem| k8s_cri::v1::LinuxContainerResources {
+    let res = |shares, quota, mem| ferrio::cri::v1::LinuxContainerResources {
         cpu_shares: shares,
         cpu_quota: quota,
         cpu_period: 100_000,
@@ -884,6 +885,81 @@ async fn pod_overhead_and_resources_limit_the_pod_cgroup() {
             .join(parent.trim_start_matches('/'));
         assert!(!dir.exists(), "{} left after removal", dir.display());
     }
+    assert_no_leaks_soon(&d, &LearnedPids::default()).await;
+}
+
+#[tokio::test]
+async fn update_pod_sandbox_resources_resizes_the_pod_cgroup() {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("skipped: the cgroup v2 files are unit-tested; this reads the v1 hierarchies");
+        return;
+    }
+    let d = Daemon::start(Opts::default()).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let mut pod = pod_config(&env, "resized");
+    let res = |shares, quota, mem| ferrio::cri::v1::LinuxContainerResources {
+        cpu_shares: shares,
+        cpu_quota: quota,
+        cpu_period: 100_000,
+        memory_limit_in_bytes: mem,
+        ..Default::default()
+    };
+    let linux = pod.linux.get_or_insert_with(Default::default);
+    linux.resources = Some(res(512, 50_000, 64 << 20));
+    let parent = linux.cgroup_parent.clone();
+    let id = run_pod(&mut cri, &pod, "").await.expect("RunPodSandbox");
+    let read = |ctrl, file| pod_cgroup_file(&parent, ctrl, file);
+    assert_eq!(read("cpu", "cpu.shares").as_deref(), Some("512"));
+
+    let update = |resources, overhead| UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: id.clone(),
+        overhead,
+        resources,
+    };
+    // Grown, with an overhead; sent twice (kubelet retries): the same files either way.
+    for _ in 0..2 {
+        cri.rt
+            .update_pod_sandbox_resources(update(
+                Some(res(1024, 100_000, 128 << 20)),
+                Some(res(128, 0, 16 << 20)),
+            ))
+            .await
+            .expect("UpdatePodSandboxResources");
+        assert_eq!(read("cpu", "cpu.shares").as_deref(), Some("1152"));
+        assert_eq!(read("cpu", "cpu.cfs_quota_us").as_deref(), Some("100000"));
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes"),
+            Some((144u64 << 20).to_string())
+        );
+    }
+    let (_, info) = pod_status(&mut cri, &id).await;
+    assert_eq!(info["resources"]["memory_limit"], 144u64 << 20, "{info}");
+    assert_eq!(info["resources"]["cpu_shares"], 1152, "{info}");
+
+    // Memory only: the CPU limits no longer asked for are lifted.
+    cri.rt
+        .update_pod_sandbox_resources(update(Some(res(0, 0, 96 << 20)), None))
+        .await
+        .expect("UpdatePodSandboxResources, memory only");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us").as_deref(), Some("-1"));
+    assert_eq!(read("cpu", "cpu.shares").as_deref(), Some("1024"));
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        Some((96u64 << 20).to_string())
+    );
+
+    let err = cri
+        .rt
+        .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "0123456789abcdef".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an unknown pod");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    stop_and_remove_pod(&mut cri, &id).await;
     assert_no_leaks_soon(&d, &LearnedPids::default()).await;
 }
 

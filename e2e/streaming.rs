@@ -7,15 +7,15 @@ mod client;
 mod harness;
 
 use client::{spdy_connect, spdy_exec, ws_collect, ws_connect, ExecOpts};
+use ferrio::cri::v1::{
+    AttachRequest, ContainerState, ExecRequest, ImageSpec, PodSandboxConfig, PortForwardRequest,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, StopContainerRequest,
+    StopPodSandboxRequest,
+};
 use futures::{SinkExt, StreamExt};
 use harness::{
     container_config, pod_config, run_pod, start_container, wait_for_container_state, Cri, Daemon,
     LearnedPids, Opts,
-};
-use k8s_cri::v1::{
-    AttachRequest, ContainerState, ExecRequest, ImageSpec, PodSandboxConfig, PortForwardRequest,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, StopContainerRequest,
-    StopPodSandboxRequest,
 };
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -649,7 +649,7 @@ async fn bench_exec() {
         let start = Instant::now();
         let r = cri
             .rt
-            .exec_sync(k8s_cri::v1::ExecSyncRequest {
+            .exec_sync(ferrio::cri::v1::ExecSyncRequest {
                 container_id: c.clone(),
                 cmd: vec!["true".into()],
                 timeout: 10,

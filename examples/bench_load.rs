@@ -16,10 +16,9 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
+use ferrio::cri::v1::image_service_client::ImageServiceClient;
+use ferrio::cri::v1::runtime_service_client::RuntimeServiceClient;
+use ferrio::cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
@@ -27,6 +26,7 @@ use k8s_cri::v1::{
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
     StopContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
+use hyper_util::rt::TokioIo;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -434,7 +434,7 @@ impl Load {
             .into_inner()
             .containers
             .iter()
-            .filter(|c| c.state == k8s_cri::v1::ContainerState::ContainerRunning as i32)
+            .filter(|c| c.state == ferrio::cri::v1::ContainerState::ContainerRunning as i32)
             .count();
         let mut after = procs_matching("ferrio-monitor", &self.work);
         let mut before = before;
@@ -724,7 +724,7 @@ async fn start_pod(rt: &mut Rt, config: PodSandboxConfig) -> Result<String> {
 async fn remove_pod(rt: &mut Rt, pod_id: &str) -> Result<()> {
     let cs = rt
         .list_containers(ListContainersRequest {
-            filter: Some(k8s_cri::v1::ContainerFilter {
+            filter: Some(ferrio::cri::v1::ContainerFilter {
                 pod_sandbox_id: pod_id.to_string(),
                 ..Default::default()
             }),

@@ -6,12 +6,12 @@
 //! `cargo run --release --example bench_sandbox -- --socket /run/ferrio/ferrio.sock`
 
 use clap::Parser;
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
+use ferrio::cri::v1::runtime_service_client::RuntimeServiceClient;
+use ferrio::cri::v1::{
     LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
     RunPodSandboxRequest, StopPodSandboxRequest,
 };
+use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;

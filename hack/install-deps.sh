@@ -83,6 +83,13 @@ for plugin in /usr/lib/cni/*; do
   fi
 done
 
+# e2e/conformance.rs drives the daemon with Python grpcio, a grpc-core client (1.57 and later send the
+# socket path as :authority); Debian 12's python3-grpcio is older, so it comes from PyPI.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import grpc' 2>/dev/null; then
+  echo "install-deps.sh: installing Python grpcio"
+  python3 -m pip install -q grpcio || python3 -m pip install -q --break-system-packages grpcio
+fi
+
 # The Debian docker-registry package starts a registry on :5000 with htpasswd auth; the tests start their
 # own on 127.0.0.1:5055 (hack/test-registry.sh), so the packaged service is left as it is.
 

@@ -7,6 +7,7 @@
 //! - [`error`]: typed errors and the one mapping onto gRPC status codes.
 //! - [`server`]: the gRPC edge; thin handlers that convert CRI messages and orchestrate rooms below.
 //! - [`sandbox`]: pod lifecycle: pinned namespaces, pause spec, pod files.
+//! - [`cri`]: the CRI v1 schema (proto/cri/api.proto) compiled into types and services.
 //! - [`container`]: container lifecycle; `spec.rs` turns CRI config + image config into an OCI spec.
 //! - [`oci`]: the OCI runtime (runc/crun) as a process; bundles.
 //! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client and monitor-side process code.
@@ -25,6 +26,7 @@
 
 pub mod config;
 pub mod container;
+pub mod cri;
 pub mod error;
 pub mod image;
 pub mod man;

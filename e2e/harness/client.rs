@@ -1,8 +1,8 @@
 //! A CRI client over the daemon's unix socket.
 
+use ferrio::cri::v1::image_service_client::ImageServiceClient;
+use ferrio::cri::v1::runtime_service_client::RuntimeServiceClient;
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};

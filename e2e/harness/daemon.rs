@@ -98,7 +98,7 @@ impl Daemon {
             }
             if self.env.socket().exists() {
                 if let Ok(mut c) = Cri::connect(&self.env.socket()).await {
-                    let req = k8s_cri::v1::VersionRequest {
+                    let req = ferrio::cri::v1::VersionRequest {
                         version: "v1".into(),
                     };
                     if c.rt.version(req).await.is_ok() {

@@ -3,7 +3,7 @@
 use super::client::Cri;
 use super::env::Env;
 use super::rand_hex;
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
     PodSandboxStatus, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,

@@ -18,7 +18,7 @@ mod pods;
 mod streaming;
 
 use client::Cri;
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     AttachRequest, ContainerFilter, ContainerState, ContainerStatsRequest, ExecSyncRequest,
     ImageSpec, LinuxContainerResources, ListContainersRequest, ListPodSandboxMetricsRequest,
     ListPodSandboxRequest, ListPodSandboxStatsRequest, PodSandboxStatusRequest, PortForwardRequest,
@@ -240,8 +240,8 @@ async fn start_returns_when_the_socket_serves(run: &mut Run) -> Result<(), Strin
             .map_err(|e| format!("RuntimeConfig: {e}"))?
             .into_inner();
     let want = match run.driver {
-        Driver::Systemd => k8s_cri::v1::CgroupDriver::Systemd,
-        Driver::Cgroupfs => k8s_cri::v1::CgroupDriver::Cgroupfs,
+        Driver::Systemd => ferrio::cri::v1::CgroupDriver::Systemd,
+        Driver::Cgroupfs => ferrio::cri::v1::CgroupDriver::Cgroupfs,
     };
     let got = cfg.linux.map(|l| l.cgroup_driver);
     ensure!(

@@ -4,7 +4,7 @@
 
 use crate::client::Cri;
 use crate::node::{self, Proc};
-use k8s_cri::v1::{
+use ferrio::cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
     CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
     LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
@@ -257,7 +257,7 @@ pub async fn start(cri: &mut Cri, pod: &Pod, config: ContainerConfig) -> Result<
 
 /// ContainerStatus (verbose): the CRI status and the container's and its monitor's processes.
 pub struct Observed {
-    pub status: k8s_cri::v1::ContainerStatus,
+    pub status: ferrio::cri::v1::ContainerStatus,
     pub pid: i32,
     pub monitor_pid: i32,
 }

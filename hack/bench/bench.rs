@@ -7,10 +7,9 @@
 //! finds leftovers.
 
 use anyhow::{anyhow, bail, Context, Result};
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
+use ferrio::cri::v1::image_service_client::ImageServiceClient;
+use ferrio::cri::v1::runtime_service_client::RuntimeServiceClient;
+use ferrio::cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
@@ -18,6 +17,7 @@ use k8s_cri::v1::{
     RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StartContainerRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
+use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -1044,7 +1044,7 @@ async fn remove_pod(side: &mut Side, pod_id: &str) -> Result<()> {
         .cri()
         .rt
         .list_containers(ListContainersRequest {
-            filter: Some(k8s_cri::v1::ContainerFilter {
+            filter: Some(ferrio::cri::v1::ContainerFilter {
                 pod_sandbox_id: pod_id.to_string(),
                 ..Default::default()
             }),

@@ -9,9 +9,9 @@
 //! down. While they exist the image counts as in use ([`Container::uses_image`]).
 
 use super::lifecycle::{Container, ContainerError, Containers};
+use crate::cri::v1::{ContainerConfig, Mount};
 use crate::image::{ImageInfo, ImageStore};
 use crate::rollback::Rollback;
-use k8s_cri::v1::{ContainerConfig, Mount};
 use std::path::{Path, PathBuf};
 
 /// One image volume of a container, as mounted on the host.

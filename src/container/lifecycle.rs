@@ -149,7 +149,8 @@ pub struct ContainerMeta {
     pub log_path: Option<PathBuf>,
     pub created_at: i64,
     pub cgroups_path: String,
-    /// Signal number StopContainer sends first (the image's STOPSIGNAL or SIGTERM).
+    /// Signal number StopContainer sends first (the config's stop_signal, else the image's STOPSIGNAL,
+    /// else SIGTERM).
     pub stop_signal: i32,
     /// Where the container writes its termination message, read into the status at exit.
     #[serde(default)]
@@ -254,7 +255,7 @@ fn now_ns() -> i64 {
 /// Where container `config`'s termination message will be, given its overlay dir: kubelet's
 /// mount at the annotated path if there is one, else the path in the rootfs.
 fn termination_message(
-    config: &k8s_cri::v1::ContainerConfig,
+    config: &crate::cri::v1::ContainerConfig,
     overlay_dir: &Path,
 ) -> Option<MessageFile> {
     let path = config.annotations.get(TERMINATION_MESSAGE_PATH)?;
@@ -280,7 +281,7 @@ fn termination_message(
 /// them). Nothing follows a symlink of the image's.
 async fn prepare_rootfs(
     rootfs: &Path,
-    config: &k8s_cri::v1::ContainerConfig,
+    config: &crate::cri::v1::ContainerConfig,
     volumes: &[String],
 ) -> Result<(), ContainerError> {
     let mounted: Vec<String> = config
@@ -373,8 +374,8 @@ pub struct Containers {
 /// Everything CreateContainer needs from the request.
 pub struct CreateRequest<'a> {
     pub sandbox_id: &'a str,
-    pub config: &'a k8s_cri::v1::ContainerConfig,
-    pub sandbox_config: &'a k8s_cri::v1::PodSandboxConfig,
+    pub config: &'a crate::cri::v1::ContainerConfig,
+    pub sandbox_config: &'a crate::cri::v1::PodSandboxConfig,
 }
 
 impl Containers {
@@ -471,6 +472,12 @@ impl Containers {
             .resolve(&image_ref)
             .ok_or_else(|| ContainerError::ImageNotFound(image_ref.clone()))?;
         let image_volumes = super::image_volume::resolve(&self.images, req.config)?;
+        let stop_signal =
+            super::stop_signal::resolve(req.config.stop_signal, &image.config.stop_signal)
+                .map_err(|reason| ContainerError::Invalid {
+                    field: "stop_signal".into(),
+                    reason,
+                })?;
         let name_key = format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt);
         if let Some(holder) = self.names.get(&name_key) {
             return self.created_by_earlier_attempt(&name_key, &holder).await;
@@ -515,7 +522,7 @@ impl Containers {
             log_path: log_path.clone(),
             created_at: now_ns(),
             cgroups_path: cgroups_path.clone(),
-            stop_signal: parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM),
+            stop_signal,
             termination_message: termination_message(req.config, &self.overlay_dir(&id)),
         };
         let result = self

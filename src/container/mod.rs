@@ -8,4 +8,5 @@ pub mod image_volume;
 pub mod lifecycle;
 pub mod spec;
 pub mod stats;
+pub mod stop_signal;
 pub mod update;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
-use k8s_cri::v1::{
+use crate::cri::v1::{
     ContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, MountPropagation,
     NamespaceMode, PodSandboxConfig, SupplementalGroupsPolicy,
 };
@@ -91,7 +91,7 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     let args = process_args(config, input.image)?;
     let cwd = working_dir(config, input.image)?;
     let user = resolve_user(input.rootfs, sec, &input.image.user)?;
-    let env = container_env(input, &user);
+    let env = container_env(input, &user)?;
     let (caps, ambient) = capabilities(sec, input.host)?;
     let cap_set = to_capabilities(&caps);
     let ambient_set = to_capabilities(&ambient);
@@ -274,7 +274,10 @@ fn working_dir(config: &ContainerConfig, image: &ImageConfig) -> Result<String, 
     }
 }
 
-fn container_env(input: &ContainerSpecInput, user: &ResolvedUser) -> Vec<String> {
+fn container_env(
+    input: &ContainerSpecInput,
+    user: &ResolvedUser,
+) -> Result<Vec<String>, SpecError> {
     let config = input.config;
     let mut base: Vec<String> = Vec::new();
     let hostname = &input.sandbox.config.hostname;
@@ -285,16 +288,24 @@ fn container_env(input: &ContainerSpecInput, user: &ResolvedUser) -> Vec<String>
         base.push("TERM=xterm".into());
     }
     base.extend(input.image.env.iter().cloned());
-    let overrides: Vec<(String, String)> = config
+    // The OCI spec carries env as JSON strings, and a JSON string cannot hold bytes that are not UTF-8: such a
+    // value is refused by name rather than altered on its way to the process.
+    let overrides = config
         .envs
         .iter()
-        .map(|kv| (kv.key.clone(), kv.value.clone()))
-        .collect();
+        .map(|kv| match String::from_utf8(kv.value.clone()) {
+            Ok(value) => Ok((kv.key.clone(), value)),
+            Err(_) => Err(SpecError::invalid(
+                "envs",
+                format!("value of {} is not valid UTF-8", kv.key),
+            )),
+        })
+        .collect::<Result<Vec<(String, String)>, SpecError>>()?;
     let mut env = merge_env(&base, &overrides);
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home.as_deref().unwrap_or("/")));
     }
-    env
+    Ok(env)
 }
 
 fn annotations(input: &ContainerSpecInput) -> HashMap<String, String> {
@@ -1099,7 +1110,7 @@ fn linux_resources(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::{
+    use crate::cri::v1::{
         security_profile::ProfileType, Capability, ContainerMetadata, Device, HugepageLimit,
         ImageSpec, Int64Value, KeyValue, LinuxContainerConfig, LinuxPodSandboxConfig,
         LinuxSandboxSecurityContext, Mount as CriMount, NamespaceOption, PodSandboxMetadata,
@@ -1356,6 +1367,18 @@ mod tests {
         let s = f.spec();
         assert!(env_of(&s).contains(&"TERM=xterm".to_string()));
         assert_eq!(process(&s).terminal(), Some(true));
+    }
+
+    #[test]
+    fn an_env_value_that_is_not_utf8_is_refused_by_name() {
+        let mut f = Fixture::new();
+        f.config.envs = vec![KeyValue {
+            key: "SECRET".into(),
+            value: vec![b'a', 0xff, 0xfe],
+        }];
+        let err = f.build().expect_err("not UTF-8");
+        assert!(err.to_string().contains("SECRET"), "{err}");
+        assert_eq!(invalid_field(f.build()), "envs");
     }
 
     #[test]
@@ -1671,7 +1694,7 @@ mod tests {
             profile_type: ProfileType::Localhost as i32,
             localhost_ref: "my-profile".into(),
         });
-        f.sec().selinux_options = Some(k8s_cri::v1::SeLinuxOption {
+        f.sec().selinux_options = Some(crate::cri::v1::SeLinuxOption {
             level: "s0:c1,c2".into(),
             ..Default::default()
         });

@@ -6,7 +6,7 @@
 
 use super::lifecycle::{Container, ContainerError, ContainerState, Containers};
 use super::spec;
-use k8s_cri::v1::LinuxContainerResources;
+use crate::cri::v1::LinuxContainerResources;
 
 impl Containers {
     /// Apply `resources` to container `id`. A created or running container gets them through

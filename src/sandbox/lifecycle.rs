@@ -56,12 +56,37 @@ pub enum SandboxError {
     },
 }
 
+/// `wanted`, plus the values that lift each limit `current` sets and `wanted` does not: no CFS quota,
+/// no memory limit, the kernel's default CPU weight.
+fn lifted_limits(
+    current: Option<&cgroups::CgroupLimits>,
+    wanted: &cgroups::CgroupLimits,
+    v2: bool,
+) -> cgroups::CgroupLimits {
+    let mut write = wanted.clone();
+    let Some(current) = current else {
+        return write;
+    };
+    if current.cpu_quota.is_some() && wanted.cpu_quota.is_none() {
+        write.cpu_quota = Some(-1);
+        write.cpu_period = wanted.cpu_period.or(current.cpu_period);
+    }
+    if current.memory_limit.is_some() && wanted.memory_limit.is_none() {
+        write.memory_limit = Some(-1);
+    }
+    if current.cpu_shares.is_some() && wanted.cpu_shares.is_none() {
+        // v1's default cpu.shares is 1024; on v2 a share of 0 is written as the default weight 100.
+        write.cpu_shares = Some(if v2 { 0 } else { 1024 });
+    }
+    write
+}
+
 /// What [`Pods::create_pause`] needs from the RunPodSandbox request.
 struct PauseInput<'a> {
     id: &'a str,
     rec: &'a Arc<Sandbox>,
     runtime: &'a OciRuntime,
-    cfg: &'a k8s_cri::v1::PodSandboxConfig,
+    cfg: &'a crate::cri::v1::PodSandboxConfig,
     pinned: &'a namespaces::Pinned,
     cgroups_path: String,
     hostname: &'a str,
@@ -143,13 +168,17 @@ pub struct SandboxStatus {
     /// The CNI result of the last plugin, for PodSandboxStatus's verbose info.
     #[serde(default)]
     pub network_result: Option<serde_json::Value>,
+    /// The pod-level limits of the last UpdatePodSandboxResources (in-place pod resize), which replace
+    /// `SandboxMeta::resources`; `None` until the first update.
+    #[serde(default)]
+    pub resources: Option<cgroups::CgroupLimits>,
 }
 
 pub type Sandbox = Record<SandboxMeta, SandboxStatus>;
 
 /// Everything RunPodSandbox needs from the request, in ferrio's terms.
 pub struct RunRequest<'a> {
-    pub config: &'a k8s_cri::v1::PodSandboxConfig,
+    pub config: &'a crate::cri::v1::PodSandboxConfig,
     pub runtime_handler: &'a str,
     pub dns: files::Dns,
     pub port_mappings: Vec<PortMapping>,
@@ -488,6 +517,45 @@ impl Pods {
         self.table
             .get(id)?
             .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+
+    /// The pod cgroup's limits in force: the last update's, else those written at create.
+    pub fn limits(rec: &Sandbox) -> Option<cgroups::CgroupLimits> {
+        rec.peek(|st| st.resources.clone())
+            .or_else(|| rec.meta.resources.clone())
+            .filter(|l| !l.is_empty())
+    }
+
+    /// UpdatePodSandboxResources: writes `limits` (overhead plus resources, see
+    /// [`spec::pod_limits`]) into the pod cgroup and keeps them in the record. A limit in force that
+    /// `limits` no longer sets is lifted, so the pod ends with exactly the limits asked for, and the same
+    /// request twice writes the same values.
+    pub async fn update_resources(
+        &self,
+        rec: &Sandbox,
+        limits: Option<cgroups::CgroupLimits>,
+    ) -> Result<(), SandboxError> {
+        if rec.peek(|st| st.state) != SandboxState::Ready {
+            return Err(SandboxError::NotReady { id: rec.id.clone() });
+        }
+        let wanted = limits.unwrap_or_default();
+        let write = lifted_limits(Self::limits(rec).as_ref(), &wanted, cgroups::is_v2());
+        if !write.is_empty() {
+            let dir = if rec.meta.cgroup_dir.is_empty() {
+                rec.meta.cgroup_parent.clone()
+            } else {
+                rec.meta.cgroup_dir.clone()
+            };
+            let path = PathBuf::from(&dir);
+            tokio::task::spawn_blocking(move || cgroups::apply_limits(&dir, &write))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    path,
+                    source: std::io::Error::other(e),
+                })??;
+        }
+        rec.update(|st| st.resources = Some(wanted)).await?;
+        Ok(())
     }
 
     /// RunPodSandbox. A retry of the same pod (same name key) gets the same id.
@@ -1193,6 +1261,36 @@ mod tests {
     use super::*;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_resize_lifts_the_limits_it_no_longer_sets() {
+        let before = cgroups::CgroupLimits {
+            cpu_shares: Some(512),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            memory_limit: Some(64 << 20),
+        };
+        let memory_only = cgroups::CgroupLimits {
+            memory_limit: Some(128 << 20),
+            ..Default::default()
+        };
+        assert_eq!(
+            lifted_limits(Some(&before), &memory_only, false),
+            cgroups::CgroupLimits {
+                cpu_shares: Some(1024),
+                cpu_quota: Some(-1),
+                cpu_period: Some(100_000),
+                memory_limit: Some(128 << 20),
+            }
+        );
+        assert_eq!(
+            lifted_limits(Some(&before), &memory_only, true).cpu_shares,
+            Some(0)
+        );
+        // The same limits again (or a first update) write exactly what was asked.
+        assert_eq!(lifted_limits(Some(&before), &before, false), before);
+        assert_eq!(lifted_limits(None, &memory_only, false), memory_only);
+    }
 
     #[test]
     fn cgroupfs_parent_is_absolute_and_defaults_to_ferrio() {

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use k8s_cri::v1::{
+use crate::cri::v1::{
     security_profile::ProfileType, LinuxContainerResources, LinuxPodSandboxConfig, NamespaceMode,
     PodSandboxConfig, SecurityProfile,
 };
@@ -311,7 +311,7 @@ pub(crate) fn check_cgroups_path(path: &str) -> Result<(), SpecError> {
 
 /// User namespaces are not supported yet; refuse rather than run a pod without one.
 pub(crate) fn reject_user_namespace(
-    userns: Option<&k8s_cri::v1::UserNamespace>,
+    userns: Option<&crate::cri::v1::UserNamespace>,
 ) -> Result<(), SpecError> {
     match userns {
         Some(u)
@@ -1129,7 +1129,7 @@ pub(crate) fn apparmor_profile(p: Option<&SecurityProfile>, host: &HostFeatures)
 }
 
 /// `user:role:type:level` from the CRI options, with container defaults for missing parts.
-pub(crate) fn selinux_label(o: Option<&k8s_cri::v1::SeLinuxOption>) -> Option<String> {
+pub(crate) fn selinux_label(o: Option<&crate::cri::v1::SeLinuxOption>) -> Option<String> {
     let o = o?;
     if o.user.is_empty() && o.role.is_empty() && o.r#type.is_empty() && o.level.is_empty() {
         return None;
@@ -1218,7 +1218,7 @@ pub(crate) fn validate_sysctls(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::{
+    use crate::cri::v1::{
         LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption, PodSandboxMetadata,
     };
     use oci_spec::runtime::Capability as Cap;

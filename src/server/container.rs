@@ -2,12 +2,13 @@
 
 use super::Daemon;
 use super::{detached, not_yet, Res};
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+use super::batches::{in_batches, Batches};
 use super::convert;
-use crate::container::lifecycle::CreateRequest;
+use crate::container::lifecycle::{Container, CreateRequest};
 use crate::error::Error;
 
 pub(super) async fn create_container(
@@ -86,8 +87,25 @@ pub(super) async fn list_containers(
     req: Request<cri::ListContainersRequest>,
 ) -> Res<cri::ListContainersResponse> {
     let filter = req.into_inner().filter.unwrap_or_default();
-    let containers = d
-        .containers
+    let containers = cri_containers(select_containers(d, &filter), &filter);
+    Ok(Response::new(cri::ListContainersResponse { containers }))
+}
+
+pub(super) async fn stream_containers(
+    d: &Arc<Daemon>,
+    req: Request<cri::StreamContainersRequest>,
+) -> Res<Batches<cri::StreamContainersResponse>> {
+    let filter = req.into_inner().filter.unwrap_or_default();
+    let selected = select_containers(d, &filter);
+    let read = move |batch| std::future::ready(Ok(cri_containers(batch, &filter)));
+    Ok(Response::new(in_batches(selected, read, |containers| {
+        cri::StreamContainersResponse { containers }
+    })))
+}
+
+/// The containers a filter's id, pod and labels select (containers still being created are nobody's yet).
+fn select_containers(d: &Daemon, filter: &cri::ContainerFilter) -> Vec<Arc<Container>> {
+    d.containers
         .table
         .list()
         .into_iter()
@@ -100,10 +118,19 @@ pub(super) async fn list_containers(
                 || c.meta.sandbox_id.starts_with(&filter.pod_sandbox_id)
         })
         .filter(|c| convert::matches(&c.meta.labels, &filter.label_selector))
-        .map(|c| convert::container(&c))
+        .collect()
+}
+
+/// `containers` as CRI objects, less those outside the filter's state.
+fn cri_containers(
+    containers: Vec<Arc<Container>>,
+    filter: &cri::ContainerFilter,
+) -> Vec<cri::Container> {
+    containers
+        .iter()
+        .map(|c| convert::container(c))
         .filter(|c| filter.state.as_ref().is_none_or(|f| f.state == c.state))
-        .collect();
-    Ok(Response::new(cri::ListContainersResponse { containers }))
+        .collect()
 }
 
 pub(super) async fn container_status(

@@ -1,9 +1,9 @@
 //! ferrio's records -> CRI messages. Cheap: List RPCs call these for every object every second.
 
 use crate::container::lifecycle::{Container, ContainerState};
+use crate::cri::v1 as cri;
 use crate::image::ImageInfo;
 use crate::sandbox::lifecycle::{Sandbox, SandboxState};
-use k8s_cri::v1 as cri;
 use std::collections::{BTreeMap, HashMap};
 
 pub fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
@@ -150,6 +150,7 @@ pub fn container_status(c: &Container) -> cri::ContainerStatus {
         resources: super::resources::container_resources(c),
         image_id: c.meta.image_id.clone(),
         user: None,
+        stop_signal: crate::container::stop_signal::cri_signal(c.meta.stop_signal) as i32,
     }
 }
 

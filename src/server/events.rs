@@ -7,8 +7,8 @@
 
 use super::{convert, Daemon};
 use crate::container::lifecycle::ContainerState;
+use crate::cri::v1 as cri;
 use crate::state::Change;
-use k8s_cri::v1 as cri;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::broadcast;

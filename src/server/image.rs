@@ -1,12 +1,13 @@
 //! CRI ImageService.
 
+use super::batches::{in_batches, Batches};
 use super::convert;
 use super::Daemon;
+use crate::cri::v1 as cri;
+use crate::cri::v1::image_service_server::ImageService;
 use crate::error::Error;
 use crate::image::usage::dir_usage;
 use crate::image::{FsUsage, ImageInfo, RegistryAuth, Removed};
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_server::ImageService;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -31,6 +32,19 @@ impl ImageSvc {
                 .chain(i.repo_digests.iter())
                 .any(|name| name == p || pat.as_ref().is_some_and(|g| g.matches(name)))
         })
+    }
+
+    /// The images a list filter selects: all of them, or the one its image names.
+    fn select(&self, filter: Option<cri::ImageFilter>) -> Vec<ImageInfo> {
+        let name = filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .unwrap_or_default();
+        if name.is_empty() {
+            self.0.images.list()
+        } else {
+            self.0.images.resolve(&name).into_iter().collect()
+        }
     }
 
     fn to_cri(&self, i: &ImageInfo) -> cri::Image {
@@ -119,28 +133,28 @@ impl ImageService for ImageSvc {
         &self,
         req: Request<cri::ListImagesRequest>,
     ) -> Res<cri::ListImagesResponse> {
-        let filter = req
-            .into_inner()
-            .filter
-            .and_then(|f| f.image)
-            .map(|s| s.image)
-            .unwrap_or_default();
-        let images = if filter.is_empty() {
-            self.0
-                .images
-                .list()
-                .iter()
-                .map(|i| self.to_cri(i))
-                .collect()
-        } else {
-            self.0
-                .images
-                .resolve(&filter)
-                .iter()
-                .map(|i| self.to_cri(i))
-                .collect()
-        };
+        let images = self
+            .select(req.into_inner().filter)
+            .iter()
+            .map(|i| self.to_cri(i))
+            .collect();
         Ok(Response::new(cri::ListImagesResponse { images }))
+    }
+
+    type StreamImagesStream = Batches<cri::StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        req: Request<cri::StreamImagesRequest>,
+    ) -> Res<Self::StreamImagesStream> {
+        let selected = self.select(req.into_inner().filter);
+        let svc = ImageSvc(self.0.clone());
+        let read = move |batch: Vec<ImageInfo>| {
+            std::future::ready(Ok(batch.iter().map(|i| svc.to_cri(i)).collect()))
+        };
+        Ok(Response::new(in_batches(selected, read, |images| {
+            cri::StreamImagesResponse { images }
+        })))
     }
 
     async fn image_status(

@@ -4,8 +4,11 @@
 //! errors through [`crate::error`]. Cross-object work (StopPodSandbox stops the pod's containers
 //! first) is orchestrated here. The socket is only served after recovery has finished.
 
+mod authority;
+mod batches;
 mod container;
 mod convert;
+mod deadline;
 mod events;
 mod image;
 mod observe;
@@ -21,6 +24,8 @@ pub use reload::{log_outcome, ConfigSource, ReloadError};
 
 use crate::config::{Config, Live, LiveConfig};
 use crate::container::lifecycle::Containers;
+use crate::cri::v1::image_service_server::ImageServiceServer;
+use crate::cri::v1::runtime_service_server::RuntimeServiceServer;
 use crate::error::Error;
 use crate::image::ImageStore;
 use crate::network::Cni;
@@ -28,8 +33,7 @@ use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::sandbox::lifecycle::Pods;
 use crate::state::Table;
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use authority::AuthorityFix;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -311,10 +315,12 @@ pub async fn run(
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = UnixListenerStream::new(listener);
+    use tokio_stream::StreamExt;
+    let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new));
     let observe = observe::ObserveLayer(daemon.metrics.clone());
     tonic::transport::Server::builder()
         .layer(observe)
+        .layer(deadline::DeadlineLayer)
         .add_service(
             RuntimeServiceServer::new(runtime::RuntimeSvc(daemon.clone()))
                 .max_decoding_message_size(16 << 20)

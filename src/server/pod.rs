@@ -2,15 +2,16 @@
 
 use super::Daemon;
 use super::{detached, Res};
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+use super::batches::{in_batches, Batches};
 use super::convert;
 use crate::error::Error;
 use crate::network::PortMapping;
 use crate::sandbox::files::Dns;
-use crate::sandbox::lifecycle::{grace_period, RunRequest};
+use crate::sandbox::lifecycle::{grace_period, Pods, RunRequest, Sandbox};
 
 pub(super) async fn run_pod_sandbox(
     d: &Arc<Daemon>,
@@ -145,7 +146,7 @@ pub(super) async fn pod_sandbox_status(
             "namespaces": rec.meta.namespaces,
             "podFiles": rec.meta.pod_files,
             "cgroupParent": rec.meta.cgroup_parent,
-            "resources": rec.meta.resources,
+            "resources": Pods::limits(&rec),
             "portMappings": rec.meta.port_mappings,
             "network": {
                 "ips": st.ips,
@@ -175,18 +176,60 @@ pub(super) async fn list_pod_sandbox(
     req: Request<cri::ListPodSandboxRequest>,
 ) -> Res<cri::ListPodSandboxResponse> {
     let filter = req.into_inner().filter.unwrap_or_default();
-    let items = d
-        .pods
+    let items = pod_sandboxes(select_pods(d, &filter), &filter);
+    Ok(Response::new(cri::ListPodSandboxResponse { items }))
+}
+
+pub(super) async fn stream_pod_sandboxes(
+    d: &Arc<Daemon>,
+    req: Request<cri::StreamPodSandboxesRequest>,
+) -> Res<Batches<cri::StreamPodSandboxesResponse>> {
+    let filter = req.into_inner().filter.unwrap_or_default();
+    let selected = select_pods(d, &filter);
+    let read = move |batch| std::future::ready(Ok(pod_sandboxes(batch, &filter)));
+    Ok(Response::new(in_batches(selected, read, |pod_sandboxes| {
+        cri::StreamPodSandboxesResponse { pod_sandboxes }
+    })))
+}
+
+pub(super) async fn update_pod_sandbox_resources(
+    d: &Arc<Daemon>,
+    req: Request<cri::UpdatePodSandboxResourcesRequest>,
+) -> Res<cri::UpdatePodSandboxResourcesResponse> {
+    let req = req.into_inner();
+    let d = d.clone();
+    detached(async move {
+        let rec = d.pods.get(&req.pod_sandbox_id)?;
+        let linux = cri::LinuxPodSandboxConfig {
+            overhead: req.overhead,
+            resources: req.resources,
+            ..Default::default()
+        };
+        let limits = crate::sandbox::spec::pod_limits(&linux);
+        Ok(d.pods.update_resources(&rec, limits).await?)
+    })
+    .await?;
+    Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
+}
+
+/// The pods a filter's id and labels select (pods still being created are nobody's yet).
+fn select_pods(d: &Daemon, filter: &cri::PodSandboxFilter) -> Vec<Arc<Sandbox>> {
+    d.pods
         .table
         .list()
         .into_iter()
         .filter(|s| s.peek(|st| st.state) != crate::sandbox::lifecycle::SandboxState::Creating)
         .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
         .filter(|s| convert::matches(&s.meta.labels, &filter.label_selector))
-        .map(|s| convert::pod_sandbox(&s))
+        .collect()
+}
+
+/// `pods` as CRI objects, less those outside the filter's state.
+fn pod_sandboxes(pods: Vec<Arc<Sandbox>>, filter: &cri::PodSandboxFilter) -> Vec<cri::PodSandbox> {
+    pods.iter()
+        .map(|s| convert::pod_sandbox(s))
         .filter(|p| filter.state.as_ref().is_none_or(|f| f.state == p.state))
-        .collect();
-    Ok(Response::new(cri::ListPodSandboxResponse { items }))
+        .collect()
 }
 
 fn protocol(p: i32) -> String {

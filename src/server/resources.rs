@@ -3,7 +3,7 @@
 
 use super::{detached, Daemon, Res};
 use crate::container::lifecycle::Container;
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use std::sync::Arc;
 use tonic::{Request, Response};
 

@@ -1,8 +1,9 @@
 //! CRI RuntimeService: the trait, delegating to one file per RPC family.
 
+use super::batches::Batches;
 use super::{container, pod, resources, stats, status, stream, Daemon, Res};
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_server::RuntimeService;
+use crate::cri::v1 as cri;
+use crate::cri::v1::runtime_service_server::RuntimeService;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Status};
@@ -50,6 +51,22 @@ impl RuntimeService for RuntimeSvc {
         pod::list_pod_sandbox(&self.0, req).await
     }
 
+    type StreamPodSandboxesStream = Batches<cri::StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        req: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Res<Self::StreamPodSandboxesStream> {
+        pod::stream_pod_sandboxes(&self.0, req).await
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        req: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Res<cri::UpdatePodSandboxResourcesResponse> {
+        pod::update_pod_sandbox_resources(&self.0, req).await
+    }
+
     async fn create_container(
         &self,
         req: Request<cri::CreateContainerRequest>,
@@ -83,6 +100,15 @@ impl RuntimeService for RuntimeSvc {
         req: Request<cri::ListContainersRequest>,
     ) -> Res<cri::ListContainersResponse> {
         container::list_containers(&self.0, req).await
+    }
+
+    type StreamContainersStream = Batches<cri::StreamContainersResponse>;
+
+    async fn stream_containers(
+        &self,
+        req: Request<cri::StreamContainersRequest>,
+    ) -> Res<Self::StreamContainersStream> {
+        container::stream_containers(&self.0, req).await
     }
 
     async fn container_status(
@@ -139,6 +165,15 @@ impl RuntimeService for RuntimeSvc {
         stats::list_container_stats(&self.0, _req).await
     }
 
+    type StreamContainerStatsStream = Batches<cri::StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(
+        &self,
+        req: Request<cri::StreamContainerStatsRequest>,
+    ) -> Res<Self::StreamContainerStatsStream> {
+        stats::stream_container_stats(&self.0, req).await
+    }
+
     async fn pod_sandbox_stats(
         &self,
         _req: Request<cri::PodSandboxStatsRequest>,
@@ -151,6 +186,15 @@ impl RuntimeService for RuntimeSvc {
         _req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Res<cri::ListPodSandboxStatsResponse> {
         stats::list_pod_sandbox_stats(&self.0, _req).await
+    }
+
+    type StreamPodSandboxStatsStream = Batches<cri::StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        req: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Res<Self::StreamPodSandboxStatsStream> {
+        stats::stream_pod_sandbox_stats(&self.0, req).await
     }
 
     async fn update_runtime_config(
@@ -205,6 +249,15 @@ impl RuntimeService for RuntimeSvc {
         _req: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Res<cri::ListPodSandboxMetricsResponse> {
         stats::list_pod_sandbox_metrics(&self.0, _req).await
+    }
+
+    type StreamPodSandboxMetricsStream = Batches<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        req: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Res<Self::StreamPodSandboxMetricsStream> {
+        stats::stream_pod_sandbox_metrics(&self.0, req).await
     }
 
     async fn runtime_config(

@@ -1,14 +1,16 @@
 //! Stats and metrics RPCs: ferrio's usage readings (see [`crate::container::stats`]) as CRI
 //! messages, and the same numbers as Prometheus-style metrics for ListPodSandboxMetrics.
 
+use super::batches::{in_batches, Batches};
 use super::convert;
 use super::{Daemon, Res};
+use crate::container::lifecycle::Container;
 use crate::container::stats::{
     self, CgroupDetail, ContainerUsage, DiskUsage, FsInfo, InterfaceUsage, PodUsage, Usage,
 };
+use crate::cri::v1 as cri;
 use crate::error::Error;
-use crate::sandbox::lifecycle::SandboxState;
-use k8s_cri::v1 as cri;
+use crate::sandbox::lifecycle::{Sandbox, SandboxState};
 use std::sync::Arc;
 use tonic::{Request, Response};
 
@@ -21,6 +23,7 @@ fn cpu(u: &Usage) -> cri::CpuUsage {
         timestamp: u.timestamp,
         usage_core_nano_seconds: u64v(u.cgroup.cpu_usage_ns),
         usage_nano_cores: u64v(u.cpu_nano_cores),
+        psi: None,
     }
 }
 
@@ -34,6 +37,7 @@ fn memory(u: &Usage) -> cri::MemoryUsage {
         rss_bytes: u64v(c.memory_rss),
         page_faults: u64v(c.page_faults),
         major_page_faults: u64v(c.major_page_faults),
+        psi: None,
     }
 }
 
@@ -67,6 +71,7 @@ fn to_container_stats(u: &ContainerUsage) -> cri::ContainerStats {
             .as_ref()
             .map(|d| filesystem(u.usage.timestamp, d)),
         swap: None,
+        io: None,
     }
 }
 
@@ -110,6 +115,7 @@ fn pod_stats(p: &PodUsage) -> cri::PodSandboxStats {
                 process_count: u64v(p.usage.cgroup.pids),
             }),
             containers: p.containers.iter().map(to_container_stats).collect(),
+            io: None,
         }),
         windows: None,
     }
@@ -139,9 +145,32 @@ pub(super) async fn list_container_stats(
     req: Request<cri::ListContainerStatsRequest>,
 ) -> Res<cri::ListContainerStatsResponse> {
     let f = req.into_inner().filter.unwrap_or_default();
-    // Only containers that have (or had) a cgroup: created or running, as cAdvisor sees them.
-    let cs = d
-        .containers
+    let stats = container_stats_of(d, measured_containers(d, &f)).await;
+    Ok(Response::new(cri::ListContainerStatsResponse { stats }))
+}
+
+pub(super) async fn stream_container_stats(
+    d: &Arc<Daemon>,
+    req: Request<cri::StreamContainerStatsRequest>,
+) -> Res<Batches<cri::StreamContainerStatsResponse>> {
+    let f = req.into_inner().filter.unwrap_or_default();
+    let selected = measured_containers(d, &f);
+    let d = d.clone();
+    let read = move |batch| {
+        let d = d.clone();
+        async move { Ok(container_stats_of(&d, batch).await) }
+    };
+    Ok(Response::new(in_batches(
+        selected,
+        read,
+        |container_stats| cri::StreamContainerStatsResponse { container_stats },
+    )))
+}
+
+/// The containers a statistics filter selects; only those that have (or had) a cgroup: created or
+/// running, as cAdvisor sees them.
+fn measured_containers(d: &Daemon, f: &cri::ContainerStatsFilter) -> Vec<Arc<Container>> {
+    d.containers
         .table
         .list()
         .into_iter()
@@ -152,15 +181,16 @@ pub(super) async fn list_container_stats(
         .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
         .filter(|c| f.pod_sandbox_id.is_empty() || c.meta.sandbox_id.starts_with(&f.pod_sandbox_id))
         .filter(|c| convert::matches(&c.meta.labels, &f.label_selector))
-        .collect();
-    let stats = d
-        .containers
+        .collect()
+}
+
+async fn container_stats_of(d: &Daemon, cs: Vec<Arc<Container>>) -> Vec<cri::ContainerStats> {
+    d.containers
         .usage(cs)
         .await
         .iter()
         .map(to_container_stats)
-        .collect();
-    Ok(Response::new(cri::ListContainerStatsResponse { stats }))
+        .collect()
 }
 
 pub(super) async fn pod_sandbox_stats(
@@ -181,21 +211,42 @@ pub(super) async fn list_pod_sandbox_stats(
 ) -> Res<cri::ListPodSandboxStatsResponse> {
     let f = req.into_inner().filter.unwrap_or_default();
     let pods = ready_pods(d, &f.id, &f.label_selector);
-    let stats = d
-        .containers
+    let stats = pod_stats_of(d, pods).await;
+    Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
+}
+
+pub(super) async fn stream_pod_sandbox_stats(
+    d: &Arc<Daemon>,
+    req: Request<cri::StreamPodSandboxStatsRequest>,
+) -> Res<Batches<cri::StreamPodSandboxStatsResponse>> {
+    let f = req.into_inner().filter.unwrap_or_default();
+    let selected = ready_pods(d, &f.id, &f.label_selector);
+    let d = d.clone();
+    let read = move |batch| {
+        let d = d.clone();
+        async move { Ok(pod_stats_of(&d, batch).await) }
+    };
+    Ok(Response::new(in_batches(
+        selected,
+        read,
+        |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+    )))
+}
+
+async fn pod_stats_of(d: &Daemon, pods: Vec<Arc<Sandbox>>) -> Vec<cri::PodSandboxStats> {
+    d.containers
         .pod_usage(pods)
         .await
         .iter()
         .map(pod_stats)
-        .collect();
-    Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
+        .collect()
 }
 
 fn ready_pods(
-    d: &Arc<Daemon>,
+    d: &Daemon,
     id_prefix: &str,
     labels: &std::collections::HashMap<String, String>,
-) -> Vec<Arc<crate::sandbox::lifecycle::Sandbox>> {
+) -> Vec<Arc<Sandbox>> {
     d.pods
         .table
         .list()
@@ -592,19 +643,45 @@ pub(super) async fn list_pod_sandbox_metrics(
     _req: Request<cri::ListPodSandboxMetricsRequest>,
 ) -> Res<cri::ListPodSandboxMetricsResponse> {
     let pods = ready_pods(d, "", &Default::default());
+    let pod_metrics = pod_metrics_of(d, pods).await?;
+    Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+        pod_metrics,
+    }))
+}
+
+pub(super) async fn stream_pod_sandbox_metrics(
+    d: &Arc<Daemon>,
+    _req: Request<cri::StreamPodSandboxMetricsRequest>,
+) -> Res<Batches<cri::StreamPodSandboxMetricsResponse>> {
+    let selected = ready_pods(d, "", &Default::default());
+    let d = d.clone();
+    let read = move |batch| {
+        let d = d.clone();
+        async move { pod_metrics_of(&d, batch).await }
+    };
+    Ok(Response::new(in_batches(
+        selected,
+        read,
+        |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse {
+            pod_sandbox_metrics,
+        },
+    )))
+}
+
+async fn pod_metrics_of(
+    d: &Daemon,
+    pods: Vec<Arc<Sandbox>>,
+) -> Result<Vec<cri::PodSandboxMetrics>, tonic::Status> {
     let usage = d.containers.pod_usage(pods).await;
     let overlay_dir = d.config.load().root.join("overlay");
-    let pod_metrics = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         usage
             .iter()
             .map(|p| pod_metrics(p, &detail_of(p, &overlay_dir)))
             .collect()
     })
     .await
-    .map_err(|e| tonic::Status::internal(format!("metrics task failed: {e}")))?;
-    Ok(Response::new(cri::ListPodSandboxMetricsResponse {
-        pod_metrics,
-    }))
+    .map_err(|e| tonic::Status::internal(format!("metrics task failed: {e}")))
 }
 
 #[cfg(test)]

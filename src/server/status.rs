@@ -2,7 +2,7 @@
 
 use super::Daemon;
 use super::Res;
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use std::sync::Arc;
 use tonic::{Request, Response};
 
@@ -43,18 +43,21 @@ pub(super) async fn status(
             message: format!("network plugin not ready: {e}"),
         },
     };
-    let runtime_handlers = config
-        .runtime
-        .runtimes
-        .keys()
+    let features = cri::RuntimeHandlerFeatures {
+        recursive_read_only_mounts: d.pods.host.recursive_read_only_mounts,
+        // The spec translators refuse pod user namespaces (no idmapped rootfs yet),
+        // whatever the kernel could do.
+        user_namespaces: false,
+    };
+    // kubelet looks a pod without a RuntimeClass up under "": the default handler is listed under that
+    // name too, first, as CRI-O and containerd do.
+    let default = &config.runtime.default_runtime;
+    let runtime_handlers = std::iter::once("")
+        .filter(|_| config.runtime.runtimes.contains_key(default))
+        .chain(config.runtime.runtimes.keys().map(String::as_str))
         .map(|name| cri::RuntimeHandler {
-            name: name.clone(),
-            features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: d.pods.host.recursive_read_only_mounts,
-                // The spec translators refuse pod user namespaces (no idmapped rootfs yet),
-                // whatever the kernel could do.
-                user_namespaces: false,
-            }),
+            name: name.to_string(),
+            features: Some(features),
         })
         .collect();
     Ok(Response::new(cri::StatusResponse {
@@ -65,6 +68,8 @@ pub(super) async fn status(
         runtime_handlers,
         features: Some(cri::RuntimeFeatures {
             supplemental_groups_policy: true,
+            // Pods with their own user namespace are refused at RunPodSandbox, on any network.
+            user_namespaces_host_network: false,
         }),
     }))
 }

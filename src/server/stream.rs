@@ -6,6 +6,7 @@ use super::Daemon;
 use super::Res;
 use crate::config::Config;
 use crate::container::lifecycle::{Container, ContainerState, Containers};
+use crate::cri::v1 as cri;
 use crate::error::Error;
 use crate::monitor::attach::{socket_path, AttachClient, AttachEvent, AttachStreams};
 use crate::monitor::exec::{spawn_exec, ExecSpec};
@@ -15,7 +16,6 @@ use crate::streaming::{
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use k8s_cri::v1 as cri;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
