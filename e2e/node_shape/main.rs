@@ -20,10 +20,11 @@ mod streaming;
 use client::Cri;
 use ferrio::cri::v1::{
     AttachRequest, ContainerFilter, ContainerState, ContainerStatsRequest, ExecSyncRequest,
-    ImageSpec, LinuxContainerResources, ListContainersRequest, ListPodSandboxMetricsRequest,
-    ListPodSandboxRequest, ListPodSandboxStatsRequest, PodSandboxStatusRequest, PortForwardRequest,
-    PullImageRequest, RemovePodSandboxRequest, RuntimeConfigRequest, StatusRequest,
-    StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
+    ImageSpec, LinuxContainerResources, LinuxPodSandboxConfig, ListContainersRequest,
+    ListPodSandboxMetricsRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortForwardRequest,
+    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfigRequest,
+    StatusRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
 };
 use node::Proc;
 use pods::{Driver, Pod, Qos};
@@ -411,7 +412,13 @@ async fn limits_land_in_the_v2_files(run: &mut Run) -> Result<(), String> {
         "cpu.weight",
         &(1 + ((256 - 2) * 9999) / 262142).to_string(),
     )?;
-    expect(&bpod.dir, "memory.max", &(256 * MIB).to_string())?;
+    match driver {
+        // cgroupfs: ferrio writes the pod's own resources into the pod cgroup kubelet made.
+        Driver::Cgroupfs => expect(&bpod.dir, "memory.max", &(256 * MIB).to_string())?,
+        // systemd: kubelet's slice is kubelet's (it sets the slice's limits through systemd);
+        // a pod without a parent gets a slice of ferrio's carrying the pod's limits.
+        Driver::Systemd => own_slice_carries_pod_limits(run).await?,
+    }
 
     cri(run)?
         .rt
@@ -427,6 +434,74 @@ async fn limits_land_in_the_v2_files(run: &mut Run) -> Result<(), String> {
         .await
         .map_err(|e| format!("UpdateContainerResources: {e}"))?;
     expect(&bdir, "memory.max", &(192 * MIB).to_string())
+}
+
+/// A pod with no cgroup parent under the systemd driver: ferrio makes `ferrio-pod<id>.slice`
+/// with the pod's limits as unit properties, and stops it with the pod.
+async fn own_slice_carries_pod_limits(run: &mut Run) -> Result<(), String> {
+    let config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "own-slice".into(),
+            uid: pods::uid(),
+            namespace: "node-shape".into(),
+            attempt: 0,
+        }),
+        linux: Some(LinuxPodSandboxConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 256 * MIB,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = cri(run)?
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map_err(|e| format!("RunPodSandbox without a cgroup parent: {e}"))?
+        .into_inner()
+        .pod_sandbox_id;
+    let pause = pause_pid(cri(run)?, &id).await?;
+    let cg = node::proc_cgroup(pause).unwrap_or_default();
+    let slice_dir = cg
+        .rsplit_once('/')
+        .map(|(d, _)| d.to_string())
+        .unwrap_or_default();
+    let slice = slice_dir.rsplit('/').next().unwrap_or_default().to_string();
+    let checked = (|| {
+        ensure!(
+            slice.starts_with("ferrio-pod") && slice.ends_with(".slice"),
+            "the pause of a pod without a parent is in {cg}"
+        );
+        let max = node::unit_prop(&slice, "MemoryMax");
+        ensure!(max == (256 * MIB).to_string(), "{slice} MemoryMax={max}");
+        let file = node::read_cgroup(&slice_dir, "memory.max")?;
+        ensure!(
+            file == (256 * MIB).to_string(),
+            "{slice_dir}/memory.max = {file}"
+        );
+        Ok(())
+    })();
+    // Nothing of kubelet's to remove afterwards: ferrio made this pod's cgroup.
+    let own = Pod {
+        id,
+        config: PodSandboxConfig::default(),
+        cgroup: pods::PodCgroup {
+            parent: String::new(),
+            dir: String::new(),
+            slice: None,
+        },
+    };
+    let removed = pods::remove_pod(cri(run)?, &own).await;
+    checked?;
+    removed?;
+    node::wait_for(&format!("{slice} to go"), Duration::from_secs(10), || {
+        node::units_matching(&slice).is_empty()
+    })
 }
 
 async fn stats_report_v2_values(run: &mut Run) -> Result<(), String> {
@@ -546,8 +621,8 @@ async fn exec_attach_logs_and_port_forward(run: &mut Run) -> Result<(), String> 
             &[
                 "sh",
                 "-c",
-                "mkdir -p /www && echo hello-from-pod > /www/index.html && echo log-line && \
-                 while true; do echo tick; sleep 0.2; done & exec httpd -f -p 127.0.0.1:8080 -h /www",
+                "mkdir -p /www; echo hello-from-pod > /www/index.html; echo log-line; \
+                 (while true; do echo tick; sleep 0.2; done) & exec httpd -f -p 127.0.0.1:8080 -h /www",
             ],
         ),
     )

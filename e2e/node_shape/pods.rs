@@ -102,6 +102,8 @@ impl PodCgroup {
     pub fn remove(&self) -> Result<(), String> {
         match &self.slice {
             Some(slice) => node::stop_slice(slice),
+            // The runtime made it (no parent was sent); nothing of kubelet's.
+            None if self.dir.is_empty() => Ok(()),
             None => {
                 let dir = node::cgroup_dir(&self.dir);
                 match std::fs::remove_dir(&dir) {
