@@ -1340,6 +1340,15 @@ async fn update_resources_and_stats() {
         "{wl:?}"
     );
     assert!(wl.inodes_used.as_ref().unwrap().value >= 1, "{wl:?}");
+    // Pressure stall information comes from cgroup v2's *.pressure files: present there (when
+    // the kernel has PSI on), absent, never zeros, on cgroup v1.
+    let psi_expected = v2 && Path::new("/proc/pressure/cpu").exists();
+    assert_eq!(cpu.psi.is_some(), psi_expected, "{cpu:?}");
+    assert_eq!(mem.psi.is_some(), psi_expected, "{mem:?}");
+    assert_eq!(s.io.is_some(), psi_expected, "{:?}", s.io);
+    if let Some(io) = &s.io {
+        assert!(io.psi.as_ref().is_some_and(|p| p.some.is_some()), "{io:?}");
+    }
 
     let list = w
         .cri
@@ -1367,6 +1376,12 @@ async fn update_resources_and_stats() {
         .stats
         .unwrap();
     let linux = ps.linux.as_ref().unwrap();
+    assert_eq!(linux.io.is_some(), psi_expected, "{:?}", linux.io);
+    assert_eq!(
+        linux.cpu.as_ref().unwrap().psi.is_some(),
+        psi_expected,
+        "{linux:?}"
+    );
     assert!(
         linux
             .cpu
