@@ -483,3 +483,390 @@ async fn each_stream_sends_what_its_list_call_returns() {
     }
     d.assert_no_leaks(&crate::harness::LearnedPids::default());
 }
+
+/// Pods (one container each) in [`each_stream_matches_its_list_call_at_scale`]: two full
+/// batches and more of every kind of object, so batching shows.
+const SCALE_PODS: usize = 200;
+/// Calls in flight while the pods are made and taken down (the 2-core runner's useful width).
+const SCALE_PARALLEL: usize = 4;
+
+/// Each Stream* RPC against its List counterpart at 200 pods: the same objects under the same
+/// filters, sent in more than one batch and none larger than a batch (100).
+#[tokio::test]
+async fn each_stream_matches_its_list_call_at_scale() {
+    use ferrio::cri::v1::{
+        ContainerFilter, ContainerState, ContainerStateValue, ContainerStatsFilter,
+        ListContainerStatsRequest, ListContainersRequest, ListImagesRequest,
+        ListPodSandboxMetricsRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest,
+        PodSandboxFilter, PodSandboxState, PodSandboxStateValue, PodSandboxStatsFilter,
+        StopPodSandboxRequest, StreamContainerStatsRequest, StreamContainersRequest,
+        StreamImagesRequest, StreamPodSandboxMetricsRequest, StreamPodSandboxStatsRequest,
+        StreamPodSandboxesRequest,
+    };
+    use futures::StreamExt;
+    const BUSYBOX: &str = "docker.io/library/busybox:1.36";
+    const BATCH: usize = 100;
+    let started = Instant::now();
+    let d = Daemon::start(Opts::default()).await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    cri.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage");
+
+    // Even pods are "web", odd ones "db"; every tenth pod is stopped (NotReady, container
+    // exited) so the state filters select a strict part.
+    let tier = |i: usize| if i.is_multiple_of(2) { "web" } else { "db" };
+    let made: Vec<(usize, String, String)> = futures::stream::iter(0..SCALE_PODS)
+        .map(|i| {
+            let (mut cri, env) = (cri.clone(), env.clone());
+            async move {
+                let mut pod = crate::harness::pod_config(&env, &format!("scale-{i}"));
+                pod.labels = [("tier".to_string(), tier(i).to_string())].into();
+                let id = crate::harness::run_pod(&mut cri, &pod, "")
+                    .await
+                    .unwrap_or_else(|e| panic!("RunPodSandbox scale-{i}: {e}"));
+                let mut c = crate::harness::container_config("sleeper", BUSYBOX, &["sleep", "600"]);
+                c.labels = [("tier".to_string(), tier(i).to_string())].into();
+                let cid = crate::harness::start_container(&mut cri, &id, &pod, c).await;
+                if i % 10 == 9 {
+                    cri.rt
+                        .stop_pod_sandbox(StopPodSandboxRequest {
+                            pod_sandbox_id: id.clone(),
+                        })
+                        .await
+                        .unwrap_or_else(|e| panic!("StopPodSandbox scale-{i}: {e}"));
+                }
+                (i, id, cid)
+            }
+        })
+        .buffer_unordered(SCALE_PARALLEL)
+        .collect()
+        .await;
+    let made = sorted(made, |m| m.0);
+    let pods: Vec<String> = made.iter().map(|m| m.1.clone()).collect();
+    let containers: Vec<String> = made.iter().map(|m| m.2.clone()).collect();
+    let set_up = started.elapsed();
+
+    // Every batch holds at most BATCH objects, and a list of more than BATCH comes in several.
+    let check_batches = |what: &str, sizes: Vec<usize>| {
+        let total: usize = sizes.iter().sum();
+        assert!(
+            sizes.iter().all(|n| *n <= BATCH),
+            "{what}: batches {sizes:?}"
+        );
+        if total > BATCH {
+            assert!(
+                sizes.len() >= total.div_ceil(BATCH),
+                "{what}: batches {sizes:?}"
+            );
+        }
+    };
+    let web = || [("tier".to_string(), "web".to_string())].into();
+    let not_ready = || {
+        Some(PodSandboxStateValue {
+            state: PodSandboxState::SandboxNotready as i32,
+        })
+    };
+    let expect_count = |what: &str, filter: &dyn std::fmt::Debug, got: usize, want: usize| {
+        assert_eq!(got, want, "{what} {filter:?}");
+    };
+
+    let pod_filters = [
+        (None, SCALE_PODS),
+        (
+            Some(PodSandboxFilter {
+                label_selector: web(),
+                ..Default::default()
+            }),
+            SCALE_PODS / 2,
+        ),
+        (
+            Some(PodSandboxFilter {
+                id: pods[123][..12].to_string(),
+                ..Default::default()
+            }),
+            1,
+        ),
+        (
+            Some(PodSandboxFilter {
+                state: not_ready(),
+                ..Default::default()
+            }),
+            SCALE_PODS / 10,
+        ),
+    ];
+    for (filter, want) in pod_filters {
+        let listed = cri
+            .rt
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: filter.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        let batches = drain(
+            cri.rt
+                .stream_pod_sandboxes(StreamPodSandboxesRequest {
+                    filter: filter.clone(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await;
+        check_batches(
+            "StreamPodSandboxes",
+            batches.iter().map(|b| b.pod_sandboxes.len()).collect(),
+        );
+        let streamed: Vec<_> = batches.into_iter().flat_map(|b| b.pod_sandboxes).collect();
+        expect_count("ListPodSandbox", &filter, listed.len(), want);
+        assert_eq!(
+            sorted(streamed, |p| p.id.clone()),
+            sorted(listed, |p| p.id.clone()),
+            "{filter:?}"
+        );
+    }
+
+    let container_filters = [
+        (None, SCALE_PODS),
+        (
+            Some(ContainerFilter {
+                pod_sandbox_id: pods[7].clone(),
+                ..Default::default()
+            }),
+            1,
+        ),
+        (
+            Some(ContainerFilter {
+                label_selector: web(),
+                state: Some(ContainerStateValue {
+                    state: ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+            // Stopped pods are the odd ones (i % 10 == 9): every web container runs.
+            SCALE_PODS / 2,
+        ),
+        (
+            Some(ContainerFilter {
+                state: Some(ContainerStateValue {
+                    state: ContainerState::ContainerExited as i32,
+                }),
+                ..Default::default()
+            }),
+            SCALE_PODS / 10,
+        ),
+        (
+            Some(ContainerFilter {
+                id: containers[42][..12].to_string(),
+                ..Default::default()
+            }),
+            1,
+        ),
+    ];
+    for (filter, want) in container_filters {
+        let listed = cri
+            .rt
+            .list_containers(ListContainersRequest {
+                filter: filter.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        let batches = drain(
+            cri.rt
+                .stream_containers(StreamContainersRequest {
+                    filter: filter.clone(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await;
+        check_batches(
+            "StreamContainers",
+            batches.iter().map(|b| b.containers.len()).collect(),
+        );
+        let streamed: Vec<_> = batches.into_iter().flat_map(|b| b.containers).collect();
+        expect_count("ListContainers", &filter, listed.len(), want);
+        assert_eq!(
+            sorted(streamed, |c| c.id.clone()),
+            sorted(listed, |c| c.id.clone()),
+            "{filter:?}"
+        );
+    }
+
+    // Statistics change between two reads: the same objects, not the same numbers.
+    let ids = |v: Vec<String>| sorted(v, |s| s.clone());
+    let attr = |s: &ferrio::cri::v1::ContainerStats| s.attributes.clone().unwrap_or_default().id;
+    for filter in [
+        None,
+        Some(ContainerStatsFilter {
+            label_selector: web(),
+            ..Default::default()
+        }),
+        Some(ContainerStatsFilter {
+            pod_sandbox_id: pods[64].clone(),
+            ..Default::default()
+        }),
+    ] {
+        let listed = cri
+            .rt
+            .list_container_stats(ListContainerStatsRequest {
+                filter: filter.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats;
+        let batches = drain(
+            cri.rt
+                .stream_container_stats(StreamContainerStatsRequest {
+                    filter: filter.clone(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await;
+        check_batches(
+            "StreamContainerStats",
+            batches.iter().map(|b| b.container_stats.len()).collect(),
+        );
+        let streamed: Vec<_> = batches
+            .into_iter()
+            .flat_map(|b| b.container_stats)
+            .collect();
+        assert!(!listed.is_empty(), "{filter:?}");
+        assert_eq!(
+            ids(streamed.iter().map(attr).collect()),
+            ids(listed.iter().map(attr).collect()),
+            "{filter:?}"
+        );
+    }
+
+    let pod_attr =
+        |s: &ferrio::cri::v1::PodSandboxStats| s.attributes.clone().unwrap_or_default().id;
+    for filter in [
+        None,
+        Some(PodSandboxStatsFilter {
+            label_selector: web(),
+            ..Default::default()
+        }),
+        Some(PodSandboxStatsFilter {
+            id: pods[0].clone(),
+            ..Default::default()
+        }),
+    ] {
+        let listed = cri
+            .rt
+            .list_pod_sandbox_stats(ListPodSandboxStatsRequest {
+                filter: filter.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats;
+        let batches = drain(
+            cri.rt
+                .stream_pod_sandbox_stats(StreamPodSandboxStatsRequest {
+                    filter: filter.clone(),
+                })
+                .await
+                .unwrap(),
+        )
+        .await;
+        check_batches(
+            "StreamPodSandboxStats",
+            batches.iter().map(|b| b.pod_sandbox_stats.len()).collect(),
+        );
+        let streamed: Vec<_> = batches
+            .into_iter()
+            .flat_map(|b| b.pod_sandbox_stats)
+            .collect();
+        assert!(!listed.is_empty(), "{filter:?}");
+        assert_eq!(
+            ids(streamed.iter().map(pod_attr).collect()),
+            ids(listed.iter().map(pod_attr).collect()),
+            "{filter:?}"
+        );
+    }
+
+    let listed = cri
+        .rt
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let batches = drain(
+        cri.rt
+            .stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest {})
+            .await
+            .unwrap(),
+    )
+    .await;
+    check_batches(
+        "StreamPodSandboxMetrics",
+        batches
+            .iter()
+            .map(|b| b.pod_sandbox_metrics.len())
+            .collect(),
+    );
+    let streamed: Vec<_> = batches
+        .into_iter()
+        .flat_map(|b| b.pod_sandbox_metrics)
+        .collect();
+    let metric_pods = |v: &[ferrio::cri::v1::PodSandboxMetrics]| {
+        ids(v.iter().map(|m| m.pod_sandbox_id.clone()).collect())
+    };
+    assert_eq!(listed.len(), SCALE_PODS - SCALE_PODS / 10, "the ready pods");
+    assert_eq!(metric_pods(&streamed), metric_pods(&listed));
+
+    let listed = cri
+        .img
+        .list_images(ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    let batches = drain(
+        cri.img
+            .stream_images(StreamImagesRequest { filter: None })
+            .await
+            .unwrap(),
+    )
+    .await;
+    check_batches(
+        "StreamImages",
+        batches.iter().map(|b| b.images.len()).collect(),
+    );
+    let streamed: Vec<_> = batches.into_iter().flat_map(|b| b.images).collect();
+    assert!(!listed.is_empty());
+    assert_eq!(
+        sorted(streamed, |i| i.id.clone()),
+        sorted(listed, |i| i.id.clone())
+    );
+    let compared = started.elapsed() - set_up;
+
+    futures::stream::iter(pods)
+        .map(|id| {
+            let mut cri = cri.clone();
+            async move { crate::harness::stop_and_remove_pod(&mut cri, &id).await }
+        })
+        .buffer_unordered(SCALE_PARALLEL)
+        .collect::<Vec<()>>()
+        .await;
+    eprintln!(
+        "{SCALE_PODS} pods: set up in {set_up:?}, compared in {compared:?}, all in {:?}",
+        started.elapsed()
+    );
+    d.assert_no_leaks(&crate::harness::LearnedPids::default());
+}

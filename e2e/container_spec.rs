@@ -11,11 +11,12 @@ use ferrio::cri::v1::{
     ContainerStatsRequest, ContainerStatus, ContainerStatusRequest, CreateContainerRequest, Device,
     HugepageLimit, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources,
     LinuxContainerSecurityContext, LinuxSandboxSecurityContext, ListContainerStatsRequest,
-    ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, Mount,
-    MountPropagation, PodSandboxConfig, PodSandboxStatsRequest, PullImageRequest,
-    RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    SecurityProfile, StartContainerRequest, StatusRequest, StopContainerRequest,
-    StopPodSandboxRequest, SupplementalGroupsPolicy, UpdateContainerResourcesRequest,
+    ListContainersRequest, ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest,
+    ListPodSandboxStatsRequest, Mount, MountPropagation, PodSandboxConfig, PodSandboxStatsRequest,
+    PullImageRequest, RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StatusRequest,
+    StopContainerRequest, StopPodSandboxRequest, SupplementalGroupsPolicy,
+    UpdateContainerResourcesRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -948,6 +949,196 @@ async fn image_volumes_are_read_only_images() {
     w.finish().await;
 }
 
+const BUSYBOX_SUBPATH: &str = "docker.io/e2e/busybox-subpath:1";
+
+/// Push `busybox-subpath:1` to the test registry once: busybox with a layer holding
+/// `/etc/imagemark`, `/data/file`, `/data/dir/inner`, and symlinks that lead out of the image if
+/// followed on the host: `/data/abs -> /etc`, `/data/up -> ../../../../../../etc/imagemark`,
+/// `/data/host-only -> /etc/debian_version` (a host file the image lacks).
+fn subpath_image() {
+    let reg = std::env::var(REGISTRY_ENV).expect("the test registry is set");
+    let script = r#"
+set -e
+reg=$1
+if curl -sf -o /dev/null -I -H 'Accept: application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json' "http://$reg/v2/e2e/busybox-subpath/manifests/1"; then exit 0; fi
+w=$(mktemp -d /var/tmp/ferrio-subpath.XXXXXX)
+trap 'rm -rf "$w"' EXIT
+skopeo copy --quiet --src-tls-verify=false "docker://$reg/library/busybox:1.36" "oci:$w/oci:1"
+mkdir -p "$w/root/etc" "$w/root/data/dir"
+echo IMAGEMARK > "$w/root/etc/imagemark"
+echo SUBFILE > "$w/root/data/file"
+echo INNER > "$w/root/data/dir/inner"
+ln -s /etc "$w/root/data/abs"
+ln -s ../../../../../../etc/imagemark "$w/root/data/up"
+ln -s /etc/debian_version "$w/root/data/host-only"
+tar -C "$w/root" -cf "$w/layer.tar" --numeric-owner ./etc/imagemark ./data
+umoci raw add-layer --image "$w/oci:1" "$w/layer.tar"
+skopeo copy --quiet --dest-tls-verify=false "oci:$w/oci:1" "docker://$reg/e2e/busybox-subpath:1"
+"#;
+    let out = std::process::Command::new("bash")
+        .args(["-c", script, "subpath-image", &reg])
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "building the subpath image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `image_sub_path` binds one file or directory of an image volume, resolved inside the image:
+/// a symlink whose target is absolute or climbs with `..` lands inside the image (as CRI-O's
+/// securejoin resolves it), never on the host. A path the image lacks is InvalidArgument
+/// naming it, and the refused create leaves no mount behind.
+#[tokio::test]
+async fn image_volume_sub_paths_stay_inside_the_image() {
+    subpath_image();
+    assert!(
+        Path::new("/etc/debian_version").exists(),
+        "the test needs a host file the image lacks: /etc/debian_version"
+    );
+    let mut w = World::new("specsubpath", &[BUSYBOX]).await;
+    let volume_ref = w
+        .cri
+        .img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX_SUBPATH.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref;
+    let volumes_dir = w.env.root().join("image-volumes");
+    let sub = |container_path: &str, sub_path: &str| Mount {
+        container_path: container_path.into(),
+        readonly: true,
+        image: Some(ImageSpec {
+            image: volume_ref.clone(),
+            user_specified_image: BUSYBOX_SUBPATH.into(),
+            ..Default::default()
+        }),
+        image_sub_path: sub_path.into(),
+        ..Default::default()
+    };
+
+    let mut c = container_config(
+        "sub",
+        BUSYBOX,
+        &[
+            "sh",
+            "-c",
+            "echo FILE=$(cat /mnt/file); [ -f /mnt/file ] && echo FILETYPE=file; \
+             echo DIR=$(ls /mnt/dir); echo INNER=$(cat /mnt/dir/inner); \
+             echo ABS=$(cat /mnt/abs/imagemark 2>&1); \
+             [ -e /mnt/abs/debian_version ] && echo ABSHOST=seen || echo ABSHOST=absent; \
+             echo UP=$(cat /mnt/up 2>&1); \
+             if touch /mnt/dir/new 2>/dev/null; then echo WRITE=ok; else echo WRITE=refused; fi",
+        ],
+    );
+    c.mounts = vec![
+        sub("/mnt/file", "data/file"),
+        sub("/mnt/dir", "data/dir"),
+        sub("/mnt/abs", "data/abs"),
+        sub("/mnt/up", "data/up"),
+    ];
+    let id = w
+        .create(c)
+        .await
+        .unwrap_or_else(|e| panic!("create with image sub-paths: {e}"));
+    w.start(&id).await;
+    let st = wait_for_container_state(
+        &mut w.cri,
+        &id,
+        ContainerState::ContainerExited,
+        Duration::from_secs(30),
+    )
+    .await;
+    let log = read_log(&w.log_path("sub"));
+    assert_eq!(st.exit_code, 0, "{log}");
+    assert_eq!(field(&log, "FILE="), "SUBFILE", "{log}");
+    assert_eq!(field(&log, "FILETYPE="), "file", "{log}");
+    assert_eq!(
+        field(&log, "DIR="),
+        "inner",
+        "only the sub-directory: {log}"
+    );
+    assert_eq!(field(&log, "INNER="), "INNER", "{log}");
+    assert_eq!(field(&log, "ABS="), "IMAGEMARK", "/etc of the image: {log}");
+    assert_eq!(
+        field(&log, "ABSHOST="),
+        "absent",
+        "never the host's /etc: {log}"
+    );
+    assert_eq!(
+        field(&log, "UP="),
+        "IMAGEMARK",
+        "`..` stops at the image root: {log}"
+    );
+    assert_eq!(field(&log, "WRITE="), "refused", "{log}");
+
+    // ContainerStatus reports each volume with its image id and sub-path.
+    let st = w
+        .cri
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let m = st
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/mnt/file")
+        .expect("the sub-path volume in ContainerStatus mounts");
+    let image = m.image.as_ref().unwrap();
+    assert_eq!(image.image, volume_ref);
+    assert_eq!(image.image_ref, volume_ref, "{m:?}");
+    assert_eq!(m.image_sub_path, "data/file");
+    assert!(st
+        .mounts
+        .iter()
+        .all(|m| m.image.as_ref().is_some_and(|i| i.image_ref == volume_ref)));
+    w.remove(&id).await;
+    assert!(mounts_below(&volumes_dir).is_empty());
+
+    // Refused, naming the path: one the image lacks, and a symlink whose target exists only
+    // on the host. The volumes mounted before the check are taken down again.
+    for (name, path) in [("missing", "data/no-such"), ("hostonly", "data/host-only")] {
+        let mut c = container_config(name, BUSYBOX, &["true"]);
+        c.mounts = vec![sub("/mnt/ok", "data/dir"), sub("/mnt/bad", path)];
+        let e = w.create(c).await.expect_err(path);
+        assert_eq!(e.code(), Code::InvalidArgument, "{path}: {e}");
+        assert!(e.message().contains(path), "{path}: {e}");
+        assert!(
+            mounts_below(&volumes_dir).is_empty(),
+            "{path}: a mount leaked"
+        );
+        let left = std::fs::read_dir(&volumes_dir)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "{path}: a volume directory leaked");
+    }
+    let listed = w
+        .cri
+        .rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+
+    w.finish().await;
+}
+
 #[tokio::test]
 async fn update_resources_and_stats() {
     let mut w = World::new("specstats", &[BUSYBOX]).await;
@@ -1149,6 +1340,15 @@ async fn update_resources_and_stats() {
         "{wl:?}"
     );
     assert!(wl.inodes_used.as_ref().unwrap().value >= 1, "{wl:?}");
+    // Pressure stall information comes from cgroup v2's *.pressure files: present there (when
+    // the kernel has PSI on), absent, never zeros, on cgroup v1.
+    let psi_expected = v2 && Path::new("/proc/pressure/cpu").exists();
+    assert_eq!(cpu.psi.is_some(), psi_expected, "{cpu:?}");
+    assert_eq!(mem.psi.is_some(), psi_expected, "{mem:?}");
+    assert_eq!(s.io.is_some(), psi_expected, "{:?}", s.io);
+    if let Some(io) = &s.io {
+        assert!(io.psi.as_ref().is_some_and(|p| p.some.is_some()), "{io:?}");
+    }
 
     let list = w
         .cri
@@ -1176,6 +1376,12 @@ async fn update_resources_and_stats() {
         .stats
         .unwrap();
     let linux = ps.linux.as_ref().unwrap();
+    assert_eq!(linux.io.is_some(), psi_expected, "{:?}", linux.io);
+    assert_eq!(
+        linux.cpu.as_ref().unwrap().psi.is_some(),
+        psi_expected,
+        "{linux:?}"
+    );
     assert!(
         linux
             .cpu

@@ -406,20 +406,6 @@ fn parse_io_stat_v2(text: &str) -> Vec<DeviceIo> {
     out
 }
 
-/// `some avg10=0.00 avg60=0.00 avg300=0.00 total=123` / `full ...`: the two totals.
-fn parse_pressure(text: &str) -> Option<(u64, u64)> {
-    let total = |kind: &str| {
-        text.lines()
-            .find(|l| l.starts_with(kind))?
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("total="))?
-            .parse()
-            .ok()
-    };
-    let some = total("some")?;
-    Some((some, total("full").unwrap_or(0)))
-}
-
 fn sum_io(ios: &[DeviceIo], ops: &str, bytes: &str) -> Option<(u64, u64)> {
     if ios.is_empty() {
         return None;
@@ -500,12 +486,9 @@ pub fn cgroup_detail_under(root: &Path, v2: bool, path: &str) -> CgroupDetail {
         d.device_io = parse_io_stat_v2(&read_text(&dir.join("io.stat")));
         d.reads = sum_io(&d.device_io, "rios", "rbytes");
         d.writes = sum_io(&d.device_io, "wios", "wbytes");
-        for (i, f) in ["cpu.pressure", "io.pressure", "memory.pressure"]
-            .iter()
-            .enumerate()
-        {
-            d.pressure[i] = parse_pressure(&read_text(&dir.join(f)));
-        }
+        let p = cgroups::read_pressure(&dir);
+        let totals = |p: Option<cgroups::Pressure>| p.map(|p| (p.some.total_us, p.full.total_us));
+        d.pressure = [totals(p.cpu), totals(p.io), totals(p.memory)];
         d.pids = pids_in(&dir.join("cgroup.procs"));
     } else {
         let cpu = root.join("cpu").join(rel);

@@ -140,8 +140,74 @@ pub fn is_v2() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
 }
 
+/// One line of a cgroup v2 pressure file (`some ...` or `full ...`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PsiLine {
+    /// Cumulative stall time, microseconds.
+    pub total_us: u64,
+    /// Share of wall time stalled over the last 10, 60 and 300 seconds, in percent.
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+}
+
+/// A cgroup v2 pressure file (`cpu.pressure`, `memory.pressure`, `io.pressure`): `some` is the
+/// time at least one task stalled, `full` the time all did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pressure {
+    pub some: PsiLine,
+    /// Zero where the kernel writes no `full` line (cpu.pressure before Linux 5.13).
+    pub full: PsiLine,
+}
+
+/// `some avg10=0.12 avg60=0.00 avg300=0.00 total=123` and the `full` line; `None` without a
+/// readable `some` line (cgroup v1, or a kernel without PSI).
+pub fn parse_pressure(text: &str) -> Option<Pressure> {
+    let line = |kind: &str| -> Option<PsiLine> {
+        let rest = text
+            .lines()
+            .find_map(|l| l.strip_prefix(kind)?.strip_prefix(' '))?;
+        let mut p = PsiLine::default();
+        let mut total = None;
+        for kv in rest.split_whitespace() {
+            let (k, v) = kv.split_once('=')?;
+            match k {
+                "total" => total = Some(v.parse().ok()?),
+                "avg10" => p.avg10 = v.parse().ok()?,
+                "avg60" => p.avg60 = v.parse().ok()?,
+                "avg300" => p.avg300 = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        p.total_us = total?;
+        Some(p)
+    };
+    Some(Pressure {
+        some: line("some")?,
+        full: line("full").unwrap_or_default(),
+    })
+}
+
+/// Pressure stall information of one cgroup; all `None` on cgroup v1.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CgroupPressure {
+    pub cpu: Option<Pressure>,
+    pub memory: Option<Pressure>,
+    pub io: Option<Pressure>,
+}
+
+/// The pressure files of the v2 cgroup directory `dir`.
+pub fn read_pressure(dir: &Path) -> CgroupPressure {
+    let file = |name: &str| parse_pressure(&read(&dir.join(name)));
+    CgroupPressure {
+        cpu: file("cpu.pressure"),
+        memory: file("memory.pressure"),
+        io: file("io.pressure"),
+    }
+}
+
 /// What a cgroup (and everything below it) uses. `None` where the host has no such file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CgroupStats {
     /// Cumulative CPU time, nanoseconds.
     pub cpu_usage_ns: Option<u64>,
@@ -157,6 +223,8 @@ pub struct CgroupStats {
     pub memory_limit: Option<u64>,
     /// Processes and threads in the cgroup.
     pub pids: Option<u64>,
+    /// Pressure stall information (cgroup v2 only).
+    pub pressure: CgroupPressure,
 }
 
 impl CgroupStats {
@@ -196,6 +264,7 @@ pub fn read_stats_under(root: &Path, v2: bool, path: &str) -> CgroupStats {
             major_page_faults: mem.get("pgmajfault").copied(),
             memory_limit: read_u64(&dir.join("memory.max")),
             pids: read_u64(&dir.join("pids.current")),
+            pressure: read_pressure(&dir),
         }
     } else {
         let cpuacct = root.join("cpuacct").join(rel);
@@ -216,6 +285,8 @@ pub fn read_stats_under(root: &Path, v2: bool, path: &str) -> CgroupStats {
             memory_limit: read_u64(&memory.join("memory.limit_in_bytes"))
                 .filter(|l| *l < (1u64 << 62)),
             pids: read_u64(&root.join("pids").join(rel).join("pids.current")),
+            // v1 has no pressure files.
+            pressure: CgroupPressure::default(),
         }
     }
 }
@@ -470,10 +541,39 @@ mod tests {
         assert_eq!(s.major_page_faults, Some(7));
         assert_eq!(s.memory_limit, Some(134_217_728));
         assert_eq!(s.pids, Some(2));
+        let cpu = s.pressure.cpu.unwrap();
+        assert_eq!(cpu.some.total_us, 1_500_000);
+        assert_eq!(cpu.some.avg10, 1.5);
+        assert_eq!(cpu.full.total_us, 500_000);
+        assert_eq!(cpu.full.avg300, 0.25);
+        let mem = s.pressure.memory.unwrap();
+        assert_eq!((mem.some.total_us, mem.full.total_us), (77, 33));
+        assert_eq!(mem.some.avg60, 0.5);
+        let io = s.pressure.io.unwrap();
+        assert_eq!((io.some.total_us, io.full.total_us), (4_000, 1_000));
         // memory.max "max" is no limit
         let s = read_stats_under(&testdata("cgroup-v2"), true, "/pod");
         assert_eq!(s.memory_limit, None);
         assert_eq!(s.pids, Some(3));
+        // A kernel without PSI (or PSI off) has no pressure files: absent, not zero.
+        assert_eq!(s.pressure, CgroupPressure::default());
+    }
+
+    #[test]
+    fn v1_has_no_pressure() {
+        let s = read_stats_under(&testdata("cgroup-v1"), false, "/pod/ctr");
+        assert_eq!(s.pressure, CgroupPressure::default());
+    }
+
+    #[test]
+    fn pressure_lines() {
+        // cpu.pressure before Linux 5.13 has no `full` line.
+        let p = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=9\n").unwrap();
+        assert_eq!(p.some.total_us, 9);
+        assert_eq!(p.full, PsiLine::default());
+        assert_eq!(parse_pressure(""), None);
+        assert_eq!(parse_pressure("some avg10=x total=1\n"), None);
+        assert_eq!(parse_pressure("some avg10=0.00\n"), None);
     }
 
     #[test]

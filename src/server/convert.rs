@@ -120,12 +120,20 @@ pub fn container(c: &Container) -> cri::Container {
 
 pub fn container_status(c: &Container) -> cri::ContainerStatus {
     let st = c.status();
-    let mounts = c
+    let mut mounts = c
         .meta
         .config
         .get("mounts")
         .and_then(|v| serde_json::from_value::<Vec<cri::Mount>>(v.clone()).ok())
         .unwrap_or_default();
+    // Image volumes report the image they mount by id (`image_ref`, as PullImage answers), in
+    // the order the record keeps them.
+    let image_specs = mounts
+        .iter_mut()
+        .filter_map(|m| m.image.as_mut().filter(|i| !i.image.is_empty()));
+    for (spec, id) in image_specs.zip(&c.meta.image_volumes) {
+        spec.image_ref = id.clone();
+    }
     cri::ContainerStatus {
         id: c.id.clone(),
         metadata: Some(container_metadata(c)),

@@ -10,6 +10,7 @@ use crate::container::stats::{
 };
 use crate::cri::v1 as cri;
 use crate::error::Error;
+use crate::oci::cgroups::{Pressure, PsiLine};
 use crate::sandbox::lifecycle::{Sandbox, SandboxState};
 use std::sync::Arc;
 use tonic::{Request, Response};
@@ -18,13 +19,39 @@ fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
 
+fn psi_line(l: &PsiLine) -> cri::PsiData {
+    cri::PsiData {
+        total: l.total_us,
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+    }
+}
+
+/// A pressure file as CRI's PsiStats; `None` where there is none (cgroup v1), never zeros.
+fn psi(p: Option<&Pressure>) -> Option<cri::PsiStats> {
+    p.map(|p| cri::PsiStats {
+        full: Some(psi_line(&p.full)),
+        some: Some(psi_line(&p.some)),
+    })
+}
+
 fn cpu(u: &Usage) -> cri::CpuUsage {
     cri::CpuUsage {
         timestamp: u.timestamp,
         usage_core_nano_seconds: u64v(u.cgroup.cpu_usage_ns),
         usage_nano_cores: u64v(u.cpu_nano_cores),
-        psi: None,
+        psi: psi(u.cgroup.pressure.cpu.as_ref()),
     }
+}
+
+/// IO usage: CRI's IoUsage carries only IO pressure, so there is none without it.
+fn io(u: &Usage) -> Option<cri::IoUsage> {
+    let psi = psi(u.cgroup.pressure.io.as_ref())?;
+    Some(cri::IoUsage {
+        timestamp: u.timestamp,
+        psi: Some(psi),
+    })
 }
 
 fn memory(u: &Usage) -> cri::MemoryUsage {
@@ -37,7 +64,7 @@ fn memory(u: &Usage) -> cri::MemoryUsage {
         rss_bytes: u64v(c.memory_rss),
         page_faults: u64v(c.page_faults),
         major_page_faults: u64v(c.major_page_faults),
-        psi: None,
+        psi: psi(c.pressure.memory.as_ref()),
     }
 }
 
@@ -71,7 +98,7 @@ fn to_container_stats(u: &ContainerUsage) -> cri::ContainerStats {
             .as_ref()
             .map(|d| filesystem(u.usage.timestamp, d)),
         swap: None,
-        io: None,
+        io: io(&u.usage),
     }
 }
 
@@ -115,7 +142,7 @@ fn pod_stats(p: &PodUsage) -> cri::PodSandboxStats {
                 process_count: u64v(p.usage.cgroup.pids),
             }),
             containers: p.containers.iter().map(to_container_stats).collect(),
-            io: None,
+            io: io(&p.usage),
         }),
         windows: None,
     }
@@ -687,6 +714,47 @@ async fn pod_metrics_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture_usage(v2: bool) -> Usage {
+        let dir = if v2 { "cgroup-v2" } else { "cgroup-v1" };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/oci/testdata")
+            .join(dir);
+        Usage {
+            timestamp: 42,
+            cgroup: crate::oci::cgroups::read_stats_under(&root, v2, "/pod/ctr"),
+            cpu_nano_cores: None,
+        }
+    }
+
+    /// cgroup v2: every pressure file becomes a PsiStats, both lines, totals in microseconds.
+    #[test]
+    fn psi_and_io_from_cgroup_v2_files() {
+        let u = fixture_usage(true);
+        let cpu = cpu(&u).psi.unwrap();
+        let some = cpu.some.unwrap();
+        assert_eq!(some.total, 1_500_000);
+        assert_eq!((some.avg10, some.avg60, some.avg300), (1.5, 0.75, 0.3));
+        assert_eq!(cpu.full.unwrap().total, 500_000);
+        let mem = memory(&u).psi.unwrap();
+        assert_eq!((mem.some.unwrap().total, mem.full.unwrap().total), (77, 33));
+        let io = io(&u).unwrap();
+        assert_eq!(io.timestamp, 42);
+        let psi = io.psi.unwrap();
+        assert_eq!(
+            (psi.some.unwrap().total, psi.full.unwrap().total),
+            (4_000, 1_000)
+        );
+    }
+
+    /// cgroup v1 has no pressure files: the fields are absent, not zero.
+    #[test]
+    fn no_psi_or_io_on_cgroup_v1() {
+        let u = fixture_usage(false);
+        assert_eq!(cpu(&u).psi, None);
+        assert_eq!(memory(&u).psi, None);
+        assert_eq!(io(&u), None);
+    }
 
     /// The cAdvisor names critest (and kubelet's CRI metrics provider) expect, all described,
     /// each once, each with help and the common labels first.
