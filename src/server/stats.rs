@@ -19,9 +19,10 @@ fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
 
+/// The kernel counts stall time in microseconds; CRI's PsiData.Total is nanoseconds.
 fn psi_line(l: &PsiLine) -> cri::PsiData {
     cri::PsiData {
-        total: l.total_us,
+        total: l.total_us.saturating_mul(1000),
         avg10: l.avg10,
         avg60: l.avg60,
         avg300: l.avg300,
@@ -727,23 +728,24 @@ mod tests {
         }
     }
 
-    /// cgroup v2: every pressure file becomes a PsiStats, both lines, totals in microseconds.
+    /// cgroup v2: every pressure file becomes a PsiStats, both lines; the kernel's microsecond
+    /// totals become CRI's nanoseconds.
     #[test]
     fn psi_and_io_from_cgroup_v2_files() {
         let u = fixture_usage(true);
         let cpu = cpu(&u).psi.unwrap();
         let some = cpu.some.unwrap();
-        assert_eq!(some.total, 1_500_000);
+        assert_eq!(some.total, 1_500_000_000);
         assert_eq!((some.avg10, some.avg60, some.avg300), (1.5, 0.75, 0.3));
-        assert_eq!(cpu.full.unwrap().total, 500_000);
+        assert_eq!(cpu.full.unwrap().total, 500_000_000);
         let mem = memory(&u).psi.unwrap();
-        assert_eq!((mem.some.unwrap().total, mem.full.unwrap().total), (77, 33));
+        assert_eq!((mem.some.unwrap().total, mem.full.unwrap().total), (77_000, 33_000));
         let io = io(&u).unwrap();
         assert_eq!(io.timestamp, 42);
         let psi = io.psi.unwrap();
         assert_eq!(
             (psi.some.unwrap().total, psi.full.unwrap().total),
-            (4_000, 1_000)
+            (4_000_000, 1_000_000)
         );
     }
 
