@@ -24,7 +24,8 @@ use ferrio::cri::v1::{
     ListPodSandboxMetricsRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest,
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortForwardRequest,
     PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfigRequest,
-    StatusRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
+    StatusRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    UpdatePodSandboxResourcesRequest, VersionRequest,
 };
 use node::Proc;
 use pods::{Driver, Pod, Qos};
@@ -412,12 +413,38 @@ async fn limits_land_in_the_v2_files(run: &mut Run) -> Result<(), String> {
         "cpu.weight",
         &(1 + ((256 - 2) * 9999) / 262142).to_string(),
     )?;
+    // An in-place resize of the pod: kubelet has resized its pod cgroup before it calls this.
+    let bpod_id = pod_of(run, Qos::Burstable)?.id.clone();
+    let before = node::read_cgroup(&bpod.dir, "memory.max")?;
+    cri(run)?
+        .rt
+        .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: bpod_id,
+            overhead: None,
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 320 * MIB,
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|e| format!("UpdatePodSandboxResources: {e}"))?;
     match driver {
         // cgroupfs: ferrio writes the pod's own resources into the pod cgroup kubelet made.
-        Driver::Cgroupfs => expect(&bpod.dir, "memory.max", &(256 * MIB).to_string())?,
-        // systemd: kubelet's slice is kubelet's (it sets the slice's limits through systemd);
-        // a pod without a parent gets a slice of ferrio's carrying the pod's limits.
-        Driver::Systemd => own_slice_carries_pod_limits(run).await?,
+        Driver::Cgroupfs => {
+            ensure!(
+                before == (256 * MIB).to_string(),
+                "{}/memory.max = {before} after RunPodSandbox",
+                bpod.dir
+            );
+            expect(&bpod.dir, "memory.max", &(320 * MIB).to_string())?
+        }
+        // systemd: kubelet's slice is kubelet's (it sets the slice's limits through systemd),
+        // before and after a resize; a pod without a parent gets a slice of ferrio's carrying
+        // the pod's limits.
+        Driver::Systemd => {
+            expect(&bpod.dir, "memory.max", &before)?;
+            own_slice_carries_pod_limits(run).await?
+        }
     }
 
     cri(run)?
@@ -516,6 +543,9 @@ async fn stats_report_v2_values(run: &mut Run) -> Result<(), String> {
         .into_inner()
         .stats
         .ok_or("ContainerStats: no stats")?;
+    let cpu_psi = st.cpu.as_ref().and_then(|c| c.psi);
+    let mem_psi = st.memory.as_ref().and_then(|m| m.psi);
+    let io_psi = st.io.as_ref().and_then(|i| i.psi);
     let cpu = st
         .cpu
         .and_then(|c| c.usage_core_nano_seconds)
@@ -523,6 +553,11 @@ async fn stats_report_v2_values(run: &mut Run) -> Result<(), String> {
     let mem = st.memory.and_then(|m| m.working_set_bytes).map(|v| v.value);
     ensure!(cpu.is_some_and(|v| v > 0), "cpu usage {cpu:?}");
     ensure!(mem.is_some_and(|v| v > 0), "memory working set {mem:?}");
+    // Pressure (PSI) is a cgroup v2 fact: present for CPU, memory and IO.
+    ensure!(
+        cpu_psi.is_some() && mem_psi.is_some() && io_psi.is_some(),
+        "PSI missing: cpu {cpu_psi:?} memory {mem_psi:?} io {io_psi:?}"
+    );
 
     let pods = cri(run)?
         .rt

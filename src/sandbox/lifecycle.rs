@@ -540,7 +540,12 @@ impl Pods {
         }
         let wanted = limits.unwrap_or_default();
         let write = lifted_limits(Self::limits(rec).as_ref(), &wanted, cgroups::is_v2());
-        if !write.is_empty() {
+        // kubelet resizes its own slice before it calls this (the systemd driver's pod cgroups
+        // are kubelet's, as at RunPodSandbox): only the record changes then.
+        let driver = CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager);
+        let kubelets = driver == CgroupDriver::Systemd
+            && !owns_pod_cgroup(driver, &rec.meta.cgroup_parent, &rec.id);
+        if !write.is_empty() && !kubelets {
             let dir = if rec.meta.cgroup_dir.is_empty() {
                 rec.meta.cgroup_parent.clone()
             } else {
