@@ -7,6 +7,7 @@
 use crate::container::lifecycle::ContainerError;
 use crate::image::ImageError;
 use crate::network::NetworkError;
+use crate::oci::apparmor::AppArmorError;
 use crate::oci::host::SpecError;
 use crate::sandbox::lifecycle::SandboxError;
 use crate::state::StateError;
@@ -60,6 +61,17 @@ fn spec_code(e: &SpecError) -> Code {
     }
 }
 
+/// A profile that is not loaded (or AppArmor off) is the host's state, not a bad request:
+/// the same request succeeds once the operator loads the profile.
+fn apparmor_code(e: &AppArmorError) -> Code {
+    match e {
+        AppArmorError::NotLoaded { .. } | AppArmorError::Disabled { .. } => {
+            Code::FailedPrecondition
+        }
+        _ => Code::Unknown,
+    }
+}
+
 fn state_code(e: &StateError) -> Code {
     match e {
         StateError::Ambiguous { .. } => Code::InvalidArgument,
@@ -75,6 +87,7 @@ fn sandbox_code(e: &SandboxError) -> Code {
         SandboxError::State(e) => state_code(e),
         SandboxError::Image(e) => image_code(e),
         SandboxError::Spec(e) => spec_code(e),
+        SandboxError::AppArmor(e) => apparmor_code(e),
         SandboxError::Network(NetworkError::NotReady { .. }) => Code::FailedPrecondition,
         _ => Code::Unknown,
     }
@@ -89,6 +102,7 @@ fn container_code(e: &ContainerError) -> Code {
         ContainerError::State(e) => state_code(e),
         ContainerError::Image(e) => image_code(e),
         ContainerError::Spec(e) => spec_code(e),
+        ContainerError::AppArmor(e) => apparmor_code(e),
         _ => Code::Unknown,
     }
 }
@@ -140,6 +154,12 @@ mod tests {
         })
         .into();
         assert_eq!(s.code(), Code::FailedPrecondition);
+        let s: Status = Error::from(ContainerError::AppArmor(AppArmorError::NotLoaded {
+            name: "k8s-nginx".into(),
+        }))
+        .into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("k8s-nginx"), "{s:?}");
     }
 
     #[test]

@@ -19,12 +19,14 @@ mod streaming;
 
 use client::Cri;
 use ferrio::cri::v1::{
-    AttachRequest, ContainerFilter, ContainerState, ContainerStatsRequest, ExecSyncRequest,
-    ImageSpec, LinuxContainerResources, LinuxPodSandboxConfig, ListContainersRequest,
-    ListPodSandboxMetricsRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortForwardRequest,
-    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfigRequest,
-    StatusRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    security_profile::ProfileType, AttachRequest, ContainerFilter, ContainerState,
+    ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, ListContainersRequest, ListPodSandboxMetricsRequest,
+    ListPodSandboxRequest, ListPodSandboxStatsRequest, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, PortForwardRequest, PullImageRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, RuntimeConfigRequest, SecurityProfile, StatusRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
     UpdatePodSandboxResourcesRequest, VersionRequest,
 };
 use node::Proc;
@@ -136,6 +138,7 @@ async fn run_driver(driver: Driver, registry: &str) -> (usize, usize) {
         check!(stats_report_v2_values),
         check!(an_oom_kill_is_reported),
         check!(exec_attach_logs_and_port_forward),
+        check!(apparmor_confines_by_default),
         check!(reload_applies_a_changed_mirror),
         check!(restart_keeps_containers_and_monitors),
         check!(stop_leaves_containers_running),
@@ -760,6 +763,78 @@ async fn exec_attach_logs_and_port_forward(run: &mut Run) -> Result<(), String> 
             ));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// AppArmor, on this node's enabled AppArmor: RuntimeDefault runs under ferrio's own
+/// profile (loaded by the daemon), and a Localhost profile that is not loaded is refused at
+/// CreateContainer, naming the profile.
+async fn apparmor_confines_by_default(run: &mut Run) -> Result<(), String> {
+    let enabled =
+        std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").unwrap_or_default();
+    ensure!(
+        enabled.trim() == "Y",
+        "AppArmor is not enabled on this node"
+    );
+    let pod = pod_of(run, Qos::BestEffort)?.clone();
+    let mut confined = pods::container("confined", &["sleep", "3600"]);
+    confined.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            apparmor: Some(SecurityProfile {
+                profile_type: ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = pods::start(cri(run)?, &pod, confined).await?;
+    let (ctr, mon) = pods::running_procs(cri(run)?, &id).await?;
+    run.procs.extend([ctr, mon]);
+    let attr = format!("/proc/{}/attr/current", ctr.pid);
+    let label = std::fs::read_to_string(&attr).map_err(|e| format!("{attr}: {e}"))?;
+    ensure!(
+        label.trim() == "ferrio-default (enforce)",
+        "{attr} = {label:?}, want \"ferrio-default (enforce)\""
+    );
+    cri(run)?
+        .rt
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .map_err(|e| format!("StopContainer {id}: {e}"))?;
+
+    let missing = "ferrio-node-shape-not-loaded";
+    let mut refused = pods::container("unloaded-profile", &["true"]);
+    refused.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            apparmor: Some(SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: format!("localhost/{missing}"),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let r = cri(run)?
+        .rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(refused),
+            sandbox_config: Some(pod.config.clone()),
+        })
+        .await;
+    match r {
+        Ok(c) => Err(format!(
+            "CreateContainer with profile {missing} succeeded: {}",
+            c.into_inner().container_id
+        )),
+        Err(e) if e.code() == tonic::Code::FailedPrecondition && e.message().contains(missing) => {
+            Ok(())
+        }
+        Err(e) => Err(format!("CreateContainer with profile {missing}: {e}")),
     }
 }
 

@@ -53,6 +53,8 @@ pub enum ContainerError {
     #[error(transparent)]
     Spec(#[from] crate::oci::host::SpecError),
     #[error(transparent)]
+    AppArmor(#[from] crate::oci::apparmor::AppArmorError),
+    #[error(transparent)]
     Monitor(#[from] monitor::MonitorError),
     #[error(transparent)]
     Oci(#[from] crate::oci::OciError),
@@ -575,6 +577,12 @@ impl Containers {
         rb: &mut Rollback,
     ) -> Result<(), ContainerError> {
         let runtime = self.runtime_for(sandbox)?;
+        // First, as it may refuse the request (a profile that is not loaded).
+        let apparmor_profile = self
+            .pods
+            .apparmor
+            .profile_for(&spec::container_apparmor_request(req.config)?)
+            .await?;
         let cgroups_path = meta.cgroups_path.clone();
         let log_path = meta.log_path.clone();
         // Without fsync (a power loss ends the container anyway; recovery sweeps what a lost
@@ -644,6 +652,7 @@ impl Containers {
             cgroups_path: cgroups_path.clone(),
             host: &self.pods.host,
             restrict_oom_score_adj: self.pods.config.load().runtime.restrict_oom_score_adj,
+            apparmor_profile,
         })?;
         let mut oci = oci;
         crate::sandbox::spec::set_sandbox_id(&mut oci, &sandbox.id);

@@ -24,10 +24,11 @@ use oci_spec::runtime::{
 };
 
 use crate::image::ImageConfig;
+use crate::oci::apparmor::AppArmorRequest;
 pub use crate::oci::host::SpecError;
 use crate::oci::host::{HostFeatures, CAPABILITY_NAMES};
 use crate::sandbox::spec::{
-    apparmor_profile, check_cgroups_path, default_mounts, merge_env, mount_label, namespace,
+    apparmor_request, check_cgroups_path, default_mounts, merge_env, mount_label, namespace,
     normalize_capability, parse_capability, push_pinned, reject_user_namespace, seccomp_profile,
     seccomp_request, selinux_label, strings, to_capabilities, SeccompRequest, ANN_CONTAINER_NAME,
     ANN_CONTAINER_TYPE, ANN_IMAGE_NAME, ANN_SANDBOX_NAME, ANN_SANDBOX_NAMESPACE, ANN_SANDBOX_UID,
@@ -70,6 +71,8 @@ pub struct ContainerSpecInput<'a> {
     pub cgroups_path: String,
     pub host: &'a HostFeatures,
     pub restrict_oom_score_adj: bool,
+    /// The AppArmor profile, resolved from [`container_apparmor_request`]; `None` = unconfined.
+    pub apparmor_profile: Option<String>,
 }
 
 /// Builds a container's spec.
@@ -130,11 +133,9 @@ pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
     // The builders start from oci-spec's `Default` (a 1024 NOFILE rlimit, youki's hostname,
     // default masked paths...): clear what we do not decide ourselves.
     process.set_rlimits(None);
-    if !privileged {
-        if let Some(profile) = sec.and_then(|s| container_apparmor(s, input.host)) {
-            process.set_apparmor_profile(Some(profile));
-        }
-    }
+    // Resolved by the caller (`container_apparmor_request`, then the default profile loaded or
+    // a named one checked); `None` leaves the field out, which runc needs where AppArmor is off.
+    process.set_apparmor_profile(input.apparmor_profile.clone());
     let selinux = if input.host.selinux && !privileged {
         sec.and_then(|s| selinux_label(s.selinux_options.as_ref()))
     } else {
@@ -330,18 +331,17 @@ fn container_seccomp_request(s: &LinuxContainerSecurityContext) -> Option<Seccom
     seccomp_request(s.seccomp.as_ref(), &s.seccomp_profile_path)
 }
 
-#[allow(deprecated)]
-fn container_apparmor(s: &LinuxContainerSecurityContext, host: &HostFeatures) -> Option<String> {
-    if s.apparmor.is_some() {
-        return apparmor_profile(s.apparmor.as_ref(), host);
+/// The AppArmor confinement a container asks for (see `sandbox::spec::apparmor_request`).
+#[allow(deprecated)] // the string form is what older kubelets send, and newer ones send both
+pub fn container_apparmor_request(config: &ContainerConfig) -> Result<AppArmorRequest, SpecError> {
+    let sec = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    match sec {
+        Some(s) => apparmor_request(s.apparmor.as_ref(), &s.apparmor_profile, s.privileged),
+        None => Ok(AppArmorRequest::RuntimeDefault),
     }
-    if !host.apparmor {
-        return None;
-    }
-    s.apparmor_profile
-        .strip_prefix("localhost/")
-        .filter(|p| !p.is_empty())
-        .map(String::from)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1141,6 +1141,7 @@ mod tests {
         restrict: bool,
         cgroups_path: String,
         image_volumes: Vec<crate::container::image_volume::ImageVolume>,
+        apparmor_profile: Option<String>,
     }
 
     impl Fixture {
@@ -1189,6 +1190,7 @@ mod tests {
                 restrict: true,
                 cgroups_path: "/ferrio/pod/c1".into(),
                 image_volumes: Vec::new(),
+                apparmor_profile: None,
                 dir,
             }
         }
@@ -1250,6 +1252,7 @@ mod tests {
                 cgroups_path: self.cgroups_path.clone(),
                 host: &self.host,
                 restrict_oom_score_adj: self.restrict,
+                apparmor_profile: self.apparmor_profile.clone(),
             })
         }
 
@@ -1690,10 +1693,7 @@ mod tests {
         let mut f = Fixture::new();
         f.host.apparmor = false;
         f.host.selinux = false;
-        f.sec().apparmor = Some(SecurityProfile {
-            profile_type: ProfileType::Localhost as i32,
-            localhost_ref: "my-profile".into(),
-        });
+        f.apparmor_profile = None;
         f.sec().selinux_options = Some(crate::cri::v1::SeLinuxOption {
             level: "s0:c1,c2".into(),
             ..Default::default()
@@ -1705,6 +1705,7 @@ mod tests {
         assert!(!json.contains("mountLabel"));
         f.host.apparmor = true;
         f.host.selinux = true;
+        f.apparmor_profile = Some("my-profile".into());
         let s = f.spec();
         assert_eq!(
             process(&s).apparmor_profile().as_deref(),
@@ -1718,6 +1719,60 @@ mod tests {
             linux(&s).mount_label().as_deref(),
             Some("system_u:object_r:container_file_t:s0:c1,c2")
         );
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn container_apparmor_requests() {
+        use AppArmorRequest::*;
+        let mut f = Fixture::new();
+        // No security context, or one that names nothing: the runtime default.
+        assert_eq!(
+            container_apparmor_request(&f.config).unwrap(),
+            RuntimeDefault
+        );
+        f.sec();
+        assert_eq!(
+            container_apparmor_request(&f.config).unwrap(),
+            RuntimeDefault
+        );
+        f.sec().apparmor_profile = "localhost/old-form".into();
+        assert_eq!(
+            container_apparmor_request(&f.config).unwrap(),
+            Localhost("old-form".into())
+        );
+        // The structured field wins over the string.
+        f.sec().apparmor = Some(SecurityProfile {
+            profile_type: ProfileType::Localhost as i32,
+            localhost_ref: "new-form".into(),
+        });
+        assert_eq!(
+            container_apparmor_request(&f.config).unwrap(),
+            Localhost("new-form".into())
+        );
+        f.sec().apparmor = Some(SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        });
+        assert_eq!(
+            container_apparmor_request(&f.config).unwrap(),
+            RuntimeDefault
+        );
+        // Privileged: no default profile; a named one still applies.
+        f.privileged();
+        assert_eq!(container_apparmor_request(&f.config).unwrap(), Unconfined);
+        f.sec().apparmor = None;
+        assert_eq!(
+            container_apparmor_request(&f.config).unwrap(),
+            Localhost("old-form".into())
+        );
+        f.sec().apparmor_profile = String::new();
+        assert_eq!(container_apparmor_request(&f.config).unwrap(), Unconfined);
+        f.sec().apparmor_profile = "bogus".into();
+        assert!(matches!(
+            container_apparmor_request(&f.config),
+            Err(SpecError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -102,7 +102,8 @@ pub struct HostFeatures {
     pub min_oom_score_adj: i32,
     /// A hugetlb controller usable by the runtime (a v1 hierarchy, or cgroup v2 unified).
     pub hugetlb: bool,
-    /// AppArmor is enabled in the kernel.
+    /// AppArmor is enabled in the kernel and its securityfs lists profiles (so profiles can be
+    /// loaded and checked).
     pub apparmor: bool,
     /// SELinux is enabled (selinuxfs mounted).
     pub selinux: bool,
@@ -178,7 +179,7 @@ impl HostFeatures {
             min_oom_score_adj: min_oom_score_adj(cap_eff, own_oom),
             hugetlb,
             apparmor: read("/sys/module/apparmor/parameters/enabled").trim() == "Y"
-                && Path::new("/sys/kernel/security/apparmor").exists(),
+                && Path::new("/sys/kernel/security/apparmor/profiles").exists(),
             selinux: mountinfo_has_fstype(&mountinfo, "selinuxfs")
                 && Path::new("/sys/fs/selinux/enforce").exists(),
             cgroup_v2,

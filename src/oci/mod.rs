@@ -4,6 +4,7 @@
 //! Owns `<runroot>/oci/<handler>` (the runtime's `--root`). `create` is not here: the monitor runs
 //! it so that it owns the container's stdio (see [`crate::monitor`]).
 
+pub mod apparmor;
 pub mod cgroups;
 pub mod host;
 pub mod runtime;

@@ -42,6 +42,8 @@ pub enum SandboxError {
     #[error(transparent)]
     Spec(#[from] crate::oci::host::SpecError),
     #[error(transparent)]
+    AppArmor(#[from] crate::oci::apparmor::AppArmorError),
+    #[error(transparent)]
     Monitor(#[from] monitor::MonitorError),
     #[error(transparent)]
     Oci(#[from] crate::oci::OciError),
@@ -196,6 +198,8 @@ pub struct Pods {
     /// Swapped on reload (network dir, default network); teardown reads its own cache.
     pub cni: Live<Cni>,
     pub host: HostFeatures,
+    /// Turns AppArmor requests into profiles; loads ferrio's default profile on first use.
+    pub apparmor: crate::oci::apparmor::AppArmor,
     /// The configured handlers, swapped on reload.
     pub runtimes: Live<HashMap<String, OciRuntime>>,
     /// Pods created before a reload removed or changed their handler keep the runtime they were
@@ -326,6 +330,7 @@ impl Pods {
             names,
             images,
             cni,
+            apparmor: crate::oci::apparmor::AppArmor::for_host(host.apparmor),
             host,
             runtimes: Live::new(runtimes),
             pinned_runtimes: Default::default(),
@@ -853,6 +858,10 @@ impl Pods {
             cgroups_path,
             hostname,
         } = p;
+        let apparmor_profile = self
+            .apparmor
+            .profile_for(&spec::pause_apparmor_request(cfg)?)
+            .await?;
         let run_dir = self.run_dir(id);
         let config = self.config.load();
         let sandbox_image = config.image.sandbox_image.clone();
@@ -893,6 +902,7 @@ impl Pods {
             hostname: hostname.to_string(),
             host: &self.host,
             restrict_oom_score_adj: config.runtime.restrict_oom_score_adj,
+            apparmor_profile,
         })?;
         let mut spec = spec;
         spec::set_sandbox_id(&mut spec, id);

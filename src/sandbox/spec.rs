@@ -3,7 +3,8 @@
 //! (default mounts, masked paths, capabilities, seccomp, sysctl rules, annotations).
 //!
 //! Pure: reads nothing but a Localhost seccomp profile. Host quirks come in through
-//! [`HostFeatures`] (no apparmor/selinux fields where inactive, `oom_score_adj` clamped).
+//! [`HostFeatures`] (no selinux fields where inactive, `oom_score_adj` clamped); the AppArmor
+//! profile comes in resolved (see [`crate::oci::apparmor`]).
 //! `container::spec` imports the shared pieces from here; this module never imports
 //! `container`.
 
@@ -24,6 +25,7 @@ use oci_spec::runtime::{
 };
 
 use crate::image::ImageConfig;
+use crate::oci::apparmor::AppArmorRequest;
 use crate::oci::cgroups::CgroupLimits;
 use crate::oci::host::{HostFeatures, SpecError};
 
@@ -133,6 +135,8 @@ pub struct PauseSpecInput<'a> {
     pub hostname: String,
     pub host: &'a HostFeatures,
     pub restrict_oom_score_adj: bool,
+    /// The AppArmor profile, resolved from [`pause_apparmor_request`]; `None` = unconfined.
+    pub apparmor_profile: Option<String>,
 }
 
 /// Builds the pause container's spec.
@@ -189,11 +193,9 @@ pub fn pause_spec(input: &PauseSpecInput) -> Result<Spec, SpecError> {
     // The builders start from oci-spec's `Default` (a 1024 NOFILE rlimit, youki's hostname,
     // default masked paths...): clear what we do not decide ourselves.
     process.set_rlimits(None);
-    if !privileged {
-        if let Some(p) = sec.and_then(|s| apparmor_profile(s.apparmor.as_ref(), input.host)) {
-            process.set_apparmor_profile(Some(p));
-        }
-    }
+    // Resolved by the caller (`pause_apparmor_request`, then loaded-profile checks); `None`
+    // leaves the field out, which runc needs where AppArmor is off.
+    process.set_apparmor_profile(input.apparmor_profile.clone());
     if input.host.selinux && !privileged {
         if let Some(label) = sec.and_then(|s| selinux_label(s.selinux_options.as_ref())) {
             process.set_selinux_label(Some(label));
@@ -1113,18 +1115,97 @@ pub(crate) fn default_seccomp_profile(caps: &[String]) -> Result<LinuxSeccomp, S
         .build()?)
 }
 
-/// The AppArmor profile to set, only when AppArmor is active and a named profile is asked
-/// for (we load no default profile of our own, so RuntimeDefault runs unconfined).
-pub(crate) fn apparmor_profile(p: Option<&SecurityProfile>, host: &HostFeatures) -> Option<String> {
-    let p = p?;
-    if !host.apparmor {
-        return None;
-    }
-    match ProfileType::try_from(p.profile_type) {
-        Ok(ProfileType::Localhost) if !p.localhost_ref.is_empty() => {
-            Some(p.localhost_ref.trim_start_matches("localhost/").to_string())
+/// The deprecated string field's names (Kubernetes' `runtime/default`, `unconfined`,
+/// `localhost/<name>`; `docker/default` is what older kubelets sent for the default).
+const APPARMOR_RUNTIME_DEFAULT: &str = "runtime/default";
+const APPARMOR_DOCKER_DEFAULT: &str = "docker/default";
+const APPARMOR_UNCONFINED: &str = "unconfined";
+const APPARMOR_LOCALHOST_PREFIX: &str = "localhost/";
+
+/// The AppArmor confinement a CRI security context asks for. The structured `apparmor` field
+/// wins over the deprecated string (kubelet sends both); neither means RuntimeDefault. A
+/// privileged container gets no default profile, yet runs under a profile it names (containerd's
+/// rule: naming one is an explicit choice).
+pub(crate) fn apparmor_request(
+    field: Option<&SecurityProfile>,
+    deprecated: &str,
+    privileged: bool,
+) -> Result<AppArmorRequest, SpecError> {
+    let request = match field {
+        Some(p) => {
+            let kind = ProfileType::try_from(p.profile_type).map_err(|_| {
+                SpecError::invalid(
+                    "apparmor.profile_type",
+                    format!("unknown profile type {}", p.profile_type),
+                )
+            })?;
+            if kind != ProfileType::Localhost && !p.localhost_ref.is_empty() {
+                return Err(SpecError::invalid(
+                    "apparmor.localhost_ref",
+                    format!(
+                        "{:?} is set, but the profile type is {}",
+                        p.localhost_ref,
+                        kind.as_str_name()
+                    ),
+                ));
+            }
+            match kind {
+                ProfileType::RuntimeDefault => AppArmorRequest::RuntimeDefault,
+                ProfileType::Unconfined => AppArmorRequest::Unconfined,
+                ProfileType::Localhost => localhost_apparmor(
+                    "apparmor.localhost_ref",
+                    p.localhost_ref
+                        .strip_prefix(APPARMOR_LOCALHOST_PREFIX)
+                        .unwrap_or(&p.localhost_ref),
+                )?,
+            }
         }
-        _ => None,
+        None => match deprecated {
+            "" | APPARMOR_RUNTIME_DEFAULT | APPARMOR_DOCKER_DEFAULT => {
+                AppArmorRequest::RuntimeDefault
+            }
+            APPARMOR_UNCONFINED => AppArmorRequest::Unconfined,
+            s => match s.strip_prefix(APPARMOR_LOCALHOST_PREFIX) {
+                Some(name) => localhost_apparmor("apparmor_profile", name)?,
+                None => {
+                    return Err(SpecError::invalid(
+                        "apparmor_profile",
+                        format!(
+                            "{s:?} is none of {APPARMOR_RUNTIME_DEFAULT:?}, \
+                             {APPARMOR_UNCONFINED:?}, \"{APPARMOR_LOCALHOST_PREFIX}<name>\""
+                        ),
+                    ))
+                }
+            },
+        },
+    };
+    Ok(match request {
+        AppArmorRequest::RuntimeDefault if privileged => AppArmorRequest::Unconfined,
+        r => r,
+    })
+}
+
+fn localhost_apparmor(field: &str, name: &str) -> Result<AppArmorRequest, SpecError> {
+    if name.is_empty() {
+        return Err(SpecError::invalid(
+            field,
+            "a Localhost apparmor profile needs a profile name",
+        ));
+    }
+    Ok(AppArmorRequest::Localhost(name.to_string()))
+}
+
+/// The pause container's AppArmor request: only what the pod's security context names. The
+/// pause process runs nothing of the user's, so an unset field leaves it unconfined, as CRI-O
+/// and containerd leave their infra containers.
+pub fn pause_apparmor_request(config: &PodSandboxConfig) -> Result<AppArmorRequest, SpecError> {
+    let sec = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    match sec.and_then(|s| s.apparmor.as_ref()) {
+        None => Ok(AppArmorRequest::Unconfined),
+        Some(p) => apparmor_request(Some(p), "", sec.is_some_and(|s| s.privileged)),
     }
 }
 
@@ -1231,6 +1312,7 @@ mod tests {
         ipcns: Option<PathBuf>,
         utsns: Option<PathBuf>,
         restrict: bool,
+        apparmor_profile: Option<String>,
     }
 
     impl Fixture {
@@ -1258,6 +1340,7 @@ mod tests {
                 ipcns: Some("/run/ferrio/ns/ipc".into()),
                 utsns: Some("/run/ferrio/ns/uts".into()),
                 restrict: true,
+                apparmor_profile: None,
             }
         }
 
@@ -1289,6 +1372,7 @@ mod tests {
                 hostname: self.config.hostname.clone(),
                 host: &self.host,
                 restrict_oom_score_adj: self.restrict,
+                apparmor_profile: self.apparmor_profile.clone(),
             })
         }
     }
@@ -1491,5 +1575,136 @@ mod tests {
                 ..Default::default()
             })
         );
+    }
+
+    fn aa(kind: ProfileType, localhost_ref: &str) -> SecurityProfile {
+        SecurityProfile {
+            profile_type: kind as i32,
+            localhost_ref: localhost_ref.into(),
+        }
+    }
+
+    #[test]
+    fn apparmor_request_from_the_structured_field() {
+        use AppArmorRequest::*;
+        let local = |n: &str| Localhost(n.to_string());
+        let cases = [
+            (aa(ProfileType::RuntimeDefault, ""), false, RuntimeDefault),
+            (aa(ProfileType::RuntimeDefault, ""), true, Unconfined),
+            (aa(ProfileType::Unconfined, ""), false, Unconfined),
+            (aa(ProfileType::Unconfined, ""), true, Unconfined),
+            (
+                aa(ProfileType::Localhost, "k8s-nginx"),
+                false,
+                local("k8s-nginx"),
+            ),
+            (
+                aa(ProfileType::Localhost, "localhost/k8s-nginx"),
+                false,
+                local("k8s-nginx"),
+            ),
+            // Naming a profile is explicit: a privileged container runs under it.
+            (
+                aa(ProfileType::Localhost, "k8s-nginx"),
+                true,
+                local("k8s-nginx"),
+            ),
+        ];
+        for (field, privileged, want) in cases {
+            // The deprecated string is ignored when the field is there (kubelet sends both).
+            for deprecated in ["", "unconfined", "localhost/other", "garbage"] {
+                assert_eq!(
+                    apparmor_request(Some(&field), deprecated, privileged).unwrap(),
+                    want,
+                    "{field:?} {deprecated:?} privileged={privileged}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn apparmor_request_from_the_deprecated_string() {
+        use AppArmorRequest::*;
+        let cases = [
+            ("", false, RuntimeDefault),
+            ("", true, Unconfined),
+            ("runtime/default", false, RuntimeDefault),
+            ("runtime/default", true, Unconfined),
+            ("docker/default", false, RuntimeDefault),
+            ("unconfined", false, Unconfined),
+            ("unconfined", true, Unconfined),
+            ("localhost/k8s-nginx", false, Localhost("k8s-nginx".into())),
+            ("localhost/k8s-nginx", true, Localhost("k8s-nginx".into())),
+        ];
+        for (deprecated, privileged, want) in cases {
+            assert_eq!(
+                apparmor_request(None, deprecated, privileged).unwrap(),
+                want,
+                "{deprecated:?} privileged={privileged}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_apparmor_requests_are_invalid_argument() {
+        let invalid = |r: Result<AppArmorRequest, SpecError>, needle: &str| match r {
+            Err(e @ SpecError::Invalid { .. }) => {
+                assert!(e.to_string().contains(needle), "{e}")
+            }
+            other => panic!("{other:?}"),
+        };
+        invalid(
+            apparmor_request(Some(&aa(ProfileType::Localhost, "")), "", false),
+            "apparmor.localhost_ref",
+        );
+        invalid(
+            apparmor_request(Some(&aa(ProfileType::Localhost, "localhost/")), "", false),
+            "needs a profile name",
+        );
+        invalid(
+            apparmor_request(Some(&aa(ProfileType::RuntimeDefault, "x")), "", false),
+            "RuntimeDefault",
+        );
+        let unknown = SecurityProfile {
+            profile_type: 42,
+            localhost_ref: String::new(),
+        };
+        invalid(apparmor_request(Some(&unknown), "", false), "42");
+        invalid(
+            apparmor_request(None, "localhost/", false),
+            "apparmor_profile",
+        );
+        invalid(apparmor_request(None, "k8s-nginx", false), "\"k8s-nginx\"");
+    }
+
+    #[test]
+    fn the_pause_container_is_confined_only_when_the_pod_asks() {
+        let mut f = Fixture::new();
+        assert_eq!(
+            pause_apparmor_request(&f.config).unwrap(),
+            AppArmorRequest::Unconfined
+        );
+        f.sec().apparmor = Some(aa(ProfileType::RuntimeDefault, ""));
+        assert_eq!(
+            pause_apparmor_request(&f.config).unwrap(),
+            AppArmorRequest::RuntimeDefault
+        );
+        f.sec().privileged = true;
+        assert_eq!(
+            pause_apparmor_request(&f.config).unwrap(),
+            AppArmorRequest::Unconfined
+        );
+        f.sec().apparmor = Some(aa(ProfileType::Localhost, "pod-profile"));
+        assert_eq!(
+            pause_apparmor_request(&f.config).unwrap(),
+            AppArmorRequest::Localhost("pod-profile".into())
+        );
+
+        // The resolved profile goes into the spec as is.
+        f.sec().privileged = false;
+        f.apparmor_profile = Some("pod-profile".into());
+        let s = f.build().unwrap();
+        let p = s.process().as_ref().unwrap();
+        assert_eq!(p.apparmor_profile().as_deref(), Some("pod-profile"));
     }
 }

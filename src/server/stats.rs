@@ -739,7 +739,10 @@ mod tests {
         assert_eq!((some.avg10, some.avg60, some.avg300), (1.5, 0.75, 0.3));
         assert_eq!(cpu.full.unwrap().total, 500_000_000);
         let mem = memory(&u).psi.unwrap();
-        assert_eq!((mem.some.unwrap().total, mem.full.unwrap().total), (77_000, 33_000));
+        assert_eq!(
+            (mem.some.unwrap().total, mem.full.unwrap().total),
+            (77_000, 33_000)
+        );
         let io = io(&u).unwrap();
         assert_eq!(io.timestamp, 42);
         let psi = io.psi.unwrap();
