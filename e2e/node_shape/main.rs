@@ -364,11 +364,7 @@ async fn pause_pid(cri: &mut Cri, pod_id: &str) -> Result<i32, String> {
         .await
         .map_err(|e| format!("PodSandboxStatus {pod_id}: {e}"))?
         .into_inner();
-    let info: serde_json::Value = r
-        .info
-        .get("info")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
+    let info = pods::verbose_info(&r.info);
     info["pid"]
         .as_i64()
         .map(|p| p as i32)

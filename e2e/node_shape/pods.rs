@@ -264,6 +264,13 @@ pub struct Observed {
     pub monitor_pid: i32,
 }
 
+/// The `info` of a verbose status call as JSON (`Null` when the daemon sent none).
+pub fn verbose_info(info: &std::collections::HashMap<String, String>) -> serde_json::Value {
+    info.get("info")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
+}
+
 pub async fn observe(cri: &mut Cri, id: &str) -> Result<Observed, String> {
     let r = cri
         .rt
@@ -274,11 +281,7 @@ pub async fn observe(cri: &mut Cri, id: &str) -> Result<Observed, String> {
         .await
         .map_err(|e| format!("ContainerStatus {id}: {e}"))?
         .into_inner();
-    let info: serde_json::Value = r
-        .info
-        .get("info")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
+    let info = verbose_info(&r.info);
     let num = |k: &str| info["status"][k].as_i64().unwrap_or(0) as i32;
     Ok(Observed {
         status: r
