@@ -240,16 +240,7 @@ async fn each_stream_sends_what_its_list_call_returns() {
     let d = Daemon::start(Opts::default()).await;
     let env = d.env().clone();
     let mut cri = d.client().await;
-    cri.img
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("PullImage");
+    crate::harness::pull(&mut cri, BUSYBOX).await;
     // Three pods, one container each; the last pod stopped; labels to filter on.
     let mut pods = Vec::new();
     let mut containers = Vec::new();
@@ -510,16 +501,7 @@ async fn each_stream_matches_its_list_call_at_scale() {
     let d = Daemon::start(Opts::default()).await;
     let env = d.env().clone();
     let mut cri = d.client().await;
-    cri.img
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("PullImage");
+    crate::harness::pull(&mut cri, BUSYBOX).await;
 
     // Even pods are "web", odd ones "db"; every tenth pod is stopped (NotReady, container
     // exited) so the state filters select a strict part.

@@ -1,8 +1,8 @@
 //! One pod end to end, bad input, a daemon restart, and the CLI's config handling.
 
 use crate::harness::{
-    container_config, ferrio_bin, pod_config, rand_hex, wait_for_container_state, Cri, Daemon,
-    LearnedPids, Opts,
+    container_config, ferrio_bin, pod_config, pull, rand_hex, wait_for_container_state, Cri,
+    Daemon, LearnedPids, Opts,
 };
 use ferrio::cri::v1::{
     ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
@@ -15,21 +15,6 @@ use std::time::Duration;
 use tonic::Code;
 
 const BUSYBOX: &str = "docker.io/library/busybox:1.36";
-
-async fn pull(cri: &mut Cri, image: &str) -> String {
-    cri.img
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PullImage {image}: {e}"))
-        .into_inner()
-        .image_ref
-}
 
 async fn run_pod(cri: &mut Cri, config: &PodSandboxConfig) -> String {
     cri.rt

@@ -6,10 +6,26 @@ use super::rand_hex;
 use ferrio::cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatus, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    PodSandboxStatus, PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use std::time::{Duration, Instant};
+
+/// PullImage `image` as kubelet does before it creates; the image's ref. Panics naming the image.
+pub async fn pull(cri: &mut Cri, image: &str) -> String {
+    cri.img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {image}: {e}"))
+        .into_inner()
+        .image_ref
+}
 
 /// A pod named `name` in namespace `e2e` with a fresh uid, its own log directory and a cgroup
 /// parent unique to the test.

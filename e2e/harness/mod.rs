@@ -20,7 +20,7 @@ pub use client::Cri;
 pub use daemon::{ferrio_bin, monitor_bin, Daemon};
 pub use env::{Configure, Env, Opts, REGISTRY_ENV};
 pub use fixtures::{
-    container_config, create_and_start, pod_config, pod_status, run_pod, start_container,
+    container_config, create_and_start, pod_config, pod_status, pull, run_pod, start_container,
     stop_and_remove_pod, wait_for_container_state,
 };
 pub use leaks::LearnedPids;
