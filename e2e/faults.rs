@@ -843,8 +843,7 @@ async fn a_killed_monitor_is_reported_and_the_container_still_stops_and_goes() {
 // An OCI runtime that fails create or start.
 
 /// A runtime wrapper: refuses `create` / `start` while `fail-create` / `fail-start` exist next to
-/// it, with a message on stderr, and is runc otherwise (its handler turns `runc_shortcuts` off,
-/// or ferrio would start containers through runc's exec fifo and never run its `start`).
+/// it, with a message on stderr, and is runc otherwise.
 fn faulty_runtime(dir: &Path) -> PathBuf {
     let path = dir.join("faulty-runc");
     let script = format!(
@@ -887,7 +886,6 @@ async fn a_runtime_failing_create_or_start_rolls_back_and_a_retry_works() {
                 "faulty".into(),
                 RuntimeHandler {
                     runtime_path: wrapper.clone(),
-                    runc_shortcuts: Some(false),
                     ..Default::default()
                 },
             );

@@ -102,12 +102,6 @@ pub struct RuntimeHandler {
     /// crun, no for others. Ignored on cgroup v2 and pure v1 hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_v1_view: Option<bool>,
-    /// When the binary is runc: start a created container through runc's exec fifo and delete
-    /// an exited one by removing its cgroup and runc state dir, instead of running `runc start`
-    /// and `runc delete` (each a ~10 ms process). Unset: on. `false` runs every verb through the
-    /// binary (a runc whose internals changed; a wrapper script that must see each verb).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub runc_shortcuts: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -261,7 +255,6 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/sbin/runc".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
-                runc_shortcuts: None,
             },
         );
         runtimes.insert(
@@ -270,7 +263,6 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/bin/crun".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
-                runc_shortcuts: None,
             },
         );
         RuntimeConfig {
@@ -290,7 +282,6 @@ impl Default for RuntimeHandler {
             runtime_path: "/usr/sbin/runc".into(),
             runtime_root: PathBuf::new(),
             cgroup_v1_view: None,
-            runc_shortcuts: None,
         }
     }
 }
@@ -940,7 +931,6 @@ pub const CONFIG_KEYS: &[KeyDoc] = &[
     key("runtime.runtimes.<handler>.runtime_path", "The OCI runtime binary (runc or crun)."),
     key("runtime.runtimes.<handler>.runtime_root", "The runtime's --root; \"\" = <runroot>/oci/<handler>."),
     key("runtime.runtimes.<handler>.cgroup_v1_view", "On a cgroup v1 hybrid host, hide the cgroup2 mount from this runtime (unset: on for crun, which refuses hybrid hosts, off for others)."),
-    key("runtime.runtimes.<handler>.runc_shortcuts", "For runc: start through its exec.fifo and delete exited containers without a runc process each (unset: on; false: every verb through runc)."),
     table("image", "Images and registries."),
     key("image.sandbox_image", "The pause image every pod runs."),
     key("image.pinned_images", "Images kubelet's image garbage collector never removes (names or globs)."),
@@ -1080,7 +1070,6 @@ pub(crate) fn config_key_paths() -> Vec<(String, KeyKind)> {
     });
     for h in full.runtime.runtimes.values_mut() {
         h.cgroup_v1_view = Some(true);
-        h.runc_shortcuts = Some(true);
     }
     let mut out = Vec::new();
     if let Ok(toml::Value::Table(t)) = toml::Value::try_from(&full) {
