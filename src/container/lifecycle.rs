@@ -11,11 +11,10 @@
 use super::spec;
 use crate::image::ImageStore;
 use crate::monitor;
+use crate::oci::half_created::{self, HalfCreated, Patience};
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
-use crate::sandbox::lifecycle::{
-    reap_half_created, HalfCreated, Pods, Sandbox, SandboxError, SandboxState, MONITOR_HANDLE_FILE,
-};
+use crate::sandbox::lifecycle::{Pods, Sandbox, SandboxError, SandboxState, MONITOR_HANDLE_FILE};
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
@@ -697,7 +696,7 @@ impl Containers {
                 let _ = rt.delete(&id).await;
             });
         }
-        let launched = monitor::launch(&monitor::MonitorSpawn {
+        let spawn_req = monitor::MonitorSpawn {
             monitor_path: self.pods.monitor_path.clone(),
             id: id.to_string(),
             bundle,
@@ -714,8 +713,8 @@ impl Containers {
             stdin_once: req.config.stdin_once,
             cgroup_v1_view: runtime.cgroup_view.is_some(),
             scope: self.pods.monitor_scope(&sandbox.meta.cgroup_parent),
-        })
-        .await?;
+        };
+        let launched = self.pods.monitors.launch(&spawn_req).await?;
         // The monitor is on record before the runtime's create ends, so that a restarted
         // daemon knows whom to wait for.
         let handle = launched.monitor();
@@ -1033,14 +1032,15 @@ impl Containers {
                     match self.runtime_of(&rec) {
                         Ok(runtime) => {
                             let run_dir = self.run_dir(&rec.id);
-                            reap_half_created(HalfCreated {
-                                id: &rec.id,
-                                runtime: &runtime,
+                            let half = HalfCreated {
+                                id: rec.id.clone(),
                                 monitor: st.monitor(),
                                 handle_file: run_dir.join(MONITOR_HANDLE_FILE),
                                 pid_file: run_dir.join(CONTAINER_PID_FILE),
-                            })
-                            .await;
+                            };
+                            let monitors = self.pods.monitors.clone();
+                            half_created::reap(&half, &runtime, monitors, Patience::default())
+                                .await;
                         }
                         Err(e) => {
                             tracing::warn!(id = %rec.id, error = %e, "no runtime to reap a half-created container with")

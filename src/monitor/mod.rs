@@ -48,6 +48,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub use crate::sys::ProcessHandle;
@@ -400,6 +401,103 @@ impl Launched {
     }
 }
 
+/// Starting and finding monitors: the seam a lifecycle test puts a fake behind.
+/// [`MonitorProcesses`], the `ferrio-monitor` binary, is the implementation.
+pub trait MonitorLauncher: Send + Sync {
+    /// Starts a monitor that runs the runtime's create; resolves once the monitor is up.
+    fn launch<'a>(
+        &'a self,
+        req: &'a MonitorSpawn,
+    ) -> BoxFuture<'a, Result<Box<dyn LaunchedMonitor>, MonitorError>>;
+    /// The monitor of an object whose record may not know it (a daemon killed during the
+    /// create), found through its handle file or else the handle on record, if it still lives.
+    /// Blocking (file and /proc reads).
+    fn find(&self, handle_file: &Path, recorded: ProcessHandle) -> Option<Box<dyn FoundMonitor>>;
+}
+
+/// A monitor that is up and running the runtime's create.
+pub trait LaunchedMonitor: Send {
+    /// The monitor process, to put on record before the create ends.
+    fn monitor(&self) -> ProcessHandle;
+    /// Waits for the runtime's create: the container's init, or the runtime's error.
+    fn created(self: Box<Self>) -> BoxFuture<'static, Result<Spawned, MonitorError>>;
+}
+
+/// A live monitor found by [`MonitorLauncher::find`]. Blocking methods.
+pub trait FoundMonitor: Send {
+    /// Whether it still runs.
+    fn alive(&self) -> bool;
+    /// Tells it to give up: a monitor still creating kills the runtime's create and exits.
+    fn stop(&self);
+}
+
+/// The `ferrio-monitor` binary named in each [`MonitorSpawn`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MonitorProcesses;
+
+impl MonitorLauncher for MonitorProcesses {
+    fn launch<'a>(
+        &'a self,
+        req: &'a MonitorSpawn,
+    ) -> BoxFuture<'a, Result<Box<dyn LaunchedMonitor>, MonitorError>> {
+        Box::pin(async move { Ok(Box::new(launch(req).await?) as Box<dyn LaunchedMonitor>) })
+    }
+
+    fn find(&self, handle_file: &Path, recorded: ProcessHandle) -> Option<Box<dyn FoundMonitor>> {
+        let by_file = match LiveMonitor::find(handle_file) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(path = %handle_file.display(), error = %e, "cannot read a monitor handle file");
+                None
+            }
+        };
+        match by_file {
+            Some(live) => Some(Box::new(FoundProcess {
+                live: Some(live),
+                recorded,
+            })),
+            None if recorded.is_set() && recorded.is_alive() => Some(Box::new(FoundProcess {
+                live: None,
+                recorded,
+            })),
+            None => None,
+        }
+    }
+}
+
+impl LaunchedMonitor for Launched {
+    fn monitor(&self) -> ProcessHandle {
+        Launched::monitor(self)
+    }
+    fn created(self: Box<Self>) -> BoxFuture<'static, Result<Spawned, MonitorError>> {
+        Box::pin(Launched::created(*self))
+    }
+}
+
+/// A live monitor process, known by the lock on its handle file or else by its recorded handle.
+struct FoundProcess {
+    live: Option<LiveMonitor>,
+    recorded: ProcessHandle,
+}
+
+impl FoundMonitor for FoundProcess {
+    fn alive(&self) -> bool {
+        match &self.live {
+            Some(l) => !l.released().unwrap_or(true),
+            None => self.recorded.is_alive(),
+        }
+    }
+
+    fn stop(&self) {
+        let handle = self
+            .live
+            .as_ref()
+            .and_then(|l| l.handle().ok().flatten())
+            .unwrap_or(self.recorded);
+        let _ = handle.signal(libc::SIGTERM);
+    }
+}
+
 /// A monitor found through its handle file after a daemon restart: it still holds the lock.
 #[derive(Debug)]
 pub struct LiveMonitor {
@@ -427,9 +525,13 @@ impl LiveMonitor {
     /// Whether the monitor is gone (nobody holds the lock any more).
     pub fn released(&self) -> io::Result<bool> {
         match lock_handle_file(&self.file, true) {
-            // Our shared lock is dropped with the next probe's or the file's close; holding it
-            // meanwhile keeps nobody out (a new launch of the object waits for recovery).
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                // Let go at once: a probe must not keep a new monitor of the object out.
+                #[allow(deprecated)] // as in lock_handle_file
+                nix::fcntl::flock(self.file.as_raw_fd(), nix::fcntl::FlockArg::Unlock)
+                    .map_err(io::Error::from)?;
+                Ok(true)
+            }
             Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
             Err(e) => Err(e),
         }
@@ -439,21 +541,6 @@ impl LiveMonitor {
     pub fn handle(&self) -> io::Result<Option<ProcessHandle>> {
         let text = std::fs::read_to_string(&self.path)?;
         Ok(ProcessHandle::parse_line(&text))
-    }
-
-    /// Polls until the monitor is gone, `done()` says enough, or `timeout` passed; whether the
-    /// monitor is gone. Blocking.
-    pub fn wait(&self, timeout: Duration, mut done: impl FnMut() -> bool) -> io::Result<bool> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if self.released()? {
-                return Ok(true);
-            }
-            if done() || std::time::Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -520,4 +607,48 @@ pub async fn wait_exit(
         }
     }
     read(path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in monitor (`sleep`) that holds the locked handle file the way `ferrio-monitor`
+    /// does (inherited at [`HANDLE_FD`]): found while it lives, a second launch for the object
+    /// refused, told to stop through the recorded handle, and no longer found once it is gone.
+    #[test]
+    fn a_monitor_is_found_by_its_locked_handle_file_until_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("monitor.handle");
+        let f = open_handle_file(&path).unwrap();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        crate::sys::pass_fd_at(&mut cmd, f.as_raw_fd(), HANDLE_FD);
+        let mut child = cmd.spawn().unwrap();
+        drop(f);
+        let recorded = ProcessHandle::of(child.id() as i32).unwrap().unwrap();
+        let found = MonitorProcesses
+            .find(&path, ProcessHandle::default())
+            .expect("found by the lock alone");
+        assert!(found.alive());
+        assert!(
+            open_handle_file(&path).is_err(),
+            "a second monitor for a live one's object"
+        );
+        drop(found);
+        let found = MonitorProcesses.find(&path, recorded).expect("found");
+        found.stop();
+        child.wait().unwrap();
+        // Another test's fork may hold a copy of the fd until its exec.
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while found.alive() {
+            assert!(std::time::Instant::now() < until, "still locked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(MonitorProcesses.find(&path, recorded).is_none());
+        assert!(MonitorProcesses
+            .find(&dir.path().join("none"), ProcessHandle::default())
+            .is_none());
+        open_handle_file(&path).expect("free for a new monitor");
+    }
 }

@@ -228,6 +228,65 @@ impl OciRuntime {
     }
 }
 
+use futures::future::BoxFuture;
+
+/// The OCI runtime's verbs that the lifecycle runs itself (`create` runs in the monitor, which
+/// owns the container's stdio; `exec` in [`crate::monitor::exec`]): the seam a lifecycle test
+/// puts a fake behind. [`OciRuntime`], the runtime's command line, is the implementation.
+pub trait Runtime: Send + Sync {
+    /// The handler's name, for messages.
+    fn name(&self) -> &str;
+    /// Runs the user process of a created container.
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>>;
+    /// Signals the container's init, or all its processes; a container that is gone is fine.
+    fn kill<'a>(
+        &'a self,
+        id: &'a str,
+        signal: i32,
+        all: bool,
+    ) -> BoxFuture<'a, Result<(), OciError>>;
+    /// Deletes the container, ending its processes first; idempotent.
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>>;
+    /// The runtime's view of the container; `None` when it does not know it.
+    fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<OciState>, OciError>>;
+    /// New cgroup limits for a created or running container.
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        resources: &'a oci_spec::runtime::LinuxResources,
+    ) -> BoxFuture<'a, Result<(), OciError>>;
+}
+
+impl Runtime for OciRuntime {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>> {
+        Box::pin(OciRuntime::start(self, id))
+    }
+    fn kill<'a>(
+        &'a self,
+        id: &'a str,
+        signal: i32,
+        all: bool,
+    ) -> BoxFuture<'a, Result<(), OciError>> {
+        Box::pin(OciRuntime::kill(self, id, signal, all))
+    }
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>> {
+        Box::pin(OciRuntime::delete(self, id))
+    }
+    fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<OciState>, OciError>> {
+        Box::pin(OciRuntime::state(self, id))
+    }
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        resources: &'a oci_spec::runtime::LinuxResources,
+    ) -> BoxFuture<'a, Result<(), OciError>> {
+        Box::pin(OciRuntime::update(self, id, resources))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use crate::image::ImageStore;
 use crate::monitor;
 use crate::network::{Cni, PodNetwork, PortMapping};
 use crate::oci::cgroups::{self, CgroupDriver};
+use crate::oci::half_created::{self, HalfCreated, Patience};
 use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
@@ -225,6 +226,8 @@ pub struct Pods {
     /// started with (by sandbox id), so they still stop and remove cleanly.
     pinned_runtimes: std::sync::Mutex<HashMap<String, OciRuntime>>,
     pub monitor_path: PathBuf,
+    /// Starts and finds monitors (the `ferrio-monitor` binary at `monitor_path`).
+    pub monitors: Arc<dyn monitor::MonitorLauncher>,
     /// systemd's D-Bus API where systemd is PID 1 (monitor scopes, ferrio's pod slices); `None`
     /// elsewhere, and then nothing talks D-Bus.
     pub systemd: Option<Arc<crate::systemd::Systemd>>,
@@ -354,6 +357,7 @@ impl Pods {
             runtimes: Live::new(runtimes),
             pinned_runtimes: Default::default(),
             monitor_path,
+            monitors: Arc::new(monitor::MonitorProcesses),
             systemd: crate::systemd::Systemd::on_this_host(),
             creating: Default::default(),
         }
@@ -939,7 +943,7 @@ impl Pods {
                 let _ = rt.delete(&id).await;
             });
         }
-        let launched = monitor::launch(&monitor::MonitorSpawn {
+        let req = monitor::MonitorSpawn {
             monitor_path: self.monitor_path.clone(),
             id: id.to_string(),
             bundle: bundle.clone(),
@@ -956,8 +960,8 @@ impl Pods {
             stdin_once: false,
             cgroup_v1_view: runtime.cgroup_view.is_some(),
             scope: self.monitor_scope(&rec.meta.cgroup_parent),
-        })
-        .await?;
+        };
+        let launched = self.monitors.launch(&req).await?;
         // Pids are facts of this boot: no fsync. The monitor is on record before the runtime's
         // create ends, so that a restarted daemon knows whom to wait for.
         let handle = launched.monitor();
@@ -1214,15 +1218,15 @@ impl Pods {
             }
         };
         let run_dir = self.run_dir(&rec.id);
-        let found = reap_half_created(HalfCreated {
-            id: &rec.id,
-            runtime: &runtime,
+        let half = HalfCreated {
+            id: rec.id.clone(),
             monitor: rec.status().monitor(),
             handle_file: run_dir.join(MONITOR_HANDLE_FILE),
             pid_file: run_dir.join(PAUSE_PID_FILE),
-        })
-        .await;
-        if found {
+        };
+        let reaped =
+            half_created::reap(&half, &runtime, self.monitors.clone(), Patience::default()).await;
+        if reaped.monitor || reaped.deleted {
             tracing::info!(id = %rec.id, "ended the pause and monitor of a half-created pod sandbox");
         }
     }
@@ -1230,111 +1234,6 @@ impl Pods {
 
 /// Where the runtime writes the pause's pid (in the sandbox's run dir).
 const PAUSE_PID_FILE: &str = "pause.pid";
-
-/// How long a restarted daemon lets a half-created object's monitor finish the runtime's
-/// `create` before it tells the monitor to give up: a create cut off midway can strand its init,
-/// so it gets the time the create itself is given.
-const HALF_CREATED_SETTLE: Duration = Duration::from_secs(240);
-
-/// How long a monitor gets to go once its container is deleted (or to give up its create).
-const HALF_CREATED_MONITOR_EXIT: Duration = Duration::from_secs(10);
-
-/// An object (pause or container) whose create a daemon kill cut short.
-pub(crate) struct HalfCreated<'a> {
-    pub id: &'a str,
-    pub runtime: &'a OciRuntime,
-    /// The monitor on record (unset when the daemon died before it was up).
-    pub monitor: monitor::ProcessHandle,
-    /// The monitor's handle file, which finds a monitor the record does not know.
-    pub handle_file: PathBuf,
-    /// Where the runtime writes the init's pid when its create is done.
-    pub pid_file: PathBuf,
-}
-
-/// Ends a half-created object in the runtime: waits until its monitor (found by the record's
-/// handle or the handle file) has finished the runtime's `create`, then, if the runtime knows
-/// the object, kills and deletes it there, and waits for the monitor to go. Whether anything
-/// (a monitor or a runtime object) was found.
-pub(crate) async fn reap_half_created(h: HalfCreated<'_>) -> bool {
-    let id = h.id.to_string();
-    let (handle_file, pid_file, recorded) = (h.handle_file.clone(), h.pid_file.clone(), h.monitor);
-    let live = tokio::task::spawn_blocking(move || {
-        let live = match monitor::LiveMonitor::find(&handle_file) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(path = %handle_file.display(), error = %e, "cannot read a monitor handle file");
-                None
-            }
-        };
-        let alive = |live: &Option<monitor::LiveMonitor>| match live {
-            Some(l) => !l.released().unwrap_or(true),
-            None => recorded.is_set() && recorded.is_alive(),
-        };
-        if !alive(&live) {
-            return (false, live);
-        }
-        let deadline = std::time::Instant::now() + HALF_CREATED_SETTLE;
-        while alive(&live) && !pid_file.exists() {
-            if std::time::Instant::now() >= deadline {
-                // The monitor kills the runtime's create on SIGTERM and exits.
-                let handle = live
-                    .as_ref()
-                    .and_then(|l| l.handle().ok().flatten())
-                    .unwrap_or(recorded);
-                let _ = handle.signal(libc::SIGTERM);
-                let until = std::time::Instant::now() + HALF_CREATED_MONITOR_EXIT;
-                while alive(&live) && std::time::Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (true, live)
-    })
-    .await;
-    let (had_monitor, live) = match live {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(%id, error = %e, "waiting for a half-created monitor failed");
-            (false, None)
-        }
-    };
-    let known = match h.runtime.state(h.id).await {
-        Ok(s) => s.is_some(),
-        Err(e) => {
-            tracing::warn!(%id, error = %e, "cannot ask the runtime for a half-created object");
-            true
-        }
-    };
-    if known {
-        if let Err(e) = h.runtime.kill(h.id, libc::SIGKILL, false).await {
-            tracing::warn!(%id, error = %e, "cannot kill a half-created object");
-        }
-        if let Err(e) = h.runtime.delete(h.id).await {
-            tracing::warn!(%id, error = %e, "cannot delete a half-created object");
-        }
-    }
-    if had_monitor {
-        // The monitor writes the exit file into the run dir as it goes: let it finish before
-        // the run dir is removed.
-        let _ = tokio::task::spawn_blocking(move || {
-            let until = std::time::Instant::now() + HALF_CREATED_MONITOR_EXIT;
-            match &live {
-                Some(l) => {
-                    let _ = l.wait(HALF_CREATED_MONITOR_EXIT, || false);
-                }
-                None => {
-                    while recorded.is_alive() && std::time::Instant::now() < until {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-            }
-        })
-        .await;
-    }
-    had_monitor || known
-}
 
 /// Write `config.json` into a fresh bundle directory.
 pub async fn write_bundle(
