@@ -9,8 +9,10 @@
 //! - [`sandbox`]: pod lifecycle: pinned namespaces, pause spec, pod files.
 //! - [`cri`]: the CRI v1 schema (proto/cri/api.proto) compiled into types and services.
 //! - [`container`]: container lifecycle; `spec.rs` turns CRI config + image config into an OCI spec.
-//! - [`oci`]: the OCI runtime (runc/crun) as a process; bundles.
-//! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client and monitor-side process code.
+//! - [`oci`]: the OCI runtime behind the `Runtime` trait (the default runs the binary for every
+//!   verb); bundles; ending half-created objects.
+//! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client (behind the
+//!   `MonitorLauncher` trait) and monitor-side process code.
 //! - [`image`]: references, registry client + mirrors, content store, layer unpack, overlay mounts.
 //! - [`metrics`]: Prometheus instruments; reads state, never changes it.
 //! - [`network`]: CNI conflists, plugin exec, result cache, network namespaces.
@@ -21,7 +23,8 @@
 //! - [`sys`]: the only room allowed `unsafe`.
 //!
 //! Rooms below `server` never import `server` nor CRI proto types (only `server/` and the
-//! `spec.rs` translators see them).
+//! `spec.rs` translators see them). Processes are known by pid + start time
+//! ([`sys::ProcessHandle`]), never by their command line.
 #![deny(unsafe_code)]
 
 pub mod config;
