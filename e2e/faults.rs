@@ -645,7 +645,7 @@ async fn daemon_sigkilled_at_random_points_across_200_lifecycles() {
     );
     let _hogs = CpuHogs::start(hogs);
     println!(
-        "fault loop: {seeds} seeds from {first}, {lifecycles} lifecycles each, {hogs} CPU hogs"
+        "fault loop: first seed {first}, seeds: {seeds}, lifecycles per seed: {lifecycles}, CPU hogs: {hogs}"
     );
     let (mut total, mut kills) = (0usize, 0usize);
     let mut seed = first;
