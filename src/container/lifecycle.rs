@@ -44,6 +44,9 @@ pub enum ContainerError {
     WrongState { id: String, reason: String },
     #[error("image {0:?} not found: pull it first")]
     ImageNotFound(String),
+    /// SIGKILL was sent and the monitor still runs, yet no exit came within `waited`.
+    #[error("container {id}: did not exit after SIGKILL")]
+    KillTimeout { id: String, waited: Duration },
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
@@ -936,9 +939,9 @@ impl Containers {
                 })
                 .await?;
             } else {
-                return Err(ContainerError::WrongState {
+                return Err(ContainerError::KillTimeout {
                     id: rec.id.clone(),
-                    reason: "did not exit after SIGKILL".into(),
+                    waited: KILL_WAIT,
                 });
             }
         }
