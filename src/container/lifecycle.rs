@@ -509,9 +509,7 @@ impl Containers {
         } else {
             Some(Path::new(&sandbox.meta.log_directory).join(&req.config.log_path))
         };
-        let driver = crate::oci::cgroups::CgroupDriver::from_config(
-            &self.pods.config.load().runtime.cgroup_manager,
-        );
+        let driver = self.pods.config.load().runtime.cgroup_manager;
         let cgroups_path = driver.cgroups_path(&sandbox.meta.cgroup_parent, &id);
         let meta = ContainerMeta {
             sandbox_id: sandbox.id.clone(),
