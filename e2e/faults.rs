@@ -671,7 +671,7 @@ async fn fault_loop(seed: u64, lifecycles: usize) -> usize {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let env = Arc::new(Env::new(Opts {
-        log_level: "info".into(),
+        log_level: ferrio::config::LogLevel::Info,
         ..Default::default()
     }));
     let mut d = Daemon::start_on(&env).await;

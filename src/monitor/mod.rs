@@ -71,6 +71,9 @@ pub enum MonitorError {
     Runtime { id: String, message: String },
     #[error("container {id}: monitor protocol: {message}")]
     Protocol { id: String, message: String },
+    /// Reading the monitor's sync pipe failed.
+    #[error("container {id}: monitor protocol: {source}")]
+    Sync { id: String, source: io::Error },
     #[error("container {id}: create did not finish within {}s", timeout.as_secs())]
     Timeout { id: String, timeout: Duration },
     #[error("reading exit file {}: {source}", path.display())]
@@ -282,12 +285,7 @@ pub async fn launch(req: &MonitorSpawn) -> Result<Launched, MonitorError> {
                 message: "monitor exited before it was up".into(),
             })
         }
-        Ok(Err(e)) => {
-            return Err(MonitorError::Protocol {
-                id,
-                message: e.to_string(),
-            })
-        }
+        Ok(Err(source)) => return Err(MonitorError::Sync { id, source }),
         Err(_) => {
             return Err(MonitorError::Timeout {
                 id,
@@ -367,10 +365,7 @@ impl Launched {
                 id,
                 message: "monitor exited without reporting the create".into(),
             }),
-            Ok(Err(e)) => Err(MonitorError::Protocol {
-                id,
-                message: e.to_string(),
-            }),
+            Ok(Err(source)) => Err(MonitorError::Sync { id, source }),
             Err(_) => {
                 let _ = self.monitor.signal(libc::SIGTERM);
                 Err(MonitorError::Timeout {

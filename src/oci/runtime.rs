@@ -24,6 +24,16 @@ pub enum OciError {
         id: String,
         message: String,
     },
+    /// The runtime binary could not be started or waited for.
+    #[error("{runtime} {verb} {id}: cannot run {}: {source}", path.display())]
+    Spawn {
+        runtime: String,
+        verb: &'static str,
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{runtime} {verb} {id}: timed out after {secs}s")]
     Timeout {
         runtime: String,
@@ -132,12 +142,13 @@ impl OciRuntime {
                     secs: VERB_TIMEOUT.as_secs(),
                 })
             }
-            Ok(Err(e)) => {
-                return Err(OciError::Failed {
+            Ok(Err(source)) => {
+                return Err(OciError::Spawn {
                     runtime: self.name.clone(),
                     verb,
                     id: id.to_string(),
-                    message: format!("cannot run {}: {e}", self.path.display()),
+                    path: self.path.clone(),
+                    source,
                 })
             }
             Ok(Ok(o)) => o,
