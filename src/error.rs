@@ -8,8 +8,8 @@ use crate::container::lifecycle::ContainerError;
 use crate::image::ImageError;
 use crate::network::NetworkError;
 use crate::oci::apparmor::AppArmorError;
-use crate::oci::host::SpecError;
 use crate::sandbox::lifecycle::SandboxError;
+use crate::spec::SpecError;
 use crate::state::StateError;
 use tonic::{Code, Status};
 
