@@ -6,9 +6,11 @@
 //! - [`man`]: the manual pages ferrio(8) and ferrio.toml(5), rendered from the CLI and [`config`].
 //! - [`error`]: typed errors and the one mapping onto gRPC status codes.
 //! - [`server`]: the gRPC edge; thin handlers that convert CRI messages and orchestrate rooms below.
-//! - [`sandbox`]: pod lifecycle: pinned namespaces, pause spec, pod files.
+//! - [`sandbox`]: pod lifecycle: pinned namespaces, pod files; calls [`spec`] for the pause spec.
 //! - [`cri`]: the CRI v1 schema (proto/cri/api.proto) compiled into types and services.
-//! - [`container`]: container lifecycle; `spec.rs` turns CRI config + image config into an OCI spec.
+//! - [`spec`]: CRI request + image config + pod context + host facts -> OCI spec, as a chain of
+//!   small named steps shared by pods and containers; host facts come in as a `HostView`.
+//! - [`container`]: container lifecycle through the runtime and monitor; calls [`spec`].
 //! - [`oci`]: the OCI runtime behind the `Runtime` trait (the default runs the binary for every
 //!   verb); bundles; ending half-created objects.
 //! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client (behind the
@@ -23,7 +25,8 @@
 //! - [`sys`]: the only room allowed `unsafe`.
 //!
 //! Rooms below `server` never import `server` nor CRI proto types (only `server/` and the
-//! `spec.rs` translators see them). Processes are known by pid + start time
+//! entry points of `spec/`, in `spec/cri.rs`, see them). `sandbox` and `container` share spec
+//! steps through `spec/`, never through each other. Processes are known by pid + start time
 //! ([`sys::ProcessHandle`]), never by their command line.
 #![deny(unsafe_code)]
 
@@ -40,6 +43,7 @@ pub mod oci;
 pub mod rollback;
 pub mod sandbox;
 pub mod server;
+pub mod spec;
 pub mod state;
 pub mod streaming;
 pub mod sys;
