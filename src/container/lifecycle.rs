@@ -136,8 +136,11 @@ pub struct ContainerMeta {
     pub name: String,
     pub attempt: u32,
     pub name_key: String,
-    /// The CRI ContainerConfig as JSON.
+    /// The CRI ContainerConfig as JSON, for ContainerStatus's verbose info only: what the
+    /// daemon reads back is in `request` and the fields beside it.
     pub config: serde_json::Value,
+    /// What the daemon reads back from the request, decided at create.
+    pub request: super::record::ContainerRequestFacts,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// The image as the request named it.
@@ -206,10 +209,14 @@ pub struct ContainerStatus {
     pub oom_killed: bool,
     /// Why the exit was inferred rather than reported (e.g. monitor vanished).
     pub message: String,
-    /// The CRI `LinuxContainerResources` (JSON) last applied by UpdateContainerResources;
-    /// `None` while the create request's still hold.
+    /// The resources last applied by UpdateContainerResources; `None` while the create
+    /// request's still hold.
     #[serde(default)]
-    pub resources: Option<serde_json::Value>,
+    pub resources: Option<super::record::Resources>,
+    /// The user the process runs as, resolved against the image when the runtime created it;
+    /// `None` before that, and in records of containers created before it was kept.
+    #[serde(default)]
+    pub user: Option<super::record::ProcessUser>,
 }
 
 /// The CRI-visible state, derived from the facts in the status.
@@ -516,6 +523,7 @@ impl Containers {
             attempt: md.attempt,
             name_key: name_key.clone(),
             config: serde_json::to_value(req.config).unwrap_or_default(),
+            request: super::record::ContainerRequestFacts::from_cri(req.config),
             labels: req.config.labels.clone().into_iter().collect(),
             annotations: req.config.annotations.clone().into_iter().collect(),
             image_ref: image_ref.clone(),
@@ -656,6 +664,7 @@ impl Containers {
         })?;
         let mut oci = oci;
         crate::sandbox::spec::set_sandbox_id(&mut oci, &sandbox.id);
+        let user = super::record::ProcessUser::of_spec(&oci);
         let bundle = run_dir.join("bundle");
         write_volatile_bundle(&bundle, &oci).await?;
         if let Some(lp) = &log_path {
@@ -697,6 +706,7 @@ impl Containers {
             s.created = true;
             s.pid = spawned.container_pid;
             s.monitor_pid = spawned.monitor_pid;
+            s.user = user;
         })
         .await?;
         self.watch_exit(rec);

@@ -110,8 +110,11 @@ pub struct SandboxMeta {
     pub attempt: u32,
     /// The name reservation key `<name>_<namespace>_<uid>_<attempt>`.
     pub name_key: String,
-    /// The CRI PodSandboxConfig as JSON (kept whole so status/verbose info can show it).
+    /// The CRI PodSandboxConfig as JSON, for PodSandboxStatus's verbose info only: what the
+    /// daemon reads back is in `request` and the fields beside it.
     pub config: serde_json::Value,
+    /// What the daemon reads back from the request, decided at create.
+    pub request: super::record::PodRequestFacts,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub runtime_handler: String,
@@ -693,6 +696,7 @@ impl Pods {
             attempt: md.attempt,
             name_key: name_key.to_string(),
             config: serde_json::to_value(cfg).unwrap_or_default(),
+            request: super::record::PodRequestFacts::from_cri(cfg),
             labels: cfg.labels.clone().into_iter().collect(),
             annotations: cfg.annotations.clone().into_iter().collect(),
             runtime_handler: runtime.name.clone(),

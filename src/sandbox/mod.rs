@@ -7,4 +7,5 @@
 pub mod files;
 pub mod lifecycle;
 pub mod namespaces;
+pub mod record;
 pub mod spec;
