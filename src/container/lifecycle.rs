@@ -14,6 +14,7 @@ use crate::monitor;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
 use crate::sandbox::lifecycle::{monitor_alive, Pods, Sandbox, SandboxError, SandboxState};
+use crate::state::create_once::CreateOnce;
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
@@ -30,9 +31,6 @@ pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationM
 
 /// The most of a termination message kept (kubelet's own limit).
 const TERMINATION_MESSAGE_MAX: u64 = 4096;
-
-/// How long a retried CreateContainer waits for the first attempt still in flight.
-const CREATE_RETRY_WAIT: Duration = Duration::from_secs(240);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -378,6 +376,22 @@ pub struct Containers {
     pub images: Arc<ImageStore>,
     pub table: Table<ContainerMeta, ContainerStatus>,
     pub names: Names,
+    /// One create per name key at a time, so a retry waits for the first attempt.
+    creating: CreateOnce,
+}
+
+/// A CreateContainer request checked against its sandbox and the image store, before any
+/// attempt makes anything.
+struct Checked {
+    /// `<name>_<sandbox name key>_<attempt>`: what a retry of the same request shares.
+    name_key: String,
+    name: String,
+    attempt: u32,
+    sandbox: Arc<Sandbox>,
+    image: crate::image::ImageInfo,
+    image_ref: String,
+    image_volumes: Vec<String>,
+    stop_signal: i32,
 }
 
 /// Everything CreateContainer needs from the request.
@@ -402,6 +416,7 @@ impl Containers {
             images,
             table,
             names,
+            creating: CreateOnce::default(),
         }
     }
 
@@ -487,13 +502,53 @@ impl Containers {
                     field: "stop_signal".into(),
                     reason,
                 })?;
-        let name_key = format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt);
-        if let Some(holder) = self.names.get(&name_key) {
-            return self.created_by_earlier_attempt(&name_key, &holder).await;
+        let checked = Checked {
+            name_key: format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt),
+            name: md.name.clone(),
+            attempt: md.attempt,
+            sandbox,
+            image,
+            image_ref,
+            image_volumes,
+            stop_signal,
+        };
+        // A retry (kubelet gave up waiting) waits here for the first attempt and then gets its
+        // id instead of "name is reserved".
+        self.creating
+            .run(&checked.name_key, || self.create_once(&checked, &req))
+            .await
+    }
+
+    /// CreateContainer for a name no other attempt is creating now.
+    async fn create_once(
+        self: &Arc<Self>,
+        checked: &Checked,
+        req: &CreateRequest<'_>,
+    ) -> Result<String, ContainerError> {
+        let Checked {
+            name_key,
+            name,
+            attempt,
+            sandbox,
+            image,
+            image_ref,
+            image_volumes,
+            stop_signal,
+        } = checked;
+        if let Some(holder) = self.names.get(name_key) {
+            // Made by an earlier attempt that finished: the same id. A record still being
+            // created belongs to a daemon that died meanwhile; recovery reaps it.
+            return match self.table.get(&holder)? {
+                Some(c) if c.status().state() != ContainerState::Creating => Ok(holder),
+                _ => Err(ContainerError::Invalid {
+                    field: "metadata.name".into(),
+                    reason: format!("name {name_key:?} is reserved for container {holder}"),
+                }),
+            };
         }
         let id = crate::state::new_id();
         self.names
-            .reserve(&name_key, &id)
+            .reserve(name_key, &id)
             .map_err(|holder| ContainerError::Invalid {
                 field: "metadata.name".into(),
                 reason: format!("name {name_key:?} is reserved for container {holder}"),
@@ -519,8 +574,8 @@ impl Containers {
         let cgroups_path = driver.cgroups_path(&sandbox.meta.cgroup_parent, &id);
         let meta = ContainerMeta {
             sandbox_id: sandbox.id.clone(),
-            name: md.name.clone(),
-            attempt: md.attempt,
+            name: name.clone(),
+            attempt: *attempt,
             name_key: name_key.clone(),
             config: serde_json::to_value(req.config).unwrap_or_default(),
             request: super::record::ContainerRequestFacts::from_cri(req.config),
@@ -528,51 +583,18 @@ impl Containers {
             annotations: req.config.annotations.clone().into_iter().collect(),
             image_ref: image_ref.clone(),
             image_id: image.id.clone(),
-            image_volumes,
+            image_volumes: image_volumes.clone(),
             log_path: log_path.clone(),
             created_at: now_ns(),
             cgroups_path: cgroups_path.clone(),
-            stop_signal,
+            stop_signal: *stop_signal,
             termination_message: termination_message(req.config, &self.overlay_dir(&id)),
         };
         let result = self
-            .create_steps(&id, meta, &sandbox, &image, &req, &mut rb)
+            .create_steps(&id, meta, sandbox, image, req, &mut rb)
             .await;
         rb.finish(result.map(|()| id.clone()), "container", &id)
             .await
-    }
-
-    /// A retry of a CreateContainer (kubelet gave up waiting): the first attempt's container,
-    /// once that attempt is done. A name held by a failed attempt is free again afterwards.
-    async fn created_by_earlier_attempt(
-        &self,
-        name_key: &str,
-        holder: &str,
-    ) -> Result<String, ContainerError> {
-        let reserved = || ContainerError::Invalid {
-            field: "metadata.name".into(),
-            reason: format!("name {name_key:?} is reserved for container {holder}"),
-        };
-        let deadline = tokio::time::Instant::now() + CREATE_RETRY_WAIT;
-        loop {
-            match self.table.get(holder)? {
-                Some(c) if c.status().state() != ContainerState::Creating => {
-                    return Ok(holder.to_string())
-                }
-                Some(c) => {
-                    let done = c.wait_for(|s| s.state() != ContainerState::Creating);
-                    // Poll too: a rolled-back attempt removes the record without a change.
-                    let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
-                }
-                None if self.names.get(name_key).as_deref() == Some(holder) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                None => return Err(reserved()),
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(reserved());
-            }
-        }
     }
 
     async fn create_steps(

@@ -11,6 +11,7 @@ use crate::oci::cgroups::{self, CgroupDriver};
 use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
+use crate::state::create_once::CreateOnce;
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
@@ -212,8 +213,8 @@ pub struct Pods {
     /// systemd's D-Bus API where systemd is PID 1 (monitor scopes, ferrio's pod slices); `None`
     /// elsewhere, and then nothing talks D-Bus.
     pub systemd: Option<Arc<crate::systemd::Systemd>>,
-    /// Serialises creates of one name key so a retry waits for the first attempt.
-    creating: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One create per name key at a time, so a retry waits for the first attempt.
+    creating: CreateOnce,
 }
 
 /// Default parent cgroup of pods whose config names none.
@@ -596,25 +597,11 @@ impl Pods {
         let runtime = self.runtime(req.runtime_handler)?.clone();
         let name_key = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
 
-        // One create per name key at a time; a retry (kubelet gave up waiting) waits here for
-        // the first attempt and then gets its id instead of "name is reserved".
-        let lock = {
-            let mut m = self.creating.lock().await;
-            m.entry(name_key.clone()).or_default().clone()
-        };
-        let result = {
-            let _guard = lock.lock().await;
-            self.run_locked(&name_key, &runtime, &req).await
-        };
-        // Forget the lock only when nobody else holds it: a waiter that cloned it must keep
-        // excluding a newcomer. Clones happen under the map's lock, so the count is exact here.
-        {
-            let mut m = self.creating.lock().await;
-            if Arc::strong_count(&lock) <= 2 {
-                m.remove(&name_key);
-            }
-        }
-        result
+        // A retry (kubelet gave up waiting) waits here for the first attempt and then gets its
+        // id instead of "name is reserved".
+        self.creating
+            .run(&name_key, || self.run_locked(&name_key, &runtime, &req))
+            .await
     }
 
     async fn run_locked(

@@ -14,6 +14,7 @@
 //! List RPCs read (kubelet calls them every second: no disk access there). Knows nothing of CRI
 //! types or of what the records mean.
 
+pub mod create_once;
 pub mod names;
 
 use serde::{de::DeserializeOwned, Serialize};
