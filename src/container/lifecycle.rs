@@ -9,6 +9,7 @@
 //! took away leaves only its overlay directory behind, which [`Containers::recover`] sweeps.
 
 use super::spec;
+use crate::clock::now_ns;
 use crate::image::ImageStore;
 use crate::monitor;
 use crate::oci::OciRuntime;
@@ -252,13 +253,6 @@ impl ContainerStatus {
 
 pub type Container = Record<ContainerMeta, ContainerStatus>;
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Where container `config`'s termination message will be, given its overlay dir: kubelet's
 /// mount at the annotated path if there is one, else the path in the rootfs.
 fn termination_message(
@@ -323,10 +317,9 @@ async fn prepare_rootfs(
     .map_err(join_err(rootfs))?
 }
 
-/// Writes the bundle's config.json (tmp + rename, so runc never reads half a file) without
-/// fsync: the bundle lives in the runroot, which does not outlive a reboot anyway, and a crash
-/// before the record says "created" reaps it. On a disk where fsync costs ~9 ms this is a tenth
-/// of the create.
+/// Writes the bundle's config.json atomically (runc never reads half a file) without fsync: the
+/// bundle lives in the runroot, which does not outlive a reboot anyway, and a crash before the
+/// record says "created" reaps it.
 async fn write_volatile_bundle(
     bundle: &Path,
     spec: &oci_spec::runtime::Spec,
@@ -337,14 +330,12 @@ async fn write_volatile_bundle(
         source: std::io::Error::other(e),
     })?;
     tokio::task::spawn_blocking(move || {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ContainerError::Io { path, source }
-        };
-        std::fs::create_dir_all(&b).map_err(io(&b))?;
-        let tmp = b.join(".config.json.tmp");
-        std::fs::write(&tmp, &json).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, b.join("config.json")).map_err(io(&b))
+        std::fs::create_dir_all(&b).map_err(|source| ContainerError::Io {
+            path: b.clone(),
+            source,
+        })?;
+        crate::state::write_atomic(&b.join("config.json"), &json, Durability::Crash)?;
+        Ok(())
     })
     .await
     .map_err(join_err(bundle))?

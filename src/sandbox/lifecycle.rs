@@ -3,6 +3,7 @@
 //! everything persisted is ferrio's own types.
 
 use super::{files, namespaces, spec};
+use crate::clock::now_ns;
 use crate::config::{Live, LiveConfig};
 use crate::image::ImageStore;
 use crate::monitor;
@@ -305,13 +306,6 @@ pub fn grace_period(container: &BTreeMap<String, String>, pod: &BTreeMap<String,
         .find_map(|a| a.get(ANN_GRACE_PERIOD)?.trim().parse::<i64>().ok())
         .unwrap_or(0)
         .max(0)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 impl Pods {
@@ -1238,7 +1232,7 @@ pub async fn write_bundle(
     })?;
     tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
         std::fs::create_dir_all(&b).map_err(io_err(&b))?;
-        crate::state::write_atomic(&b.join("config.json"), &json)?;
+        crate::state::write_atomic(&b.join("config.json"), &json, Durability::PowerLoss)?;
         Ok(())
     })
     .await

@@ -45,6 +45,16 @@ pub enum StateError {
     Ambiguous { prefix: String },
 }
 
+impl StateError {
+    /// The error as an I/O error, for rooms whose errors carry one (the path is theirs to add).
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            StateError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_path_buf(),
@@ -70,26 +80,24 @@ pub enum Durability {
     PowerLoss,
 }
 
-/// Write `bytes` to `path` so that a crash leaves either the old or the new content, never a mix:
-/// a temp file in the same directory, fsync, rename over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    write_atomic_with(path, bytes, Durability::PowerLoss)
-}
-
-/// [`write_atomic`], with the fsyncs only when `durability` asks for them.
-pub fn write_atomic_with(
-    path: &Path,
-    bytes: &[u8],
-    durability: Durability,
-) -> Result<(), StateError> {
+/// Write `bytes` to `path` so that a reader (a restarted daemon included) sees either the old or
+/// the new content, never a mix: a temp file in the same directory renamed over `path`, with the
+/// fsyncs `durability` asks for. The one atomic write of the daemon: every caller states how
+/// durable its file must be.
+pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    write_file(&tmp, bytes, durability)?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    // A name of its own, so that concurrent writers of one path never share a temp file.
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+    let written = write_file(&tmp, bytes, durability)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err(path)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if durability == Durability::PowerLoss {
         sync_dir(dir);
     }
@@ -110,34 +118,6 @@ fn write_file(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), S
 fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
-    }
-}
-
-fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> {
-    serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Serialize and write atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
-    write_atomic(path, &to_json(path, value)?)
-}
-
-/// Read and parse a JSON file; `Ok(None)` when it does not exist.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Corrupt {
-                    path: path.to_path_buf(),
-                    source,
-                })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(path)(e)),
     }
 }
 
@@ -296,7 +276,7 @@ where
         f(&mut next);
         let path = self.dir.join("status.json");
         let bytes = encode(&path, &next)?;
-        tokio::task::spawn_blocking(move || write_atomic_with(&path, &bytes, durability))
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, durability))
             .await
             .map_err(|e| StateError::Io {
                 path: self.dir.clone(),
