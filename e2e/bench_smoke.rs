@@ -33,6 +33,7 @@ async fn bench_runs_end_to_end_with_n_2() {
         registry,
         results_dir: results.path().to_path_buf(),
         containerd: true,
+        handler: bench::Handler::Runc,
     })
     .await
     .expect("the benchmark runs");

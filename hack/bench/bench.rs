@@ -29,6 +29,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub const BUSYBOX: &str = "docker.io/library/busybox:1.36";
 pub const PAUSE: &str = "registry.k8s.io/pause:3.10";
 const RUNC: &str = "/usr/sbin/runc";
+const CRUN: &str = "/usr/bin/crun";
 const CNI_BIN: &str = "/opt/cni/bin";
 /// A container that exits at once on SIGTERM (busybox `sleep` as pid 1 would ignore it and
 /// turn every stop into the full timeout).
@@ -49,6 +50,32 @@ pub struct Opts {
     pub results_dir: PathBuf,
     /// Use containerd when its binary is installed.
     pub containerd: bool,
+    /// ferrio's handler for every pod (`runc` or `crun`); the floors run the same runtime.
+    /// containerd keeps runc: its shim cannot run crun on a hybrid cgroup host.
+    pub handler: Handler,
+}
+
+/// The OCI runtime ferrio's pods and the floors use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handler {
+    Runc,
+    Crun,
+}
+
+impl Handler {
+    pub fn name(self) -> &'static str {
+        match self {
+            Handler::Runc => "runc",
+            Handler::Crun => "crun",
+        }
+    }
+
+    fn binary(self) -> &'static str {
+        match self {
+            Handler::Runc => RUNC,
+            Handler::Crun => CRUN,
+        }
+    }
 }
 
 /// p50 and p95 of one metric on one side.
@@ -418,7 +445,8 @@ impl Bench {
                 .join(", ")
         );
 
-        let floor = Floor::prepare(&self.work, &opts.registry, tag8, octets.2)?;
+        let floor = Floor::prepare(&self.work, &opts.registry, tag8, octets.2, opts.handler)?;
+        let rt = opts.handler.name();
         self.cgroup_parents.push(floor.cgroup_parent.clone());
         self.bridges.push(floor.net.clone());
 
@@ -438,7 +466,7 @@ impl Bench {
         }
 
         // Timed operations, alternating A/B (and the floors in the same loop).
-        let mut floor_samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+        let mut floor_samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for i in 0..opts.n {
             let order: Vec<usize> = if i % 2 == 0 {
                 (0..self.sides.len()).collect()
@@ -454,20 +482,23 @@ impl Bench {
                 lifecycle(side, &self.work, &mut samples).await?;
             }
             floor_samples
-                .entry("runc run")
+                .entry(format!("{rt} run"))
                 .or_default()
                 .push(floor.runc_run(i)?);
             floor_samples
-                .entry("conmon + runc")
+                .entry(format!("conmon + {rt}"))
                 .or_default()
                 .push(floor.conmon_run(i)?);
             let (create, start) = floor.runc_create_start(i)?;
             let cni = floor.cni_add_del(i)?;
             for (name, v) in [
-                ("runc create", create),
-                ("runc create + start", create + start),
-                ("CNI ADD + DEL", cni),
-                ("pod: CNI + runc create + start", cni + create + start),
+                (format!("{rt} create"), create),
+                (format!("{rt} create + start"), create + start),
+                ("CNI ADD + DEL".to_string(), cni),
+                (
+                    format!("pod: CNI + {rt} create + start"),
+                    cni + create + start,
+                ),
             ] {
                 floor_samples.entry(name).or_default().push(v);
             }
@@ -584,11 +615,11 @@ impl Bench {
         ];
         for m in timed_metrics {
             let floor = match m {
-                "create+start" => lf("runc run").map(|s| ("runc run".to_string(), s)),
+                "create+start" => lf(&format!("{rt} run")).map(|s| (format!("{rt} run"), s)),
                 // What no runtime can skip: the plugins' ADD and DEL and the container's create
                 // and start (the pause runs beside the ADD; the rest is the runtime's own).
-                "pod lifecycle" => lf("pod: CNI + runc create + start")
-                    .map(|s| ("CNI + runc create + start".to_string(), s)),
+                "pod lifecycle" => lf(&format!("pod: CNI + {rt} create + start"))
+                    .map(|s| (format!("CNI + {rt} create + start"), s)),
                 "RunPodSandbox" | "StopPodSandbox" => None,
                 _ => None,
             };
@@ -692,6 +723,7 @@ impl Bench {
         c.api.stream_port = 0;
         c.runtime.monitor_path = opts.monitor_bin.clone();
         c.runtime.namespaces_dir = dir.join("run").join("ns");
+        c.runtime.default_runtime = opts.handler.name().into();
         c.image.registry = ["registry.k8s.io", "docker.io"]
             .iter()
             .map(|prefix| RegistryConfig {
@@ -1195,10 +1227,20 @@ struct Floor {
     net: String,
     /// The same bridge + host-local + portmap list the daemons get, on its own bridge.
     conflist: serde_json::Value,
+    handler: Handler,
+    /// crun on a hybrid cgroup host runs in the same private cgroup v1 view ferrio gives it, so
+    /// the floor pays what ferrio pays.
+    view: Option<std::sync::Arc<ferrio::sys::CgroupV1View>>,
 }
 
 impl Floor {
-    fn prepare(work: &Path, registry: &str, tag: &str, octet: u8) -> Result<Floor> {
+    fn prepare(
+        work: &Path,
+        registry: &str,
+        tag: &str,
+        octet: u8,
+        handler: Handler,
+    ) -> Result<Floor> {
         let dir = work.join("floor");
         let net = floor_net(tag);
         let conflist = serde_json::from_str(&conflist(&net, octet, Some(&dir.join("ipam"))))?;
@@ -1229,12 +1271,18 @@ impl Floor {
         config["root"]["path"] = serde_json::json!(dir.join("bundle").join("rootfs"));
         config["root"]["readonly"] = serde_json::json!(true);
         let cgroup_parent = format!("/ferrio-bench-{tag}-floor");
+        let view = match handler {
+            Handler::Crun => ferrio::sys::CgroupV1View::of_host()?.map(std::sync::Arc::new),
+            Handler::Runc => None,
+        };
         Ok(Floor {
             dir,
             config,
             cgroup_parent,
             net,
             conflist,
+            handler,
+            view,
         })
     }
 
@@ -1326,10 +1374,18 @@ impl Floor {
         Ok(b)
     }
 
+    /// The handler's binary with the floor's state root (named `runc` whichever runtime it is).
     fn runc(&self) -> Command {
-        let mut c = Command::new(RUNC);
+        let mut c = Command::new(self.handler.binary());
+        self.in_view(&mut c);
         c.arg("--root").arg(self.dir.join("runc"));
         c
+    }
+
+    fn in_view(&self, c: &mut Command) {
+        if let Some(view) = &self.view {
+            view.apply(c);
+        }
     }
 
     /// `runc <verb> --bundle <b> <id>` (create or run), timed in ms. No pipes: a created
@@ -1387,6 +1443,7 @@ impl Floor {
         std::fs::create_dir_all(&persist)?;
         let pidfile = b.join("pidfile");
         let mut cmd = Command::new("conmon");
+        self.in_view(&mut cmd);
         cmd.args([
             "--api-version",
             "1",
@@ -1397,7 +1454,7 @@ impl Floor {
             "-n",
             id,
             "-r",
-            RUNC,
+            self.handler.binary(),
             "-b",
         ])
         .arg(b)

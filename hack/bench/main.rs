@@ -35,6 +35,10 @@ struct Args {
     /// Benchmark ferrio against the floors only.
     #[arg(long)]
     no_containerd: bool,
+    /// ferrio's handler for the pods, and the runtime of the floors (containerd keeps runc).
+    /// Default: the handler ferrio's default config names.
+    #[arg(long, value_parser = ["runc", "crun"])]
+    handler: Option<String>,
 }
 
 #[tokio::main]
@@ -52,6 +56,15 @@ async fn main() -> anyhow::Result<()> {
         registry: a.registry,
         results_dir: a.results,
         containerd: !a.no_containerd,
+        handler: match a
+            .handler
+            .unwrap_or_else(|| ferrio::config::Config::default().runtime.default_runtime)
+            .as_str()
+        {
+            "crun" => bench::Handler::Crun,
+            "runc" => bench::Handler::Runc,
+            other => anyhow::bail!("no benchmark floor for the handler {other:?}: use --handler"),
+        },
     };
     // On ^C the run future is dropped, and with it the daemons and everything they made.
     let report = tokio::select! {

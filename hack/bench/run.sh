@@ -6,6 +6,7 @@
 #   BENCH_LIST_PODS=100            # pods present while ListPodSandbox / ListContainers are timed
 #   BENCH_MEM_PODS=10,50           # running pods at which memory is sampled
 #   BENCH_NO_INSTALL=1             # do not apt-get install containerd when it is missing
+#   BENCH_HANDLER=runc|crun        # ferrio's handler and the floors' runtime (default: ferrio's default)
 #
 # Writes the table to stdout and CSV + PNG under hack/bench/results/. Needs root. Everything it
 # starts lives under /var/tmp/ferrio-bench-<hex> and is removed when it ends (also on ^C).
@@ -18,6 +19,9 @@ if [ "$(id -u)" != 0 ]; then
   echo "bench: needs root (runc, CNI, mounts)" >&2
   exit 1
 fi
+
+# Packages and the CNI plugins linked into /opt/cni/bin: what a fresh machine lacks.
+hack/install-deps.sh >&2
 
 if ! command -v containerd >/dev/null || ! command -v containerd-shim-runc-v2 >/dev/null; then
   if [ -z "${BENCH_NO_INSTALL:-}" ]; then
@@ -36,4 +40,5 @@ exec target/release/examples/bench "$N" \
   --list-pods "${BENCH_LIST_PODS:-100}" \
   --mem-pods "${BENCH_MEM_PODS:-10,50}" \
   --registry "${FERRIO_TEST_REGISTRY:-127.0.0.1:5055}" \
-  --results hack/bench/results
+  --results hack/bench/results \
+  ${BENCH_HANDLER:+--handler "$BENCH_HANDLER"}
