@@ -10,6 +10,9 @@
 //! (written before records were versioned) or with an older one is migrated once, at load, and a
 //! file that does not decode is an error naming it, never a default.
 //!
+//! [`write_atomic`] is the daemon's one atomic file write; [`names`] reserves CRI names and
+//! [`create_once`] lets a retried create wait for the attempt already running.
+//!
 //! Owns the files under `<root>/sandboxes` and `<root>/containers` and the in-memory tables the
 //! List RPCs read (kubelet calls them every second: no disk access there). Knows nothing of CRI
 //! types or of what the records mean.
