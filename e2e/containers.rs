@@ -898,7 +898,7 @@ async fn bench_container() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let d = Daemon::start(Opts {
-        log_level: "warn".into(),
+        log_level: ferrio::config::LogLevel::Warn,
         ..Default::default()
     })
     .await;

@@ -601,7 +601,7 @@ async fn daemon_sigkilled_at_random_points_across_200_lifecycles() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let env = Arc::new(Env::new(Opts {
-        log_level: "info".into(),
+        log_level: ferrio::config::LogLevel::Info,
         ..Default::default()
     }));
     let mut d = Daemon::start_on(&env).await;

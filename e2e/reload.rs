@@ -217,7 +217,7 @@ async fn reload_applies_to_new_pods_and_old_pods_keep_what_they_started_with() {
     let moved_root = env.runroot().join("oci").join("runc-moved");
     let (net2_dir, moved) = (net2.clone(), moved_root.clone());
     rewrite(&env, move |c| {
-        c.log_level = "info".into();
+        c.log_level = ferrio::config::LogLevel::Info;
         c.image.sandbox_image = PAUSE_VIA_NEW_MIRROR.into();
         c.image.registry.push(RegistryConfig {
             prefix: "reload.test".into(),
@@ -420,7 +420,7 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
     // A new handler whose binary is missing: refused at reload, before anything changes.
     std::fs::write(env.config_path(), &good).unwrap();
     rewrite(&env, |c| {
-        c.log_level = "info".into();
+        c.log_level = ferrio::config::LogLevel::Info;
         c.runtime.runtimes.insert(
             "ghost".into(),
             RuntimeHandler {

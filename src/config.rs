@@ -23,12 +23,69 @@ pub enum ConfigError {
     },
     #[error("{file}: {message}")]
     Parse { file: PathBuf, message: String },
-    #[error("{file}: {key}: {reason}")]
-    Invalid {
-        file: String,
-        key: String,
-        reason: String,
+    #[error("{file}: {source}")]
+    Invalid { file: String, source: InvalidValue },
+}
+
+/// A value [`Config::validate`] refuses: the key's dotted path and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct InvalidValue {
+    /// `root`, `runtime.runtimes.runc.runtime_path`, `image.registry[0].mirror[1].timeout`, ...
+    pub key: String,
+    pub reason: InvalidReason,
+}
+
+impl InvalidValue {
+    pub fn new(key: impl Into<String>, reason: InvalidReason) -> InvalidValue {
+        InvalidValue {
+            key: key.into(),
+            reason,
+        }
+    }
+}
+
+/// Why a value is refused; the text says what was written and what is wanted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidReason {
+    #[error("{0:?} is not an absolute path")]
+    NotAbsolute(PathBuf),
+    /// A TLS file of the streaming server, which `stream_enable_tls` requires.
+    #[error("{0:?} must be an absolute path when stream_enable_tls is set")]
+    TlsFileNotAbsolute(PathBuf),
+    #[error("{0:?} is not an IP address")]
+    NotIpAddress(String),
+    #[error("{0:?} is not an ip:port address")]
+    NotSocketAddress(String),
+    /// A name outside a closed set; `allowed` reads "one of a, b" or "\"a\" or \"b\"".
+    #[error("{value:?} is not {allowed}")]
+    NotOneOf {
+        value: String,
+        allowed: &'static str,
     },
+    /// The duration parser's own text.
+    #[error("{0}")]
+    Duration(String),
+    #[error("{name:?} is not a configured runtime (runtime.runtimes has {})", configured.join(", "))]
+    UnknownRuntime {
+        name: String,
+        configured: Vec<String>,
+    },
+    #[error("must not be empty")]
+    Empty,
+    #[error("{0:?} must be host[:port][/path], without a scheme")]
+    NotAMirrorLocation(String),
+    /// A count or number of seconds below its minimum; `what` is the text after "at least".
+    #[error("must be at least {0}")]
+    TooSmall(&'static str),
+    #[error("must name at least one directory")]
+    NoDirectory,
+    /// A runtime binary that is missing or not executable (a reload checks the host).
+    #[error("{} is not an executable file", .0.display())]
+    NotExecutable(PathBuf),
+    /// Not an image reference; the reference parser's own text.
+    #[error("{0}")]
+    NotAReference(String),
 }
 
 /// The complete daemon configuration.
@@ -40,7 +97,7 @@ pub struct Config {
     /// Runtime state: bundles, sockets, exit files. Expected on tmpfs (empty after a reboot).
     pub runroot: PathBuf,
     /// error, warn, info, debug or trace.
-    pub log_level: String,
+    pub log_level: LogLevel,
     pub api: ApiConfig,
     pub runtime: RuntimeConfig,
     pub image: ImageConfig,
@@ -75,7 +132,7 @@ pub struct RuntimeConfig {
     /// The handler used when a pod names none (must be a key of `runtimes`).
     pub default_runtime: String,
     /// "cgroupfs" or "systemd"; reported to kubelet by RuntimeConfig.
-    pub cgroup_manager: String,
+    pub cgroup_manager: CgroupDriver,
     /// ferrio-monitor binary; "" means the one next to the ferrio binary, else the packaged one
     /// in /usr/libexec/ferrio.
     pub monitor_path: PathBuf,
@@ -167,6 +224,92 @@ pub enum PullFromMirror {
     TagOnly,
 }
 
+/// A closed set of lowercase names a key accepts: parsed from the config files and the command
+/// line, written back as the same names.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident, $key:literal, $allowed:literal, { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in the order the docs list them.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            /// The config key that holds this setting.
+            pub const KEY: &'static str = $key;
+
+            /// The name as the config file spells it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, InvalidValue> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(InvalidValue::new(
+                        $key,
+                        InvalidReason::NotOneOf {
+                            value: s.to_string(),
+                            allowed: $allowed,
+                        },
+                    )),
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        // By hand rather than derived: an unknown name is refused with the allowed ones, in the
+        // same words as every other invalid value.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(|e: InvalidValue| serde::de::Error::custom(e.reason))
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// How much the daemon logs (`log_level`, `--log-level`).
+    LogLevel, "log_level", "one of error, warn, info, debug, trace", {
+        Error = "error",
+        Warn = "warn",
+        #[default]
+        Info = "info",
+        Debug = "debug",
+        Trace = "trace",
+    }
+);
+
+named_enum!(
+    /// Who creates the cgroups (`runtime.cgroup_manager`): runc itself under absolute paths
+    /// (`cgroupfs`), or systemd scopes inside slices (`systemd`, runc's `--systemd-cgroup`).
+    /// Must match kubelet's cgroupDriver.
+    CgroupDriver, "runtime.cgroup_manager", "\"cgroupfs\" or \"systemd\"", {
+        #[default]
+        Cgroupfs = "cgroupfs",
+        Systemd = "systemd",
+    }
+);
+
 /// A duration as written in the config: a number with `ms`, `s`, `m` or `h` (plain = seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
@@ -227,7 +370,7 @@ impl Default for Config {
         Config {
             root: "/var/lib/ferrio".into(),
             runroot: "/run/ferrio".into(),
-            log_level: "info".into(),
+            log_level: LogLevel::Info,
             api: ApiConfig::default(),
             runtime: RuntimeConfig::default(),
             image: ImageConfig::default(),
@@ -275,7 +418,7 @@ impl Default for RuntimeConfig {
         );
         RuntimeConfig {
             default_runtime: "runc".into(),
-            cgroup_manager: "cgroupfs".into(),
+            cgroup_manager: CgroupDriver::Cgroupfs,
             monitor_path: PathBuf::new(),
             namespaces_dir: PathBuf::new(),
             restrict_oom_score_adj: true,
@@ -415,12 +558,10 @@ impl Config {
                 file: names.clone().into(),
                 message: one_line(&e.to_string()),
             })?;
-        cfg.validate()
-            .map_err(|(key, reason)| ConfigError::Invalid {
-                file: names,
-                key,
-                reason,
-            })?;
+        cfg.validate().map_err(|source| ConfigError::Invalid {
+            file: names,
+            source,
+        })?;
         Ok(cfg)
     }
 
@@ -447,46 +588,31 @@ impl Config {
                 file: file.to_path_buf(),
                 message: one_line(&e.to_string()),
             })?;
-        cfg.validate()
-            .map_err(|(key, reason)| ConfigError::Invalid {
-                file: "<string>".into(),
-                key,
-                reason,
-            })?;
+        cfg.validate().map_err(|source| ConfigError::Invalid {
+            file: "<string>".into(),
+            source,
+        })?;
         Ok(cfg)
     }
 
-    /// Check every value; returns the offending key and the reason. Pure.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, r: String| Err((k.to_string(), r));
-        if !self.root.is_absolute() {
-            return bad("root", format!("{:?} is not an absolute path", self.root));
-        }
-        if !self.runroot.is_absolute() {
-            return bad(
-                "runroot",
-                format!("{:?} is not an absolute path", self.runroot),
-            );
-        }
-        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
-            return bad(
-                "log_level",
-                format!(
-                    "{:?} is not one of error, warn, info, debug, trace",
-                    self.log_level
-                ),
-            );
-        }
-        if !self.api.listen.is_absolute() {
-            return bad(
-                "api.listen",
-                format!("{:?} is not an absolute path", self.api.listen),
-            );
-        }
+    /// Check every value; the first refused one is returned with its key. Pure.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        use InvalidReason as R;
+        let bad = |k: &str, r: InvalidReason| Err(InvalidValue::new(k, r));
+        let absolute = |k: &str, p: &Path| {
+            if p.is_absolute() {
+                Ok(())
+            } else {
+                bad(k, R::NotAbsolute(p.to_path_buf()))
+            }
+        };
+        absolute("root", &self.root)?;
+        absolute("runroot", &self.runroot)?;
+        absolute("api.listen", &self.api.listen)?;
         if self.api.stream_address.parse::<std::net::IpAddr>().is_err() {
             return bad(
                 "api.stream_address",
-                format!("{:?} is not an IP address", self.api.stream_address),
+                R::NotIpAddress(self.api.stream_address.clone()),
             );
         }
         for (key, value) in [
@@ -494,7 +620,7 @@ impl Config {
             ("api.stream_token_ttl", &self.api.stream_token_ttl),
         ] {
             if let Err(reason) = crate::streaming::parse_duration(value) {
-                return bad(key, reason);
+                return bad(key, R::Duration(reason));
             }
         }
         if self.api.stream_enable_tls {
@@ -503,21 +629,9 @@ impl Config {
                 ("api.stream_tls_key", &self.api.stream_tls_key),
             ] {
                 if !path.is_absolute() {
-                    return bad(
-                        key,
-                        format!("{path:?} must be an absolute path when stream_enable_tls is set"),
-                    );
+                    return bad(key, R::TlsFileNotAbsolute(path.clone()));
                 }
             }
-        }
-        if !["cgroupfs", "systemd"].contains(&self.runtime.cgroup_manager.as_str()) {
-            return bad(
-                "runtime.cgroup_manager",
-                format!(
-                    "{:?} is not \"cgroupfs\" or \"systemd\"",
-                    self.runtime.cgroup_manager
-                ),
-            );
         }
         if !self
             .runtime
@@ -526,49 +640,38 @@ impl Config {
         {
             return bad(
                 "runtime.default_runtime",
-                format!(
-                    "{:?} is not a configured runtime (runtime.runtimes has {})",
-                    self.runtime.default_runtime,
-                    self.runtime
-                        .runtimes
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                R::UnknownRuntime {
+                    name: self.runtime.default_runtime.clone(),
+                    configured: self.runtime.runtimes.keys().cloned().collect(),
+                },
             );
         }
         for (name, h) in &self.runtime.runtimes {
-            if !h.runtime_path.is_absolute() {
-                return bad(
-                    &format!("runtime.runtimes.{name}.runtime_path"),
-                    format!("{:?} is not an absolute path", h.runtime_path),
-                );
-            }
+            absolute(
+                &format!("runtime.runtimes.{name}.runtime_path"),
+                &h.runtime_path,
+            )?;
         }
         if self.image.sandbox_image.trim().is_empty() {
-            return bad("image.sandbox_image", "must not be empty".into());
+            return bad("image.sandbox_image", R::Empty);
         }
         for (i, r) in self.image.registry.iter().enumerate() {
             if r.prefix.is_empty() {
-                return bad(
-                    &format!("image.registry[{i}].prefix"),
-                    "must not be empty".into(),
-                );
+                return bad(&format!("image.registry[{i}].prefix"), R::Empty);
             }
             for (j, m) in r.mirror.iter().enumerate() {
                 if m.location.is_empty() || m.location.contains("://") {
                     return bad(
                         &format!("image.registry[{i}].mirror[{j}].location"),
-                        format!(
-                            "{:?} must be host[:port][/path], without a scheme",
-                            m.location
-                        ),
+                        R::NotAMirrorLocation(m.location.clone()),
                     );
                 }
                 if !m.timeout.is_empty() {
                     if let Err(reason) = parse_duration(&m.timeout) {
-                        return bad(&format!("image.registry[{i}].mirror[{j}].timeout"), reason);
+                        return bad(
+                            &format!("image.registry[{i}].mirror[{j}].timeout"),
+                            R::Duration(reason),
+                        );
                     }
                 }
             }
@@ -581,26 +684,17 @@ impl Config {
         {
             return bad(
                 "metrics.address",
-                format!("{:?} is not an ip:port address", self.metrics.address),
+                R::NotSocketAddress(self.metrics.address.clone()),
             );
         }
         if self.network.cni_plugin_timeout == 0 {
-            return bad(
-                "network.cni_plugin_timeout",
-                "must be at least 1 second".into(),
-            );
+            return bad("network.cni_plugin_timeout", R::TooSmall("1 second"));
         }
         if self.image.max_concurrent_downloads == 0 {
-            return bad(
-                "image.max_concurrent_downloads",
-                "must be at least 1".into(),
-            );
+            return bad("image.max_concurrent_downloads", R::TooSmall("1"));
         }
         if self.network.plugin_dirs.is_empty() {
-            return bad(
-                "network.plugin_dirs",
-                "must name at least one directory".into(),
-            );
+            return bad("network.plugin_dirs", R::NoDirectory);
         }
         Ok(())
     }
@@ -1143,7 +1237,7 @@ plugin_dirs = ["/opt/cni/bin"]
 "#,
         )
         .unwrap();
-        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.image.registry[0].mirror[0].location, "127.0.0.1:5000");
         assert!(c.image.registry[0].fallback);
     }
@@ -1201,7 +1295,7 @@ plugin_dirs = ["/opt/cni/bin"]
         std::fs::write(d.join("10-a.toml"), "log_level = \"debug\"\n").unwrap();
         std::fs::write(d.join("ignored.txt"), "garbage").unwrap();
         let c = Config::load(Some(&main), Some(&d)).unwrap();
-        assert_eq!(c.log_level, "error");
+        assert_eq!(c.log_level, LogLevel::Error);
         assert_eq!(
             c.api.stream_port, 1000,
             "a drop-in keeps keys it does not set"
@@ -1325,7 +1419,7 @@ plugin_dirs = ["/opt/cni/bin"]
     fn reload_applies_live_settings_and_keeps_restart_ones() {
         let old = Config::default();
         let mut new = old.clone();
-        new.log_level = "debug".into();
+        new.log_level = LogLevel::Debug;
         new.image.sandbox_image = "example.com/pause:9".into();
         new.image.pinned_images = vec!["x/*".into()];
         new.image.registry.push(RegistryConfig {
@@ -1380,7 +1474,7 @@ plugin_dirs = ["/opt/cni/bin"]
             ]
         );
         // Live settings come from the new files...
-        assert_eq!(live.log_level, "debug");
+        assert_eq!(live.log_level, LogLevel::Debug);
         assert_eq!(live.image, new.image);
         assert_eq!(live.runtime.runtimes, new.runtime.runtimes);
         assert_eq!(live.network.network_dir, new.network.network_dir);
@@ -1407,7 +1501,7 @@ plugin_dirs = ["/opt/cni/bin"]
         let old = Config::default();
         let mut new = old.clone();
         new.runroot = "/run/elsewhere".into();
-        new.runtime.cgroup_manager = "systemd".into();
+        new.runtime.cgroup_manager = CgroupDriver::Systemd;
         new.metrics.address = "127.0.0.1:1".into();
         let (live, changes) = old.reloaded(&new);
         assert!(changes.applied.is_empty());
@@ -1424,11 +1518,15 @@ plugin_dirs = ["/opt/cni/bin"]
         let other = live.clone();
         let before = live.load();
         other.store(std::sync::Arc::new(Config {
-            log_level: "trace".into(),
+            log_level: LogLevel::Trace,
             ..Config::default()
         }));
-        assert_eq!(before.log_level, "info", "a snapshot never changes");
-        assert_eq!(live.load().log_level, "trace", "clones share the holder");
+        assert_eq!(before.log_level, LogLevel::Info, "a snapshot never changes");
+        assert_eq!(
+            live.load().log_level,
+            LogLevel::Trace,
+            "clones share the holder"
+        );
     }
 
     #[test]
@@ -1459,5 +1557,121 @@ plugin_dirs = ["/opt/cni/bin"]
         )
         .is_err());
         assert!(Config::from_toml("[image]\nmax_concurrent_downloads = 0\n").is_err());
+    }
+
+    #[test]
+    fn closed_sets_parse_their_lowercase_names() {
+        for (text, level) in [
+            ("error", LogLevel::Error),
+            ("warn", LogLevel::Warn),
+            ("info", LogLevel::Info),
+            ("debug", LogLevel::Debug),
+            ("trace", LogLevel::Trace),
+        ] {
+            let c = Config::from_toml(&format!("log_level = \"{text}\"\n")).unwrap();
+            assert_eq!(c.log_level, level);
+            assert_eq!(level.to_string(), text);
+            assert_eq!(text.parse::<LogLevel>(), Ok(level));
+        }
+        assert_eq!(LogLevel::ALL.len(), 5);
+        for (text, driver) in [
+            ("cgroupfs", CgroupDriver::Cgroupfs),
+            ("systemd", CgroupDriver::Systemd),
+        ] {
+            let c =
+                Config::from_toml(&format!("[runtime]\ncgroup_manager = \"{text}\"\n")).unwrap();
+            assert_eq!(c.runtime.cgroup_manager, driver);
+            assert_eq!(driver.as_str(), text);
+        }
+        assert_eq!(Config::default().log_level, LogLevel::Info);
+        assert_eq!(
+            Config::default().runtime.cgroup_manager,
+            CgroupDriver::Cgroupfs
+        );
+        // Written back under the same names: `ferrio config` and the man page's defaults.
+        let text = Config::default().to_commented_toml();
+        assert!(text.contains("log_level = \"info\"\n"), "{text}");
+        assert!(text.contains("cgroup_manager = \"cgroupfs\"\n"), "{text}");
+        assert_eq!(
+            key_default("runtime.cgroup_manager"),
+            Some(toml::Value::String("cgroupfs".into()))
+        );
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_with_the_key_and_the_allowed_names() {
+        let e = Config::from_toml("log_level = \"Debug\"\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.contains("log_level")
+                && e.contains("\"Debug\" is not one of error, warn, info, debug, trace"),
+            "{e}"
+        );
+        let e = Config::from_toml("[runtime]\ncgroup_manager = \"systemd.slice\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cgroup_manager")
+                && e.contains("\"systemd.slice\" is not \"cgroupfs\" or \"systemd\""),
+            "{e}"
+        );
+        // A drop-in with a bad name is reported against that file.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.toml"), "").unwrap();
+        let d = dir.path().join("ferrio.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("10-a.toml"), "log_level = \"loud\"\n").unwrap();
+        let e = Config::load(Some(&dir.path().join("m.toml")), Some(&d))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("10-a.toml") && e.contains("\"loud\""), "{e}");
+        // The command line's value goes through the same check.
+        let e = "loud".parse::<LogLevel>().unwrap_err();
+        assert_eq!(e.key, "log_level");
+        assert_eq!(
+            e.to_string(),
+            "log_level: \"loud\" is not one of error, warn, info, debug, trace"
+        );
+    }
+
+    #[test]
+    fn validate_names_the_key_and_a_typed_reason() {
+        let mut c = Config::default();
+        c.runtime.default_runtime = "kata".into();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "runtime.default_runtime");
+        assert_eq!(
+            e.reason,
+            InvalidReason::UnknownRuntime {
+                name: "kata".into(),
+                configured: vec!["crun".into(), "runc".into()],
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "runtime.default_runtime: \"kata\" is not a configured runtime \
+             (runtime.runtimes has crun, runc)"
+        );
+        let mut c = Config::default();
+        c.runtime.runtimes.get_mut("runc").unwrap().runtime_path = "runc".into();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "runtime.runtimes.runc.runtime_path");
+        assert_eq!(e.reason, InvalidReason::NotAbsolute("runc".into()));
+        let mut c = Config::default();
+        c.network.cni_plugin_timeout = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "network.cni_plugin_timeout: must be at least 1 second"
+        );
+        let e = Config::from_toml("[metrics]\naddress = \"x\"\n").unwrap_err();
+        match e {
+            ConfigError::Invalid { file, source } => {
+                assert_eq!(file, "<string>");
+                assert_eq!(source.key, "metrics.address");
+                assert_eq!(source.reason, InvalidReason::NotSocketAddress("x".into()));
+            }
+            e => panic!("{e:?}"),
+        }
     }
 }

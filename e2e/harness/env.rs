@@ -4,7 +4,7 @@
 use super::leaks::{self, LearnedPids};
 use super::sys;
 use super::{monitor_bin, rand_hex};
-use ferrio::config::{Config, MirrorConfig, RegistryConfig};
+use ferrio::config::{Config, LogLevel, MirrorConfig, RegistryConfig};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -24,7 +24,7 @@ pub struct Opts {
     /// Write a conflist into network_dir (false: an empty network_dir, NetworkReady false).
     pub network: bool,
     /// The daemon's log_level.
-    pub log_level: String,
+    pub log_level: LogLevel,
     /// Last word on the generated config (extra runtimes, registries, ...).
     pub configure: Option<Configure>,
 }
@@ -33,7 +33,7 @@ impl Default for Opts {
     fn default() -> Self {
         Opts {
             network: true,
-            log_level: "debug".into(),
+            log_level: LogLevel::Debug,
             configure: None,
         }
     }
@@ -92,7 +92,7 @@ impl Env {
         let mut c = Config {
             root: env.root(),
             runroot: env.runroot(),
-            log_level: opts.log_level.clone(),
+            log_level: opts.log_level,
             ..Config::default()
         };
         c.api.listen = env.socket();
@@ -120,8 +120,8 @@ impl Env {
         if let Some(f) = &opts.configure {
             f(&mut c);
         }
-        if let Err((key, reason)) = c.validate() {
-            panic!("the test config is invalid: {key}: {reason}");
+        if let Err(e) = c.validate() {
+            panic!("the test config is invalid: {e}");
         }
         let text = toml::to_string_pretty(&c).expect("serialize the test config");
         std::fs::write(env.config_path(), text).expect("write the test config");

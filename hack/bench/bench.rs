@@ -715,7 +715,7 @@ impl Bench {
         let mut c = Config {
             root: dir.join("root"),
             runroot: dir.join("run"),
-            log_level: "warn".into(),
+            log_level: ferrio::config::LogLevel::Warn,
             ..Config::default()
         };
         c.api.listen = dir.join("ferrio.sock");
@@ -741,8 +741,8 @@ impl Bench {
             .collect();
         c.network.network_dir = dir.join("net.d");
         c.network.plugin_dirs = vec![CNI_BIN.into()];
-        if let Err((key, reason)) = c.validate() {
-            bail!("the ferrio config is invalid: {key}: {reason}");
+        if let Err(e) = c.validate() {
+            bail!("the ferrio config is invalid: {e}");
         }
         std::fs::write(dir.join("ferrio.toml"), toml::to_string_pretty(&c)?)?;
         std::fs::write(

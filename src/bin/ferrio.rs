@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use ferrio::config::{Config, DEFAULT_DROPIN_DIR};
+use ferrio::config::{Config, LogLevel, DEFAULT_DROPIN_DIR};
 use ferrio::server;
 use nix::fcntl::{Flock, FlockArg};
 use std::os::unix::fs::PermissionsExt;
@@ -63,7 +63,7 @@ enum ManPage {
 }
 
 /// The tracing filter for a log level: ferrio's own crates at `level`, everything else at warn.
-fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+fn log_filter(level: LogLevel) -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::new(format!("ferrio={level},ferrio_monitor={level},warn"))
 }
 
@@ -95,19 +95,20 @@ fn main() {
         }
     };
     if let Some(level) = cli.log_level {
-        config.log_level = level;
-        if let Err((key, reason)) = config.validate() {
-            eprintln!("ferrio: --log-level: {key}: {reason}");
-            std::process::exit(2);
-        }
+        config.log_level = match level.parse() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("ferrio: --log-level: {e}");
+                std::process::exit(2);
+            }
+        };
     }
     if let Some(Command::Config) = cli.command {
         print!("{}", config.to_commented_toml());
         return;
     }
     // The filter sits behind a reload handle so SIGHUP can change the level in place.
-    let (filter, log_handle) =
-        tracing_subscriber::reload::Layer::new(log_filter(&config.log_level));
+    let (filter, log_handle) = tracing_subscriber::reload::Layer::new(log_filter(config.log_level));
     {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
@@ -116,7 +117,7 @@ fn main() {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init();
     }
-    let set_log_level = move |level: &str| {
+    let set_log_level = move |level: LogLevel| {
         log_handle
             .reload(log_filter(level))
             .map_err(|e| format!("cannot change the log level: {e}"))
@@ -214,7 +215,7 @@ fn bind(listen: &Path) -> anyhow::Result<(tokio::net::UnixListener, Flock<std::f
 async fn serve(
     config: Config,
     source: server::ConfigSource,
-    set_log_level: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static,
+    set_log_level: impl Fn(LogLevel) -> Result<(), String> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let monitor = monitor_path(&config)?;
     let listen = config.api.listen.clone();

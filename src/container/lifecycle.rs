@@ -43,6 +43,9 @@ pub enum ContainerError {
     WrongState { id: String, reason: String },
     #[error("image {0:?} not found: pull it first")]
     ImageNotFound(String),
+    /// SIGKILL was sent and the monitor still runs, yet no exit came within `waited`.
+    #[error("container {id}: did not exit after SIGKILL")]
+    KillTimeout { id: String, waited: Duration },
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
@@ -559,9 +562,7 @@ impl Containers {
         } else {
             Some(Path::new(&sandbox.meta.log_directory).join(&req.config.log_path))
         };
-        let driver = crate::oci::cgroups::CgroupDriver::from_config(
-            &self.pods.config.load().runtime.cgroup_manager,
-        );
+        let driver = self.pods.config.load().runtime.cgroup_manager;
         let cgroups_path = driver.cgroups_path(&sandbox.meta.cgroup_parent, &id);
         let meta = ContainerMeta {
             sandbox_id: sandbox.id.clone(),
@@ -959,9 +960,9 @@ impl Containers {
                 })
                 .await?;
             } else {
-                return Err(ContainerError::WrongState {
+                return Err(ContainerError::KillTimeout {
                     id: rec.id.clone(),
-                    reason: "did not exit after SIGKILL".into(),
+                    waited: KILL_WAIT,
                 });
             }
         }

@@ -52,12 +52,13 @@ pub enum ImageError {
         entry: String,
         reason: String,
     },
-    /// A layer could not be unpacked.
-    #[error("layer {layer}: unpack failed at {entry:?}: {reason}")]
+    /// A layer could not be unpacked; the OS error is kept (a full disk is ENOSPC).
+    #[error("layer {layer}: unpack failed at {entry:?}: {source}")]
     Unpack {
         layer: String,
         entry: String,
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// A mount or unmount failed.
     #[error("mount {path}: {reason}")]

@@ -745,7 +745,7 @@ impl ImageStore {
         let unpacked = unpacker.await.map_err(|e| ImageError::Unpack {
             layer: desc.digest.clone(),
             entry: String::new(),
-            reason: format!("unpack task: {e}"),
+            source: std::io::Error::other(format!("unpack task: {e}")),
         });
         let layer_usage = match (stream_result, unpacked) {
             (Err(e), _) => return Err(e),

@@ -75,10 +75,10 @@ fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
 /// Unpack the layer stream `r` into `dest` (an existing, empty directory) and return the diff id
 /// (`sha256:` of the uncompressed tar). `layer` names the blob in errors.
 pub fn unpack_layer<R: Read>(r: R, dest: &Path, layer: &str) -> Result<String, ImageError> {
-    let fail = |entry: &str, e: io::Error| ImageError::Unpack {
+    let fail = |entry: &str, source: io::Error| ImageError::Unpack {
         layer: layer.to_string(),
         entry: entry.to_string(),
-        reason: e.to_string(),
+        source,
     };
     let stream = decompress(r).map_err(|e| fail("", e))?;
     let mut archive = tar::Archive::new(HashingReader::new(stream));
@@ -117,11 +117,12 @@ impl Unpacker<'_> {
         }
     }
 
-    fn fail(&self, entry: &str, e: impl std::fmt::Display) -> ImageError {
+    /// The OS error stays the source, so a full disk is recognised by its errno.
+    fn fail(&self, entry: &str, e: impl Into<io::Error>) -> ImageError {
         ImageError::Unpack {
             layer: self.layer.to_string(),
             entry: entry.to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         }
     }
 
@@ -260,7 +261,7 @@ impl Unpacker<'_> {
                 let target = entry
                     .link_name()
                     .map_err(|e| self.fail(name, e))?
-                    .ok_or_else(|| self.fail(name, "symlink without a target"))?;
+                    .ok_or_else(|| self.fail(name, io::Error::other("symlink without a target")))?;
                 self.clear(name, &path, false)?;
                 std::os::unix::fs::symlink(&target, &path).map_err(|e| self.fail(name, e))?;
                 self.set_meta(entry, &path, name, mode, true)?;
@@ -269,7 +270,9 @@ impl Unpacker<'_> {
                 let target = entry
                     .link_name()
                     .map_err(|e| self.fail(name, e))?
-                    .ok_or_else(|| self.fail(name, "hard link without a target"))?;
+                    .ok_or_else(|| {
+                        self.fail(name, io::Error::other("hard link without a target"))
+                    })?;
                 let target_rel = self.clean(name, &target).map_err(|_| {
                     self.refuse(
                         name,
@@ -287,9 +290,8 @@ impl Unpacker<'_> {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        return Err(
-                            self.fail(name, format!("hard link target {}: {e}", target.display()))
-                        )
+                        let reason = format!("hard link target {}: {e}", target.display());
+                        return Err(self.fail(name, io::Error::new(e.kind(), reason)));
                     }
                 }
                 if source == path {
@@ -361,10 +363,10 @@ impl Unpacker<'_> {
         let h = entry.header();
         let uid = h.uid().map_err(|e| self.fail(name, e))?;
         let gid = h.gid().map_err(|e| self.fail(name, e))?;
-        let uid =
-            u32::try_from(uid).map_err(|_| self.fail(name, format!("uid {uid} out of range")))?;
-        let gid =
-            u32::try_from(gid).map_err(|_| self.fail(name, format!("gid {gid} out of range")))?;
+        let uid = u32::try_from(uid)
+            .map_err(|_| self.fail(name, io::Error::other(format!("uid {uid} out of range"))))?;
+        let gid = u32::try_from(gid)
+            .map_err(|_| self.fail(name, io::Error::other(format!("gid {gid} out of range"))))?;
         lchown(path, Some(uid), Some(gid)).map_err(|e| self.fail(name, e))?;
         if !is_link {
             fs::set_permissions(path, fs::Permissions::from_mode(mode))
@@ -385,7 +387,9 @@ impl Unpacker<'_> {
                     let unsupported =
                         matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM));
                     if !(is_link || unsupported) {
-                        return Err(self.fail(name, format!("xattr {attr}: {e}")));
+                        // The kind survives the added context (StorageFull for a full disk).
+                        let reason = format!("xattr {attr}: {e}");
+                        return Err(self.fail(name, io::Error::new(e.kind(), reason)));
                     }
                 }
             }

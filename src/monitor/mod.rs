@@ -66,6 +66,9 @@ pub enum MonitorError {
     Runtime { id: String, message: String },
     #[error("container {id}: monitor protocol: {message}")]
     Protocol { id: String, message: String },
+    /// Reading the monitor's sync pipe failed.
+    #[error("container {id}: monitor protocol: {source}")]
+    Sync { id: String, source: io::Error },
     #[error("container {id}: create did not finish within {}s", timeout.as_secs())]
     Timeout { id: String, timeout: Duration },
     #[error("reading exit file {}: {source}", path.display())]
@@ -204,12 +207,7 @@ pub async fn spawn(req: &MonitorSpawn) -> Result<Spawned, MonitorError> {
                     message: "monitor exited without reporting the create".into(),
                 })
             }
-            Ok(Err(e)) => {
-                break Err(MonitorError::Protocol {
-                    id,
-                    message: e.to_string(),
-                })
-            }
+            Ok(Err(source)) => break Err(MonitorError::Sync { id, source }),
             Err(_) => {
                 // The monitor kills the runtime on SIGTERM while creating and reports failure.
                 if let Some(pid) = monitor_pid {

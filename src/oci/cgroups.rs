@@ -11,25 +11,10 @@ use std::path::{Path, PathBuf};
 /// Where every cgroup hierarchy is mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// Who creates the cgroups: runc itself under absolute paths (`cgroupfs`), or systemd scopes
-/// inside slices (`systemd`, runc's `--systemd-cgroup`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CgroupDriver {
-    #[default]
-    Cgroupfs,
-    Systemd,
-}
+/// The config owns the closed set of drivers; the paths each one gives are made here.
+pub use crate::config::CgroupDriver;
 
 impl CgroupDriver {
-    /// From the config's `cgroup_manager` (validated there to be one of the two names).
-    pub fn from_config(name: &str) -> CgroupDriver {
-        if name == "systemd" {
-            CgroupDriver::Systemd
-        } else {
-            CgroupDriver::Cgroupfs
-        }
-    }
-
     /// The OCI `cgroupsPath` of object `id` under the pod's `parent`: `<parent>/ferrio-<id>` for
     /// cgroupfs, `<slice>:ferrio:<id>` for systemd (runc then makes `ferrio-<id>.scope`).
     /// `parent` is a pod's stored parent, already valid in the driver's syntax; an invalid one
@@ -693,12 +678,12 @@ mod tests {
 
     #[test]
     fn cgroups_paths_per_driver() {
-        let d = CgroupDriver::from_config("cgroupfs");
+        let d: CgroupDriver = "cgroupfs".parse().unwrap();
         assert_eq!(
             d.cgroups_path("/kubepods/pod1/", "abc"),
             "/kubepods/pod1/ferrio-abc"
         );
-        let d = CgroupDriver::from_config("systemd");
+        let d: CgroupDriver = "systemd".parse().unwrap();
         assert_eq!(d, CgroupDriver::Systemd);
         let p = d.cgroups_path("kubepods-besteffort-pod9.slice", "abc");
         assert_eq!(p, "kubepods-besteffort-pod9.slice:ferrio:abc");

@@ -20,6 +20,25 @@ pub enum OciError {
         id: String,
         message: String,
     },
+    /// The runtime binary could not be started or waited for.
+    #[error("{runtime} {verb} {id}: cannot run {}: {source}", path.display())]
+    Spawn {
+        runtime: String,
+        verb: &'static str,
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file the verb goes through (runc's exec fifo) could not be used.
+    #[error("{runtime} {verb} {id}: {source}")]
+    Io {
+        runtime: String,
+        verb: &'static str,
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{runtime} {verb} {id}: timed out after {secs}s")]
     Timeout {
         runtime: String,
@@ -132,12 +151,13 @@ impl OciRuntime {
                     secs: VERB_TIMEOUT.as_secs(),
                 })
             }
-            Ok(Err(e)) => {
-                return Err(OciError::Failed {
+            Ok(Err(source)) => {
+                return Err(OciError::Spawn {
                     runtime: self.name.clone(),
                     verb,
                     id: id.to_string(),
-                    message: format!("cannot run {}: {e}", self.path.display()),
+                    path: self.path.clone(),
+                    source,
                 })
             }
             Ok(Ok(o)) => o,
@@ -195,12 +215,12 @@ impl OciRuntime {
             match opened {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
-                Err(e) => {
-                    return Err(OciError::Failed {
+                Err(source) => {
+                    return Err(OciError::Io {
                         runtime: self.name.clone(),
                         verb: "start",
                         id: id.to_string(),
-                        message: e.to_string(),
+                        source,
                     })
                 }
             }

@@ -345,7 +345,7 @@ impl Pods {
     /// services, where node allocatable's system-reserved accounts for it; CRI-O's default too).
     pub fn monitor_scope(&self, pod_parent: &str) -> Option<monitor::MonitorScope> {
         let systemd = self.systemd.clone()?;
-        let slice = match CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager) {
+        let slice = match self.config.load().runtime.cgroup_manager {
             CgroupDriver::Systemd => {
                 cgroups::to_slice(pod_parent).unwrap_or_else(|| "system.slice".into())
             }
@@ -545,7 +545,7 @@ impl Pods {
         let write = lifted_limits(Self::limits(rec).as_ref(), &wanted, cgroups::is_v2());
         // kubelet resizes its own slice before it calls this (the systemd driver's pod cgroups
         // are kubelet's, as at RunPodSandbox): only the record changes then.
-        let driver = CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager);
+        let driver = self.config.load().runtime.cgroup_manager;
         let kubelets = driver == CgroupDriver::Systemd
             && !owns_pod_cgroup(driver, &rec.meta.cgroup_parent, &rec.id);
         if !write.is_empty() && !kubelets {
@@ -643,7 +643,7 @@ impl Pods {
         let cfg = req.config;
         let md = cfg.metadata.clone().unwrap_or_default();
         let linux = cfg.linux.clone().unwrap_or_default();
-        let driver = CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager);
+        let driver = self.config.load().runtime.cgroup_manager;
         let pod_cg = pod_cgroup(driver, &linux.cgroup_parent, id)?;
         let cgroup_parent = pod_cg.parent.clone();
         // Refuse bad sysctls before anything is made (the pause spec checks them again).
@@ -1064,7 +1064,7 @@ impl Pods {
     pub async fn remove(self: &Arc<Self>, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
         self.stop(rec).await?;
         let id = rec.id.clone();
-        let driver = CgroupDriver::from_config(&self.config.load().runtime.cgroup_manager);
+        let driver = self.config.load().runtime.cgroup_manager;
         let ov = self.overlay_dir(&id);
         let pinned = rec.meta.namespaces.clone();
         // The pause's mounts and namespaces are released while the runtime deletes its state

@@ -2,7 +2,7 @@
 //! pods run. A refused config leaves everything as it was.
 
 use super::{cni_for, runtimes_for, Daemon};
-use crate::config::{Config, ConfigChanges, ConfigError};
+use crate::config::{Config, ConfigChanges, ConfigError, InvalidReason, InvalidValue, LogLevel};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,8 +12,11 @@ use std::sync::Arc;
 pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidValue),
+    /// The tracing subscriber refused the new level.
+    #[error("log_level: {0}")]
+    SetLogLevel(String),
 }
 
 /// Where the config came from at start, so a reload reads the same files.
@@ -23,7 +26,7 @@ pub struct ConfigSource {
     pub file: Option<PathBuf>,
     /// `--config-dir`.
     pub dropin_dir: Option<PathBuf>,
-    /// `--log-level`: wins over the files on every reload too.
+    /// `--log-level` as given: wins over the files on every reload too.
     pub log_level: Option<String>,
 }
 
@@ -32,9 +35,7 @@ impl ConfigSource {
     pub fn load(&self) -> Result<Config, ReloadError> {
         let mut c = Config::load(self.file.as_deref(), self.dropin_dir.as_deref())?;
         if let Some(level) = &self.log_level {
-            c.log_level = level.clone();
-            c.validate()
-                .map_err(|(key, reason)| ReloadError::Invalid { key, reason })?;
+            c.log_level = level.parse()?;
         }
         Ok(c)
     }
@@ -43,7 +44,7 @@ impl ConfigSource {
 /// Checks a reload adds to [`Config::validate`] (which is pure): what the new settings point at
 /// must be usable, or the reload is refused before anything changes.
 fn check_usable(old: &Config, new: &Config) -> Result<(), ReloadError> {
-    let invalid = |key: String, reason: String| Err(ReloadError::Invalid { key, reason });
+    let invalid = |key: String, reason| Err(InvalidValue::new(key, reason).into());
     for (name, h) in &new.runtime.runtimes {
         if old.runtime.runtimes.get(name) == Some(h) {
             continue;
@@ -54,13 +55,16 @@ fn check_usable(old: &Config, new: &Config) -> Result<(), ReloadError> {
         if !usable {
             return invalid(
                 format!("runtime.runtimes.{name}.runtime_path"),
-                format!("{} is not an executable file", h.runtime_path.display()),
+                InvalidReason::NotExecutable(h.runtime_path.clone()),
             );
         }
     }
     if old.image.sandbox_image != new.image.sandbox_image {
         if let Err(e) = crate::image::reference::normalize(&new.image.sandbox_image) {
-            return invalid("image.sandbox_image".into(), e.to_string());
+            return invalid(
+                "image.sandbox_image".into(),
+                InvalidReason::NotAReference(e.to_string()),
+            );
         }
     }
     Ok(())
@@ -74,7 +78,7 @@ impl Daemon {
     pub fn reload(
         &self,
         source: &ConfigSource,
-        set_log_level: &dyn Fn(&str) -> Result<(), String>,
+        set_log_level: &dyn Fn(LogLevel) -> Result<(), String>,
     ) -> Result<ConfigChanges, ReloadError> {
         let r = self.reload_inner(source, set_log_level);
         self.metrics.config_reload(r.is_ok());
@@ -84,7 +88,7 @@ impl Daemon {
     fn reload_inner(
         &self,
         source: &ConfigSource,
-        set_log_level: &dyn Fn(&str) -> Result<(), String>,
+        set_log_level: &dyn Fn(LogLevel) -> Result<(), String>,
     ) -> Result<ConfigChanges, ReloadError> {
         let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let new = source.load()?;
@@ -92,14 +96,10 @@ impl Daemon {
         let (live, changes) = old.reloaded(&new);
         // The mix of new live settings and old restart-only ones must hold together too
         // (a default_runtime of the new file names a handler of the new file: both are live).
-        live.validate()
-            .map_err(|(key, reason)| ReloadError::Invalid { key, reason })?;
+        live.validate()?;
         check_usable(&old, &live)?;
         if old.log_level != live.log_level {
-            set_log_level(&live.log_level).map_err(|reason| ReloadError::Invalid {
-                key: "log_level".into(),
-                reason,
-            })?;
+            set_log_level(live.log_level).map_err(ReloadError::SetLogLevel)?;
         }
         // Nothing can fail from here on. Handlers first, then the network, then the config, so a
         // request that sees the new default handler finds it in the table.
@@ -207,9 +207,9 @@ mod tests {
             dropin_dir: Some(dir.path().join("ferrio.d")),
             log_level: None,
         };
-        assert_eq!(source.load().unwrap().log_level, "debug");
+        assert_eq!(source.load().unwrap().log_level, LogLevel::Debug);
         source.log_level = Some("warn".into());
-        assert_eq!(source.load().unwrap().log_level, "warn");
+        assert_eq!(source.load().unwrap().log_level, LogLevel::Warn);
         source.log_level = Some("loud".into());
         assert!(source.load().unwrap_err().to_string().contains("log_level"));
         std::fs::write(&file, "log_level = \n").unwrap();

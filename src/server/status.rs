@@ -2,6 +2,7 @@
 
 use super::Daemon;
 use super::Res;
+use crate::config::CgroupDriver;
 use crate::cri::v1 as cri;
 use std::sync::Arc;
 use tonic::{Request, Response};
@@ -78,10 +79,9 @@ pub(super) async fn runtime_config(
     d: &Arc<Daemon>,
     _req: Request<cri::RuntimeConfigRequest>,
 ) -> Res<cri::RuntimeConfigResponse> {
-    let driver = if d.config.load().runtime.cgroup_manager == "systemd" {
-        cri::CgroupDriver::Systemd
-    } else {
-        cri::CgroupDriver::Cgroupfs
+    let driver = match d.config.load().runtime.cgroup_manager {
+        CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+        CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
     };
     Ok(Response::new(cri::RuntimeConfigResponse {
         linux: Some(cri::LinuxRuntimeConfiguration {
