@@ -8,13 +8,13 @@
 //! this boot: after a reboot the boot-id check marks them exited, and a record that a power loss
 //! took away leaves only its overlay directory behind, which [`Containers::recover`] sweeps.
 
-use super::spec;
 use crate::clock::now_ns;
 use crate::image::ImageStore;
 use crate::monitor;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
 use crate::sandbox::lifecycle::{monitor_alive, Pods, Sandbox, SandboxError, SandboxState};
+use crate::spec;
 use crate::state::create_once::CreateOnce;
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
@@ -53,7 +53,7 @@ pub enum ContainerError {
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
-    Spec(#[from] crate::oci::host::SpecError),
+    Spec(#[from] crate::spec::SpecError),
     #[error(transparent)]
     AppArmor(#[from] crate::oci::apparmor::AppArmorError),
     #[error(transparent)]
@@ -677,7 +677,7 @@ impl Containers {
             apparmor_profile,
         })?;
         let mut oci = oci;
-        crate::sandbox::spec::set_sandbox_id(&mut oci, &sandbox.id);
+        spec::set_sandbox_id(&mut oci, &sandbox.id);
         let user = super::record::ProcessUser::of_spec(&oci);
         let bundle = run_dir.join("bundle");
         write_volatile_bundle(&bundle, &oci).await?;

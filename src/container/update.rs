@@ -6,8 +6,8 @@
 
 use super::lifecycle::{Container, ContainerError, ContainerState, Containers};
 use super::record::Resources;
-use super::spec;
 use crate::cri::v1::LinuxContainerResources;
+use crate::spec;
 
 impl Containers {
     /// Apply `resources` to container `id`. A created or running container gets them through
