@@ -34,6 +34,7 @@
 pub mod clock;
 pub mod config;
 pub mod container;
+pub mod context;
 pub mod cri;
 pub mod error;
 pub mod image;

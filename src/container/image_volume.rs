@@ -165,11 +165,6 @@ pub fn resolve(
     Ok(out)
 }
 
-/// Where container `id`'s image volumes are mounted on the host.
-fn volumes_dir(root: &Path, id: &str) -> PathBuf {
-    root.join("image-volumes").join(id)
-}
-
 /// Take down every image volume under `dir` (one sub-directory per volume) and remove `dir`.
 /// Idempotent; an unmount failure is returned and leaves the directory in place.
 fn unmount_all(dir: &Path) -> Result<(), ContainerError> {
@@ -221,7 +216,7 @@ impl Containers {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let dir = volumes_dir(&self.pods.config.load().root, &rec.id);
+        let dir = self.context.layout.image_volumes_dir(&rec.id);
         {
             let dir = dir.clone();
             rb.push("unmount image volumes", async move {
@@ -255,7 +250,7 @@ impl Containers {
 
     /// Unmount container `id`'s image volumes, if it has any. Idempotent.
     pub(super) async fn unmount_image_volumes(&self, id: &str) -> Result<(), ContainerError> {
-        let dir = volumes_dir(&self.pods.config.load().root, id);
+        let dir = self.context.layout.image_volumes_dir(id);
         let d = dir.clone();
         tokio::task::spawn_blocking(move || unmount_all(&d))
             .await

@@ -9,12 +9,13 @@
 //! took away leaves only its overlay directory behind, which [`Containers::recover`] sweeps.
 
 use crate::clock::now_ns;
+use crate::context::{NodeContext, RootfsMounts};
 use crate::image::ImageStore;
 use crate::monitor;
 use crate::oci::half_created::{self, HalfCreated, Patience};
-use crate::oci::OciRuntime;
+use crate::oci::Runtime;
 use crate::rollback::Rollback;
-use crate::sandbox::lifecycle::{Pods, Sandbox, SandboxError, SandboxState, MONITOR_HANDLE_FILE};
+use crate::sandbox::lifecycle::{Pods, Sandbox, SandboxError, SandboxState};
 use crate::spec;
 use crate::state::create_once::CreateOnce;
 use crate::state::names::Names;
@@ -27,9 +28,6 @@ use std::time::Duration;
 
 /// After SIGKILL, how long to wait for the monitor to report the exit.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-
-/// Where the runtime writes the container's init pid (in the container's run dir).
-const CONTAINER_PID_FILE: &str = "container.pid";
 
 /// The annotation kubelet puts the container's terminationMessagePath in.
 pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
@@ -80,36 +78,22 @@ pub enum ContainerError {
 /// that moving them there is a rename).
 const TRASH_PREFIX: &str = ".trash-";
 
-/// Unmounts the overlay at `dir/merged`, stacked mounts included (a busy one lazily), and
-/// leaves the directories in place.
-fn unmount_overlay(dir: &Path) -> Result<(), ContainerError> {
-    use nix::errno::Errno;
-    use nix::mount::{umount2, MntFlags};
-    let merged = dir.join("merged");
-    let err = |e: Errno| ContainerError::Io {
-        path: merged.clone(),
-        source: std::io::Error::from(e),
-    };
-    for _ in 0..16 {
-        match umount2(&merged, MntFlags::empty()) {
-            Ok(()) => continue,
-            Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
-            // Busy (a process still has its cwd inside): detach it lazily.
-            Err(Errno::EBUSY) => umount2(&merged, MntFlags::MNT_DETACH).map_err(err)?,
-            Err(e) => return Err(err(e)),
-        }
-    }
-    Ok(())
+/// Unmounts the rootfs in `dir` and leaves the directories in place.
+fn unmount_overlay(rootfs: &dyn RootfsMounts, dir: &Path) -> Result<(), ContainerError> {
+    rootfs.unmount(dir).map_err(|source| ContainerError::Io {
+        path: dir.join("merged"),
+        source,
+    })
 }
 
 /// Renames `dir` to a trash entry beside it; `None` when there is no `dir`.
-fn move_to_trash(dir: &Path) -> Result<Option<PathBuf>, ContainerError> {
+fn move_to_trash(rootfs: &dyn RootfsMounts, dir: &Path) -> Result<Option<PathBuf>, ContainerError> {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let trash = dir.with_file_name(format!("{TRASH_PREFIX}{name}"));
     let mut moved = std::fs::rename(dir, &trash);
     if moved.is_err() && dir.exists() && trash.exists() {
         // What a daemon killed while deleting left in the way.
-        empty_trash(&trash);
+        empty_trash(rootfs, &trash);
         moved = std::fs::rename(dir, &trash);
     }
     match moved {
@@ -123,8 +107,8 @@ fn move_to_trash(dir: &Path) -> Result<Option<PathBuf>, ContainerError> {
 }
 
 /// Deletes a trash entry (unmounting first whatever may still be mounted in it).
-fn empty_trash(trash: &Path) {
-    if let Err(e) = crate::image::overlay::unmount_rootfs(trash) {
+fn empty_trash(rootfs: &dyn RootfsMounts, trash: &Path) {
+    if let Err(e) = rootfs.remove(trash) {
         tracing::warn!(path = %trash.display(), error = %e, "cannot delete a removed directory");
     }
 }
@@ -387,6 +371,9 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 
 /// The containers of this node.
 pub struct Containers {
+    /// Config, host features, runtimes, paths and the monitor launcher, shared with pods.
+    pub context: Arc<NodeContext>,
+    /// Only to look sandboxes up.
     pub pods: Arc<Pods>,
     pub images: Arc<ImageStore>,
     pub table: Table<ContainerMeta, ContainerStatus>,
@@ -418,6 +405,7 @@ pub struct CreateRequest<'a> {
 
 impl Containers {
     pub fn new(
+        context: Arc<NodeContext>,
         pods: Arc<Pods>,
         images: Arc<ImageStore>,
         table: Table<ContainerMeta, ContainerStatus>,
@@ -427,6 +415,7 @@ impl Containers {
             let _ = names.reserve(&c.meta.name_key, &c.id);
         }
         Containers {
+            context,
             pods,
             images,
             table,
@@ -436,15 +425,15 @@ impl Containers {
     }
 
     fn run_dir(&self, id: &str) -> PathBuf {
-        self.pods.config.load().runroot.join("containers").join(id)
+        self.context.layout.container(id).run_dir
     }
 
     fn overlay_dir(&self, id: &str) -> PathBuf {
-        self.pods.config.load().root.join("overlay").join(id)
+        self.context.layout.container(id).overlay_dir
     }
 
     fn exit_file(&self, id: &str) -> PathBuf {
-        self.run_dir(id).join("exit.json")
+        self.context.layout.container(id).exit_file()
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Container>, ContainerError> {
@@ -462,10 +451,13 @@ impl Containers {
             .collect()
     }
 
-    fn runtime_for(&self, sandbox: &Sandbox) -> Result<OciRuntime, ContainerError> {
-        Ok(self
-            .pods
-            .runtime_of(&sandbox.id, &sandbox.meta.runtime_handler)?)
+    pub(super) fn runtime_for(
+        &self,
+        sandbox: &Sandbox,
+    ) -> Result<Arc<dyn Runtime>, ContainerError> {
+        self.context
+            .runtime_of(&sandbox.id, &sandbox.meta.runtime_handler)
+            .map_err(|e| SandboxError::from(e).into())
     }
 
     /// CreateContainer. A retry of the same name key returns the container already made.
@@ -583,7 +575,7 @@ impl Containers {
         } else {
             Some(Path::new(&sandbox.meta.log_directory).join(&req.config.log_path))
         };
-        let driver = self.pods.config.load().runtime.cgroup_manager;
+        let driver = self.context.config.load().runtime.cgroup_manager;
         let cgroups_path = driver.cgroups_path(&sandbox.meta.cgroup_parent, &id);
         let meta = ContainerMeta {
             sandbox_id: sandbox.id.clone(),
@@ -622,7 +614,7 @@ impl Containers {
         let runtime = self.runtime_for(sandbox)?;
         // First, as it may refuse the request (a profile that is not loaded).
         let apparmor_profile = self
-            .pods
+            .context
             .apparmor
             .profile_for(&spec::container_apparmor_request(req.config)?)
             .await?;
@@ -655,16 +647,15 @@ impl Containers {
         let layers = self.images.layer_dirs(image);
         let ov = self.overlay_dir(id);
         let ov2 = ov.clone();
-        let rootfs =
-            tokio::task::spawn_blocking(move || crate::image::overlay::mount_rootfs(&layers, &ov2))
-                .await
-                .map_err(join_err(&ov))??;
+        let mounts = self.context.rootfs.clone();
+        let rootfs = tokio::task::spawn_blocking(move || mounts.mount(&layers, &ov2))
+            .await
+            .map_err(join_err(&ov))??;
         {
             let ov = ov.clone();
+            let mounts = self.context.rootfs.clone();
             rb.push("unmount rootfs", async move {
-                let _ =
-                    tokio::task::spawn_blocking(move || crate::image::overlay::unmount_rootfs(&ov))
-                        .await;
+                let _ = tokio::task::spawn_blocking(move || mounts.remove(&ov)).await;
             });
         }
 
@@ -693,14 +684,15 @@ impl Containers {
             rootfs: &rootfs,
             image_volumes: &image_volumes,
             cgroups_path: cgroups_path.clone(),
-            host: &self.pods.host,
-            restrict_oom_score_adj: self.pods.config.load().runtime.restrict_oom_score_adj,
+            host: &self.context.host,
+            restrict_oom_score_adj: self.context.config.load().runtime.restrict_oom_score_adj,
             apparmor_profile,
         })?;
         let mut oci = oci;
         spec::set_sandbox_id(&mut oci, &sandbox.id);
         let user = super::record::ProcessUser::of_spec(&oci);
-        let bundle = run_dir.join("bundle");
+        let paths = self.context.layout.container(id);
+        let bundle = paths.bundle();
         write_volatile_bundle(&bundle, &oci).await?;
         if let Some(lp) = &log_path {
             if let Some(dir) = lp.parent() {
@@ -719,25 +711,26 @@ impl Containers {
                 let _ = rt.delete(&id).await;
             });
         }
+        let binary = runtime.binary();
         let spawn_req = monitor::MonitorSpawn {
-            monitor_path: self.pods.monitor_path.clone(),
+            monitor_path: self.context.monitor_path.clone(),
             id: id.to_string(),
             bundle,
-            runtime_path: runtime.path.clone(),
-            runtime_root: runtime.root.clone(),
+            runtime_path: binary.path,
+            runtime_root: binary.root,
             log_path,
-            exit_file: self.exit_file(id),
-            pid_file: run_dir.join(CONTAINER_PID_FILE),
-            handle_file: Some(run_dir.join(MONITOR_HANDLE_FILE)),
+            exit_file: paths.exit_file(),
+            pid_file: paths.pid_file(),
+            handle_file: Some(paths.handle_file()),
             cgroup_dir: crate::oci::cgroups::fs_path(&cgroups_path),
             cgroup_path: Some(cgroups_path),
             tty: req.config.tty,
             stdin: req.config.stdin,
             stdin_once: req.config.stdin_once,
-            cgroup_v1_view: runtime.cgroup_view.is_some(),
-            scope: self.pods.monitor_scope(&sandbox.meta.cgroup_parent),
+            cgroup_v1_view: binary.cgroup_view.is_some(),
+            scope: self.context.monitor_scope(&sandbox.meta.cgroup_parent),
         };
-        let launched = self.pods.monitors.launch(&spawn_req).await?;
+        let launched = self.context.monitors.launch(&spawn_req).await?;
         // The monitor is on record before the runtime's create ends, so that a restarted
         // daemon knows whom to wait for.
         let handle = launched.monitor();
@@ -764,7 +757,11 @@ impl Containers {
         tokio::spawn(async move {
             // A pid that is no longer our monitor (gone, or recycled after a reboot) is not
             // waited on: its exit file says all there is.
-            let exit = monitor::wait_exit(rec.status().monitor(), &exit_file).await;
+            let exit = this
+                .context
+                .monitors
+                .wait_exit(rec.status().monitor(), &exit_file)
+                .await;
             let (code, at, oom, msg) = match exit {
                 Ok(Some(x)) => (x.exit_code, x.finished_at, x.oom_killed, String::new()),
                 Ok(None) => (
@@ -829,12 +826,12 @@ impl Containers {
 
     /// The bundle directory of container `id` (config.json, the monitor's attach socket).
     pub fn bundle_dir(&self, id: &str) -> PathBuf {
-        self.run_dir(id).join("bundle")
+        self.context.layout.container(id).bundle()
     }
 
     /// The attach socket of container `id`'s monitor (see [`monitor::attach`]).
     pub fn attach_socket(&self, id: &str) -> PathBuf {
-        monitor::attach::socket_path(&self.bundle_dir(id))
+        self.context.layout.container(id).attach_socket()
     }
 
     /// What `<runtime> exec` needs to run `cmd` in the running container `rec` (for ExecSync and
@@ -861,19 +858,16 @@ impl Containers {
                 reason: "must not be empty".into(),
             });
         }
-        let runtime = match self.pods.get(&rec.meta.sandbox_id) {
-            Ok(s) => self.runtime_for(&s)?,
-            Err(_) => self.pods.runtime("")?,
-        };
+        let binary = self.runtime_of(rec)?.binary();
         Ok(monitor::exec::ExecSpec {
-            runtime_path: runtime.path.clone(),
-            runtime_root: runtime.root.clone(),
+            runtime_path: binary.path,
+            runtime_root: binary.root,
             id: rec.id.clone(),
             cmd,
             tty,
             stdin,
             state_dir: self.run_dir(&rec.id),
-            cgroup_view: runtime.cgroup_view.clone(),
+            cgroup_view: binary.cgroup_view,
         })
     }
 
@@ -953,10 +947,7 @@ impl Containers {
             ContainerState::Exited | ContainerState::Creating => return Ok(()),
             ContainerState::Created | ContainerState::Running => {}
         }
-        let runtime = match self.pods.get(&rec.meta.sandbox_id) {
-            Ok(s) => self.runtime_for(&s)?,
-            Err(_) => self.pods.runtime("")?,
-        };
+        let runtime = self.runtime_of(rec)?;
         let exited = |s: &ContainerStatus| s.finished_at > 0;
         if timeout > 0 {
             runtime.kill(&rec.id, rec.meta.stop_signal, false).await?;
@@ -974,7 +965,7 @@ impl Containers {
             .is_err()
         {
             // The monitor did not report: trust the runtime's view.
-            if !rec.status().monitor().is_alive() {
+            if !self.context.monitors.alive(rec.status().monitor()) {
                 rec.update_with(Durability::Crash, |s| {
                     if s.finished_at == 0 {
                         s.finished_at = now_ns();
@@ -994,20 +985,20 @@ impl Containers {
     }
 
     /// The runtime that runs `rec` (the default one when its pod is gone).
-    fn runtime_of(&self, rec: &Container) -> Result<OciRuntime, ContainerError> {
+    fn runtime_of(&self, rec: &Container) -> Result<Arc<dyn Runtime>, ContainerError> {
         match self.pods.get(&rec.meta.sandbox_id) {
             Ok(s) => self.runtime_for(&s),
-            Err(_) => Ok(self.pods.runtime("")?.clone()),
+            Err(_) => self
+                .context
+                .runtime("")
+                .map_err(|e| SandboxError::from(e).into()),
         }
     }
 
     /// RemoveContainer: stops it if needed and leaves nothing behind. Idempotent.
     pub async fn remove(&self, rec: &Arc<Container>) -> Result<(), ContainerError> {
         self.stop(rec, 0).await?;
-        let runtime = match self.pods.get(&rec.meta.sandbox_id) {
-            Ok(s) => self.runtime_for(&s)?,
-            Err(_) => self.pods.runtime("")?,
-        };
+        let runtime = self.runtime_of(rec)?;
         // Usually deleted already, when the container exited (see watch_exit): a runtime that
         // has no state left for it would only be asked to find that out (a process start).
         if !rec.status().runtime_deleted {
@@ -1017,12 +1008,13 @@ impl Containers {
         let ov = self.overlay_dir(&rec.id);
         let run_dir = self.run_dir(&rec.id);
         let cg = rec.meta.cgroups_path.clone();
+        let mounts = self.context.rootfs.clone();
         let trash = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, ContainerError> {
-            unmount_overlay(&ov)?;
+            unmount_overlay(&*mounts, &ov)?;
             crate::oci::cgroups::remove(&cg);
             let mut trash = Vec::new();
             for dir in [ov, run_dir] {
-                trash.extend(move_to_trash(&dir)?);
+                trash.extend(move_to_trash(&*mounts, &dir)?);
             }
             Ok(trash)
         })
@@ -1032,9 +1024,10 @@ impl Containers {
         // files themselves go in the background: every unlink and rmdir costs milliseconds on
         // a journaled disk (an upper dir full of files far more). A daemon killed meanwhile
         // leaves trash entries that recovery sweeps.
+        let mounts = self.context.rootfs.clone();
         tokio::task::spawn_blocking(move || {
             for t in trash {
-                empty_trash(&t);
+                empty_trash(&*mounts, &t);
             }
         });
         self.table.remove(&rec.id).await?;
@@ -1055,15 +1048,15 @@ impl Containers {
                     // through the runtime.
                     match self.runtime_of(&rec) {
                         Ok(runtime) => {
-                            let run_dir = self.run_dir(&rec.id);
+                            let paths = self.context.layout.container(&rec.id);
                             let half = HalfCreated {
                                 id: rec.id.clone(),
                                 monitor: st.monitor(),
-                                handle_file: run_dir.join(MONITOR_HANDLE_FILE),
-                                pid_file: run_dir.join(CONTAINER_PID_FILE),
+                                handle_file: paths.handle_file(),
+                                pid_file: paths.pid_file(),
                             };
-                            let monitors = self.pods.monitors.clone();
-                            half_created::reap(&half, &runtime, monitors, Patience::default())
+                            let monitors = self.context.monitors.clone();
+                            half_created::reap(&half, &*runtime, monitors, Patience::default())
                                 .await;
                         }
                         Err(e) => {
@@ -1080,7 +1073,7 @@ impl Containers {
                         self.adopt_interrupted_start(&rec).await;
                     }
                     if let Ok(sandbox) = self.pods.get(&rec.meta.sandbox_id) {
-                        self.pods.keep_monitor_in_scope(
+                        self.context.keep_monitor_in_scope(
                             &rec.id,
                             st.monitor(),
                             &sandbox.meta.cgroup_parent,
@@ -1137,8 +1130,9 @@ impl Containers {
     /// dir included) on disk. Also empties the trash that a daemon killed during a
     /// RemoveContainer left. Runs during recovery, before any create can be under way.
     async fn sweep_orphan_rootfs(&self) {
-        let base = self.overlay_dir("");
-        let run_base = self.run_dir("");
+        let base = self.context.layout.overlay_base();
+        let run_base = self.context.layout.containers_run_base();
+        let mounts = self.context.rootfs.clone();
         let known: std::collections::HashSet<String> = self
             .table
             .list()
@@ -1157,7 +1151,7 @@ impl Containers {
                         .to_string_lossy()
                         .starts_with(TRASH_PREFIX)
                     {
-                        empty_trash(&entry.path());
+                        empty_trash(&*mounts, &entry.path());
                     }
                 }
             }
@@ -1171,7 +1165,7 @@ impl Containers {
                 if !ours || known.contains(&name) {
                     continue;
                 }
-                match crate::image::overlay::unmount_rootfs(&entry.path()) {
+                match mounts.remove(&entry.path()) {
                     Ok(()) => tracing::info!(id = %name, "removed a rootfs no record leads to"),
                     Err(e) => {
                         tracing::warn!(id = %name, error = %e, "cannot remove an orphaned rootfs")

@@ -205,16 +205,9 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceUsage> {
 }
 
 impl Containers {
-    /// The overlay upper dir of container `id` (the writable layer; the layout is
-    /// `lifecycle`'s: `<root>/overlay/<id>/upper`).
+    /// The overlay upper dir of container `id` (the writable layer).
     fn upper_dir(&self, id: &str) -> PathBuf {
-        self.pods
-            .config
-            .load()
-            .root
-            .join("overlay")
-            .join(id)
-            .join("upper")
+        self.context.layout.container(id).upper_dir()
     }
 
     /// Usage of each of `containers`.

@@ -19,13 +19,11 @@ impl Containers {
         resources: &LinuxContainerResources,
     ) -> Result<(), ContainerError> {
         let rec = self.get(id)?;
-        let oci = spec::update_resources(resources, &self.pods.host)?;
+        let oci = spec::update_resources(resources, &self.context.host)?;
         match rec.status().state() {
             ContainerState::Created | ContainerState::Running => {
                 let sandbox = self.pods.get(&rec.meta.sandbox_id)?;
-                let runtime = self
-                    .pods
-                    .runtime_of(&sandbox.id, &sandbox.meta.runtime_handler)?;
+                let runtime = self.runtime_for(&sandbox)?;
                 runtime.update(&rec.id, &oci).await?;
             }
             ContainerState::Creating => {

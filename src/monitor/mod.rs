@@ -408,6 +408,15 @@ pub trait MonitorLauncher: Send + Sync {
     /// create), found through its handle file or else the handle on record, if it still lives.
     /// Blocking (file and /proc reads).
     fn find(&self, handle_file: &Path, recorded: ProcessHandle) -> Option<Box<dyn FoundMonitor>>;
+    /// Resolves once `monitor` is gone, with the exit it recorded in `exit_file` (see
+    /// [`wait_exit`]).
+    fn wait_exit<'a>(
+        &'a self,
+        monitor: ProcessHandle,
+        exit_file: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<ExitRecord>, MonitorError>>;
+    /// Whether `monitor` still runs. Blocking (a /proc read).
+    fn alive(&self, monitor: ProcessHandle) -> bool;
 }
 
 /// A monitor that is up and running the runtime's create.
@@ -457,6 +466,18 @@ impl MonitorLauncher for MonitorProcesses {
             })),
             None => None,
         }
+    }
+
+    fn wait_exit<'a>(
+        &'a self,
+        monitor: ProcessHandle,
+        exit_file: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<ExitRecord>, MonitorError>> {
+        Box::pin(wait_exit(monitor, exit_file))
+    }
+
+    fn alive(&self, monitor: ProcessHandle) -> bool {
+        monitor.is_alive()
     }
 }
 

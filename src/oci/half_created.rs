@@ -161,6 +161,13 @@ mod tests {
         fn name(&self) -> &str {
             "fake"
         }
+        fn binary(&self) -> crate::oci::RuntimeBinary {
+            crate::oci::RuntimeBinary {
+                path: "/nonexistent/fake".into(),
+                root: "/nonexistent/root".into(),
+                cgroup_view: None,
+            }
+        }
         fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>> {
             self.log("start", id);
             Box::pin(async { Ok(()) })
@@ -265,6 +272,16 @@ mod tests {
             assert!(handle_file.ends_with("monitor.handle"));
             let m = self.0.clone()?;
             m.alive.load(Ordering::SeqCst).then(|| Box::new(m) as _)
+        }
+        fn wait_exit<'a>(
+            &'a self,
+            _monitor: ProcessHandle,
+            _exit_file: &'a Path,
+        ) -> BoxFuture<'a, Result<Option<crate::monitor::ExitRecord>, MonitorError>> {
+            unreachable!("recovery of a half-created object waits for no exit")
+        }
+        fn alive(&self, _monitor: ProcessHandle) -> bool {
+            unreachable!("recovery asks the found monitor")
         }
     }
 

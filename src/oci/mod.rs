@@ -14,4 +14,4 @@ pub mod half_created;
 pub mod host;
 pub mod runtime;
 
-pub use runtime::{OciError, OciRuntime, OciState, Runtime};
+pub use runtime::{OciError, OciRuntime, OciState, Runtime, RuntimeBinary};

@@ -58,6 +58,17 @@ pub struct OciRuntime {
     pub cgroup_view: Option<Arc<CgroupV1View>>,
 }
 
+/// How a runtime's binary is run by the processes that run it themselves: the monitor (for
+/// `create`) and `exec`.
+#[derive(Debug, Clone)]
+pub struct RuntimeBinary {
+    pub path: PathBuf,
+    /// The runtime's `--root`.
+    pub root: PathBuf,
+    /// The private cgroup view the binary runs in (see [`OciRuntime::cgroup_view_for`]).
+    pub cgroup_view: Option<Arc<CgroupV1View>>,
+}
+
 /// The part of `runc state` the daemon uses.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OciState {
@@ -247,6 +258,8 @@ use futures::future::BoxFuture;
 pub trait Runtime: Send + Sync {
     /// The handler's name, for messages.
     fn name(&self) -> &str;
+    /// The binary the monitor's `create` and `exec` run.
+    fn binary(&self) -> RuntimeBinary;
     /// Runs the user process of a created container.
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>>;
     /// Signals the container's init, or all its processes; a container that is gone is fine.
@@ -271,6 +284,13 @@ pub trait Runtime: Send + Sync {
 impl Runtime for OciRuntime {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn binary(&self) -> RuntimeBinary {
+        RuntimeBinary {
+            path: self.path.clone(),
+            root: self.root.clone(),
+            cgroup_view: self.cgroup_view.clone(),
+        }
     }
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>> {
         Box::pin(OciRuntime::start(self, id))

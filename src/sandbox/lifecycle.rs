@@ -4,21 +4,21 @@
 
 use super::{files, namespaces};
 use crate::clock::now_ns;
-use crate::config::{Live, LiveConfig};
+use crate::config::Live;
+use crate::context::NodeContext;
 use crate::image::ImageStore;
 use crate::monitor;
 use crate::network::{Cni, PodNetwork, PortMapping};
 use crate::oci::cgroups::{self, CgroupDriver};
 use crate::oci::half_created::{self, HalfCreated, Patience};
-use crate::oci::host::HostFeatures;
-use crate::oci::OciRuntime;
+use crate::oci::Runtime;
 use crate::rollback::Rollback;
 use crate::spec;
 use crate::state::create_once::CreateOnce;
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,6 +62,15 @@ pub enum SandboxError {
     },
 }
 
+impl From<crate::context::UnknownHandler> for SandboxError {
+    fn from(e: crate::context::UnknownHandler) -> Self {
+        SandboxError::Invalid {
+            field: "runtime_handler".into(),
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// `wanted`, plus the values that lift each limit `current` sets and `wanted` does not: no CFS quota,
 /// no memory limit, the kernel's default CPU weight.
 fn lifted_limits(
@@ -91,7 +100,7 @@ fn lifted_limits(
 struct PauseInput<'a> {
     id: &'a str,
     rec: &'a Arc<Sandbox>,
-    runtime: &'a OciRuntime,
+    runtime: &'a Arc<dyn Runtime>,
     cfg: &'a crate::cri::v1::PodSandboxConfig,
     pinned: &'a namespaces::Pinned,
     cgroups_path: String,
@@ -200,9 +209,7 @@ impl SandboxStatus {
 
 pub type Sandbox = Record<SandboxMeta, SandboxStatus>;
 
-/// The file in an object's run dir through which its monitor is found again after a daemon
-/// restart, even when the record never learnt its pid (see [`monitor::protocol::HANDLE_FD`]).
-pub const MONITOR_HANDLE_FILE: &str = "monitor.handle";
+pub use crate::context::MONITOR_HANDLE_FILE;
 
 /// Everything RunPodSandbox needs from the request, in ferrio's terms.
 pub struct RunRequest<'a> {
@@ -216,27 +223,13 @@ pub struct RunRequest<'a> {
 
 /// The pod sandboxes of this node and the services their lifecycle uses.
 pub struct Pods {
-    /// Swapped on reload: read it once per request with `load()`.
-    pub config: LiveConfig,
+    /// Config, host features, runtimes, paths and the monitor launcher, shared with containers.
+    pub context: Arc<NodeContext>,
     pub table: Table<SandboxMeta, SandboxStatus>,
     pub names: Names,
     pub images: Arc<ImageStore>,
     /// Swapped on reload (network dir, default network); teardown reads its own cache.
     pub cni: Live<Cni>,
-    pub host: HostFeatures,
-    /// Turns AppArmor requests into profiles; loads ferrio's default profile on first use.
-    pub apparmor: crate::oci::apparmor::AppArmor,
-    /// The configured handlers, swapped on reload.
-    pub runtimes: Live<HashMap<String, OciRuntime>>,
-    /// Pods created before a reload removed or changed their handler keep the runtime they were
-    /// started with (by sandbox id), so they still stop and remove cleanly.
-    pinned_runtimes: std::sync::Mutex<HashMap<String, OciRuntime>>,
-    pub monitor_path: PathBuf,
-    /// Starts and finds monitors (the `ferrio-monitor` binary at `monitor_path`).
-    pub monitors: Arc<dyn monitor::MonitorLauncher>,
-    /// systemd's D-Bus API where systemd is PID 1 (monitor scopes, ferrio's pod slices); `None`
-    /// elsewhere, and then nothing talks D-Bus.
-    pub systemd: Option<Arc<crate::systemd::Systemd>>,
     /// One create per name key at a time, so a retry waits for the first attempt.
     creating: CreateOnce,
 }
@@ -333,86 +326,23 @@ pub fn grace_period(container: &BTreeMap<String, String>, pod: &BTreeMap<String,
 
 impl Pods {
     pub fn new(
-        config: LiveConfig,
+        context: Arc<NodeContext>,
         table: Table<SandboxMeta, SandboxStatus>,
         images: Arc<ImageStore>,
         cni: Live<Cni>,
-        host: HostFeatures,
-        runtimes: HashMap<String, OciRuntime>,
-        monitor_path: PathBuf,
     ) -> Self {
         let names = Names::default();
         for s in table.list() {
             let _ = names.reserve(&s.meta.name_key, &s.id);
         }
         Pods {
-            config,
+            context,
             table,
             names,
             images,
             cni,
-            apparmor: crate::oci::apparmor::AppArmor::for_host(host.apparmor),
-            host,
-            runtimes: Live::new(runtimes),
-            pinned_runtimes: Default::default(),
-            monitor_path,
-            monitors: Arc::new(monitor::MonitorProcesses),
-            systemd: crate::systemd::Systemd::on_this_host(),
             creating: Default::default(),
         }
-    }
-
-    /// Where the monitor of an object in a pod with cgroup parent `pod_parent` runs, when
-    /// systemd is PID 1: a scope of its own in the pod's slice with the systemd driver (the pod
-    /// pays for its monitors, as with CRI-O's `conmon_cgroup = "pod"`), in `system.slice` with
-    /// the cgroupfs driver, whose pod cgroups systemd does not know (next to the system's
-    /// services, where node allocatable's system-reserved accounts for it; CRI-O's default too).
-    pub fn monitor_scope(&self, pod_parent: &str) -> Option<monitor::MonitorScope> {
-        let systemd = self.systemd.clone()?;
-        let slice = match self.config.load().runtime.cgroup_manager {
-            CgroupDriver::Systemd => {
-                cgroups::to_slice(pod_parent).unwrap_or_else(|| "system.slice".into())
-            }
-            CgroupDriver::Cgroupfs => "system.slice".into(),
-        };
-        Some(monitor::MonitorScope {
-            units: systemd,
-            slice,
-        })
-    }
-
-    /// After a daemon restart: a live monitor of object `id` that is not in its scope (started
-    /// by a daemon that did not move monitors, or whose move failed) is moved now, in the
-    /// background. Does nothing without systemd.
-    pub fn keep_monitor_in_scope(
-        &self,
-        id: &str,
-        monitor: monitor::ProcessHandle,
-        pod_parent: &str,
-    ) {
-        let Some(scope) = self.monitor_scope(pod_parent) else {
-            return;
-        };
-        let id = id.to_string();
-        tokio::spawn(async move {
-            let unit = crate::systemd::monitor_scope_name(&id);
-            let u = unit.clone();
-            let needed = tokio::task::spawn_blocking(move || {
-                monitor.is_alive() && !crate::systemd::runs_in_unit(monitor.pid, &u)
-            })
-            .await
-            .unwrap_or(false);
-            if !needed {
-                return;
-            }
-            match crate::systemd::move_monitor(&*scope.units, &id, monitor.pid, &scope.slice).await
-            {
-                Ok(()) => tracing::info!(%id, %unit, "moved a monitor into its scope"),
-                Err(e) => {
-                    tracing::warn!(%id, error = %e, "monitor stays in the daemon's cgroup")
-                }
-            }
-        });
     }
 
     /// Makes the pod's cgroup ready for its containers and sets the pod's limits in it.
@@ -430,7 +360,7 @@ impl Pods {
             if !pod_cg.owned {
                 return Ok(());
             }
-            if let Some(systemd) = &self.systemd {
+            if let Some(systemd) = &self.context.systemd {
                 use crate::systemd::{TransientUnit, UnitControl};
                 let unit = TransientUnit::pod_slice(&pod_cg.parent, limits.as_ref());
                 systemd.start_transient(&unit).await?;
@@ -458,7 +388,7 @@ impl Pods {
             if !owned {
                 return;
             }
-            if let Some(systemd) = &self.systemd {
+            if let Some(systemd) = &self.context.systemd {
                 use crate::systemd::UnitControl;
                 if let Err(e) = systemd.stop(parent).await {
                     tracing::warn!(slice = %parent, error = %e, "cannot stop the pod slice");
@@ -476,73 +406,37 @@ impl Pods {
     }
 
     fn run_dir(&self, id: &str) -> PathBuf {
-        self.config.load().runroot.join("sandboxes").join(id)
+        self.context.layout.sandbox(id).run_dir
     }
 
     fn overlay_dir(&self, id: &str) -> PathBuf {
-        self.config.load().root.join("overlay").join(id)
+        self.context.layout.sandbox(id).overlay_dir
     }
 
     fn exit_file(&self, id: &str) -> PathBuf {
-        self.run_dir(id).join("exit.json")
+        self.context.layout.sandbox(id).exit_file()
     }
 
-    /// The OCI runtime for a handler name ("" = the default), as configured now.
-    pub fn runtime(&self, handler: &str) -> Result<OciRuntime, SandboxError> {
-        let config = self.config.load();
-        let name = if handler.is_empty() {
-            config.runtime.default_runtime.as_str()
-        } else {
-            handler
-        };
-        let runtimes = self.runtimes.load();
-        runtimes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| SandboxError::Invalid {
-                field: "runtime_handler".into(),
-                reason: format!(
-                    "unknown runtime handler {name:?} (configured: {})",
-                    runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            })
+    /// The runtime for a handler name ("" = the default), as configured now.
+    pub fn runtime(&self, handler: &str) -> Result<Arc<dyn Runtime>, SandboxError> {
+        Ok(self.context.runtime(handler)?)
     }
 
-    /// The OCI runtime of an existing pod: the one it was started with when a reload has since
+    /// The runtime of an existing pod: the one it was started with when a reload has since
     /// changed or removed its handler.
-    pub fn runtime_of(&self, id: &str, handler: &str) -> Result<OciRuntime, SandboxError> {
-        let pinned = self
-            .pinned_runtimes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned();
-        match pinned {
-            Some(r) => Ok(r),
-            None => self.runtime(handler),
-        }
+    pub fn runtime_of(&self, id: &str, handler: &str) -> Result<Arc<dyn Runtime>, SandboxError> {
+        Ok(self.context.runtime_of(id, handler)?)
     }
 
-    /// Reload: `runtimes` serve new pods from now on; pods whose handler changed or went away
-    /// keep theirs (see [`Pods::runtime_of`]).
-    pub fn set_runtimes(&self, runtimes: HashMap<String, OciRuntime>) {
-        let old = self.runtimes.load();
-        let mut pinned = self
-            .pinned_runtimes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let live: std::collections::HashSet<String> =
-            self.table.list().iter().map(|s| s.id.clone()).collect();
-        pinned.retain(|id, _| live.contains(id));
-        for s in self.table.list() {
-            let Some(before) = old.get(&s.meta.runtime_handler) else {
-                continue;
-            };
-            if runtimes.get(&s.meta.runtime_handler) != Some(before) {
-                pinned.entry(s.id.clone()).or_insert_with(|| before.clone());
-            }
-        }
-        self.runtimes.store(Arc::new(runtimes));
+    /// Reload: the handlers of `config` serve new pods from now on; pods whose handler changed
+    /// or went away keep theirs (see [`Pods::runtime_of`]).
+    pub fn set_runtimes(&self, config: &crate::config::Config) {
+        let pods = self.table.list();
+        self.context.runtimes.reload(
+            config,
+            pods.iter()
+                .map(|s| (s.id.as_str(), s.meta.runtime_handler.as_str())),
+        );
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
@@ -574,7 +468,7 @@ impl Pods {
         let write = lifted_limits(Self::limits(rec).as_ref(), &wanted, cgroups::is_v2());
         // kubelet resizes its own slice before it calls this (the systemd driver's pod cgroups
         // are kubelet's, as at RunPodSandbox): only the record changes then.
-        let driver = self.config.load().runtime.cgroup_manager;
+        let driver = self.context.config.load().runtime.cgroup_manager;
         let kubelets = driver == CgroupDriver::Systemd
             && !owns_pod_cgroup(driver, &rec.meta.cgroup_parent, &rec.id);
         if !write.is_empty() && !kubelets {
@@ -617,7 +511,7 @@ impl Pods {
                 });
             }
         }
-        let runtime = self.runtime(req.runtime_handler)?.clone();
+        let runtime = self.runtime(req.runtime_handler)?;
         let name_key = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
 
         // A retry (kubelet gave up waiting) waits here for the first attempt and then gets its
@@ -630,7 +524,7 @@ impl Pods {
     async fn run_locked(
         self: &Arc<Self>,
         name_key: &str,
-        runtime: &OciRuntime,
+        runtime: &Arc<dyn Runtime>,
         req: &RunRequest<'_>,
     ) -> Result<String, SandboxError> {
         if let Some(existing) = self.names.get(name_key) {
@@ -665,14 +559,14 @@ impl Pods {
         self: &Arc<Self>,
         id: &str,
         name_key: &str,
-        runtime: &OciRuntime,
+        runtime: &Arc<dyn Runtime>,
         req: &RunRequest<'_>,
         rb: &mut Rollback,
     ) -> Result<(), SandboxError> {
         let cfg = req.config;
         let md = cfg.metadata.clone().unwrap_or_default();
         let linux = cfg.linux.clone().unwrap_or_default();
-        let driver = self.config.load().runtime.cgroup_manager;
+        let driver = self.context.config.load().runtime.cgroup_manager;
         let pod_cg = pod_cgroup(driver, &linux.cgroup_parent, id)?;
         let cgroup_parent = pod_cg.parent.clone();
         // Refuse bad sysctls before anything is made (the pause spec checks them again).
@@ -693,7 +587,7 @@ impl Pods {
             });
         }
         let run_dir = self.run_dir(id);
-        let ns_dir = self.config.load().namespaces_dir();
+        let ns_dir = self.context.config.load().namespaces_dir();
         let pinned_plan = namespaces::Pinned {
             net: (!req.host_network).then(|| namespaces::path_for(&ns_dir, "net", id)),
             ipc: (!req.host_ipc).then(|| namespaces::path_for(&ns_dir, "ipc", id)),
@@ -709,7 +603,7 @@ impl Pods {
             request: super::record::PodRequestFacts::from_cri(cfg),
             labels: cfg.labels.clone().into_iter().collect(),
             annotations: cfg.annotations.clone().into_iter().collect(),
-            runtime_handler: runtime.name.clone(),
+            runtime_handler: runtime.name().to_string(),
             created_at: now_ns(),
             hostname: hostname.clone(),
             log_directory: cfg.log_directory.clone(),
@@ -873,11 +767,11 @@ impl Pods {
             hostname,
         } = p;
         let apparmor_profile = self
+            .context
             .apparmor
             .profile_for(&spec::pause_apparmor_request(cfg)?)
             .await?;
-        let run_dir = self.run_dir(id);
-        let config = self.config.load();
+        let config = self.context.config.load();
         let sandbox_image = config.image.sandbox_image.clone();
         let image = match self.images.resolve(&sandbox_image) {
             Some(i) => i,
@@ -890,19 +784,18 @@ impl Pods {
         let layers = self.images.layer_dirs(&image);
         let ov = self.overlay_dir(id);
         let ov2 = ov.clone();
-        let rootfs =
-            tokio::task::spawn_blocking(move || crate::image::overlay::mount_rootfs(&layers, &ov2))
-                .await
-                .map_err(|e| SandboxError::Io {
-                    path: ov.clone(),
-                    source: std::io::Error::other(e),
-                })??;
+        let mounts = self.context.rootfs.clone();
+        let rootfs = tokio::task::spawn_blocking(move || mounts.mount(&layers, &ov2))
+            .await
+            .map_err(|e| SandboxError::Io {
+                path: ov.clone(),
+                source: std::io::Error::other(e),
+            })??;
         {
             let ov = ov.clone();
+            let mounts = self.context.rootfs.clone();
             rb.push("unmount pause rootfs", async move {
-                let _ =
-                    tokio::task::spawn_blocking(move || crate::image::overlay::unmount_rootfs(&ov))
-                        .await;
+                let _ = tokio::task::spawn_blocking(move || mounts.remove(&ov)).await;
             });
         }
         let spec = spec::pod_spec(&spec::PauseSpecInput {
@@ -914,13 +807,14 @@ impl Pods {
             utsns: pinned.uts.as_deref(),
             cgroups_path: cgroups_path.clone(),
             hostname: hostname.to_string(),
-            host: &self.host,
+            host: &self.context.host,
             restrict_oom_score_adj: config.runtime.restrict_oom_score_adj,
             apparmor_profile,
         })?;
         let mut spec = spec;
         spec::set_sandbox_id(&mut spec, id);
-        let bundle = run_dir.join("bundle");
+        let paths = self.context.layout.sandbox(id);
+        let bundle = paths.bundle();
         write_bundle(&bundle, &spec).await?;
         {
             let rt = runtime.clone();
@@ -929,25 +823,26 @@ impl Pods {
                 let _ = rt.delete(&id).await;
             });
         }
+        let binary = runtime.binary();
         let req = monitor::MonitorSpawn {
-            monitor_path: self.monitor_path.clone(),
+            monitor_path: self.context.monitor_path.clone(),
             id: id.to_string(),
             bundle: bundle.clone(),
-            runtime_path: runtime.path.clone(),
-            runtime_root: runtime.root.clone(),
+            runtime_path: binary.path,
+            runtime_root: binary.root,
             log_path: None,
-            exit_file: self.exit_file(id),
-            pid_file: run_dir.join(PAUSE_PID_FILE),
-            handle_file: Some(run_dir.join(MONITOR_HANDLE_FILE)),
+            exit_file: paths.exit_file(),
+            pid_file: paths.pid_file(),
+            handle_file: Some(paths.handle_file()),
             cgroup_dir: cgroups::fs_path(&cgroups_path),
             cgroup_path: Some(cgroups_path),
             tty: false,
             stdin: false,
             stdin_once: false,
-            cgroup_v1_view: runtime.cgroup_view.is_some(),
-            scope: self.monitor_scope(&rec.meta.cgroup_parent),
+            cgroup_v1_view: binary.cgroup_view.is_some(),
+            scope: self.context.monitor_scope(&rec.meta.cgroup_parent),
         };
-        let launched = self.monitors.launch(&req).await?;
+        let launched = self.context.monitors.launch(&req).await?;
         // Pids are facts of this boot: no fsync. The monitor is on record before the runtime's
         // create ends, so that a restarted daemon knows whom to wait for.
         let handle = launched.monitor();
@@ -981,12 +876,13 @@ impl Pods {
     /// Mark the sandbox not ready when its pause process exits.
     pub fn watch_pause(self: &Arc<Self>, rec: Arc<Sandbox>) {
         let exit_file = self.exit_file(&rec.id);
+        let this = self.clone();
         tokio::spawn(async move {
             let handle = rec.status().monitor();
             if !handle.is_set() {
                 return;
             }
-            let _ = monitor::wait_exit(handle, &exit_file).await;
+            let _ = this.context.monitors.wait_exit(handle, &exit_file).await;
             if rec.status().state == SandboxState::Ready {
                 tracing::info!(id = %rec.id, "pause process exited; pod sandbox not ready");
                 let _ = rec.update(|s| s.state = SandboxState::NotReady).await;
@@ -1070,7 +966,7 @@ impl Pods {
         if st.monitor().is_set() {
             let _ = tokio::time::timeout(
                 PAUSE_KILL_WAIT,
-                monitor::wait_exit(st.monitor(), &exit_file),
+                self.context.monitors.wait_exit(st.monitor(), &exit_file),
             )
             .await;
         }
@@ -1099,13 +995,14 @@ impl Pods {
     pub async fn remove(self: &Arc<Self>, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
         self.stop(rec).await?;
         let id = rec.id.clone();
-        let driver = self.config.load().runtime.cgroup_manager;
+        let driver = self.context.config.load().runtime.cgroup_manager;
         let ov = self.overlay_dir(&id);
         let pinned = rec.meta.namespaces.clone();
         // The pause's mounts and namespaces are released while the runtime deletes its state
         // (runc's own start-up is most of a remove), once the pause is known to be gone.
+        let mounts = self.context.rootfs.clone();
         let release = move || -> Result<(), SandboxError> {
-            crate::image::overlay::unmount_rootfs(&ov)?;
+            mounts.remove(&ov)?;
             namespaces::unpin(&pinned);
             Ok(())
         };
@@ -1176,8 +1073,12 @@ impl Pods {
                 continue;
             }
             if st.state == SandboxState::Ready {
-                if st.monitor().is_alive() {
-                    self.keep_monitor_in_scope(&rec.id, st.monitor(), &rec.meta.cgroup_parent);
+                if self.context.monitors.alive(st.monitor()) {
+                    self.context.keep_monitor_in_scope(
+                        &rec.id,
+                        st.monitor(),
+                        &rec.meta.cgroup_parent,
+                    );
                     self.watch_pause(rec.clone());
                 } else {
                     let _ = rec.update(|s| s.state = SandboxState::NotReady).await;
@@ -1203,23 +1104,20 @@ impl Pods {
                 return;
             }
         };
-        let run_dir = self.run_dir(&rec.id);
+        let paths = self.context.layout.sandbox(&rec.id);
         let half = HalfCreated {
             id: rec.id.clone(),
             monitor: rec.status().monitor(),
-            handle_file: run_dir.join(MONITOR_HANDLE_FILE),
-            pid_file: run_dir.join(PAUSE_PID_FILE),
+            handle_file: paths.handle_file(),
+            pid_file: paths.pid_file(),
         };
-        let reaped =
-            half_created::reap(&half, &runtime, self.monitors.clone(), Patience::default()).await;
+        let monitors = self.context.monitors.clone();
+        let reaped = half_created::reap(&half, &*runtime, monitors, Patience::default()).await;
         if reaped.monitor || reaped.deleted {
             tracing::info!(id = %rec.id, "ended the pause and monitor of a half-created pod sandbox");
         }
     }
 }
-
-/// Where the runtime writes the pause's pid (in the sandbox's run dir).
-const PAUSE_PID_FILE: &str = "pause.pid";
 
 /// Write `config.json` into a fresh bundle directory.
 pub async fn write_bundle(

@@ -24,17 +24,16 @@ pub use reload::{log_outcome, ConfigSource, ReloadError};
 
 use crate::config::{Config, Live, LiveConfig};
 use crate::container::lifecycle::Containers;
+use crate::context::NodeContext;
 use crate::cri::v1::image_service_server::ImageServiceServer;
 use crate::cri::v1::runtime_service_server::RuntimeServiceServer;
 use crate::error::Error;
 use crate::image::ImageStore;
 use crate::network::Cni;
 use crate::oci::host::HostFeatures;
-use crate::oci::OciRuntime;
 use crate::sandbox::lifecycle::Pods;
 use crate::state::{Durability, Table};
 use authority::AuthorityFix;
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,8 +104,11 @@ impl Daemon {
         }
         let images = Arc::new(ImageStore::open(&config.root.join("images"))?);
         let cni = Live::new(cni_for(&config));
-        let runtimes = runtimes_for(&config);
-        let host = HostFeatures::detect();
+        let context = Arc::new(NodeContext::for_host(
+            live.clone(),
+            HostFeatures::detect(),
+            monitor_path,
+        ));
         let (sandboxes, broken) = Table::open(&config.root.join("sandboxes"))?;
         for (path, e) in broken {
             tracing::error!(path = %path.display(), error = %e, "skipping broken pod sandbox record");
@@ -116,15 +118,17 @@ impl Daemon {
             tracing::error!(path = %path.display(), error = %e, "skipping broken container record");
         }
         let pods = Arc::new(Pods::new(
-            live.clone(),
+            context.clone(),
             sandboxes,
             images.clone(),
             cni.clone(),
-            host,
-            runtimes,
-            monitor_path,
         ));
-        let containers = Arc::new(Containers::new(pods.clone(), images.clone(), containers));
+        let containers = Arc::new(Containers::new(
+            context,
+            pods.clone(),
+            images.clone(),
+            containers,
+        ));
         let boot_file = config.root.join("boot_id");
         if rebooted(&boot_file) {
             mark_lost_in_reboot(&pods, &containers).await;
@@ -180,29 +184,6 @@ fn cni_for(config: &Config) -> Cni {
         config.network.cni_plugin_timeout,
     ))
     .with_default_network(Some(config.network.cni_default_network.clone()))
-}
-
-/// One [`OciRuntime`] per configured handler.
-fn runtimes_for(config: &Config) -> HashMap<String, OciRuntime> {
-    config
-        .runtime
-        .runtimes
-        .iter()
-        .map(|(name, h)| {
-            let root = config.runtime_root(name).unwrap_or_default();
-            (
-                name.clone(),
-                OciRuntime {
-                    name: name.clone(),
-                    path: h.runtime_path.clone(),
-                    root,
-                    systemd_cgroup: config.runtime.cgroup_manager
-                        == crate::config::CgroupDriver::Systemd,
-                    cgroup_view: OciRuntime::cgroup_view_for(&h.runtime_path, h.cgroup_v1_view),
-                },
-            )
-        })
-        .collect()
 }
 
 /// The kernel's id of this boot.

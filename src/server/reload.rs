@@ -1,7 +1,7 @@
 //! Live reload (SIGHUP): re-read the config files, check them, and swap what can change while
 //! pods run. A refused config leaves everything as it was.
 
-use super::{cni_for, runtimes_for, Daemon};
+use super::{cni_for, Daemon};
 use crate::config::{Config, ConfigChanges, ConfigError, InvalidReason, InvalidValue, LogLevel};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -104,7 +104,7 @@ impl Daemon {
         // Nothing can fail from here on. Handlers first, then the network, then the config, so a
         // request that sees the new default handler finds it in the table.
         if old.runtime.runtimes != live.runtime.runtimes {
-            self.pods.set_runtimes(runtimes_for(&live));
+            self.pods.set_runtimes(&live);
         }
         if old.network != live.network {
             self.cni.store(Arc::new(cni_for(&live)));

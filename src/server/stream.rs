@@ -183,7 +183,7 @@ impl StreamBackend {
     }
 
     fn run_dir(&self, id: &str) -> PathBuf {
-        self.pods.config.load().runroot.join("containers").join(id)
+        self.pods.context.layout.container(id).run_dir
     }
 
     fn exec_spec(&self, req: &CommandRequest) -> Result<ExecSpec, String> {
@@ -196,15 +196,16 @@ impl StreamBackend {
             .pods
             .runtime_of(&sandbox.id, &sandbox.meta.runtime_handler)
             .map_err(|e| e.to_string())?;
+        let binary = runtime.binary();
         Ok(ExecSpec {
-            runtime_path: runtime.path.clone(),
-            runtime_root: runtime.root.clone(),
+            runtime_path: binary.path,
+            runtime_root: binary.root,
             id: c.id.clone(),
             cmd: req.cmd.clone(),
             tty: req.tty,
             stdin: req.stdin,
             state_dir: self.run_dir(&c.id),
-            cgroup_view: runtime.cgroup_view.clone(),
+            cgroup_view: binary.cgroup_view,
         })
     }
 }
