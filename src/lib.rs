@@ -12,6 +12,8 @@
 //! - [`spec`]: CRI request + image config + pod context + host facts -> OCI spec, as a chain of
 //!   small named steps shared by pods and containers; host facts come in as a `HostView`.
 //! - [`container`]: container lifecycle through the runtime and monitor; calls [`spec`].
+//! - [`context`]: the node context pods and containers share: live config, host features,
+//!   runtime handlers, the disk layout, and the monitor and rootfs seams.
 //! - [`oci`]: the OCI runtime behind the `Runtime` trait (the default runs the binary for every
 //!   verb); bundles; ending half-created objects.
 //! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client (behind the

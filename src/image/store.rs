@@ -293,6 +293,17 @@ impl ImageStore {
         find(&st.images, name_or_id).map(|i| st.images[i].info.clone())
     }
 
+    /// Adds `info` to the index in memory only: a lifecycle test's image, whose layers are
+    /// never mounted.
+    #[cfg(test)]
+    pub(crate) fn insert_for_tests(&self, info: ImageInfo) {
+        lock(&self.state).images.push(Record {
+            info,
+            manifest_digest: String::new(),
+            index_digest: None,
+        });
+    }
+
     /// Unpacked layer directories, bottom layer first.
     pub fn layer_dirs(&self, image: &ImageInfo) -> Vec<PathBuf> {
         image.chain_ids.iter().map(|c| self.layer_dir(c)).collect()

@@ -1,0 +1,785 @@
+//! The container lifecycle as a state machine, with a fake runtime, fake monitors and a fake
+//! rootfs behind the node context's seams: no root, no runc, no mounts. Root and runroot are temp
+//! dirs, so what a step leaves on disk is visible.
+
+use super::lifecycle::{Container, ContainerState, ContainerStatus, Containers, CreateRequest};
+use crate::config::{Config, Live, LiveConfig};
+use crate::context::{DiskLayout, NodeContext, RootfsMounts, Runtimes};
+use crate::cri::v1 as cri;
+use crate::image::{ImageError, ImageInfo, ImageStore};
+use crate::monitor::{
+    ExitRecord, FoundMonitor, LaunchedMonitor, MonitorError, MonitorLauncher, MonitorSpawn,
+    ProcessHandle, Spawned,
+};
+use crate::network::Cni;
+use crate::oci::host::HostFeatures;
+use crate::oci::{OciError, OciState, Runtime, RuntimeBinary};
+use crate::sandbox::lifecycle::{Pods, SandboxMeta, SandboxState, SandboxStatus};
+use crate::state::{Durability, Table};
+use futures::future::BoxFuture;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where a create is made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailAt {
+    /// The overlay mount of the rootfs.
+    Rootfs,
+    /// Starting the monitor.
+    Launch,
+    /// The runtime's create, reported by the monitor.
+    Create,
+}
+
+/// What the fake runtime, monitors and rootfs share: the containers "running", the calls made.
+#[derive(Default)]
+struct World {
+    /// Every runtime verb and launch, as `"<verb> <id>"` (kill: `"kill <signal> <id>"`).
+    calls: Mutex<Vec<String>>,
+    /// Containers the runtime knows (created, not deleted).
+    known: Mutex<HashSet<String>>,
+    /// Exit files of the containers launched, by id.
+    exit_files: Mutex<HashMap<String, PathBuf>>,
+    /// Container ids by their monitor's pid.
+    monitors: Mutex<HashMap<i32, String>>,
+    fail_at: Mutex<Option<FailAt>>,
+    /// The container's process ignores its stop signal (only SIGKILL ends it).
+    ignores_stop_signal: Mutex<bool>,
+    /// While a test holds its permits, the runtime's create does not finish.
+    hold_create: Gate,
+}
+
+/// Open (`true`) or holding every create back.
+struct Gate(tokio::sync::watch::Sender<bool>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate(tokio::sync::watch::channel(true).0)
+    }
+}
+
+/// Opens the gate again when dropped.
+struct Closed<'a>(&'a Gate);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0 .0.send_replace(true);
+    }
+}
+
+impl Gate {
+    /// Holds every create until the guard is dropped.
+    fn close(&self) -> Closed<'_> {
+        self.0.send_replace(false);
+        Closed(self)
+    }
+
+    async fn pass(&self) {
+        let mut open = self.0.subscribe();
+        let _ = open.wait_for(|o| *o).await;
+    }
+}
+
+impl World {
+    fn log(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn calls_of(&self, verb: &str) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.starts_with(verb))
+            .collect()
+    }
+
+    fn fails_at(&self, at: FailAt) -> bool {
+        *self.fail_at.lock().unwrap() == Some(at)
+    }
+
+    /// The container's process ends with `code`, as its monitor records it.
+    fn exit(&self, id: &str, code: i32) {
+        let Some(file) = self.exit_files.lock().unwrap().get(id).cloned() else {
+            return;
+        };
+        if file.exists() {
+            return;
+        }
+        let rec = ExitRecord {
+            exit_code: code,
+            finished_at: crate::clock::now_ns(),
+            oom_killed: false,
+        };
+        std::fs::write(&file, serde_json::to_vec(&rec).unwrap()).unwrap();
+    }
+
+    fn exited(&self, id: &str) -> bool {
+        self.exit_files
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_none_or(|f| f.exists())
+    }
+}
+
+struct FakeRuntime(Arc<World>);
+
+impl Runtime for FakeRuntime {
+    fn name(&self) -> &str {
+        "fake"
+    }
+    fn binary(&self) -> RuntimeBinary {
+        RuntimeBinary {
+            path: "/nonexistent/fake-runtime".into(),
+            root: "/nonexistent/fake-root".into(),
+            cgroup_view: None,
+        }
+    }
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>> {
+        self.0.log(format!("start {id}"));
+        Box::pin(async { Ok(()) })
+    }
+    fn kill<'a>(
+        &'a self,
+        id: &'a str,
+        signal: i32,
+        _all: bool,
+    ) -> BoxFuture<'a, Result<(), OciError>> {
+        self.0.log(format!("kill {signal} {id}"));
+        if signal == libc::SIGKILL || !*self.0.ignores_stop_signal.lock().unwrap() {
+            self.0.exit(id, 128 + signal);
+        }
+        Box::pin(async { Ok(()) })
+    }
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>> {
+        self.0.log(format!("delete {id}"));
+        self.0.known.lock().unwrap().remove(id);
+        Box::pin(async { Ok(()) })
+    }
+    fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<OciState>, OciError>> {
+        self.0.log(format!("state {id}"));
+        let known = self.0.known.lock().unwrap().contains(id);
+        Box::pin(async move {
+            Ok(known.then(|| OciState {
+                status: "created".into(),
+                pid: 42,
+            }))
+        })
+    }
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        _resources: &'a oci_spec::runtime::LinuxResources,
+    ) -> BoxFuture<'a, Result<(), OciError>> {
+        self.0.log(format!("update {id}"));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct FakeLauncher(Arc<World>);
+
+struct FakeLaunched {
+    world: Arc<World>,
+    id: String,
+    handle: ProcessHandle,
+}
+
+impl LaunchedMonitor for FakeLaunched {
+    fn monitor(&self) -> ProcessHandle {
+        self.handle
+    }
+    fn created(self: Box<Self>) -> BoxFuture<'static, Result<Spawned, MonitorError>> {
+        Box::pin(async move {
+            // Waits while the test holds creates back.
+            self.world.hold_create.pass().await;
+            if self.world.fails_at(FailAt::Create) {
+                // The runtime got as far as knowing the container.
+                self.world.known.lock().unwrap().insert(self.id.clone());
+                return Err(MonitorError::Runtime {
+                    id: self.id.clone(),
+                    message: "fake create failed".into(),
+                });
+            }
+            self.world.known.lock().unwrap().insert(self.id.clone());
+            Ok(Spawned {
+                monitor_pid: self.handle.pid,
+                monitor_start_time: self.handle.start_time,
+                container_pid: 42,
+            })
+        })
+    }
+}
+
+impl MonitorLauncher for FakeLauncher {
+    fn launch<'a>(
+        &'a self,
+        req: &'a MonitorSpawn,
+    ) -> BoxFuture<'a, Result<Box<dyn LaunchedMonitor>, MonitorError>> {
+        Box::pin(async move {
+            self.0.log(format!("launch {}", req.id));
+            if self.0.fails_at(FailAt::Launch) {
+                return Err(MonitorError::Spawn {
+                    id: req.id.clone(),
+                    path: req.monitor_path.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            let mut monitors = self.0.monitors.lock().unwrap();
+            let handle = ProcessHandle {
+                pid: 1_000_000 + monitors.len() as i32,
+                start_time: 7,
+            };
+            monitors.insert(handle.pid, req.id.clone());
+            self.0
+                .exit_files
+                .lock()
+                .unwrap()
+                .insert(req.id.clone(), req.exit_file.clone());
+            Ok(Box::new(FakeLaunched {
+                world: self.0.clone(),
+                id: req.id.clone(),
+                handle,
+            }) as Box<dyn LaunchedMonitor>)
+        })
+    }
+
+    fn find(&self, _handle_file: &Path, _recorded: ProcessHandle) -> Option<Box<dyn FoundMonitor>> {
+        // The monitors of these tests live only in this process: a restarted daemon finds none.
+        None
+    }
+
+    fn wait_exit<'a>(
+        &'a self,
+        _monitor: ProcessHandle,
+        exit_file: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<ExitRecord>, MonitorError>> {
+        Box::pin(async move {
+            loop {
+                if let Some(rec) = crate::monitor::read_exit(exit_file)? {
+                    return Ok(Some(rec));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    }
+
+    fn alive(&self, monitor: ProcessHandle) -> bool {
+        match self.0.monitors.lock().unwrap().get(&monitor.pid) {
+            Some(id) => !self.0.exited(id),
+            None => false,
+        }
+    }
+}
+
+/// Plain directories instead of overlay mounts.
+struct FakeRootfs(Arc<World>);
+
+impl RootfsMounts for FakeRootfs {
+    fn mount(&self, _layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
+        if self.0.fails_at(FailAt::Rootfs) {
+            return Err(ImageError::Mount {
+                path: dir.join("merged"),
+                reason: "fake mount failed".into(),
+            });
+        }
+        for sub in ["upper", "work", "merged"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        Ok(dir.join("merged"))
+    }
+    fn unmount(&self, _dir: &Path) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn remove(&self, dir: &Path) -> Result<(), ImageError> {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ImageError::io(dir, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+const SANDBOX: &str = "5b0000000000000000000000000000000000000000000000000000000000000a";
+const IMAGE: &str = "docker.io/library/busybox:1.36";
+
+/// A node with one ready pod and one image, every seam faked.
+struct Node {
+    dir: tempfile::TempDir,
+    world: Arc<World>,
+    layout: DiskLayout,
+    pods: Arc<Pods>,
+    containers: Arc<Containers>,
+}
+
+fn context(dir: &Path, world: &Arc<World>) -> Arc<NodeContext> {
+    let mut config = Config {
+        root: dir.join("root"),
+        runroot: dir.join("run"),
+        ..Default::default()
+    };
+    config.runtime.default_runtime = "fake".into();
+    let layout = DiskLayout::new(&config.root, &config.runroot);
+    let host = HostFeatures {
+        apparmor: false,
+        selinux: false,
+        ..HostFeatures::default()
+    };
+    let runtime: Arc<dyn Runtime> = Arc::new(FakeRuntime(world.clone()));
+    Arc::new(NodeContext {
+        config: LiveConfig::new(config),
+        apparmor: crate::oci::apparmor::AppArmor::for_host(false),
+        host,
+        runtimes: Runtimes::of([("fake".to_string(), runtime)]),
+        layout,
+        monitors: Arc::new(FakeLauncher(world.clone())),
+        monitor_path: "/nonexistent/ferrio-monitor".into(),
+        rootfs: Arc::new(FakeRootfs(world.clone())),
+        systemd: None,
+    })
+}
+
+impl Node {
+    async fn new() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let world = Arc::new(World::default());
+        let ctx = context(dir.path(), &world);
+        let root = dir.path().join("root");
+        let images = Arc::new(ImageStore::open(&root.join("images")).unwrap());
+        let mut image = ImageInfo {
+            id: format!("sha256:{}", "ab".repeat(32)),
+            repo_tags: vec![IMAGE.into()],
+            ..Default::default()
+        };
+        image.config.cmd = vec!["sleep".into(), "3600".into()];
+        images.insert_for_tests(image);
+        let (sandboxes, _) = Table::open(&root.join("sandboxes")).unwrap();
+        let cni = Live::new(Cni::new(
+            dir.path().join("net.d"),
+            vec![],
+            root.join("cni-cache"),
+        ));
+        let pods = Arc::new(Pods::new(ctx.clone(), sandboxes, images.clone(), cni));
+        let meta = SandboxMeta {
+            name: "pod".into(),
+            namespace: "default".into(),
+            uid: "uid".into(),
+            attempt: 0,
+            name_key: "pod_default_uid_0".into(),
+            config: serde_json::Value::Null,
+            request: Default::default(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            runtime_handler: "fake".into(),
+            created_at: 1,
+            hostname: "pod".into(),
+            log_directory: String::new(),
+            cgroup_parent: "/ferrio-lifecycle-test".into(),
+            cgroup_dir: String::new(),
+            resources: None,
+            host_network: true,
+            namespaces: Default::default(),
+            pod_files: Default::default(),
+            port_mappings: vec![],
+        };
+        let status = SandboxStatus {
+            state: SandboxState::Ready,
+            pause_pid: 4242,
+            ..Default::default()
+        };
+        pods.table
+            .insert_with(SANDBOX, meta, status, Durability::Crash)
+            .await
+            .unwrap();
+        let (table, _) = Table::open(&root.join("containers")).unwrap();
+        let containers = Arc::new(Containers::new(ctx.clone(), pods.clone(), images, table));
+        Node {
+            layout: ctx.layout.clone(),
+            dir,
+            world,
+            pods,
+            containers,
+        }
+    }
+
+    /// The same node after a daemon restart: records reloaded from disk, nothing in memory.
+    async fn restarted(&self) -> Arc<Containers> {
+        let ctx = context(self.dir.path(), &self.world);
+        let root = self.dir.path().join("root");
+        let images = self.containers.images.clone();
+        let (table, broken) = Table::open(&root.join("containers")).unwrap();
+        assert!(broken.is_empty(), "{broken:?}");
+        Arc::new(Containers::new(ctx, self.pods.clone(), images, table))
+    }
+
+    async fn create(&self, name: &str) -> Result<String, super::lifecycle::ContainerError> {
+        create(&self.containers, name).await
+    }
+
+    /// Nothing of container `id` is left: no record, no name, no directories.
+    fn assert_gone(&self, id: &str, name: &str) {
+        assert!(self.containers.table.get(id).unwrap().is_none(), "record");
+        assert!(
+            self.containers.table.list().is_empty(),
+            "records: {:?}",
+            self.containers.table.list().iter().map(|c| c.id.clone())
+        );
+        assert_eq!(self.containers.names.get(&name_key(name)), None, "name");
+        let paths = self.layout.container(id);
+        assert!(!paths.run_dir.exists(), "{}", paths.run_dir.display());
+        assert!(
+            !paths.overlay_dir.exists(),
+            "{}",
+            paths.overlay_dir.display()
+        );
+        for base in [
+            self.layout.overlay_base(),
+            self.layout.containers_run_base(),
+        ] {
+            let left: Vec<_> = std::fs::read_dir(&base)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{}: {left:?}", base.display());
+        }
+    }
+
+    fn get(&self, id: &str) -> Arc<Container> {
+        self.containers.get(id).unwrap()
+    }
+}
+
+fn name_key(name: &str) -> String {
+    format!("{name}_pod_default_uid_0_0")
+}
+
+async fn create(
+    containers: &Arc<Containers>,
+    name: &str,
+) -> Result<String, super::lifecycle::ContainerError> {
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sandbox_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "pod".into(),
+            uid: "uid".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    };
+    containers
+        .create(CreateRequest {
+            sandbox_id: SANDBOX,
+            config: &config,
+            sandbox_config: &sandbox_config,
+        })
+        .await
+}
+
+/// Polls `cond` for up to five seconds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < until, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_create_then_start_runs_through_the_seams() {
+    let node = Node::new().await;
+    let id = node.create("app").await.unwrap();
+    let c = node.get(&id);
+    assert_eq!(c.status().state(), ContainerState::Created);
+    assert_eq!(c.status().pid, 42);
+    assert!(c.status().monitor().is_set());
+    let bundle = node.layout.container(&id).bundle();
+    assert!(bundle.join("config.json").is_file());
+    node.containers.start(&id).await.unwrap();
+    assert_eq!(c.status().state(), ContainerState::Running);
+    assert_eq!(
+        node.world.calls(),
+        [format!("launch {id}"), format!("start {id}")]
+    );
+}
+
+/// kubelet retries a CreateContainer that took too long: the retry waits for the first attempt
+/// and gets its id, and only one container is made.
+#[tokio::test]
+async fn lifecycle_create_retry_while_the_first_attempt_runs_gets_the_same_id() {
+    let node = Node::new().await;
+    // No create finishes until the permits come back.
+    let held = node.world.hold_create.close();
+    let first = tokio::spawn({
+        let c = node.containers.clone();
+        async move { create(&c, "app").await }
+    });
+    let world = node.world.clone();
+    eventually("the first attempt launched its monitor", || {
+        !world.calls_of("launch").is_empty()
+    })
+    .await;
+    let retry = tokio::spawn({
+        let c = node.containers.clone();
+        async move { create(&c, "app").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !retry.is_finished(),
+        "the retry answered while the first attempt runs"
+    );
+    assert!(!first.is_finished());
+    drop(held);
+    let a = first.await.unwrap().unwrap();
+    let b = retry.await.unwrap().unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        node.world.calls_of("launch").len(),
+        1,
+        "{:?}",
+        node.world.calls()
+    );
+    assert_eq!(node.containers.table.list().len(), 1);
+    // And a retry after the first attempt finished gets the same id too.
+    assert_eq!(node.create("app").await.unwrap(), a);
+    assert_eq!(node.world.calls_of("launch").len(), 1);
+}
+
+/// A create that fails at `at` leaves nothing behind, and the runtime is told to delete what
+/// it may have begun exactly when the monitor was asked to create.
+async fn rollback_at(at: FailAt) {
+    let node = Node::new().await;
+    *node.world.fail_at.lock().unwrap() = Some(at);
+    let err = node.create("app").await.unwrap_err().to_string();
+    let launched = node.world.calls_of("launch");
+    let deleted = node.world.calls_of("delete");
+    match at {
+        FailAt::Rootfs => {
+            assert!(err.contains("fake mount failed"), "{err}");
+            assert!(
+                launched.is_empty() && deleted.is_empty(),
+                "{:?}",
+                node.world.calls()
+            );
+        }
+        FailAt::Launch | FailAt::Create => {
+            assert_eq!(launched.len(), 1);
+            let id = launched[0].trim_start_matches("launch ");
+            assert_eq!(deleted, [format!("delete {id}")]);
+            assert!(
+                node.world.known.lock().unwrap().is_empty(),
+                "left in the runtime"
+            );
+            node.assert_gone(id, "app");
+        }
+    }
+    node.assert_gone("none", "app");
+    // The name is free again: a later attempt succeeds.
+    *node.world.fail_at.lock().unwrap() = None;
+    let id = node.create("app").await.unwrap();
+    assert_eq!(node.get(&id).status().state(), ContainerState::Created);
+}
+
+#[tokio::test]
+async fn lifecycle_rollback_when_the_rootfs_mount_fails() {
+    rollback_at(FailAt::Rootfs).await;
+}
+
+#[tokio::test]
+async fn lifecycle_rollback_when_the_monitor_does_not_start() {
+    rollback_at(FailAt::Launch).await;
+}
+
+#[tokio::test]
+async fn lifecycle_rollback_when_the_runtimes_create_fails() {
+    rollback_at(FailAt::Create).await;
+}
+
+/// Requests refused before anything is made leave nothing either.
+#[tokio::test]
+async fn lifecycle_rollback_when_the_request_is_refused() {
+    let node = Node::new().await;
+    node.pods
+        .get(SANDBOX)
+        .unwrap()
+        .update(|s| s.state = SandboxState::NotReady)
+        .await
+        .unwrap();
+    let err = node.create("app").await.unwrap_err().to_string();
+    assert!(err.contains("not ready"), "{err}");
+    assert!(node.world.calls().is_empty());
+    node.assert_gone("none", "app");
+}
+
+/// StopContainer: the stop signal, and SIGKILL once the timeout passed without an exit.
+#[tokio::test]
+async fn lifecycle_stop_sends_sigkill_after_the_timeout() {
+    let node = Node::new().await;
+    *node.world.ignores_stop_signal.lock().unwrap() = true;
+    let id = node.create("app").await.unwrap();
+    node.containers.start(&id).await.unwrap();
+    let c = node.get(&id);
+    let began = std::time::Instant::now();
+    node.containers.stop(&c, 1).await.unwrap();
+    assert!(
+        began.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        node.world.calls_of("kill"),
+        [
+            format!("kill {} {id}", libc::SIGTERM),
+            format!("kill {} {id}", libc::SIGKILL)
+        ]
+    );
+    let st = c.status();
+    assert_eq!(st.state(), ContainerState::Exited);
+    assert_eq!(st.exit_code, 128 + libc::SIGKILL);
+    // The exit is recorded once the runtime deleted the container.
+    assert!(st.runtime_deleted);
+    assert_eq!(node.world.calls_of("delete"), [format!("delete {id}")]);
+}
+
+/// A container that obeys its stop signal gets no SIGKILL.
+#[tokio::test]
+async fn lifecycle_stop_within_the_timeout_sends_no_sigkill() {
+    let node = Node::new().await;
+    let id = node.create("app").await.unwrap();
+    node.containers.start(&id).await.unwrap();
+    let c = node.get(&id);
+    node.containers.stop(&c, 30).await.unwrap();
+    assert_eq!(
+        node.world.calls_of("kill"),
+        [format!("kill {} {id}", libc::SIGTERM)]
+    );
+    assert_eq!(c.status().exit_code, 128 + libc::SIGTERM);
+    // Stopping an exited container again asks nothing.
+    node.containers.stop(&c, 30).await.unwrap();
+    assert_eq!(node.world.calls_of("kill").len(), 1);
+}
+
+/// RemoveContainer twice (kubelet retries, or the second races the first) is fine, and the
+/// first leaves nothing behind.
+#[tokio::test]
+async fn lifecycle_remove_twice_is_fine() {
+    let node = Node::new().await;
+    let id = node.create("app").await.unwrap();
+    node.containers.start(&id).await.unwrap();
+    let c = node.get(&id);
+    node.containers.remove(&c).await.unwrap();
+    node.containers.remove(&c).await.unwrap();
+    assert_eq!(
+        node.world.calls_of("kill"),
+        [format!("kill {} {id}", libc::SIGKILL)]
+    );
+    assert!(node.world.known.lock().unwrap().is_empty());
+    // The trash goes in the background.
+    let (layout, id2) = (node.layout.clone(), id.clone());
+    eventually("the removed directories are deleted", move || {
+        let c = layout.container(&id2);
+        std::fs::read_dir(layout.overlay_base()).is_ok_and(|d| d.count() == 0)
+            && std::fs::read_dir(layout.containers_run_base()).is_ok_and(|d| d.count() == 0)
+            && !c.run_dir.exists()
+    })
+    .await;
+    node.assert_gone(&id, "app");
+}
+
+/// A daemon killed during CreateContainer leaves a record that says Creating, and a container
+/// the runtime may know: recovery deletes it there and removes everything else.
+#[tokio::test]
+async fn lifecycle_recovery_reaps_a_container_whose_record_says_creating() {
+    let node = Node::new().await;
+    let held = node.world.hold_create.close();
+    let mut first = Box::pin({
+        let c = node.containers.clone();
+        async move { create(&c, "app").await }
+    });
+    let table = node.containers.clone();
+    let on_record = eventually("the monitor is on record", move || {
+        table
+            .table
+            .list()
+            .first()
+            .is_some_and(|c| c.status().monitor().is_set())
+    });
+    tokio::select! {
+        r = &mut first => panic!("the create finished while held: {r:?}"),
+        () = on_record => {}
+    }
+    // The daemon dies here: no undo runs. The runtime got as far as knowing the container.
+    std::mem::forget(first);
+    drop(held);
+    let id = node.containers.table.list()[0].id.clone();
+    node.world.known.lock().unwrap().insert(id.clone());
+    node.world.calls.lock().unwrap().clear();
+
+    let restarted = node.restarted().await;
+    let rec = restarted.get(&id).unwrap();
+    assert_eq!(rec.status().state(), ContainerState::Creating);
+    assert_eq!(
+        restarted.names.get(&name_key("app")).as_deref(),
+        Some(id.as_str())
+    );
+    restarted.recover().await;
+    let calls = node.world.calls();
+    assert!(calls.contains(&format!("state {id}")), "{calls:?}");
+    assert!(
+        calls.contains(&format!("kill {} {id}", libc::SIGKILL)),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&format!("delete {id}")), "{calls:?}");
+    assert!(node.world.known.lock().unwrap().is_empty());
+    assert!(restarted.table.list().is_empty());
+    assert_eq!(restarted.names.get(&name_key("app")), None);
+    let paths = node.layout.container(&id);
+    let run_dir = paths.run_dir.clone();
+    eventually("the removed directories are deleted", move || {
+        !run_dir.exists()
+    })
+    .await;
+    assert!(!paths.overlay_dir.exists());
+}
+
+/// A record that says Creating for a create the runtime never heard of (the daemon died before
+/// the monitor was up) is removed without a kill.
+#[tokio::test]
+async fn lifecycle_recovery_of_a_creating_record_the_runtime_does_not_know() {
+    let node = Node::new().await;
+    let id = crate::state::new_id();
+    let meta = {
+        // A complete record as a create writes it, then set back to Creating.
+        let made = node.create("app").await.unwrap();
+        let m = node.get(&made).meta.clone();
+        node.containers.remove(&node.get(&made)).await.unwrap();
+        m
+    };
+    node.containers
+        .table
+        .insert_with(&id, meta, ContainerStatus::default(), Durability::Crash)
+        .await
+        .unwrap();
+    std::fs::create_dir_all(node.layout.container(&id).bundle()).unwrap();
+    node.world.calls.lock().unwrap().clear();
+    let restarted = node.restarted().await;
+    restarted.recover().await;
+    assert_eq!(
+        node.world.calls(),
+        [format!("state {id}"), format!("delete {id}")]
+    );
+    assert!(restarted.table.list().is_empty());
+    assert_eq!(restarted.names.get(&name_key("app")), None);
+}
