@@ -428,6 +428,26 @@ impl Containers {
             .collect()
     }
 
+    /// The init pid of `target`, whose pid namespace a TARGET container joins: a running
+    /// container of the same pod (`kubectl debug --target` names one of the pod's containers).
+    fn pid_namespace_target(&self, sandbox_id: &str, target: &str) -> Result<i32, ContainerError> {
+        let c = self.get(target)?;
+        if c.meta.sandbox_id != sandbox_id {
+            return Err(ContainerError::Invalid {
+                field: "linux.security_context.namespace_options.target_id".into(),
+                reason: format!("container {target} belongs to another pod sandbox"),
+            });
+        }
+        let st = c.status();
+        if st.state() != ContainerState::Running || st.pid <= 0 {
+            return Err(ContainerError::WrongState {
+                id: target.to_string(),
+                reason: "is not running: a TARGET pid namespace joins a running container".into(),
+            });
+        }
+        Ok(st.pid)
+    }
+
     fn runtime_for(&self, sandbox: &Sandbox) -> Result<OciRuntime, ContainerError> {
         Ok(self
             .pods
@@ -578,6 +598,10 @@ impl Containers {
         rb: &mut Rollback,
     ) -> Result<(), ContainerError> {
         let runtime = self.runtime_for(sandbox)?;
+        let target_pid = match spec::pid_namespace_target(req.config)? {
+            Some(target) => Some(self.pid_namespace_target(&sandbox.id, &target)?),
+            None => None,
+        };
         // First, as it may refuse the request (a profile that is not loaded).
         let apparmor_profile = self
             .pods
@@ -654,6 +678,7 @@ impl Containers {
             host: &self.pods.host,
             restrict_oom_score_adj: self.pods.config.load().runtime.restrict_oom_score_adj,
             apparmor_profile,
+            target_pid,
         })?;
         let mut oci = oci;
         spec::set_sandbox_id(&mut oci, &sandbox.id);

@@ -40,8 +40,9 @@ use oci_spec::runtime::{
 
 pub use annotations::{set_sandbox_id, AnnotationsInput};
 pub use cri::{
-    container_apparmor_request, container_spec, pause_apparmor_request, pod_limits, pod_spec,
-    update_resources, ContainerSpecInput, PauseSpecInput, PodFiles, SandboxContext,
+    container_apparmor_request, container_spec, pause_apparmor_request, pid_namespace_target,
+    pod_limits, pod_spec, update_resources, ContainerSpecInput, PauseSpecInput, PodFiles,
+    SandboxContext,
 };
 pub use devices::DevicesInput;
 pub use error::SpecError;
