@@ -5,12 +5,15 @@ use crate::harness::{
     container_config, pod_config, pull, start_container, wait_for_container_state, Cri, Daemon,
     LearnedPids, Opts,
 };
+use ferrio::config::Config;
 use ferrio::cri::v1::{
-    ContainerConfig, ContainerState, CreateContainerRequest, ExecSyncRequest, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, ListContainersRequest,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    CdiDevice, ContainerConfig, ContainerState, CreateContainerRequest, ExecSyncRequest,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
+    ListContainersRequest, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::Code;
 
@@ -235,5 +238,138 @@ async fn a_target_pid_namespace_sees_the_target_containers_processes() {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     assert!(e.message().contains(&debug), "{e}");
 
+    p.finish().await;
+}
+
+/// A daemon reading OCI hooks and CDI specs from directories of `dir`.
+async fn daemon_with_dirs(dir: &Path) -> Daemon {
+    let (hooks, cdi) = (dir.join("hooks.d"), dir.join("cdi"));
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::create_dir_all(&cdi).unwrap();
+    Daemon::start(Opts {
+        configure: Some(Box::new(move |c: &mut Config| {
+            c.runtime.hooks_dir = vec![hooks.clone()];
+            c.runtime.cdi_spec_dirs = vec![dir_that_does_not_exist(), cdi.clone()];
+        })),
+        ..Default::default()
+    })
+    .await
+}
+
+fn dir_that_does_not_exist() -> PathBuf {
+    PathBuf::from("/nonexistent/ferrio-e2e-cdi")
+}
+
+#[tokio::test]
+async fn an_oci_hook_from_a_hooks_dir_runs_at_create_runtime_with_the_state_on_stdin() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = daemon_with_dirs(dir.path()).await;
+    let mut p = Pod::on(d, "hooks", |_| {}).await;
+    // Written after the daemon started: the directory is read again when it changes.
+    let out = dir.path().join("hook-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = dir.path().join("hook.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ncat > {}/\"$1\".json\n", out.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("hooks.d/50-e2e.json"),
+        format!(
+            r#"{{"version":"1.0.0",
+                "hook":{{"path":"{}","args":["hook.sh","create-runtime"]}},
+                "when":{{"annotations":{{"^e2e\\.ferrio\\.dev/hook$":"^yes$"}}}},
+                "stages":["createRuntime"]}}"#,
+            script.display()
+        ),
+    )
+    .unwrap();
+    // An invalid file beside it is skipped, not fatal.
+    std::fs::write(dir.path().join("hooks.d/60-bad.json"), "{ not json").unwrap();
+
+    let mut hooked = container_config("hooked", BUSYBOX, &["sleep", "1000"]);
+    hooked
+        .annotations
+        .insert("e2e.ferrio.dev/hook".into(), "yes".into());
+    let id = p.run(hooked).await;
+    let state = std::fs::read_to_string(out.join("create-runtime.json"))
+        .expect("the hook wrote the state it got on stdin");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("the state is JSON");
+    assert_eq!(state["id"], id, "{state}");
+    assert!(state["pid"].as_i64().unwrap_or(0) > 0, "{state}");
+
+    // A container that does not match gets no hook.
+    std::fs::remove_file(out.join("create-runtime.json")).unwrap();
+    p.run(container_config("plain", BUSYBOX, &["sleep", "1000"]))
+        .await;
+    assert!(!out.join("create-runtime.json").exists());
+    p.finish().await;
+}
+
+#[tokio::test]
+async fn cdi_devices_inject_a_device_node_an_env_var_and_a_mount() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = daemon_with_dirs(dir.path()).await;
+    let mut p = Pod::on(d, "cdi", |_| {}).await;
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("marker"), "from the cdi spec\n").unwrap();
+    std::fs::write(
+        dir.path().join("cdi/e2e.yaml"),
+        format!(
+            r#"cdiVersion: "0.6.0"
+kind: e2e.ferrio.dev/test
+containerEdits:
+  env: ["FERRIO_CDI_VENDOR=e2e"]
+devices:
+  - name: null2
+    containerEdits:
+      env: ["FERRIO_CDI=null2"]
+      deviceNodes:
+        - path: /dev/ferrio-null
+          hostPath: /dev/null
+      mounts:
+        - hostPath: {}
+          containerPath: /cdi-share
+          options: [ro, nosuid, nodev, bind]
+"#,
+            share.display()
+        ),
+    )
+    .unwrap();
+
+    let check = "test -c /dev/ferrio-null && echo written > /dev/ferrio-null && \
+                 echo \"$FERRIO_CDI $FERRIO_CDI_VENDOR\" && cat /cdi-share/marker && \
+                 if touch /cdi-share/x 2>/dev/null; then echo writable; fi";
+    // By the CRI field.
+    let mut by_field = container_config("by-field", BUSYBOX, &["sleep", "1000"]);
+    by_field.cdi_devices = vec![CdiDevice {
+        name: "e2e.ferrio.dev/test=null2".into(),
+    }];
+    let id = p.run(by_field).await;
+    let (code, out, err) = p.sh(&id, check).await;
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out, "null2 e2e\nfrom the cdi spec\n");
+
+    // By the annotation kubelet still sends.
+    let mut by_annotation = container_config("by-annotation", BUSYBOX, &["sleep", "1000"]);
+    by_annotation
+        .annotations
+        .insert("cdi.k8s.io/e2e".into(), "e2e.ferrio.dev/test=null2".into());
+    let id = p.run(by_annotation).await;
+    let (code, out, err) = p.sh(&id, check).await;
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out, "null2 e2e\nfrom the cdi spec\n");
+
+    // An unknown device is refused by name.
+    let mut unknown = container_config("unknown", BUSYBOX, &["sleep", "1000"]);
+    unknown.cdi_devices = vec![CdiDevice {
+        name: "e2e.ferrio.dev/test=nope".into(),
+    }];
+    let e = p.create(unknown).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("e2e.ferrio.dev/test=nope"), "{e}");
     p.finish().await;
 }

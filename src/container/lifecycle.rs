@@ -374,6 +374,10 @@ pub struct Containers {
     pub images: Arc<ImageStore>,
     pub table: Table<ContainerMeta, ContainerStatus>,
     pub names: Names,
+    /// The CDI spec files of `runtime.cdi_spec_dirs`, parsed again when they change.
+    cdi: spec::CdiSpecDirs,
+    /// The OCI hook files of `runtime.hooks_dir`, parsed again when they change.
+    hooks: spec::HookDirs,
 }
 
 /// Everything CreateContainer needs from the request.
@@ -398,6 +402,8 @@ impl Containers {
             images,
             table,
             names,
+            cdi: spec::CdiSpecDirs::default(),
+            hooks: spec::HookDirs::default(),
         }
     }
 
@@ -653,6 +659,13 @@ impl Containers {
         prepare_rootfs(&rootfs, req.config, &image.config.volumes).await?;
         let image_volumes = self.mount_image_volumes(&rec, req.config, rb).await?;
 
+        let (cdi, hooks) = {
+            let config = self.pods.config.load();
+            (
+                self.cdi.registry(&config.runtime.cdi_spec_dirs),
+                self.hooks.hooks(&config.runtime.hooks_dir),
+            )
+        };
         let st = sandbox.status();
         let ns = &sandbox.meta.namespaces;
         let pf = &sandbox.meta.pod_files;
@@ -679,6 +692,8 @@ impl Containers {
             restrict_oom_score_adj: self.pods.config.load().runtime.restrict_oom_score_adj,
             apparmor_profile,
             target_pid,
+            cdi: &cdi,
+            hooks: &hooks,
         })?;
         let mut oci = oci;
         spec::set_sandbox_id(&mut oci, &sandbox.id);

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxResources, Spec};
 
 use super::annotations::{AnnotationsInput, PodIdentity, SpecKind};
+use super::cdi::{self, CdiInput, CdiRegistry};
 use super::devices::{DeviceRequest, DevicesInput};
+use super::hooks::HookDef;
 use super::mounts::{ImageVolume, MountRequest, MountsInput, PodFilePaths, Propagation};
 use super::namespaces::{NamespacesInput, PidMode};
 use super::process::{self, ProcessInput, ProcessUser};
@@ -90,6 +92,10 @@ pub struct ContainerSpecInput<'a> {
     /// The init pid of the container named by a TARGET pid namespace ([`pid_namespace_target`]),
     /// resolved by the caller; `None` when the request names no target.
     pub target_pid: Option<i32>,
+    /// The node's CDI devices (from `runtime.cdi_spec_dirs`).
+    pub cdi: &'a CdiRegistry,
+    /// The node's OCI hook definitions (from `runtime.hooks_dir`).
+    pub hooks: &'a [HookDef],
 }
 
 /// Builds the pause container's spec.
@@ -180,6 +186,8 @@ pub fn pod_spec_on(input: &PauseSpecInput, files: &dyn HostFiles) -> Result<Spec
             image_name: None,
             log_directory: config.log_directory.clone(),
         },
+        cdi: CdiInput::default(),
+        hooks: &[],
     };
     build(POD_STEPS, &input)
 }
@@ -343,6 +351,14 @@ pub fn container_spec_on(
             image_name: config.image.as_ref().map(|i| i.image.clone()),
             log_directory: String::new(),
         },
+        cdi: CdiInput {
+            devices: cdi::requested_devices(
+                config.cdi_devices.iter().map(|d| d.name.as_str()),
+                &config.annotations,
+            ),
+            registry: Some(input.cdi),
+        },
+        hooks: input.hooks,
     };
     build(CONTAINER_STEPS, &input)
 }

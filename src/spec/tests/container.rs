@@ -51,6 +51,8 @@ struct Fixture {
     image_volumes: Vec<crate::spec::ImageVolume>,
     apparmor_profile: Option<String>,
     target_pid: Option<i32>,
+    cdi: crate::spec::CdiRegistry,
+    hooks: Vec<crate::spec::HookDef>,
 }
 
 impl Fixture {
@@ -101,6 +103,8 @@ impl Fixture {
             image_volumes: Vec::new(),
             apparmor_profile: None,
             target_pid: None,
+            cdi: Default::default(),
+            hooks: Vec::new(),
             dir,
         }
     }
@@ -164,6 +168,8 @@ impl Fixture {
             restrict_oom_score_adj: self.restrict,
             apparmor_profile: self.apparmor_profile.clone(),
             target_pid: self.target_pid,
+            cdi: &self.cdi,
+            hooks: &self.hooks,
         })
     }
 
