@@ -261,7 +261,7 @@ fn dir_that_does_not_exist() -> PathBuf {
 }
 
 #[tokio::test]
-async fn an_oci_hook_from_a_hooks_dir_runs_at_create_runtime_with_the_state_on_stdin() {
+async fn oci_hooks_from_a_hooks_dir_run_with_the_state_on_stdin() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let d = daemon_with_dirs(dir.path()).await;
     let mut p = Pod::on(d, "hooks", |_| {}).await;
@@ -286,6 +286,22 @@ async fn an_oci_hook_from_a_hooks_dir_runs_at_create_runtime_with_the_state_on_s
         ),
     )
     .unwrap();
+    // Hooks of the later stages, which the runtime runs at start and at delete.
+    for (file, arg, stage) in [
+        ("51-poststart.json", "poststart", "poststart"),
+        ("52-poststop.json", "poststop", "poststop"),
+    ] {
+        std::fs::write(
+            dir.path().join("hooks.d").join(file),
+            format!(
+                r#"{{"version":"1.0.0","hook":{{"path":"{}","args":["hook.sh","{arg}"]}},
+                    "when":{{"annotations":{{"^e2e\\.ferrio\\.dev/hook$":"^yes$"}}}},
+                    "stages":["{stage}"]}}"#,
+                script.display()
+            ),
+        )
+        .unwrap();
+    }
     // An invalid file beside it is skipped, not fatal.
     std::fs::write(dir.path().join("hooks.d/60-bad.json"), "{ not json").unwrap();
 
@@ -299,12 +315,36 @@ async fn an_oci_hook_from_a_hooks_dir_runs_at_create_runtime_with_the_state_on_s
     let state: serde_json::Value = serde_json::from_str(&state).expect("the state is JSON");
     assert_eq!(state["id"], id, "{state}");
     assert!(state["pid"].as_i64().unwrap_or(0) > 0, "{state}");
+    let state = std::fs::read_to_string(out.join("poststart.json")).expect("poststart ran");
+    assert!(state.contains(&id), "{state}");
+    p.stop_ctr(&id).await;
+    wait_for_container_state(
+        &mut p.cri,
+        &id,
+        ContainerState::ContainerExited,
+        Duration::from_secs(10),
+    )
+    .await;
+    let state = std::fs::read_to_string(out.join("poststop.json")).expect("poststop ran");
+    assert!(state.contains(&id), "{state}");
 
     // A container that does not match gets no hook.
-    std::fs::remove_file(out.join("create-runtime.json")).unwrap();
-    p.run(container_config("plain", BUSYBOX, &["sleep", "1000"]))
+    for f in ["create-runtime.json", "poststart.json", "poststop.json"] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    let plain = p
+        .run(container_config("plain", BUSYBOX, &["sleep", "1000"]))
         .await;
-    assert!(!out.join("create-runtime.json").exists());
+    p.stop_ctr(&plain).await;
+    wait_for_container_state(
+        &mut p.cri,
+        &plain,
+        ContainerState::ContainerExited,
+        Duration::from_secs(10),
+    )
+    .await;
+    let ran: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().collect();
+    assert!(ran.is_empty(), "{ran:?}");
     p.finish().await;
 }
 

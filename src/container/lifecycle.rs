@@ -77,6 +77,9 @@ pub enum ContainerError {
 /// that moving them there is a rename).
 const TRASH_PREFIX: &str = ".trash-";
 
+/// A file of the container's run dir that says its spec carries OCI hooks.
+const HOOKS_MARKER: &str = "oci-hooks";
+
 /// Unmounts the overlay at `dir/merged`, stacked mounts included (a busy one lazily), and
 /// leaves the directories in place.
 fn unmount_overlay(dir: &Path) -> Result<(), ContainerError> {
@@ -415,6 +418,12 @@ impl Containers {
         self.pods.config.load().root.join("overlay").join(id)
     }
 
+    /// Whether the container's spec carries OCI hooks (from a hooks dir or a CDI device): then
+    /// start and delete go through the runtime's binary, which runs them.
+    fn has_hooks(&self, id: &str) -> bool {
+        self.run_dir(id).join(HOOKS_MARKER).exists()
+    }
+
     fn exit_file(&self, id: &str) -> PathBuf {
         self.run_dir(id).join("exit.json")
     }
@@ -699,6 +708,15 @@ impl Containers {
         spec::set_sandbox_id(&mut oci, &sandbox.id);
         let bundle = run_dir.join("bundle");
         write_volatile_bundle(&bundle, &oci).await?;
+        if oci.hooks().is_some() {
+            let marker = run_dir.join(HOOKS_MARKER);
+            tokio::fs::write(&marker, b"")
+                .await
+                .map_err(|source| ContainerError::Io {
+                    path: marker,
+                    source,
+                })?;
+        }
         if let Some(lp) = &log_path {
             if let Some(dir) = lp.parent() {
                 tokio::fs::create_dir_all(dir)
@@ -779,7 +797,12 @@ impl Containers {
             if rec.status().finished_at == 0 {
                 match this.runtime_of(&rec) {
                     Ok(rt) => {
-                        if let Err(e) = rt.delete_exited(&rec.id, &rec.meta.cgroups_path).await {
+                        let deleted = if this.has_hooks(&rec.id) {
+                            rt.delete(&rec.id).await
+                        } else {
+                            rt.delete_exited(&rec.id, &rec.meta.cgroups_path).await
+                        };
+                        if let Err(e) = deleted {
                             tracing::warn!(id = %rec.id, error = %e, "cannot delete exited container");
                         }
                     }
@@ -921,7 +944,10 @@ impl Containers {
         // The process runs from the moment `start` is issued; a container that exits at once
         // must not get a finish time before its start time.
         let started = now_ns();
-        runtime.start_created(&rec.id, st.pid).await?;
+        // Pid 0 makes the runtime run its own `start`, which runs startContainer and poststart
+        // hooks; the exec-fifo shortcut would skip them.
+        let init_pid = if self.has_hooks(&rec.id) { 0 } else { st.pid };
+        runtime.start_created(&rec.id, init_pid).await?;
         rec.update_with(Durability::Crash, |s| {
             if s.started_at == 0 {
                 s.started_at = if s.finished_at > 0 {
