@@ -2,8 +2,8 @@
 //! namespace (`kubectl debug --target`), OCI hooks from a hooks directory, CDI devices.
 
 use crate::harness::{
-    container_config, pod_config, pull, start_container, wait_for_container_state, Cri, Daemon,
-    LearnedPids, Opts,
+    container_config, pod_config, pull, run_pod, start_container, stop_and_remove_pod,
+    wait_for_container_state, Cri, Daemon, LearnedPids, Opts,
 };
 use ferrio::config::Config;
 use ferrio::cri::v1::{
@@ -237,6 +237,24 @@ async fn a_target_pid_namespace_sees_the_target_containers_processes() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     assert!(e.message().contains(&debug), "{e}");
+    // A target of another pod.
+    let other_pod = pod_config(p.d.env(), "target-pid-other");
+    let other_pod_id = run_pod(&mut p.cri, &other_pod, "")
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"));
+    let e = p
+        .cri
+        .rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: other_pod_id.clone(),
+            config: Some(debug_container("foreign-target", &target)),
+            sandbox_config: Some(other_pod),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("another pod"), "{e}");
+    stop_and_remove_pod(&mut p.cri, &other_pod_id).await;
 
     p.finish().await;
 }
