@@ -159,6 +159,10 @@ pub struct RuntimeHandler {
     /// crun, no for others. Ignored on cgroup v2 and pure v1 hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_v1_view: Option<bool>,
+    /// Accepted and ignored, so a config written for an earlier ferrio still loads: every verb
+    /// now runs through the runtime's binary. The daemon warns when a file sets it.
+    #[serde(default, skip_serializing)]
+    pub runc_shortcuts: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -398,6 +402,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/sbin/runc".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                runc_shortcuts: None,
             },
         );
         runtimes.insert(
@@ -406,6 +411,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/bin/crun".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                runc_shortcuts: None,
             },
         );
         RuntimeConfig {
@@ -425,6 +431,7 @@ impl Default for RuntimeHandler {
             runtime_path: "/usr/sbin/runc".into(),
             runtime_root: PathBuf::new(),
             cgroup_v1_view: None,
+            runc_shortcuts: None,
         }
     }
 }
@@ -587,6 +594,22 @@ impl Config {
     }
 
     /// Check every value; the first refused one is returned with its key. Pure.
+    /// Keys a file sets that this version accepts but no longer uses, each with why: the daemon
+    /// logs them at start.
+    pub fn ignored_keys(&self) -> Vec<(String, &'static str)> {
+        self.runtime
+            .runtimes
+            .iter()
+            .filter(|(_, h)| h.runc_shortcuts.is_some())
+            .map(|(name, _)| {
+                (
+                    format!("runtime.runtimes.{name}.runc_shortcuts"),
+                    "every verb runs through the runtime's binary",
+                )
+            })
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), InvalidValue> {
         use InvalidReason as R;
         let bad = |k: &str, r: InvalidReason| Err(InvalidValue::new(k, r));
@@ -1189,6 +1212,20 @@ mod tests {
             c.network.plugin_dirs,
             [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
         );
+    }
+
+    #[test]
+    fn a_key_this_version_no_longer_uses_still_loads_and_is_named() {
+        let c = Config::from_toml(
+            "[runtime.runtimes.runc]\nruntime_path = \"/usr/sbin/runc\"\nrunc_shortcuts = false\n",
+        )
+        .unwrap();
+        let ignored = c.ignored_keys();
+        assert_eq!(ignored.len(), 1, "{ignored:?}");
+        assert_eq!(ignored[0].0, "runtime.runtimes.runc.runc_shortcuts");
+        assert!(Config::default().ignored_keys().is_empty());
+        // Never written back: `ferrio config` shows only keys that do something.
+        assert!(!c.to_commented_toml().contains("runc_shortcuts"));
     }
 
     #[test]
