@@ -14,3 +14,4 @@ mod observability;
 mod recovery;
 mod reload;
 mod sandbox;
+mod security;

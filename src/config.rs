@@ -143,6 +143,13 @@ pub struct RuntimeConfig {
     /// that refuses negative values makes runc fail. `true` clamps to the daemon's own value,
     /// as containerd's `restrict_oom_score_adj` does.
     pub restrict_oom_score_adj: bool,
+    /// Directories of OCI hook files in CRI-O's JSON format (version 1.0.0), as CRI-O's
+    /// `hooks_dir`: a file overrides one of the same name in an earlier directory; a missing
+    /// directory has no hooks.
+    pub hooks_dir: Vec<PathBuf>,
+    /// Directories of CDI spec files (`.json`, `.yaml`), as CRI-O's `cdi_spec_dirs`: a device
+    /// of a later directory overrides the same device of an earlier one.
+    pub cdi_spec_dirs: Vec<PathBuf>,
     /// OCI runtimes by handler name (CRI `runtime_handler`).
     pub runtimes: BTreeMap<String, RuntimeHandler>,
 }
@@ -159,6 +166,10 @@ pub struct RuntimeHandler {
     /// crun, no for others. Ignored on cgroup v2 and pure v1 hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_v1_view: Option<bool>,
+    /// Accepted and ignored, so a config written for an earlier ferrio still loads: every verb
+    /// now runs through the runtime's binary. The daemon warns when a file sets it.
+    #[serde(default, skip_serializing)]
+    pub runc_shortcuts: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -398,6 +409,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/sbin/runc".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                runc_shortcuts: None,
             },
         );
         runtimes.insert(
@@ -406,6 +418,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/bin/crun".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                runc_shortcuts: None,
             },
         );
         RuntimeConfig {
@@ -413,6 +426,8 @@ impl Default for RuntimeConfig {
             cgroup_manager: CgroupDriver::Cgroupfs,
             monitor_path: PathBuf::new(),
             namespaces_dir: PathBuf::new(),
+            hooks_dir: vec![PathBuf::from("/usr/share/containers/oci/hooks.d")],
+            cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
             restrict_oom_score_adj: true,
             runtimes,
         }
@@ -425,6 +440,7 @@ impl Default for RuntimeHandler {
             runtime_path: "/usr/sbin/runc".into(),
             runtime_root: PathBuf::new(),
             cgroup_v1_view: None,
+            runc_shortcuts: None,
         }
     }
 }
@@ -587,6 +603,22 @@ impl Config {
     }
 
     /// Check every value; the first refused one is returned with its key. Pure.
+    /// Keys a file sets that this version accepts but no longer uses, each with why: the daemon
+    /// logs them at start.
+    pub fn ignored_keys(&self) -> Vec<(String, &'static str)> {
+        self.runtime
+            .runtimes
+            .iter()
+            .filter(|(_, h)| h.runc_shortcuts.is_some())
+            .map(|(name, _)| {
+                (
+                    format!("runtime.runtimes.{name}.runc_shortcuts"),
+                    "every verb runs through the runtime's binary",
+                )
+            })
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), InvalidValue> {
         use InvalidReason as R;
         let bad = |k: &str, r: InvalidReason| Err(InvalidValue::new(k, r));
@@ -858,6 +890,8 @@ impl Config {
             monitor_path: _,
             namespaces_dir: _,
             restrict_oom_score_adj: _,
+            hooks_dir: _,
+            cdi_spec_dirs: _,
             runtimes: _,
         } = &new.runtime;
         let ImageConfig {
@@ -908,6 +942,9 @@ impl Config {
             "runtime.restrict_oom_score_adj",
             runtime.restrict_oom_score_adj
         );
+        // Read at each CreateContainer: a new list applies to the next one.
+        apply!("runtime.hooks_dir", runtime.hooks_dir);
+        apply!("runtime.cdi_spec_dirs", runtime.cdi_spec_dirs);
         let (old_h, new_h) = (&self.runtime.runtimes, &new.runtime.runtimes);
         for name in old_h
             .keys()
@@ -1021,6 +1058,8 @@ pub const CONFIG_KEYS: &[KeyDoc] = &[
     key("runtime.monitor_path", "ferrio-monitor binary; \"\" = next to the ferrio binary, else /usr/libexec/ferrio/ferrio-monitor."),
     key("runtime.namespaces_dir", "Where pinned namespaces live (netns/, ipcns/, utsns/ below it); \"\" = <runroot>/ns."),
     key("runtime.restrict_oom_score_adj", "Clamp containers' oom_score_adj to what the host allows (kubelet asks for -997/-998)."),
+    key("runtime.hooks_dir", "Directories of OCI hook files (CRI-O's JSON format); a file overrides one of the same name in an earlier directory."),
+    key("runtime.cdi_spec_dirs", "Directories of CDI spec files (.json, .yaml); a device of a later directory overrides the same device of an earlier one."),
     table("runtime.runtimes.<handler>", "An OCI runtime, by the handler name pods ask for (CRI runtime_handler)."),
     key("runtime.runtimes.<handler>.runtime_path", "The OCI runtime binary (runc or crun)."),
     key("runtime.runtimes.<handler>.runtime_root", "The runtime's --root; \"\" = <runroot>/oci/<handler>."),
@@ -1189,6 +1228,20 @@ mod tests {
             c.network.plugin_dirs,
             [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
         );
+    }
+
+    #[test]
+    fn a_key_this_version_no_longer_uses_still_loads_and_is_named() {
+        let c = Config::from_toml(
+            "[runtime.runtimes.runc]\nruntime_path = \"/usr/sbin/runc\"\nrunc_shortcuts = false\n",
+        )
+        .unwrap();
+        let ignored = c.ignored_keys();
+        assert_eq!(ignored.len(), 1, "{ignored:?}");
+        assert_eq!(ignored[0].0, "runtime.runtimes.runc.runc_shortcuts");
+        assert!(Config::default().ignored_keys().is_empty());
+        // Never written back: `ferrio config` shows only keys that do something.
+        assert!(!c.to_commented_toml().contains("runc_shortcuts"));
     }
 
     #[test]
