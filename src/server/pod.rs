@@ -23,6 +23,7 @@ pub(super) async fn run_pod_sandbox(
     })?;
     let pods = d.pods.clone();
     let handler = req.runtime_handler;
+    let d = d.clone();
     let id = detached(async move {
         let ns = config
             .linux
@@ -69,7 +70,20 @@ pub(super) async fn run_pod_sandbox(
             host_network: ns.network == cri::NamespaceMode::Node as i32,
             host_ipc: ns.ipc == cri::NamespaceMode::Node as i32,
         };
-        Ok(pods.run(run).await?)
+        let id = pods.run(run).await?;
+        if let Some(nri) = &d.nri {
+            let rec = pods.get(&id)?;
+            if let Err(e) = nri.run_pod_sandbox(&super::nri::pod(&rec)).await {
+                // A pod a plugin refused must not stay: undo it as StopPodSandbox + RemovePodSandbox would.
+                if let Err(undo) = pods.stop(&rec).await {
+                    tracing::warn!(id = %rec.id, error = %undo, "cannot stop a pod NRI refused");
+                } else if let Err(undo) = pods.remove(&rec).await {
+                    tracing::warn!(id = %rec.id, error = %undo, "cannot remove a pod NRI refused");
+                }
+                return Err(Error::Nri(e));
+            }
+        }
+        Ok(id)
     })
     .await?;
     Ok(Response::new(cri::RunPodSandboxResponse {
@@ -93,10 +107,14 @@ pub(super) async fn stop_pod_sandbox(
         let stops = d.containers.of_sandbox(&rec.id).into_iter().map(|c| {
             let grace = grace_period(&c.meta.annotations, &rec.meta.annotations);
             let d = d.clone();
-            async move { d.containers.stop(&c, grace).await }
+            async move { super::container::stop_with_nri(&d, &c, grace).await }
         });
         futures::future::try_join_all(stops).await?;
+        let was_ready = rec.status().state == crate::sandbox::lifecycle::SandboxState::Ready;
         d.pods.stop(&rec).await?;
+        if let (Some(nri), true) = (&d.nri, was_ready) {
+            nri.stop_pod_sandbox(&super::nri::pod(&rec)).await;
+        }
         Ok(())
     })
     .await?;
@@ -115,10 +133,13 @@ pub(super) async fn remove_pod_sandbox(
         };
         let removes = d.containers.of_sandbox(&rec.id).into_iter().map(|c| {
             let d = d.clone();
-            async move { d.containers.remove(&c).await }
+            async move { super::container::remove_with_nri(&d, &c).await }
         });
         futures::future::try_join_all(removes).await?;
         d.pods.remove(&rec).await?;
+        if let Some(nri) = &d.nri {
+            nri.remove_pod_sandbox(&super::nri::pod(&rec)).await;
+        }
         Ok(())
     })
     .await?;
