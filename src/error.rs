@@ -11,10 +11,10 @@ use crate::monitor::MonitorError;
 use crate::network::NetworkError;
 use crate::oci::apparmor::AppArmorError;
 use crate::oci::cgroups::CgroupError;
-use crate::oci::host::SpecError;
 use crate::oci::OciError;
 use crate::sandbox::lifecycle::SandboxError;
 use crate::sandbox::namespaces::NamespaceError;
+use crate::spec::SpecError;
 use crate::state::StateError;
 use crate::systemd::SystemdError;
 use tonic::{Code, Status};
@@ -229,7 +229,7 @@ fn nri_code(e: &crate::nri::NriError) -> Code {
     use crate::nri::NriError;
     match e {
         NriError::Io { source, .. } => io_code(source, Code::Unknown),
-        NriError::Plugin { .. } | NriError::Conflict(_) | NriError::Apply(_) => Code::Unknown,
+        NriError::Plugin { .. } | NriError::Conflict(_) => Code::Unknown,
     }
 }
 

@@ -6,9 +6,11 @@
 //! - [`man`]: the manual pages ferrio(8) and ferrio.toml(5), rendered from the CLI and [`config`].
 //! - [`error`]: typed errors and the one mapping onto gRPC status codes.
 //! - [`server`]: the gRPC edge; thin handlers that convert CRI messages and orchestrate rooms below.
-//! - [`sandbox`]: pod lifecycle: pinned namespaces, pause spec, pod files.
+//! - [`sandbox`]: pod lifecycle: pinned namespaces, pod files; calls [`spec`] for the pause spec.
 //! - [`cri`]: the CRI v1 schema (proto/cri/api.proto) compiled into types and services.
-//! - [`container`]: container lifecycle; `spec.rs` turns CRI config + image config into an OCI spec.
+//! - [`spec`]: CRI request + image config + pod context + host facts -> OCI spec, as a chain of
+//!   small named steps shared by pods and containers; host facts come in as a `HostView`.
+//! - [`container`]: container lifecycle through the runtime and monitor; calls [`spec`].
 //! - [`oci`]: the OCI runtime (runc/crun) as a process; bundles.
 //! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client and monitor-side process code.
 //! - [`image`]: references, registry client + mirrors, content store, layer unpack, overlay mounts.
@@ -22,7 +24,8 @@
 //! - [`sys`]: the only room allowed `unsafe`.
 //!
 //! Rooms below `server` never import `server` nor CRI proto types (only `server/` and the
-//! `spec.rs` translators see them).
+//! entry points of `spec/`, in `spec/cri.rs`, see them). `sandbox` and `container` share spec
+//! steps through `spec/`, never through each other.
 #![deny(unsafe_code)]
 
 pub mod config;
@@ -39,6 +42,7 @@ pub mod oci;
 pub mod rollback;
 pub mod sandbox;
 pub mod server;
+pub mod spec;
 pub mod state;
 pub mod streaming;
 pub mod sys;

@@ -21,15 +21,8 @@ use crate::image::{ImageInfo, ImageStore};
 use crate::rollback::Rollback;
 use std::path::{Path, PathBuf};
 
-/// One image volume of a container, as mounted on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageVolume {
-    /// Index of the mount in the request's `mounts`.
-    pub index: usize,
-    /// The host path bound into the container: the read-only overlay, or the file or
-    /// directory inside it that `image_sub_path` names.
-    pub source: PathBuf,
-}
+/// One image volume of a container, as mounted on the host (the spec's input type).
+pub use crate::spec::ImageVolume;
 
 /// Symlinks followed while resolving one sub-path before giving up (the kernel's own limit).
 const MAX_SYMLINKS: usize = 40;

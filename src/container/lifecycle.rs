@@ -8,12 +8,12 @@
 //! this boot: after a reboot the boot-id check marks them exited, and a record that a power loss
 //! took away leaves only its overlay directory behind, which [`Containers::recover`] sweeps.
 
-use super::spec;
 use crate::image::ImageStore;
 use crate::monitor;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
 use crate::sandbox::lifecycle::{monitor_alive, Pods, Sandbox, SandboxError, SandboxState};
+use crate::spec;
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
@@ -54,7 +54,7 @@ pub enum ContainerError {
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
-    Spec(#[from] crate::oci::host::SpecError),
+    Spec(#[from] crate::spec::SpecError),
     #[error(transparent)]
     AppArmor(#[from] crate::oci::apparmor::AppArmorError),
     #[error(transparent)]
@@ -671,7 +671,7 @@ impl Containers {
             apparmor_profile,
         })?;
         let mut oci = oci;
-        crate::sandbox::spec::set_sandbox_id(&mut oci, &sandbox.id);
+        spec::set_sandbox_id(&mut oci, &sandbox.id);
         if let Some(adjust) = req.adjust_spec {
             oci = adjust
                 .adjust(id, oci)

@@ -5,8 +5,8 @@
 //! and to the record's status (through [`crate::state::Record::update`]).
 
 use super::lifecycle::{Container, ContainerError, ContainerState, Containers};
-use super::spec;
 use crate::cri::v1::LinuxContainerResources;
+use crate::spec;
 
 impl Containers {
     /// Apply `resources` to container `id`. A created or running container gets them through

@@ -17,7 +17,6 @@
 //! fails RunPodSandbox, CreateContainer and UpdateContainer (naming the plugin), and is logged otherwise.
 
 pub mod adjust;
-pub mod apply;
 pub mod conn;
 pub mod wire;
 
@@ -91,8 +90,6 @@ pub enum NriError {
     },
     #[error("NRI: {0}")]
     Conflict(#[from] adjust::Conflict),
-    #[error("NRI: {0}")]
-    Apply(#[from] apply::ApplyError),
 }
 
 /// What the room needs from the daemon.
@@ -123,11 +120,6 @@ impl Plugin {
     fn subscribed(&self, event: Event) -> bool {
         self.events & event_bit(event) != 0
     }
-}
-
-/// The result of CreateContainer: the adjusted spec to write.
-pub struct Created {
-    pub spec: oci_spec::runtime::Spec,
 }
 
 /// Per-event latency and plugin count, for the metrics endpoint.
@@ -557,14 +549,14 @@ impl Nri {
         .await
     }
 
-    /// CreateContainer: every subscribed plugin may adjust `spec` (describing `container`); the adjusted spec
-    /// comes back. A plugin's error or a conflict between two plugins fails the create.
+    /// CreateContainer: every subscribed plugin may adjust `container`; their adjustments come back folded
+    /// into one (with who set what), for the spec room to apply. A plugin's error or a conflict between two
+    /// plugins fails the create.
     pub async fn create_container(
         &self,
         pod: &api::PodSandbox,
         container: api::Container,
-        spec: &oci_spec::runtime::Spec,
-    ) -> Result<Created, NriError> {
+    ) -> Result<adjust::Collected, NriError> {
         let mut collected = adjust::Collected::new(container);
         let mut updates = Vec::new();
         let mut evictions = Vec::new();
@@ -619,15 +611,8 @@ impl Nri {
             self.remove(&p).await;
         }
         outcome?;
-        let owners = &collected.owners;
-        let spec = apply::apply(spec, &collected.adjust, |device| {
-            owners
-                .key_owner(api::Field::CdiDevices, device)
-                .unwrap_or_default()
-                .to_string()
-        })?;
         self.apply_updates(updates, evictions).await;
-        Ok(Created { spec })
+        Ok(collected)
     }
 
     pub async fn post_create_container(&self, pod: &api::PodSandbox, container: &api::Container) {

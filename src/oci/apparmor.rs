@@ -1,7 +1,7 @@
 //! AppArmor on the host: ferrio's default profile (its text, rendered for the host and loaded
 //! once per daemon with `apparmor_parser`), and whether a profile a container names is loaded.
 //!
-//! What a CRI request asks for is decided in `sandbox::spec` (as an [`AppArmorRequest`]); this
+//! What a CRI request asks for is decided in `spec::cri` (as an [`AppArmorRequest`]); this
 //! module turns a request into the name that goes into the OCI spec's
 //! `process.apparmorProfile`. The host fact (AppArmor enabled) comes in as a value and the
 //! kernel is reached only through [`ProfileLoader`], so tests need neither AppArmor nor root.

@@ -1,48 +1,12 @@
 //! What this host lets a container have: the capability bounding set, the lowest
 //! `oom_score_adj`, and which cgroup/LSM/seccomp features are there.
 //!
-//! Read once at start from `/proc` and `/sys` (no writes, no processes), so the spec
-//! translators (`sandbox::spec`, `container::spec`) stay pure and leave out what the host
-//! would refuse (see shared/docs/environment.md: no CAP_SYS_RESOURCE in the bounding set,
-//! negative `oom_score_adj` refused, no hugetlb hierarchy, no AppArmor/SELinux).
-//! [`SpecError`] lives here because both translators share it and `sandbox` may not import
-//! `container`.
+//! Read once at start from `/proc` and `/sys` (no writes, no processes), so the spec steps
+//! ([`crate::spec`]) stay pure and leave out what the host would refuse (see
+//! shared/docs/environment.md: no CAP_SYS_RESOURCE in the bounding set, negative
+//! `oom_score_adj` refused, no hugetlb hierarchy, no AppArmor/SELinux).
 
 use std::path::{Path, PathBuf};
-
-/// Why an OCI spec could not be produced.
-#[derive(Debug, thiserror::Error)]
-pub enum SpecError {
-    /// The CRI request asks for something invalid or impossible (maps to InvalidArgument).
-    #[error("invalid {field}: {reason}")]
-    Invalid { field: String, reason: String },
-    /// The OCI types refused what we built (a bug on our side).
-    #[error("building the oci spec: {0}")]
-    Build(String),
-    /// A file the spec depends on could not be read or created.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl SpecError {
-    /// Shorthand for the InvalidArgument case.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        SpecError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl From<oci_spec::OciSpecError> for SpecError {
-    fn from(e: oci_spec::OciSpecError) -> Self {
-        SpecError::Build(e.to_string())
-    }
-}
 
 /// Linux capability names by bit number (include/uapi/linux/capability.h).
 pub const CAPABILITY_NAMES: [&str; 41] = [

@@ -1,8 +1,8 @@
 //! RunPodSandbox / StopPodSandbox / RemovePodSandbox and recovery, as one multi-step create
-//! with a rollback guard. Takes the CRI `PodSandboxConfig` only to hand it to [`super::spec`];
+//! with a rollback guard. Takes the CRI `PodSandboxConfig` only to hand it to [`crate::spec`];
 //! everything persisted is ferrio's own types.
 
-use super::{files, namespaces, spec};
+use super::{files, namespaces};
 use crate::config::{Live, LiveConfig};
 use crate::image::ImageStore;
 use crate::monitor;
@@ -11,6 +11,7 @@ use crate::oci::cgroups::{self, CgroupDriver};
 use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
+use crate::spec;
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,7 @@ pub enum SandboxError {
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
-    Spec(#[from] crate::oci::host::SpecError),
+    Spec(#[from] crate::spec::SpecError),
     #[error(transparent)]
     AppArmor(#[from] crate::oci::apparmor::AppArmorError),
     #[error(transparent)]
@@ -891,7 +892,7 @@ impl Pods {
                         .await;
             });
         }
-        let spec = spec::pause_spec(&spec::PauseSpecInput {
+        let spec = spec::pod_spec(&spec::PauseSpecInput {
             config: cfg,
             image: &image.config,
             rootfs: &rootfs,

@@ -1,4 +1,5 @@
-//! Pod sandboxes: pinned namespaces, CNI, the pause container, pod files.
+//! Pod sandboxes: pinned namespaces, CNI, the pause container (its spec from [`crate::spec`]),
+//! pod files.
 //!
 //! Owns `<root>/sandboxes/<id>` (records), `<root>/overlay/<id>` (the pause rootfs),
 //! `<runroot>/sandboxes/<id>` (bundle, pod files, exit file) and the pod's pinned namespaces.
@@ -7,4 +8,3 @@
 pub mod files;
 pub mod lifecycle;
 pub mod namespaces;
-pub mod spec;

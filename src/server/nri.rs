@@ -199,11 +199,19 @@ impl SpecAdjust for Adjust {
     ) -> BoxFuture<'a, Result<oci_spec::runtime::Spec, String>> {
         Box::pin(async move {
             let container = container_from_spec(id, &self.pod.id, &self.config, &spec);
-            self.nri
-                .create_container(&self.pod, container, &spec)
+            let collected = self
+                .nri
+                .create_container(&self.pod, container)
                 .await
-                .map(|c| c.spec)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let owners = &collected.owners;
+            crate::spec::nri_adjustments(&spec, &collected.adjust, |device| {
+                owners
+                    .key_owner(api::Field::CdiDevices, device)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .map_err(|e| e.to_string())
         })
     }
 }

@@ -226,7 +226,7 @@ pub(super) async fn update_pod_sandbox_resources(
             resources: req.resources,
             ..Default::default()
         };
-        let limits = crate::sandbox::spec::pod_limits(&linux);
+        let limits = crate::spec::pod_limits(&linux);
         Ok(d.pods.update_resources(&rec, limits).await?)
     })
     .await?;

@@ -1,19 +1,14 @@
-//! Applying the adjustment plugins agreed on (see [`super::adjust`]) to a container's OCI spec: annotations,
-//! env, args, mounts, hooks, rlimits, devices, Linux resources, cgroups path, OOM score, sysctls and the
-//! seccomp policy. The spec is edited as its JSON document, with the OCI field names, so this code stays
-//! independent of the spec library's builder API. A key, destination or path prefixed with `-` removes.
+//! The NRI step: the adjustment node plugins agreed on (folded by `crate::nri::adjust`) applied to a
+//! container's OCI spec: annotations, env, args, mounts, hooks, rlimits, devices, Linux resources, cgroups
+//! path, OOM score, sysctls and the seccomp policy. Unlike the other steps it runs after [`super::build`]:
+//! plugins answer about the spec the other steps produced. The spec is edited as its JSON document, with the
+//! OCI field names, so the step stays independent of the spec library's builder API. A key, destination or
+//! path prefixed with `-` removes.
 
-use super::api;
+use super::SpecError;
+use crate::nri::api;
 use oci_spec::runtime::Spec;
 use serde_json::{json, Map, Value};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("plugin {plugin:?} asked for CDI device {device:?}: this runtime has no CDI support")]
-    CdiUnsupported { plugin: String, device: String },
-    #[error("the adjusted spec is not valid: {0}")]
-    Invalid(String),
-}
 
 fn removal(key: &str) -> Option<&str> {
     key.strip_prefix('-')
@@ -47,18 +42,22 @@ fn array<'a>(parent: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value
 }
 
 /// Apply `adjust` to `spec`. `owner_of_cdi` names the plugin that asked for a CDI device, for the error.
-pub fn apply(
+pub fn nri_adjustments(
     spec: &Spec,
     adjust: &api::ContainerAdjustment,
     owner_of_cdi: impl Fn(&str) -> String,
-) -> Result<Spec, ApplyError> {
+) -> Result<Spec, SpecError> {
     if let Some(d) = adjust.cdi_devices.first() {
-        return Err(ApplyError::CdiUnsupported {
-            plugin: owner_of_cdi(&d.name),
-            device: d.name.clone(),
-        });
+        return Err(SpecError::invalid(
+            "nri cdi_devices",
+            format!(
+                "plugin {:?} asked for CDI device {:?}: this runtime has no CDI support",
+                owner_of_cdi(&d.name),
+                d.name
+            ),
+        ));
     }
-    let mut doc = serde_json::to_value(spec).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+    let mut doc = serde_json::to_value(spec).map_err(|e| SpecError::Build(e.to_string()))?;
     annotations(&mut doc, &adjust.annotations);
     env(&mut doc, &adjust.env);
     if !adjust.args.is_empty() {
@@ -97,7 +96,8 @@ pub fn apply(
             object(&mut doc, &["linux"]).insert("seccomp".into(), seccomp(s));
         }
     }
-    serde_json::from_value(doc).map_err(|e| ApplyError::Invalid(e.to_string()))
+    serde_json::from_value(doc)
+        .map_err(|e| SpecError::Build(format!("the spec NRI plugins adjusted: {e}")))
 }
 
 fn annotations(doc: &mut Value, annotations: &std::collections::HashMap<String, String>) {
@@ -397,7 +397,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let spec = apply(&base(), &adjust, |_| String::new()).unwrap();
+        let spec = nri_adjustments(&base(), &adjust, |_| String::new()).unwrap();
         let doc = serde_json::to_value(&spec).unwrap();
         assert_eq!(doc["process"]["env"], json!(["PATH=/bin", "A=1", "B=2"]));
         assert_eq!(doc["annotations"], json!({ "keep": "1", "new": "v" }));
@@ -430,7 +430,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let spec = apply(&base(), &adjust, |_| String::new()).unwrap();
+        let spec = nri_adjustments(&base(), &adjust, |_| String::new()).unwrap();
         let doc = serde_json::to_value(&spec).unwrap();
         assert_eq!(doc["hooks"]["poststart"][0]["path"], "/bin/true");
         assert_eq!(doc["linux"]["devices"][0]["path"], "/dev/xyz");
@@ -445,7 +445,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let err = apply(&base(), &adjust, |_| "10-gpu".into()).unwrap_err();
+        let err = nri_adjustments(&base(), &adjust, |_| "10-gpu".into()).unwrap_err();
         assert!(err.to_string().contains("\"10-gpu\""), "{err}");
     }
 }

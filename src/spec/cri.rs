@@ -1,0 +1,600 @@
+//! The entry points: the only code in `spec/` that sees CRI types. Each converts its request
+//! into an [`Input`] and runs its steps; the request-reading rules that need the CRI types
+//! (seccomp and AppArmor profile fields, SELinux options) live here too.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxResources, Spec};
+
+use super::annotations::{AnnotationsInput, PodIdentity, SpecKind};
+use super::devices::{DeviceRequest, DevicesInput};
+use super::mounts::{ImageVolume, MountRequest, MountsInput, PodFilePaths, Propagation};
+use super::namespaces::{NamespacesInput, PidMode};
+use super::process::{self, ProcessInput, ProcessUser};
+use super::resources::{self, Resources};
+use super::seccomp::SeccompRequest;
+use super::security::{self, CapabilityRequest, CapabilitySet, SecurityInput, SelinuxLabels};
+use super::user::{self, UserRequest};
+use super::{build, HostFiles, HostView, Input, LiveHost, SpecError, CONTAINER_STEPS, POD_STEPS};
+use crate::cri::v1::{
+    security_profile::ProfileType, ContainerConfig, LinuxContainerResources,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, MountPropagation, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, SecurityProfile, SupplementalGroupsPolicy,
+};
+use crate::image::ImageConfig;
+use crate::oci::apparmor::AppArmorRequest;
+use crate::oci::host::HostFeatures;
+
+/// What kubelet asks for the pause container (it is the last thing to kill in a pod).
+pub const PAUSE_OOM_SCORE_ADJ: i64 = -998;
+
+/// Input of [`pod_spec`]; paths are on the host.
+pub struct PauseSpecInput<'a> {
+    pub config: &'a PodSandboxConfig,
+    pub image: &'a ImageConfig,
+    pub rootfs: &'a Path,
+    /// The pinned network namespace; `None` = the host's.
+    pub netns: Option<&'a Path>,
+    /// The pinned IPC namespace; `None` = the host's.
+    pub ipcns: Option<&'a Path>,
+    /// The pinned UTS namespace; `None` = the host's.
+    pub utsns: Option<&'a Path>,
+    /// Absolute cgroup path (or systemd `slice:prefix:name`).
+    pub cgroups_path: String,
+    pub hostname: String,
+    pub host: &'a HostFeatures,
+    pub restrict_oom_score_adj: bool,
+    /// The AppArmor profile, resolved from [`pause_apparmor_request`]; `None` = unconfined.
+    pub apparmor_profile: Option<String>,
+}
+
+/// The pod a container joins.
+pub struct SandboxContext<'a> {
+    pub config: &'a PodSandboxConfig,
+    /// The pod's pinned network namespace; `None` = the host's.
+    pub netns: Option<&'a Path>,
+    /// The pod's pinned IPC namespace; `None` = the host's.
+    pub ipcns: Option<&'a Path>,
+    /// The pod's pinned UTS namespace; `None` = the host's.
+    pub utsns: Option<&'a Path>,
+    /// The pause process, whose PID namespace a pid=POD container joins.
+    pub pause_pid: i32,
+    /// The pod's generated files, mounted unless the request mounts those paths itself.
+    pub pod_files: Option<PodFiles<'a>>,
+}
+
+/// Host paths of the pod's generated files.
+pub struct PodFiles<'a> {
+    pub hosts: &'a Path,
+    pub resolv_conf: &'a Path,
+    pub hostname: &'a Path,
+}
+
+/// Input of [`container_spec`].
+pub struct ContainerSpecInput<'a> {
+    pub id: &'a str,
+    pub config: &'a ContainerConfig,
+    pub sandbox: SandboxContext<'a>,
+    pub image: &'a ImageConfig,
+    /// The mounted rootfs; users and groups are resolved from its /etc/passwd and /etc/group.
+    pub rootfs: &'a Path,
+    /// The image volumes of `config.mounts`, already mounted read-only on the host.
+    pub image_volumes: &'a [ImageVolume],
+    /// Absolute cgroup path (or systemd `slice:prefix:name`).
+    pub cgroups_path: String,
+    pub host: &'a HostFeatures,
+    pub restrict_oom_score_adj: bool,
+    /// The AppArmor profile, resolved from [`container_apparmor_request`]; `None` = unconfined.
+    pub apparmor_profile: Option<String>,
+}
+
+/// Builds the pause container's spec.
+pub fn pod_spec(input: &PauseSpecInput) -> Result<Spec, SpecError> {
+    pod_spec_on(input, &LiveHost)
+}
+
+/// [`pod_spec`] on a given host.
+pub fn pod_spec_on(input: &PauseSpecInput, files: &dyn HostFiles) -> Result<Spec, SpecError> {
+    let config = input.config;
+    let linux_cfg = config.linux.as_ref();
+    let sec = linux_cfg.and_then(|l| l.security_context.as_ref());
+    let privileged = sec.map(|s| s.privileged).unwrap_or(false);
+    let ns_opts = sec.and_then(|s| s.namespace_options.as_ref());
+    check_cgroups_path(&input.cgroups_path)?;
+    let host = HostView {
+        features: input.host,
+        files,
+    };
+
+    let caps: Vec<String> = security::DEFAULT_CAPABILITIES
+        .iter()
+        .filter(|c| input.host.has_capability(c))
+        .map(|c| c.to_string())
+        .collect();
+    let label = sec.and_then(|s| selinux_label(s.selinux_options.as_ref()));
+    #[allow(deprecated)] // the string form is what older kubelets send
+    let seccomp = sec.and_then(|s| seccomp_request(s.seccomp.as_ref(), &s.seccomp_profile_path));
+    let pid = match ns_opts.and_then(|n| NamespaceMode::try_from(n.pid).ok()) {
+        Some(NamespaceMode::Node) => PidMode::Node,
+        _ => PidMode::Container,
+    };
+    let md = config.metadata.as_ref();
+    let input = Input {
+        host,
+        rootfs: input.rootfs.to_path_buf(),
+        readonly_rootfs: sec.map(|s| s.readonly_rootfs).unwrap_or(false),
+        cgroups_path: input.cgroups_path.clone(),
+        hostname: input.hostname.clone(),
+        process: ProcessInput {
+            args: process::pause_args(input.image),
+            env: process::merge_env(&input.image.env, &[]),
+            cwd: process::pause_working_dir(input.image),
+            terminal: false,
+            user: ProcessUser::default(),
+            no_new_privileges: true,
+            oom_score_adj: Some(PAUSE_OOM_SCORE_ADJ),
+            restrict_oom_score_adj: input.restrict_oom_score_adj,
+        },
+        security: SecurityInput {
+            privileged,
+            capabilities: CapabilitySet {
+                caps,
+                ambient: Vec::new(),
+            },
+            seccomp,
+            apparmor_profile: input.apparmor_profile.clone(),
+            selinux: SelinuxLabels {
+                process: label.clone().filter(|_| !privileged),
+                mount: label,
+            },
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+        },
+        mounts: MountsInput {
+            privileged,
+            ..Default::default()
+        },
+        devices: DevicesInput::default(),
+        namespaces: NamespacesInput {
+            pid,
+            net: input.netns.map(Path::to_path_buf),
+            ipc: input.ipcns.map(Path::to_path_buf),
+            uts: input.utsns.map(Path::to_path_buf),
+            user_namespace: user_namespace(ns_opts),
+        },
+        resources: None,
+        sysctls: linux_cfg.map(|l| l.sysctls.clone()).unwrap_or_default(),
+        annotations: AnnotationsInput {
+            kind: SpecKind::Sandbox,
+            request: config.annotations.clone(),
+            pod: md.map(|m| PodIdentity {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+            }),
+            container_name: None,
+            image_name: None,
+            log_directory: config.log_directory.clone(),
+        },
+    };
+    build(POD_STEPS, &input)
+}
+
+/// Builds a container's spec.
+pub fn container_spec(input: &ContainerSpecInput) -> Result<Spec, SpecError> {
+    container_spec_on(input, &LiveHost)
+}
+
+/// [`container_spec`] on a given host.
+pub fn container_spec_on(
+    input: &ContainerSpecInput,
+    files: &dyn HostFiles,
+) -> Result<Spec, SpecError> {
+    let config = input.config;
+    let sec = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let privileged = sec.map(|s| s.privileged).unwrap_or(false);
+    if privileged && !pod_privileged(input.sandbox.config) {
+        return Err(SpecError::invalid(
+            "security_context.privileged",
+            "the pod sandbox was not created privileged",
+        ));
+    }
+    check_cgroups_path(&input.cgroups_path)?;
+    let host = HostView {
+        features: input.host,
+        files,
+    };
+
+    let args = process::process_args(&config.command, &config.args, input.image)?;
+    let cwd = process::working_dir(&config.working_dir, input.image)?;
+    let user_req = sec.map(user_request);
+    let user = user::resolve_user(user_req.as_ref(), &input.image.user, input.rootfs, files)?;
+    // The OCI spec carries env as JSON strings, and a JSON string cannot hold bytes that are not UTF-8: such a
+    // value is refused by name rather than altered on its way to the process.
+    let overrides = config
+        .envs
+        .iter()
+        .map(|kv| match String::from_utf8(kv.value.clone()) {
+            Ok(value) => Ok((kv.key.clone(), value)),
+            Err(_) => Err(SpecError::invalid(
+                "envs",
+                format!("value of {} is not valid UTF-8", kv.key),
+            )),
+        })
+        .collect::<Result<Vec<(String, String)>, SpecError>>()?;
+    let env = process::container_env(
+        &input.sandbox.config.hostname,
+        config.tty,
+        &input.image.env,
+        &overrides,
+        user.home.as_deref(),
+    );
+    let capabilities = security::capabilities(&capability_request(sec), input.host)?;
+    let label = if privileged {
+        None
+    } else {
+        sec.and_then(|s| selinux_label(s.selinux_options.as_ref()))
+    };
+    let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+
+    let sb = &input.sandbox;
+    let pod_ns = sb
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let ns = sec.and_then(|s| s.namespace_options.as_ref()).or(pod_ns);
+    let pid = match ns
+        .and_then(|n| NamespaceMode::try_from(n.pid).ok())
+        .unwrap_or(NamespaceMode::Pod)
+    {
+        NamespaceMode::Pod => PidMode::Pod {
+            pause_pid: sb.pause_pid,
+        },
+        NamespaceMode::Container => PidMode::Container,
+        NamespaceMode::Node => PidMode::Node,
+        NamespaceMode::Target => PidMode::Target,
+    };
+
+    let input = Input {
+        host,
+        rootfs: input.rootfs.to_path_buf(),
+        readonly_rootfs: sec.map(|s| s.readonly_rootfs).unwrap_or(false),
+        cgroups_path: input.cgroups_path.clone(),
+        hostname: sb.config.hostname.clone(),
+        process: ProcessInput {
+            args,
+            env,
+            cwd,
+            terminal: config.tty,
+            user: ProcessUser {
+                uid: user.uid,
+                gid: user.gid,
+                additional_gids: Some(user.additional_gids.clone()),
+            },
+            no_new_privileges: sec.map(|s| s.no_new_privs).unwrap_or(false),
+            oom_score_adj: resources.map(|r| r.oom_score_adj),
+            restrict_oom_score_adj: input.restrict_oom_score_adj,
+        },
+        security: SecurityInput {
+            privileged,
+            capabilities,
+            #[allow(deprecated)] // the string form is what older kubelets send
+            seccomp: sec
+                .and_then(|s| seccomp_request(s.seccomp.as_ref(), &s.seccomp_profile_path)),
+            apparmor_profile: input.apparmor_profile.clone(),
+            selinux: SelinuxLabels {
+                process: label.clone(),
+                mount: label,
+            },
+            masked_paths: sec.map(|s| s.masked_paths.clone()).unwrap_or_default(),
+            readonly_paths: sec.map(|s| s.readonly_paths.clone()).unwrap_or_default(),
+        },
+        mounts: MountsInput {
+            privileged,
+            mounts: config.mounts.iter().map(mount_request).collect(),
+            image_volumes: input.image_volumes.to_vec(),
+            pod_files: sb.pod_files.as_ref().map(|f| PodFilePaths {
+                hosts: f.hosts.to_path_buf(),
+                resolv_conf: f.resolv_conf.to_path_buf(),
+                hostname: f.hostname.to_path_buf(),
+            }),
+        },
+        devices: DevicesInput {
+            all_host: privileged,
+            devices: config
+                .devices
+                .iter()
+                .map(|d| DeviceRequest {
+                    container_path: d.container_path.clone(),
+                    host_path: d.host_path.clone(),
+                    permissions: d.permissions.clone(),
+                })
+                .collect(),
+        },
+        namespaces: NamespacesInput {
+            pid,
+            net: sb.netns.map(Path::to_path_buf),
+            ipc: sb.ipcns.map(Path::to_path_buf),
+            uts: sb.utsns.map(Path::to_path_buf),
+            user_namespace: user_namespace(ns),
+        },
+        resources: resources.map(resources_from),
+        sysctls: HashMap::new(),
+        annotations: AnnotationsInput {
+            kind: SpecKind::Container,
+            request: config.annotations.clone(),
+            pod: sb.config.metadata.as_ref().map(|m| PodIdentity {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+            }),
+            container_name: config.metadata.as_ref().map(|m| m.name.clone()),
+            image_name: config.image.as_ref().map(|i| i.image.clone()),
+            log_directory: String::new(),
+        },
+    };
+    build(CONTAINER_STEPS, &input)
+}
+
+/// The OCI resources for `runc update` from an UpdateContainerResources request (see
+/// [`resources::update_resources`]).
+pub fn update_resources(
+    r: &LinuxContainerResources,
+    host: &HostFeatures,
+) -> Result<LinuxResources, SpecError> {
+    resources::update_resources(&resources_from(r), host)
+}
+
+/// The pod cgroup's limits from the pod's `resources` and `overhead` (see
+/// [`resources::pod_limits`]).
+pub fn pod_limits(linux: &LinuxPodSandboxConfig) -> Option<crate::oci::cgroups::CgroupLimits> {
+    let r = linux.resources.as_ref().map(resources_from);
+    let o = linux.overhead.as_ref().map(resources_from);
+    resources::pod_limits(r.as_ref(), o.as_ref())
+}
+
+fn resources_from(r: &LinuxContainerResources) -> Resources {
+    Resources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect(),
+        unified: r.unified.clone(),
+    }
+}
+
+fn mount_request(m: &crate::cri::v1::Mount) -> MountRequest {
+    MountRequest {
+        container_path: m.container_path.clone(),
+        host_path: m.host_path.clone(),
+        propagation: match MountPropagation::try_from(m.propagation) {
+            Ok(MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
+            Ok(MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
+            _ => Propagation::Private,
+        },
+        readonly: m.readonly,
+        recursive_read_only: m.recursive_read_only,
+        image: m.image.as_ref().is_some_and(|s| !s.image.is_empty()),
+        idmapped: !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty(),
+    }
+}
+
+fn user_request(s: &LinuxContainerSecurityContext) -> UserRequest {
+    UserRequest {
+        run_as_username: s.run_as_username.clone(),
+        run_as_user: s.run_as_user.as_ref().map(|v| v.value),
+        run_as_group: s.run_as_group.as_ref().map(|v| v.value),
+        supplemental_groups: s.supplemental_groups.clone(),
+        merge_image_groups: SupplementalGroupsPolicy::try_from(s.supplemental_groups_policy)
+            != Ok(SupplementalGroupsPolicy::Strict),
+    }
+}
+
+fn capability_request(sec: Option<&LinuxContainerSecurityContext>) -> CapabilityRequest {
+    let requested = sec.and_then(|s| s.capabilities.as_ref());
+    CapabilityRequest {
+        all: sec.map(|s| s.privileged).unwrap_or(false),
+        add: requested
+            .map(|c| c.add_capabilities.clone())
+            .unwrap_or_default(),
+        drop: requested
+            .map(|c| c.drop_capabilities.clone())
+            .unwrap_or_default(),
+        add_ambient: requested
+            .map(|c| c.add_ambient_capabilities.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// A user namespace with id mappings (refused by the namespaces step: not supported yet).
+fn user_namespace(ns: Option<&NamespaceOption>) -> bool {
+    matches!(
+        ns.and_then(|n| n.userns_options.as_ref()),
+        Some(u) if u.mode == NamespaceMode::Pod as i32 && !(u.uids.is_empty() && u.gids.is_empty())
+    )
+}
+
+fn pod_privileged(pod: &PodSandboxConfig) -> bool {
+    pod.linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .map(|s| s.privileged)
+        .unwrap_or(false)
+}
+
+/// The cgroup path must be absolute (a relative one lands under the caller's own cgroup) or
+/// systemd's `slice:prefix:name`.
+pub fn check_cgroups_path(path: &str) -> Result<(), SpecError> {
+    if path.starts_with('/') || path.split(':').count() == 3 {
+        Ok(())
+    } else {
+        Err(SpecError::invalid(
+            "cgroups_path",
+            format!("{path:?} is neither absolute nor slice:prefix:name"),
+        ))
+    }
+}
+
+/// The seccomp profile a request asks for, from the typed field or the deprecated string.
+pub fn seccomp_request(profile: Option<&SecurityProfile>, legacy: &str) -> Option<SeccompRequest> {
+    if let Some(p) = profile {
+        return Some(match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::Unconfined) => SeccompRequest::Unconfined,
+            Ok(ProfileType::Localhost) => SeccompRequest::Localhost(PathBuf::from(
+                p.localhost_ref.trim_start_matches("localhost/"),
+            )),
+            _ => SeccompRequest::RuntimeDefault,
+        });
+    }
+    match legacy {
+        "" | "unconfined" => Some(SeccompRequest::Unconfined),
+        "runtime/default" | "docker/default" => Some(SeccompRequest::RuntimeDefault),
+        other => other
+            .strip_prefix("localhost/")
+            .map(|p| SeccompRequest::Localhost(PathBuf::from(p)))
+            .or(Some(SeccompRequest::Unconfined)),
+    }
+}
+
+/// The deprecated string field's names (Kubernetes' `runtime/default`, `unconfined`,
+/// `localhost/<name>`; `docker/default` is what older kubelets sent for the default).
+const APPARMOR_RUNTIME_DEFAULT: &str = "runtime/default";
+const APPARMOR_DOCKER_DEFAULT: &str = "docker/default";
+const APPARMOR_UNCONFINED: &str = "unconfined";
+const APPARMOR_LOCALHOST_PREFIX: &str = "localhost/";
+
+/// The AppArmor confinement a CRI security context asks for. The structured `apparmor` field
+/// wins over the deprecated string (kubelet sends both); neither means RuntimeDefault. A
+/// privileged container gets no default profile, yet runs under a profile it names (containerd's
+/// rule: naming one is an explicit choice).
+pub fn apparmor_request(
+    field: Option<&SecurityProfile>,
+    deprecated: &str,
+    privileged: bool,
+) -> Result<AppArmorRequest, SpecError> {
+    let request = match field {
+        Some(p) => {
+            let kind = ProfileType::try_from(p.profile_type).map_err(|_| {
+                SpecError::invalid(
+                    "apparmor.profile_type",
+                    format!("unknown profile type {}", p.profile_type),
+                )
+            })?;
+            if kind != ProfileType::Localhost && !p.localhost_ref.is_empty() {
+                return Err(SpecError::invalid(
+                    "apparmor.localhost_ref",
+                    format!(
+                        "{:?} is set, but the profile type is {}",
+                        p.localhost_ref,
+                        kind.as_str_name()
+                    ),
+                ));
+            }
+            match kind {
+                ProfileType::RuntimeDefault => AppArmorRequest::RuntimeDefault,
+                ProfileType::Unconfined => AppArmorRequest::Unconfined,
+                ProfileType::Localhost => localhost_apparmor(
+                    "apparmor.localhost_ref",
+                    p.localhost_ref
+                        .strip_prefix(APPARMOR_LOCALHOST_PREFIX)
+                        .unwrap_or(&p.localhost_ref),
+                )?,
+            }
+        }
+        None => match deprecated {
+            "" | APPARMOR_RUNTIME_DEFAULT | APPARMOR_DOCKER_DEFAULT => {
+                AppArmorRequest::RuntimeDefault
+            }
+            APPARMOR_UNCONFINED => AppArmorRequest::Unconfined,
+            s => match s.strip_prefix(APPARMOR_LOCALHOST_PREFIX) {
+                Some(name) => localhost_apparmor("apparmor_profile", name)?,
+                None => {
+                    return Err(SpecError::invalid(
+                        "apparmor_profile",
+                        format!(
+                            "{s:?} is none of {APPARMOR_RUNTIME_DEFAULT:?}, \
+                             {APPARMOR_UNCONFINED:?}, \"{APPARMOR_LOCALHOST_PREFIX}<name>\""
+                        ),
+                    ))
+                }
+            },
+        },
+    };
+    Ok(match request {
+        AppArmorRequest::RuntimeDefault if privileged => AppArmorRequest::Unconfined,
+        r => r,
+    })
+}
+
+fn localhost_apparmor(field: &str, name: &str) -> Result<AppArmorRequest, SpecError> {
+    if name.is_empty() {
+        return Err(SpecError::invalid(
+            field,
+            "a Localhost apparmor profile needs a profile name",
+        ));
+    }
+    Ok(AppArmorRequest::Localhost(name.to_string()))
+}
+
+/// The pause container's AppArmor request: only what the pod's security context names. The
+/// pause process runs nothing of the user's, so an unset field leaves it unconfined, as CRI-O
+/// and containerd leave their infra containers.
+pub fn pause_apparmor_request(config: &PodSandboxConfig) -> Result<AppArmorRequest, SpecError> {
+    let sec = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    match sec.and_then(|s| s.apparmor.as_ref()) {
+        None => Ok(AppArmorRequest::Unconfined),
+        Some(p) => apparmor_request(Some(p), "", sec.is_some_and(|s| s.privileged)),
+    }
+}
+
+/// `user:role:type:level` from the CRI options, with container defaults for missing parts.
+pub fn selinux_label(o: Option<&crate::cri::v1::SeLinuxOption>) -> Option<String> {
+    let o = o?;
+    if o.user.is_empty() && o.role.is_empty() && o.r#type.is_empty() && o.level.is_empty() {
+        return None;
+    }
+    let or = |s: &str, d: &str| {
+        if s.is_empty() {
+            d.to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    Some(format!(
+        "{}:{}:{}:{}",
+        or(&o.user, "system_u"),
+        or(&o.role, "system_r"),
+        or(&o.r#type, "container_t"),
+        or(&o.level, "s0")
+    ))
+}
+
+/// The AppArmor confinement a container asks for (see [`apparmor_request`]).
+#[allow(deprecated)] // the string form is what older kubelets send, and newer ones send both
+pub fn container_apparmor_request(config: &ContainerConfig) -> Result<AppArmorRequest, SpecError> {
+    let sec = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    match sec {
+        Some(s) => apparmor_request(s.apparmor.as_ref(), &s.apparmor_profile, s.privileged),
+        None => Ok(AppArmorRequest::RuntimeDefault),
+    }
+}

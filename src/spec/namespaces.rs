@@ -1,0 +1,180 @@
+//! Namespaces: a mount namespace of its own, the pid namespace the request asks for, the pod's
+//! pinned network/IPC/UTS namespaces, a cgroup namespace on cgroup v2; the hostname (only with
+//! a UTS namespace of its own) and the namespaced sysctls a pod may set.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
+
+use super::security::linux_of;
+use super::{Input, SpecError};
+
+/// Where the process's pid namespace comes from (CRI's `NamespaceMode` for pid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PidMode {
+    /// The pod's: join the pause process's (whose pid is given).
+    Pod { pause_pid: i32 },
+    /// One of its own.
+    #[default]
+    Container,
+    /// The host's.
+    Node,
+    /// Another container's (not supported).
+    Target,
+}
+
+/// The namespaces a spec gets.
+#[derive(Debug, Clone, Default)]
+pub struct NamespacesInput {
+    pub pid: PidMode,
+    /// The pod's pinned network namespace; `None` = the host's.
+    pub net: Option<PathBuf>,
+    /// The pod's pinned IPC namespace; `None` = the host's.
+    pub ipc: Option<PathBuf>,
+    /// The pod's pinned UTS namespace; `None` = the host's.
+    pub uts: Option<PathBuf>,
+    /// The request asks for a user namespace with id mappings (not supported yet).
+    pub user_namespace: bool,
+}
+
+/// Step: the namespace list.
+pub fn namespaces(spec: &mut Spec, input: &Input) -> Result<(), SpecError> {
+    let req = &input.namespaces;
+    if req.user_namespace {
+        // Refused rather than run the pod without one.
+        return Err(SpecError::invalid(
+            "namespace_options.userns_options",
+            "user namespaces are not supported",
+        ));
+    }
+    let mut out = vec![namespace(LinuxNamespaceType::Mount, None)?];
+    match req.pid {
+        PidMode::Pod { pause_pid } => {
+            if pause_pid <= 0 {
+                return Err(SpecError::invalid(
+                    "namespace_options.pid",
+                    "the pod has no running pause process to share a pid namespace with",
+                ));
+            }
+            let path = PathBuf::from(format!("/proc/{pause_pid}/ns/pid"));
+            out.push(namespace(LinuxNamespaceType::Pid, Some(&path))?);
+        }
+        PidMode::Container => out.push(namespace(LinuxNamespaceType::Pid, None)?),
+        PidMode::Node => {}
+        PidMode::Target => {
+            return Err(SpecError::invalid(
+                "namespace_options.pid",
+                "TARGET pid namespaces are not supported",
+            ))
+        }
+    }
+    push_pinned(&mut out, LinuxNamespaceType::Network, req.net.as_deref())?;
+    push_pinned(&mut out, LinuxNamespaceType::Ipc, req.ipc.as_deref())?;
+    push_pinned(&mut out, LinuxNamespaceType::Uts, req.uts.as_deref())?;
+    if input.host.features.cgroup_v2 {
+        out.push(namespace(LinuxNamespaceType::Cgroup, None)?);
+    }
+    linux_of(spec).set_namespaces(Some(out));
+    Ok(())
+}
+
+/// Step: the hostname; runc refuses one without a UTS namespace of our own.
+pub fn hostname(spec: &mut Spec, input: &Input) -> Result<(), SpecError> {
+    spec.set_hostname(None);
+    if input.namespaces.uts.is_some() && !input.hostname.is_empty() {
+        spec.set_hostname(Some(input.hostname.clone()));
+    }
+    Ok(())
+}
+
+/// Step: the pod's sysctls, checked against the namespaces it has.
+pub fn sysctls(spec: &mut Spec, input: &Input) -> Result<(), SpecError> {
+    let sysctls = validate_sysctls(
+        Some(&input.sysctls),
+        input.namespaces.net.is_none(),
+        input.namespaces.ipc.is_none(),
+    )?;
+    if !sysctls.is_empty() {
+        linux_of(spec).set_sysctl(Some(sysctls));
+    }
+    Ok(())
+}
+
+fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamespace, SpecError> {
+    let mut b = LinuxNamespaceBuilder::default().typ(typ);
+    if let Some(p) = path {
+        b = b.path(p.to_path_buf());
+    }
+    Ok(b.build()?)
+}
+
+/// Joins a pinned namespace; `None` means the host's, which in OCI is "no entry".
+fn push_pinned(
+    namespaces: &mut Vec<LinuxNamespace>,
+    typ: LinuxNamespaceType,
+    path: Option<&Path>,
+) -> Result<(), SpecError> {
+    if let Some(p) = path {
+        namespaces.push(namespace(typ, Some(p))?);
+    }
+    Ok(())
+}
+
+/// Kubernetes allows `net/ipv4/ip_forward` as well as `net.ipv4.ip_forward`; in the slash
+/// form a dot is part of a name (an interface like `eth0.100`), so the two swap.
+pub fn normalize_sysctl(name: &str) -> String {
+    if !name.contains('/') {
+        return name.to_string();
+    }
+    name.chars()
+        .map(|c| match c {
+            '/' => '.',
+            '.' => '/',
+            c => c,
+        })
+        .collect()
+}
+
+/// Keeps the namespaced sysctls a pod may set and refuses the rest: net.* (not with the
+/// host's network), kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* (not with the host's IPC).
+pub fn validate_sysctls(
+    sysctls: Option<&HashMap<String, String>>,
+    host_network: bool,
+    host_ipc: bool,
+) -> Result<HashMap<String, String>, SpecError> {
+    let mut out = HashMap::new();
+    let Some(sysctls) = sysctls else {
+        return Ok(out);
+    };
+    for (raw, value) in sysctls {
+        let name = normalize_sysctl(raw);
+        let field = format!("sysctls[{raw}]");
+        let ipc = name.starts_with("kernel.shm")
+            || name.starts_with("kernel.msg")
+            || name == "kernel.sem"
+            || name.starts_with("fs.mqueue.");
+        if name.starts_with("net.") {
+            if host_network {
+                return Err(SpecError::invalid(
+                    field,
+                    "net.* sysctls cannot be set in a pod on the host network",
+                ));
+            }
+        } else if ipc {
+            if host_ipc {
+                return Err(SpecError::invalid(
+                    field,
+                    "ipc sysctls cannot be set in a pod sharing the host ipc namespace",
+                ));
+            }
+        } else {
+            return Err(SpecError::invalid(field, "not a namespaced sysctl"));
+        }
+        if name.contains("..") || name.ends_with('.') {
+            return Err(SpecError::invalid(field, "malformed sysctl name"));
+        }
+        out.insert(name, value.clone());
+    }
+    Ok(out)
+}
