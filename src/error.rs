@@ -188,6 +188,7 @@ fn sandbox_code(e: &SandboxError) -> Code {
         SandboxError::Cgroup(e) => cgroup_code(e),
         SandboxError::Systemd(e) => systemd_code(e),
         SandboxError::Io { source, .. } => io_code(source, Code::Unknown),
+        SandboxError::Refused { .. } => Code::Unknown,
     }
 }
 

@@ -109,36 +109,39 @@ impl Connection {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let stream_id = self.next_stream.fetch_add(2, Ordering::Relaxed);
         let envelope = ttrpc_proto::Request {
             service: service.to_string(),
             method: method.to_string(),
             payload: request.encode_to_vec(),
             timeout_nano: timeout.as_nanos().min(i64::MAX as u128) as i64,
             metadata: Vec::new(),
-        };
+        }
+        .encode_to_vec();
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(stream_id, tx);
-        // The reader fails every pending call when the peer leaves; a call registered after that must not wait.
-        if self.is_closed() {
-            lock(&self.pending).remove(&stream_id);
-            return Err(CallError::Closed);
-        }
-        let sent = self
-            .send(
-                self.client_conn,
-                Message {
-                    stream_id,
-                    kind: MessageType::Request,
-                    flags: 0,
-                    payload: envelope.encode_to_vec(),
-                },
-            )
-            .await;
-        if let Err(e) = sent {
-            lock(&self.pending).remove(&stream_id);
-            return Err(e);
-        }
+        let stream_id = {
+            // A ttrpc server refuses a stream id lower than one it has seen: ids are taken and written
+            // under one lock, so they reach the socket in increasing order.
+            let mut writer = self.writer.lock().await;
+            let stream_id = self.next_stream.fetch_add(2, Ordering::Relaxed);
+            lock(&self.pending).insert(stream_id, tx);
+            // The reader fails every pending call when the peer leaves; a call registered after that
+            // must not wait.
+            if self.is_closed() {
+                lock(&self.pending).remove(&stream_id);
+                return Err(CallError::Closed);
+            }
+            let message = Message {
+                stream_id,
+                kind: MessageType::Request,
+                flags: 0,
+                payload: envelope,
+            };
+            if let Err(e) = write_message(&mut writer, self.client_conn, &message).await {
+                lock(&self.pending).remove(&stream_id);
+                return Err(e);
+            }
+            stream_id
+        };
         let payload = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer?,
             Ok(Err(_)) => return Err(CallError::Closed),
@@ -198,14 +201,22 @@ impl Connection {
     }
 
     async fn send(&self, conn: u32, message: Message) -> Result<(), CallError> {
-        let bytes = wire::encode_message(&message).map_err(|e| CallError::Write(e.to_string()))?;
-        let frames = wire::mux_frames(conn, &bytes);
         let mut writer = self.writer.lock().await;
-        writer
-            .write_all(&frames)
-            .await
-            .map_err(|e| CallError::Write(e.to_string()))
+        write_message(&mut writer, conn, &message).await
     }
+}
+
+async fn write_message(
+    writer: &mut OwnedWriteHalf,
+    conn: u32,
+    message: &Message,
+) -> Result<(), CallError> {
+    let bytes = wire::encode_message(message).map_err(|e| CallError::Write(e.to_string()))?;
+    let frames = wire::mux_frames(conn, &bytes);
+    writer
+        .write_all(&frames)
+        .await
+        .map_err(|e| CallError::Write(e.to_string()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -352,6 +363,39 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_fatal(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_reach_the_peer_in_stream_id_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (runtime, _rx) = Connection::new(a, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN);
+        let (plugin, mut requests) = Connection::new(b, RUNTIME_SERVICE_CONN, PLUGIN_SERVICE_CONN);
+        let server = tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while ids.len() < 32 {
+                let r = requests.recv().await.unwrap();
+                ids.push(r.stream_id);
+                plugin.respond(r.stream_id, Ok(Vec::new())).await.unwrap();
+            }
+            ids
+        });
+        let calls = (0..32).map(|_| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                runtime
+                    .call::<_, api::Empty>("s", "m", &api::Empty {}, Duration::from_secs(5))
+                    .await
+            })
+        });
+        for c in futures::future::join_all(calls).await {
+            c.unwrap().unwrap();
+        }
+        let ids = server.await.unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(
+            ids.iter().all(|id| id % 2 == 1),
+            "client streams are odd: {ids:?}"
+        );
     }
 
     #[tokio::test]

@@ -135,6 +135,8 @@ pub struct Nri {
     /// snapshot or reaches it as an event, never neither.
     plugins: RwLock<Vec<Arc<Plugin>>>,
     state: std::sync::OnceLock<Arc<dyn NodeState>>,
+    /// Containers plugins were told stopped (by StopContainer or by their own exit): each is told once.
+    stopped: std::sync::Mutex<std::collections::HashSet<String>>,
     me: Weak<Nri>,
 }
 
@@ -144,6 +146,7 @@ impl Nri {
             settings,
             plugins: RwLock::new(Vec::new()),
             state: std::sync::OnceLock::new(),
+            stopped: Default::default(),
             me: me.clone(),
         })
     }
@@ -366,6 +369,12 @@ impl Nri {
             Some(s) => s.snapshot().await,
             None => (Vec::new(), Vec::new()),
         };
+        // Synchronization is the end of a plugin's registration and carries the whole node: it gets the
+        // longer of the two timeouts.
+        let sync_timeout = self
+            .settings
+            .registration_timeout
+            .max(self.settings.request_timeout);
         let req = api::SynchronizeRequest {
             pods,
             containers,
@@ -373,12 +382,7 @@ impl Nri {
         };
         let rsp: api::SynchronizeResponse = plugin
             .conn
-            .call(
-                PLUGIN_SERVICE,
-                "Synchronize",
-                &req,
-                self.settings.request_timeout,
-            )
+            .call(PLUGIN_SERVICE, "Synchronize", &req, sync_timeout)
             .await?;
         let pos = plugins
             .iter()
@@ -697,7 +701,16 @@ impl Nri {
         .await
     }
 
+    /// StopContainer, once per container whether it was stopped or exited by itself.
     pub async fn stop_container(&self, pod: &api::PodSandbox, container: &api::Container) {
+        let first = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(container.id.clone());
+        if !first {
+            return;
+        }
         let req = api::StopContainerRequest {
             pod: Some(pod.clone()),
             container: Some(container.clone()),
@@ -718,6 +731,10 @@ impl Nri {
     }
 
     pub async fn remove_container(&self, pod: &api::PodSandbox, container: &api::Container) {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&container.id);
         let req = api::RemoveContainerRequest {
             pod: Some(pod.clone()),
             container: Some(container.clone()),

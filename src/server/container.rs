@@ -136,6 +136,8 @@ pub(super) async fn remove_with_nri(d: &Daemon, c: &Arc<Container>) -> Result<()
         .map(|_| super::nri::pod_of(d, c).unwrap_or_default());
     d.containers.remove(c).await?;
     if let (Some(nri), Some(pod)) = (&d.nri, pod) {
+        // Removing a running container stops it: plugins hear of the stop first.
+        nri.stop_container(&pod, &super::nri::container(c)).await;
         nri.remove_container(&pod, &super::nri::container(c)).await;
     }
     Ok(())

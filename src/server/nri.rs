@@ -337,12 +337,13 @@ impl NodeState for DaemonView {
                 return (Vec::new(), Vec::new());
             };
             let pods = d.pods.table.list().iter().map(|s| pod(s)).collect();
+            // Containers still being created are included: one whose CreateContainer event went out before
+            // the plugin registered would otherwise reach it neither way.
             let containers = d
                 .containers
                 .table
                 .list()
                 .iter()
-                .filter(|c| c.status().state() != ContainerState::Creating)
                 .map(|c| container(c))
                 .collect();
             (pods, containers)
@@ -382,4 +383,34 @@ pub(super) fn pod_of(d: &Daemon, c: &Container) -> Option<api::PodSandbox> {
         .ok()
         .flatten()
         .map(|s| pod(&s))
+}
+
+/// Tell plugins a container stopped by itself (StopContainer tells them for stops it makes). Off the event
+/// feed's task, so a slow plugin never delays kubelet's container events.
+pub(super) fn container_exited(d: &Arc<Daemon>, id: &str) {
+    let Some(nri) = d.nri.clone() else { return };
+    let Ok(Some(c)) = d.containers.table.get(id) else {
+        return;
+    };
+    let pod = pod_of(d, &c).unwrap_or_default();
+    tokio::spawn(async move {
+        nri.stop_container(&pod, &container(&c)).await;
+    });
+}
+
+/// NRI's RunPodSandbox, sent while the pod is not yet ready: a plugin's error rolls the pod back.
+pub(super) struct RunPodHook(pub Arc<Nri>);
+
+impl crate::sandbox::lifecycle::BeforeReady for RunPodHook {
+    fn before_ready<'a>(
+        &'a self,
+        rec: &'a Arc<Sandbox>,
+        ips: &'a [String],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut p = pod(rec);
+            p.ips = ips.to_vec();
+            self.0.run_pod_sandbox(&p).await.map_err(|e| e.to_string())
+        })
+    }
 }

@@ -23,7 +23,7 @@ pub(super) async fn run_pod_sandbox(
     })?;
     let pods = d.pods.clone();
     let handler = req.runtime_handler;
-    let d = d.clone();
+    let hook = d.nri.clone().map(super::nri::RunPodHook);
     let id = detached(async move {
         let ns = config
             .linux
@@ -69,21 +69,11 @@ pub(super) async fn run_pod_sandbox(
             port_mappings,
             host_network: ns.network == cri::NamespaceMode::Node as i32,
             host_ipc: ns.ipc == cri::NamespaceMode::Node as i32,
+            before_ready: hook
+                .as_ref()
+                .map(|h| h as &dyn crate::sandbox::lifecycle::BeforeReady),
         };
-        let id = pods.run(run).await?;
-        if let Some(nri) = &d.nri {
-            let rec = pods.get(&id)?;
-            if let Err(e) = nri.run_pod_sandbox(&super::nri::pod(&rec)).await {
-                // A pod a plugin refused must not stay: undo it as StopPodSandbox + RemovePodSandbox would.
-                if let Err(undo) = pods.stop(&rec).await {
-                    tracing::warn!(id = %rec.id, error = %undo, "cannot stop a pod NRI refused");
-                } else if let Err(undo) = pods.remove(&rec).await {
-                    tracing::warn!(id = %rec.id, error = %undo, "cannot remove a pod NRI refused");
-                }
-                return Err(Error::Nri(e));
-            }
-        }
-        Ok(id)
+        Ok(pods.run(run).await?)
     })
     .await?;
     Ok(Response::new(cri::RunPodSandboxResponse {
