@@ -105,7 +105,7 @@ fn state_code(e: &StateError) -> Code {
     match e {
         StateError::Ambiguous { .. } => Code::InvalidArgument,
         StateError::Io { source, .. } => io_code(source, Code::Internal),
-        StateError::Corrupt { .. } => Code::Internal,
+        StateError::Corrupt { .. } | StateError::Version { .. } => Code::Internal,
     }
 }
 

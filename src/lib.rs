@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`clock`]: the one wall-clock time stamp (Unix nanoseconds).
 //! - [`config`]: TOML config, drop-ins, defaults and validation (pure).
 //! - [`man`]: the manual pages ferrio(8) and ferrio.toml(5), rendered from the CLI and [`config`].
 //! - [`error`]: typed errors and the one mapping onto gRPC status codes.
@@ -28,6 +29,7 @@
 //! steps through `spec/`, never through each other.
 #![deny(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod container;
 pub mod cri;

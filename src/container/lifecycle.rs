@@ -8,12 +8,14 @@
 //! this boot: after a reboot the boot-id check marks them exited, and a record that a power loss
 //! took away leaves only its overlay directory behind, which [`Containers::recover`] sweeps.
 
+use crate::clock::now_ns;
 use crate::image::ImageStore;
 use crate::monitor;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
 use crate::sandbox::lifecycle::{monitor_alive, Pods, Sandbox, SandboxError, SandboxState};
 use crate::spec;
+use crate::state::create_once::CreateOnce;
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
@@ -30,9 +32,6 @@ pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationM
 
 /// The most of a termination message kept (kubelet's own limit).
 const TERMINATION_MESSAGE_MAX: u64 = 4096;
-
-/// How long a retried CreateContainer waits for the first attempt still in flight.
-const CREATE_RETRY_WAIT: Duration = Duration::from_secs(240);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -142,8 +141,11 @@ pub struct ContainerMeta {
     pub name: String,
     pub attempt: u32,
     pub name_key: String,
-    /// The CRI ContainerConfig as JSON.
+    /// The CRI ContainerConfig as JSON, for ContainerStatus's verbose info only: what the
+    /// daemon reads back is in `request` and the fields beside it.
     pub config: serde_json::Value,
+    /// What the daemon reads back from the request, decided at create.
+    pub request: super::record::ContainerRequestFacts,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// The image as the request named it.
@@ -212,10 +214,14 @@ pub struct ContainerStatus {
     pub oom_killed: bool,
     /// Why the exit was inferred rather than reported (e.g. monitor vanished).
     pub message: String,
-    /// The CRI `LinuxContainerResources` (JSON) last applied by UpdateContainerResources;
-    /// `None` while the create request's still hold.
+    /// The resources last applied by UpdateContainerResources; `None` while the create
+    /// request's still hold.
     #[serde(default)]
-    pub resources: Option<serde_json::Value>,
+    pub resources: Option<super::record::Resources>,
+    /// The user the process runs as, resolved against the image when the runtime created it;
+    /// `None` before that, and in records of containers created before it was kept.
+    #[serde(default)]
+    pub user: Option<super::record::ProcessUser>,
 }
 
 /// The CRI-visible state, derived from the facts in the status.
@@ -252,13 +258,6 @@ impl ContainerStatus {
 }
 
 pub type Container = Record<ContainerMeta, ContainerStatus>;
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
 
 /// Where container `config`'s termination message will be, given its overlay dir: kubelet's
 /// mount at the annotated path if there is one, else the path in the rootfs.
@@ -324,10 +323,9 @@ async fn prepare_rootfs(
     .map_err(join_err(rootfs))?
 }
 
-/// Writes the bundle's config.json (tmp + rename, so runc never reads half a file) without
-/// fsync: the bundle lives in the runroot, which does not outlive a reboot anyway, and a crash
-/// before the record says "created" reaps it. On a disk where fsync costs ~9 ms this is a tenth
-/// of the create.
+/// Writes the bundle's config.json atomically (runc never reads half a file) without fsync: the
+/// bundle lives in the runroot, which does not outlive a reboot anyway, and a crash before the
+/// record says "created" reaps it.
 async fn write_volatile_bundle(
     bundle: &Path,
     spec: &oci_spec::runtime::Spec,
@@ -338,14 +336,12 @@ async fn write_volatile_bundle(
         source: std::io::Error::other(e),
     })?;
     tokio::task::spawn_blocking(move || {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ContainerError::Io { path, source }
-        };
-        std::fs::create_dir_all(&b).map_err(io(&b))?;
-        let tmp = b.join(".config.json.tmp");
-        std::fs::write(&tmp, &json).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, b.join("config.json")).map_err(io(&b))
+        std::fs::create_dir_all(&b).map_err(|source| ContainerError::Io {
+            path: b.clone(),
+            source,
+        })?;
+        crate::state::write_atomic(&b.join("config.json"), &json, Durability::Crash)?;
+        Ok(())
     })
     .await
     .map_err(join_err(bundle))?
@@ -377,6 +373,22 @@ pub struct Containers {
     pub images: Arc<ImageStore>,
     pub table: Table<ContainerMeta, ContainerStatus>,
     pub names: Names,
+    /// One create per name key at a time, so a retry waits for the first attempt.
+    creating: CreateOnce,
+}
+
+/// A CreateContainer request checked against its sandbox and the image store, before any
+/// attempt makes anything.
+struct Checked {
+    /// `<name>_<sandbox name key>_<attempt>`: what a retry of the same request shares.
+    name_key: String,
+    name: String,
+    attempt: u32,
+    sandbox: Arc<Sandbox>,
+    image: crate::image::ImageInfo,
+    image_ref: String,
+    image_volumes: Vec<String>,
+    stop_signal: i32,
 }
 
 /// Everything CreateContainer needs from the request.
@@ -413,6 +425,7 @@ impl Containers {
             images,
             table,
             names,
+            creating: CreateOnce::default(),
         }
     }
 
@@ -498,13 +511,53 @@ impl Containers {
                     field: "stop_signal".into(),
                     reason,
                 })?;
-        let name_key = format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt);
-        if let Some(holder) = self.names.get(&name_key) {
-            return self.created_by_earlier_attempt(&name_key, &holder).await;
+        let checked = Checked {
+            name_key: format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt),
+            name: md.name.clone(),
+            attempt: md.attempt,
+            sandbox,
+            image,
+            image_ref,
+            image_volumes,
+            stop_signal,
+        };
+        // A retry (kubelet gave up waiting) waits here for the first attempt and then gets its
+        // id instead of "name is reserved".
+        self.creating
+            .run(&checked.name_key, || self.create_once(&checked, &req))
+            .await
+    }
+
+    /// CreateContainer for a name no other attempt is creating now.
+    async fn create_once(
+        self: &Arc<Self>,
+        checked: &Checked,
+        req: &CreateRequest<'_>,
+    ) -> Result<String, ContainerError> {
+        let Checked {
+            name_key,
+            name,
+            attempt,
+            sandbox,
+            image,
+            image_ref,
+            image_volumes,
+            stop_signal,
+        } = checked;
+        if let Some(holder) = self.names.get(name_key) {
+            // Made by an earlier attempt that finished: the same id. A record still being
+            // created belongs to a daemon that died meanwhile; recovery reaps it.
+            return match self.table.get(&holder)? {
+                Some(c) if c.status().state() != ContainerState::Creating => Ok(holder),
+                _ => Err(ContainerError::Invalid {
+                    field: "metadata.name".into(),
+                    reason: format!("name {name_key:?} is reserved for container {holder}"),
+                }),
+            };
         }
         let id = crate::state::new_id();
         self.names
-            .reserve(&name_key, &id)
+            .reserve(name_key, &id)
             .map_err(|holder| ContainerError::Invalid {
                 field: "metadata.name".into(),
                 reason: format!("name {name_key:?} is reserved for container {holder}"),
@@ -528,59 +581,27 @@ impl Containers {
         let cgroups_path = driver.cgroups_path(&sandbox.meta.cgroup_parent, &id);
         let meta = ContainerMeta {
             sandbox_id: sandbox.id.clone(),
-            name: md.name.clone(),
-            attempt: md.attempt,
+            name: name.clone(),
+            attempt: *attempt,
             name_key: name_key.clone(),
             config: serde_json::to_value(req.config).unwrap_or_default(),
+            request: super::record::ContainerRequestFacts::from_cri(req.config),
             labels: req.config.labels.clone().into_iter().collect(),
             annotations: req.config.annotations.clone().into_iter().collect(),
             image_ref: image_ref.clone(),
             image_id: image.id.clone(),
-            image_volumes,
+            image_volumes: image_volumes.clone(),
             log_path: log_path.clone(),
             created_at: now_ns(),
             cgroups_path: cgroups_path.clone(),
-            stop_signal,
+            stop_signal: *stop_signal,
             termination_message: termination_message(req.config, &self.overlay_dir(&id)),
         };
         let result = self
-            .create_steps(&id, meta, &sandbox, &image, &req, &mut rb)
+            .create_steps(&id, meta, sandbox, image, req, &mut rb)
             .await;
         rb.finish(result.map(|()| id.clone()), "container", &id)
             .await
-    }
-
-    /// A retry of a CreateContainer (kubelet gave up waiting): the first attempt's container,
-    /// once that attempt is done. A name held by a failed attempt is free again afterwards.
-    async fn created_by_earlier_attempt(
-        &self,
-        name_key: &str,
-        holder: &str,
-    ) -> Result<String, ContainerError> {
-        let reserved = || ContainerError::Invalid {
-            field: "metadata.name".into(),
-            reason: format!("name {name_key:?} is reserved for container {holder}"),
-        };
-        let deadline = tokio::time::Instant::now() + CREATE_RETRY_WAIT;
-        loop {
-            match self.table.get(holder)? {
-                Some(c) if c.status().state() != ContainerState::Creating => {
-                    return Ok(holder.to_string())
-                }
-                Some(c) => {
-                    let done = c.wait_for(|s| s.state() != ContainerState::Creating);
-                    // Poll too: a rolled-back attempt removes the record without a change.
-                    let _ = tokio::time::timeout(Duration::from_millis(200), done).await;
-                }
-                None if self.names.get(name_key).as_deref() == Some(holder) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                None => return Err(reserved()),
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(reserved());
-            }
-        }
     }
 
     async fn create_steps(
@@ -681,6 +702,7 @@ impl Containers {
                     reason,
                 })?;
         }
+        let user = super::record::ProcessUser::of_spec(&oci);
         let bundle = run_dir.join("bundle");
         write_volatile_bundle(&bundle, &oci).await?;
         if let Some(lp) = &log_path {
@@ -722,6 +744,7 @@ impl Containers {
             s.created = true;
             s.pid = spawned.container_pid;
             s.monitor_pid = spawned.monitor_pid;
+            s.user = user;
         })
         .await?;
         self.watch_exit(rec);

@@ -6,6 +6,7 @@
 
 pub mod image_volume;
 pub mod lifecycle;
+pub mod record;
 pub mod stats;
 pub mod stop_signal;
 pub mod update;

@@ -7,6 +7,7 @@
 //! `usage_nano_cores` is the rate since the previous stats call, as kubelet expects.
 
 use super::lifecycle::{Container, ContainerState, Containers};
+use crate::clock::now_ns;
 use crate::image::usage::UsageCache;
 use crate::oci::cgroups::{self, CgroupStats};
 use crate::sandbox::lifecycle::Sandbox;
@@ -84,13 +85,6 @@ pub struct PodUsage {
 
 /// A pod, its live containers and their upper dirs, gathered before going to the blocking pool.
 type PodParts = (Arc<Sandbox>, Vec<Arc<Container>>, Vec<PathBuf>);
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
 
 /// Read the cgroups at `paths` (OCI cgroupsPaths, or paths below the hierarchy roots) and turn CPU counters into rates. Paths
 /// without an earlier sample are read twice, [`FIRST_SAMPLE_GAP`] apart, once for all of them.

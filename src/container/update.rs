@@ -5,6 +5,7 @@
 //! and to the record's status (through [`crate::state::Record::update`]).
 
 use super::lifecycle::{Container, ContainerError, ContainerState, Containers};
+use super::record::Resources;
 use crate::cri::v1::LinuxContainerResources;
 use crate::spec;
 
@@ -35,20 +36,14 @@ impl Containers {
             }
             ContainerState::Exited => {}
         }
-        let json = serde_json::to_value(resources).map_err(|e| ContainerError::Invalid {
-            field: "linux".into(),
-            reason: format!("unencodable resources: {e}"),
-        })?;
-        rec.update(|s| s.resources = Some(json)).await?;
+        let typed = Resources::from_cri(resources);
+        rec.update(|s| s.resources = Some(typed)).await?;
         Ok(())
     }
 }
 
 /// The resources in force for `c`: the last update's, or else the create request's.
-pub fn current_resources(c: &Container) -> Option<LinuxContainerResources> {
-    let value = match c.status().resources {
-        Some(v) => v,
-        None => c.meta.config.pointer("/linux/resources")?.clone(),
-    };
-    serde_json::from_value(value).ok()
+pub fn current_resources(c: &Container) -> Option<Resources> {
+    c.peek(|s| s.resources.clone())
+        .or_else(|| c.meta.request.resources.clone())
 }

@@ -990,25 +990,8 @@ fn write_index(
 
 /// tmp + fsync + rename + fsync of the directory.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        rand::random::<u64>()
-    ));
-    let res = (|| -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(ImageError::io(path, e));
-    }
-    fsync_dir(dir)
+    crate::state::write_atomic(path, bytes, crate::state::Durability::PowerLoss)
+        .map_err(|e| ImageError::io(path.to_path_buf(), e.into_io()))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), ImageError> {

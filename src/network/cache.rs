@@ -2,7 +2,6 @@
 //! holding the conflist that ADD used and its result, so DEL uses the same plugins and prevResult after
 //! the config changed or the daemon restarted. Entries are written atomically (tmp + fsync + rename).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -125,18 +124,8 @@ impl ResultCache {
             path: path.clone(),
             reason: format!("encode cache entry: {e}"),
         })?;
-        let tmp = self.dir.join(format!(
-            ".{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("entry")
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| NetworkError::io("write", &path, e))?;
+        crate::state::write_atomic(&path, &bytes, crate::state::Durability::PowerLoss)
+            .map_err(|e| NetworkError::io("write", &path, e.into_io()))?;
         Ok(path)
     }
 

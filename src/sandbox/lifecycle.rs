@@ -3,6 +3,7 @@
 //! everything persisted is ferrio's own types.
 
 use super::{files, namespaces};
+use crate::clock::now_ns;
 use crate::config::{Live, LiveConfig};
 use crate::image::ImageStore;
 use crate::monitor;
@@ -12,6 +13,7 @@ use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
 use crate::spec;
+use crate::state::create_once::CreateOnce;
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
@@ -114,8 +116,11 @@ pub struct SandboxMeta {
     pub attempt: u32,
     /// The name reservation key `<name>_<namespace>_<uid>_<attempt>`.
     pub name_key: String,
-    /// The CRI PodSandboxConfig as JSON (kept whole so status/verbose info can show it).
+    /// The CRI PodSandboxConfig as JSON, for PodSandboxStatus's verbose info only: what the
+    /// daemon reads back is in `request` and the fields beside it.
     pub config: serde_json::Value,
+    /// What the daemon reads back from the request, decided at create.
+    pub request: super::record::PodRequestFacts,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub runtime_handler: String,
@@ -225,8 +230,8 @@ pub struct Pods {
     /// systemd's D-Bus API where systemd is PID 1 (monitor scopes, ferrio's pod slices); `None`
     /// elsewhere, and then nothing talks D-Bus.
     pub systemd: Option<Arc<crate::systemd::Systemd>>,
-    /// Serialises creates of one name key so a retry waits for the first attempt.
-    creating: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One create per name key at a time, so a retry waits for the first attempt.
+    creating: CreateOnce,
 }
 
 /// Default parent cgroup of pods whose config names none.
@@ -317,13 +322,6 @@ pub fn grace_period(container: &BTreeMap<String, String>, pod: &BTreeMap<String,
         .find_map(|a| a.get(ANN_GRACE_PERIOD)?.trim().parse::<i64>().ok())
         .unwrap_or(0)
         .max(0)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 impl Pods {
@@ -609,25 +607,11 @@ impl Pods {
         let runtime = self.runtime(req.runtime_handler)?.clone();
         let name_key = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
 
-        // One create per name key at a time; a retry (kubelet gave up waiting) waits here for
-        // the first attempt and then gets its id instead of "name is reserved".
-        let lock = {
-            let mut m = self.creating.lock().await;
-            m.entry(name_key.clone()).or_default().clone()
-        };
-        let result = {
-            let _guard = lock.lock().await;
-            self.run_locked(&name_key, &runtime, &req).await
-        };
-        // Forget the lock only when nobody else holds it: a waiter that cloned it must keep
-        // excluding a newcomer. Clones happen under the map's lock, so the count is exact here.
-        {
-            let mut m = self.creating.lock().await;
-            if Arc::strong_count(&lock) <= 2 {
-                m.remove(&name_key);
-            }
-        }
-        result
+        // A retry (kubelet gave up waiting) waits here for the first attempt and then gets its
+        // id instead of "name is reserved".
+        self.creating
+            .run(&name_key, || self.run_locked(&name_key, &runtime, &req))
+            .await
     }
 
     async fn run_locked(
@@ -709,6 +693,7 @@ impl Pods {
             attempt: md.attempt,
             name_key: name_key.to_string(),
             config: serde_json::to_value(cfg).unwrap_or_default(),
+            request: super::record::PodRequestFacts::from_cri(cfg),
             labels: cfg.labels.clone().into_iter().collect(),
             annotations: cfg.annotations.clone().into_iter().collect(),
             runtime_handler: runtime.name.clone(),
@@ -1271,7 +1256,7 @@ pub async fn write_bundle(
     })?;
     tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
         std::fs::create_dir_all(&b).map_err(io_err(&b))?;
-        crate::state::write_atomic(&b.join("config.json"), &json)?;
+        crate::state::write_atomic(&b.join("config.json"), &json, Durability::PowerLoss)?;
         Ok(())
     })
     .await

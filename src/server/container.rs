@@ -25,7 +25,7 @@ pub(super) async fn create_container(
         // kubelet always sends the pod config; other clients may not.
         let sandbox_config = match req.sandbox_config {
             Some(c) => c,
-            None => serde_json::from_value(sandbox.meta.config.clone()).unwrap_or_default(),
+            None => convert::pod_config(&sandbox.meta),
         };
         let adjust = d.nri.as_ref().map(|nri| super::nri::Adjust {
             nri: nri.clone(),

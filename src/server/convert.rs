@@ -3,7 +3,7 @@
 use crate::container::lifecycle::{Container, ContainerState};
 use crate::cri::v1 as cri;
 use crate::image::ImageInfo;
-use crate::sandbox::lifecycle::{Sandbox, SandboxState};
+use crate::sandbox::lifecycle::{Sandbox, SandboxMeta, SandboxState};
 use std::collections::{BTreeMap, HashMap};
 
 pub fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
@@ -13,6 +13,32 @@ pub fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
 /// Every key/value of `selector` is present in `labels`.
 pub fn matches(labels: &BTreeMap<String, String>, selector: &HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The pod's config as CreateContainer's spec translation reads it, rebuilt from the record for
+/// clients that send none with the request (kubelet always does).
+pub fn pod_config(m: &SandboxMeta) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: m.name.clone(),
+            uid: m.uid.clone(),
+            namespace: m.namespace.clone(),
+            attempt: m.attempt,
+        }),
+        hostname: m.request.requested_hostname.clone(),
+        log_directory: m.log_directory.clone(),
+        labels: map(&m.labels),
+        annotations: map(&m.annotations),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(m.request.namespace_modes.to_cri()),
+                privileged: m.request.privileged,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 pub fn sandbox_state(s: SandboxState) -> cri::PodSandboxState {
@@ -43,13 +69,9 @@ pub fn pod_sandbox(s: &Sandbox) -> cri::PodSandbox {
     }
 }
 
-/// The namespace modes the pod was created with, from its stored config.
+/// The namespace modes the pod was created with.
 fn namespace_options(s: &Sandbox) -> cri::NamespaceOption {
-    s.meta
-        .config
-        .pointer("/linux/security_context/namespace_options")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default()
+    s.meta.request.namespace_modes.to_cri()
 }
 
 pub fn pod_sandbox_status(s: &Sandbox) -> cri::PodSandboxStatus {
@@ -120,20 +142,23 @@ pub fn container(c: &Container) -> cri::Container {
 
 pub fn container_status(c: &Container) -> cri::ContainerStatus {
     let st = c.status();
-    let mut mounts = c
-        .meta
-        .config
-        .get("mounts")
-        .and_then(|v| serde_json::from_value::<Vec<cri::Mount>>(v.clone()).ok())
-        .unwrap_or_default();
     // Image volumes report the image they mount by id (`image_ref`, as PullImage answers), in
     // the order the record keeps them.
-    let image_specs = mounts
-        .iter_mut()
-        .filter_map(|m| m.image.as_mut().filter(|i| !i.image.is_empty()));
-    for (spec, id) in image_specs.zip(&c.meta.image_volumes) {
-        spec.image_ref = id.clone();
-    }
+    let mut image_ids = c.meta.image_volumes.iter();
+    let mounts = c
+        .meta
+        .request
+        .mounts
+        .iter()
+        .map(|m| {
+            let id = m
+                .image
+                .as_ref()
+                .filter(|i| !i.image.is_empty())
+                .and_then(|_| image_ids.next());
+            m.to_cri(id.map(String::as_str))
+        })
+        .collect();
     cri::ContainerStatus {
         id: c.id.clone(),
         metadata: Some(container_metadata(c)),

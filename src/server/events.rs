@@ -6,6 +6,7 @@
 //! the runtime never waits for it.
 
 use super::{convert, Daemon};
+use crate::clock::now_ns;
 use crate::container::lifecycle::ContainerState;
 use crate::cri::v1 as cri;
 use crate::state::Change;
@@ -45,10 +46,6 @@ fn event_type(s: ContainerState) -> Option<cri::ContainerEventType> {
         ContainerState::Running => Some(cri::ContainerEventType::ContainerStartedEvent),
         ContainerState::Exited => Some(cri::ContainerEventType::ContainerStoppedEvent),
     }
-}
-
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
 }
 
 /// The pod's status and all its containers' statuses, as kubelet wants them with each event.

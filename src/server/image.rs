@@ -246,7 +246,7 @@ impl ImageService for ImageSvc {
         &self,
         _req: Request<cri::ImageFsInfoRequest>,
     ) -> Res<cri::ImageFsInfoResponse> {
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let now = crate::clock::now_ns();
         let images_dir = self.0.images.dir().to_path_buf();
         let image_fs = fs_usage(&images_dir, self.0.images.usage(), now);
         let overlay_dir = self.0.config.load().root.join("overlay");

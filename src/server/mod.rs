@@ -33,7 +33,7 @@ use crate::network::Cni;
 use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::sandbox::lifecycle::Pods;
-use crate::state::Table;
+use crate::state::{Durability, Table};
 use authority::AuthorityFix;
 use std::collections::HashMap;
 use std::future::Future;
@@ -251,7 +251,8 @@ fn rebooted(boot_file: &std::path::Path) -> bool {
         .map(|s| s.trim().to_string())
         .ok();
     if before.as_deref() != Some(now.as_str()) {
-        if let Err(e) = crate::state::write_atomic(boot_file, now.as_bytes()) {
+        if let Err(e) = crate::state::write_atomic(boot_file, now.as_bytes(), Durability::PowerLoss)
+        {
             tracing::warn!(path = %boot_file.display(), error = %e, "cannot record the boot id");
         }
     }
@@ -265,7 +266,8 @@ async fn mark_lost_in_reboot(pods: &Arc<Pods>, containers: &Arc<Containers>) {
     use crate::container::lifecycle::ContainerState;
     use crate::sandbox::lifecycle::SandboxState;
     tracing::info!("the machine rebooted since the last run: containers exited, pods not ready");
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1);
+    // Never 0: a finished_at of 0 means "still running".
+    let now = crate::clock::now_ns().max(1);
     for c in containers.table.list() {
         if matches!(
             c.status().state(),

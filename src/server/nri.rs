@@ -309,7 +309,10 @@ pub(super) async fn apply_updates(
         };
         let outcome = match d.containers.get(&u.container_id) {
             Ok(c) => {
-                let res = cri_resources(crate::container::update::current_resources(&c), r);
+                let res = cri_resources(
+                    crate::container::update::current_resources(&c).map(|r| r.to_cri()),
+                    r,
+                );
                 d.containers
                     .update_resources(&u.container_id, &res)
                     .await

@@ -178,7 +178,7 @@ pub(super) async fn pod_sandbox_status(
         status: Some(convert::pod_sandbox_status(&rec)),
         info,
         containers_statuses: containers,
-        timestamp: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        timestamp: crate::clock::now_ns(),
     }))
 }
 

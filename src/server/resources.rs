@@ -3,6 +3,7 @@
 
 use super::{detached, Daemon, Res};
 use crate::container::lifecycle::Container;
+use crate::container::record::ProcessUser;
 use crate::cri::v1 as cri;
 use std::sync::Arc;
 use tonic::{Request, Response};
@@ -46,31 +47,37 @@ pub(super) async fn update_container_resources(
 
 /// The resources in force for `c`, as ContainerStatus reports them.
 pub(super) fn container_resources(c: &Container) -> Option<cri::ContainerResources> {
-    crate::container::update::current_resources(c).map(|linux| cri::ContainerResources {
-        linux: Some(linux),
+    crate::container::update::current_resources(c).map(|r| cri::ContainerResources {
+        linux: Some(r.to_cri()),
         windows: None,
     })
 }
 
 /// The user the container's process runs as (uid, gid and supplemental groups as resolved
-/// against the image at create), from the bundle's config.json; kubelet reads it when the runtime
-/// advertises the supplemental groups policy.
+/// against the image at create); kubelet reads it when the runtime advertises the supplemental
+/// groups policy. Records of containers created before the record kept it fall back to the
+/// bundle's config.json, which holds the same resolution while the bundle exists.
 pub(super) async fn container_user(d: &Daemon, c: &Container) -> Option<cri::ContainerUser> {
-    let path = d.containers.bundle_dir(&c.id).join("config.json");
-    let bytes = tokio::fs::read(&path).await.ok()?;
-    let spec: oci_spec::runtime::Spec = serde_json::from_slice(&bytes).ok()?;
-    let user = spec.process().as_ref()?.user();
+    let user = match c.peek(|s| s.user.clone()) {
+        Some(u) => u,
+        None => {
+            let path = d.containers.bundle_dir(&c.id).join("config.json");
+            let bytes = tokio::fs::read(&path).await.ok()?;
+            let spec: oci_spec::runtime::Spec = serde_json::from_slice(&bytes).ok()?;
+            ProcessUser::of_spec(&spec)?
+        }
+    };
     // The groups the process is in, as `id -G` shows them: the primary group first.
-    let mut groups = vec![i64::from(user.gid())];
-    for g in user.additional_gids().as_deref().unwrap_or_default() {
+    let mut groups = vec![i64::from(user.gid)];
+    for g in &user.additional_gids {
         if !groups.contains(&i64::from(*g)) {
             groups.push(i64::from(*g));
         }
     }
     Some(cri::ContainerUser {
         linux: Some(cri::LinuxContainerUser {
-            uid: i64::from(user.uid()),
-            gid: i64::from(user.gid()),
+            uid: i64::from(user.uid),
+            gid: i64::from(user.gid),
             supplemental_groups: groups,
         }),
     })

@@ -6,10 +6,18 @@
 //! renamed into place, and removed by renaming it to `.<id>.del` first, so a daemon killed at
 //! any instant never leaves half a record (leftover hidden directories are removed on open).
 //!
+//! Every record file carries the schema `version` of its type ([`Schema`]): a file without one
+//! (written before records were versioned) or with an older one is migrated once, at load, and a
+//! file that does not decode is an error naming it, never a default.
+//!
+//! [`write_atomic`] is the daemon's one atomic file write; [`names`] reserves CRI names and
+//! [`create_once`] lets a retried create wait for the attempt already running.
+//!
 //! Owns the files under `<root>/sandboxes` and `<root>/containers` and the in-memory tables the
 //! List RPCs read (kubelet calls them every second: no disk access there). Knows nothing of CRI
 //! types or of what the records mean.
 
+pub mod create_once;
 pub mod names;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -30,8 +38,24 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("{path}: record version {version} cannot be read: {reason}")]
+    Version {
+        path: PathBuf,
+        version: u64,
+        reason: String,
+    },
     #[error("id {prefix:?} matches more than one object")]
     Ambiguous { prefix: String },
+}
+
+impl StateError {
+    /// The error as an I/O error, for rooms whose errors carry one (the path is theirs to add).
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            StateError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -59,26 +83,24 @@ pub enum Durability {
     PowerLoss,
 }
 
-/// Write `bytes` to `path` so that a crash leaves either the old or the new content, never a mix:
-/// a temp file in the same directory, fsync, rename over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    write_atomic_with(path, bytes, Durability::PowerLoss)
-}
-
-/// [`write_atomic`], with the fsyncs only when `durability` asks for them.
-pub fn write_atomic_with(
-    path: &Path,
-    bytes: &[u8],
-    durability: Durability,
-) -> Result<(), StateError> {
+/// Write `bytes` to `path` so that a reader (a restarted daemon included) sees either the old or
+/// the new content, never a mix: a temp file in the same directory renamed over `path`, with the
+/// fsyncs `durability` asks for. The one atomic write of the daemon: every caller states how
+/// durable its file must be.
+pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    write_file(&tmp, bytes, durability)?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    // A name of its own, so that concurrent writers of one path never share a temp file.
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+    let written = write_file(&tmp, bytes, durability)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err(path)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if durability == Durability::PowerLoss {
         sync_dir(dir);
     }
@@ -102,29 +124,70 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> {
-    serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
+/// The on-disk shape of one kind of record file, versioned so that a change of the type never
+/// silently misreads files written before it.
+///
+/// The version is stamped into the file's JSON object (key `version`) on every write; the type
+/// itself does not carry it.
+pub trait Schema: Serialize + DeserializeOwned {
+    /// The version written now. Files without a version are version 0.
+    const VERSION: u64;
+
+    /// `value`, the JSON of a file of version `from` (less than [`Schema::VERSION`]), turned into
+    /// the current shape. An `Err` says why it cannot be, and the record is reported broken.
+    fn migrate(from: u64, value: serde_json::Value) -> Result<serde_json::Value, String>;
+}
+
+/// The JSON of `value` with its schema version stamped in.
+pub fn encode<T: Schema>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> {
+    let corrupt = |source| StateError::Corrupt {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let mut json = serde_json::to_value(value).map_err(corrupt)?;
+    if let serde_json::Value::Object(map) = &mut json {
+        map.insert("version".into(), T::VERSION.into());
+    }
+    serde_json::to_vec_pretty(&json).map_err(corrupt)
 }
 
-/// Serialize and write atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
-    write_atomic(path, &to_json(path, value)?)
+/// `bytes` (the content of `path`) decoded as the current version of `T`, migrated first when
+/// they are of an older one.
+pub fn decode<T: Schema>(path: &Path, bytes: &[u8]) -> Result<T, StateError> {
+    let corrupt = |source| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut json: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
+    let version = match json.as_object_mut().and_then(|m| m.remove("version")) {
+        None => 0,
+        Some(v) => v.as_u64().ok_or_else(|| StateError::Version {
+            path: path.to_path_buf(),
+            version: 0,
+            reason: format!("version {v} is not a number"),
+        })?,
+    };
+    let version_err = |reason: String| StateError::Version {
+        path: path.to_path_buf(),
+        version,
+        reason,
+    };
+    if version > T::VERSION {
+        return Err(version_err(format!(
+            "written by a newer ferrio (this one reads up to {})",
+            T::VERSION
+        )));
+    }
+    if version < T::VERSION {
+        json = T::migrate(version, json).map_err(version_err)?;
+    }
+    serde_json::from_value(json).map_err(corrupt)
 }
 
-/// Read and parse a JSON file; `Ok(None)` when it does not exist.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+/// Read and decode a record file; `Ok(None)` when it does not exist.
+fn read_record<T: Schema>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Corrupt {
-                    path: path.to_path_buf(),
-                    source,
-                })
-        }
+        Ok(bytes) => decode(path, &bytes).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path)(e)),
     }
@@ -158,8 +221,8 @@ pub struct Record<M, S> {
 
 impl<M, S> Record<M, S>
 where
-    M: Serialize + DeserializeOwned + Send + Sync + 'static,
-    S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    M: Schema + Send + Sync + 'static,
+    S: Schema + Clone + Send + Sync + 'static,
 {
     fn new(
         id: String,
@@ -215,8 +278,8 @@ where
         let mut next = self.status();
         f(&mut next);
         let path = self.dir.join("status.json");
-        let bytes = to_json(&path, &next)?;
-        tokio::task::spawn_blocking(move || write_atomic_with(&path, &bytes, durability))
+        let bytes = encode(&path, &next)?;
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, durability))
             .await
             .map_err(|e| StateError::Io {
                 path: self.dir.clone(),
@@ -253,8 +316,8 @@ pub struct Table<M, S> {
 
 impl<M, S> Table<M, S>
 where
-    M: Serialize + DeserializeOwned + Send + Sync + 'static,
-    S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    M: Schema + Send + Sync + 'static,
+    S: Schema + Clone + Send + Sync + 'static,
 {
     /// Open the table, loading every record. Broken records are returned separately (reported
     /// and skipped by the caller), never blocking the rest. Half-made and half-removed records
@@ -277,8 +340,8 @@ where
                 }
                 continue;
             }
-            let meta = read_json::<M>(&path.join("meta.json"));
-            let status = read_json::<S>(&path.join("status.json"));
+            let meta = read_record::<M>(&path.join("meta.json"));
+            let status = read_record::<S>(&path.join("status.json"));
             match (meta, status) {
                 (Ok(Some(m)), Ok(Some(s))) => {
                     let rec = Record::new(id.clone(), path, m, s, feed.clone());
@@ -335,8 +398,8 @@ where
             status,
             self.feed.clone(),
         ));
-        let meta_json = to_json(&dir.join("meta.json"), &rec.meta)?;
-        let status_json = to_json(&dir.join("status.json"), &rec.status())?;
+        let meta_json = encode(&dir.join("meta.json"), &rec.meta)?;
+        let status_json = encode(&dir.join("status.json"), &rec.status())?;
         let table = self.dir.clone();
         let new = self.dir.join(format!(".{id}.new"));
         let write = move || -> Result<(), StateError> {
@@ -469,6 +532,90 @@ mod tests {
     #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
     struct S {
         n: u32,
+    }
+
+    impl Schema for M {
+        const VERSION: u64 = 2;
+        /// Version 0 called the name `title`; version 1 kept it upper case.
+        fn migrate(from: u64, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+            let m = value.as_object_mut().ok_or("not an object")?;
+            if from == 0 {
+                let title = m.remove("title").ok_or("no title")?;
+                m.insert("name".into(), title);
+            }
+            let name = m.get("name").and_then(|n| n.as_str()).ok_or("no name")?;
+            let lower = name.to_lowercase();
+            m.insert("name".into(), lower.into());
+            Ok(value)
+        }
+    }
+
+    impl Schema for S {
+        const VERSION: u64 = 1;
+        fn migrate(_: u64, value: serde_json::Value) -> Result<serde_json::Value, String> {
+            Ok(value)
+        }
+    }
+
+    #[tokio::test]
+    async fn records_carry_their_version_and_older_ones_are_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, _) = Table::<M, S>::open(dir.path()).unwrap();
+        t.insert("new", M { name: "n".into() }, S { n: 1 })
+            .await
+            .unwrap();
+        let on_disk = |f: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.path().join("new").join(f)).unwrap()).unwrap()
+        };
+        assert_eq!(on_disk("meta.json")["version"], 2);
+        assert_eq!(on_disk("status.json")["version"], 1);
+        for (id, meta) in [
+            ("v0", r#"{"title": "OLD"}"#),
+            ("v1", r#"{"version": 1, "name": "MID"}"#),
+        ] {
+            std::fs::create_dir(dir.path().join(id)).unwrap();
+            std::fs::write(dir.path().join(id).join("meta.json"), meta).unwrap();
+            std::fs::write(dir.path().join(id).join("status.json"), r#"{"n": 4}"#).unwrap();
+        }
+        drop(t);
+        let (t, broken) = Table::<M, S>::open(dir.path()).unwrap();
+        assert!(broken.is_empty(), "{broken:?}");
+        assert_eq!(t.get("v0").unwrap().unwrap().meta.name, "old");
+        assert_eq!(t.get("v1").unwrap().unwrap().meta.name, "mid");
+        assert_eq!(t.get("v0").unwrap().unwrap().status().n, 4);
+        assert_eq!(t.get("new").unwrap().unwrap().meta.name, "n");
+    }
+
+    #[tokio::test]
+    async fn a_record_that_cannot_be_read_is_reported_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "corrupt",
+                r#"{"version": 2, "name": 7}"#,
+                "corrupt/meta.json",
+            ),
+            ("newer", r#"{"version": 3, "name": "x"}"#, "newer/meta.json"),
+            (
+                "unmigratable",
+                r#"{"nothing": 1}"#,
+                "unmigratable/meta.json",
+            ),
+        ];
+        for (id, meta, _) in cases {
+            std::fs::create_dir(dir.path().join(id)).unwrap();
+            std::fs::write(dir.path().join(id).join("meta.json"), meta).unwrap();
+            std::fs::write(dir.path().join(id).join("status.json"), "{}").unwrap();
+        }
+        let (t, broken) = Table::<M, S>::open(dir.path()).unwrap();
+        assert!(t.list().is_empty(), "no record is defaulted");
+        assert_eq!(broken.len(), cases.len());
+        for (_, _, file) in cases {
+            assert!(
+                broken.iter().any(|(_, e)| e.to_string().contains(file)),
+                "{file} is named in {broken:?}"
+            );
+        }
     }
 
     #[tokio::test]
