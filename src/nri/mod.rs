@@ -163,6 +163,13 @@ impl Nri {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
+            // A socket something still answers on belongs to another runtime's NRI: never take it over.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process serves NRI on this socket",
+                )));
+            }
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
                 _ => {}
@@ -800,6 +807,55 @@ mod tests {
         assert_eq!(event_bit(Event::RunPodSandbox), 1);
         assert_eq!(event_bit(Event::CreateContainer), 1 << 3);
         assert_eq!(VALID_EVENTS, 0x3fff);
+    }
+
+    fn settings(dir: &Path) -> Settings {
+        Settings {
+            socket_path: dir.join("nri.sock"),
+            plugin_path: dir.join("plugins"),
+            plugin_config_path: dir.join("conf.d"),
+            disable_connections: false,
+            registration_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(2),
+            runtime_name: "ferrio".into(),
+            runtime_version: "test".into(),
+        }
+    }
+
+    struct Empty;
+
+    impl NodeState for Empty {
+        fn snapshot(&self) -> BoxFuture<'_, (Vec<api::PodSandbox>, Vec<api::Container>)> {
+            Box::pin(async { (Vec::new(), Vec::new()) })
+        }
+        fn update_containers(
+            &self,
+            updates: Vec<api::ContainerUpdate>,
+        ) -> BoxFuture<'_, Vec<api::ContainerUpdate>> {
+            Box::pin(async move { updates })
+        }
+        fn evict_container(&self, _: api::ContainerEviction) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_another_process_serves_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Nri::new(settings(dir.path()));
+        first.start(Arc::new(Empty)).await.unwrap();
+        let second = Nri::new(settings(dir.path()));
+        let err = second.start(Arc::new(Empty)).await.unwrap_err();
+        assert!(
+            matches!(err, NriError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::AddrInUse),
+            "{err}"
+        );
+        // A stale socket file (nobody listening) is replaced.
+        first.shutdown().await;
+        std::os::unix::net::UnixListener::bind(dir.path().join("nri.sock"))
+            .map(drop)
+            .unwrap();
+        second.start(Arc::new(Empty)).await.unwrap();
     }
 
     #[test]
