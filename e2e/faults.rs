@@ -569,8 +569,8 @@ impl Drop for Replay {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "\nfault loop FAILED with seed {}; replay with:\n  FERRIO_FAULT_SEED={} FERRIO_FAULT_LIFECYCLES={} \
-                 cargo test --test e2e -- --test-threads=1 --nocapture faults::daemon_sigkilled\n",
+                "\nfault loop FAILED with seed {}; replay with:\n  FERRIO_FAULT_SEED={} FERRIO_FAULT_SEEDS=1 \
+                 FERRIO_FAULT_LIFECYCLES={} cargo test --test e2e -- --test-threads=1 --nocapture faults::daemon_sigkilled\n",
                 self.seed, self.seed, self.lifecycles
             );
         }
@@ -581,21 +581,91 @@ fn env_number(key: &str) -> Option<u64> {
     std::env::var(key).ok().and_then(|v| v.trim().parse().ok())
 }
 
-/// At least 200 pod+container lifecycles; in about one in five the daemon is SIGKILLed at a
-/// seeded random step, at a random instant within it (mostly mid-RPC), and sometimes killed
-/// again during the recovery that follows. After each kill: a restart, the invariants of
-/// `check_after_restart`, kubelet's stop+remove of everything, and the full leak check.
+/// Busy loops beside the test, so that the daemon, its monitors and the runtime are preempted
+/// at odd instants and the windows between their steps open wide. Killed by pid on drop.
+struct CpuHogs(Vec<std::process::Child>);
+
+impl CpuHogs {
+    fn start(n: usize) -> CpuHogs {
+        CpuHogs(
+            (0..n)
+                .map(|_| {
+                    std::process::Command::new("/bin/sh")
+                        .args(["-c", "while :; do :; done"])
+                        .stdin(std::process::Stdio::null())
+                        .spawn()
+                        .expect("start a CPU hog")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The seed after `seed` (splitmix64), so that one starting seed names every run of the loop.
+fn next_seed(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// At least 200 pod+container lifecycles in all, split over several seeds
+/// (`FERRIO_FAULT_SEEDS`, default 3; `FERRIO_FAULT_LIFECYCLES` per seed, default enough for
+/// 200 in all), with the machine loaded by CPU hogs (`FERRIO_FAULT_HOGS`, default one per CPU).
+/// In about one in five lifecycles the daemon is SIGKILLed at a seeded random step, at a random
+/// instant within it (mostly mid-RPC), and sometimes killed again during the recovery that
+/// follows. After each kill: a restart, the invariants of `check_after_restart`, kubelet's
+/// stop+remove of everything, and the full leak check. `FERRIO_FAULT_SEED` is the first seed
+/// (the others follow from it); with `FERRIO_FAULT_SEEDS=1 FERRIO_FAULT_LIFECYCLES=200` a seed
+/// plans the same kills as a single 200-lifecycle run of it did.
 #[tokio::test]
 async fn daemon_sigkilled_at_random_points_across_200_lifecycles() {
-    let seed = env_number("FERRIO_FAULT_SEED").unwrap_or_else(|| {
+    let first = env_number("FERRIO_FAULT_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    let lifecycles = env_number("FERRIO_FAULT_LIFECYCLES").unwrap_or(200) as usize;
+    let seeds = env_number("FERRIO_FAULT_SEEDS").unwrap_or(3).max(1) as usize;
+    let lifecycles = env_number("FERRIO_FAULT_LIFECYCLES")
+        .map(|n| n as usize)
+        .unwrap_or(200usize.div_ceil(seeds));
+    let hogs = env_number("FERRIO_FAULT_HOGS").map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let _hogs = CpuHogs::start(hogs);
     println!(
-        "fault loop: seed {seed} (FERRIO_FAULT_SEED={seed} replays it), {lifecycles} lifecycles"
+        "fault loop: first seed {first}, seeds: {seeds}, lifecycles per seed: {lifecycles}, CPU hogs: {hogs}"
+    );
+    let (mut total, mut kills) = (0usize, 0usize);
+    let mut seed = first;
+    for _ in 0..seeds {
+        kills += fault_loop(seed, lifecycles).await;
+        total += lifecycles;
+        seed = next_seed(seed);
+    }
+    if env_number("FERRIO_FAULT_LIFECYCLES").is_none() {
+        assert!(
+            total >= 200 && kills >= 10,
+            "{total} lifecycles, {kills} kills"
+        );
+    }
+}
+
+/// One run of the fault loop with `seed`; the number of daemon kills.
+async fn fault_loop(seed: u64, lifecycles: usize) -> usize {
+    println!(
+        "fault loop: seed {seed} (FERRIO_FAULT_SEED={seed} FERRIO_FAULT_SEEDS=1 replays it), {lifecycles} lifecycles"
     );
     let _replay = Replay { seed, lifecycles };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -715,12 +785,7 @@ async fn daemon_sigkilled_at_random_points_across_200_lifecycles() {
         mean_ms.iter().map(|m| m.round() as u64).collect::<Vec<_>>(),
     );
     assert_eq!(kills, interrupted);
-    if env_number("FERRIO_FAULT_LIFECYCLES").is_none() {
-        assert!(
-            lifecycles >= 200 && kills >= 10,
-            "{lifecycles} lifecycles, {kills} kills"
-        );
-    }
+    kills
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -843,8 +908,7 @@ async fn a_killed_monitor_is_reported_and_the_container_still_stops_and_goes() {
 // An OCI runtime that fails create or start.
 
 /// A runtime wrapper: refuses `create` / `start` while `fail-create` / `fail-start` exist next to
-/// it, with a message on stderr, and is runc otherwise (its handler turns `runc_shortcuts` off,
-/// or ferrio would start containers through runc's exec fifo and never run its `start`).
+/// it, with a message on stderr, and is runc otherwise.
 fn faulty_runtime(dir: &Path) -> PathBuf {
     let path = dir.join("faulty-runc");
     let script = format!(
@@ -887,7 +951,6 @@ async fn a_runtime_failing_create_or_start_rolls_back_and_a_retry_works() {
                 "faulty".into(),
                 RuntimeHandler {
                     runtime_path: wrapper.clone(),
-                    runc_shortcuts: Some(false),
                     ..Default::default()
                 },
             );

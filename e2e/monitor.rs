@@ -93,6 +93,7 @@ impl Bundle {
             log_path: Some(self.log_path()),
             exit_file: self.path("exit"),
             pid_file: self.path("bundle/pid"),
+            handle_file: Some(self.path("monitor.handle")),
             cgroup_path: Some(self.cgroup.clone()),
             cgroup_dir: Some(self.cgroup.clone()),
             tty: false,
@@ -124,7 +125,7 @@ impl Bundle {
     async fn wait(&self, spawned: &Spawned) -> ExitRecord {
         let rec = tokio::time::timeout(
             Duration::from_secs(30),
-            monitor::wait_exit(spawned.monitor_pid, &self.path("exit")),
+            monitor::wait_exit(spawned.monitor(), &self.path("exit")),
         )
         .await
         .expect("container exits within 30s")
@@ -386,16 +387,17 @@ async fn the_monitor_outlives_its_spawner() {
     );
     // Wait for the monitor's report in the sync file.
     let until = Instant::now() + Duration::from_secs(20);
-    let (monitor_pid, container_pid) = loop {
+    let ((monitor_pid, monitor_start_time), container_pid) = loop {
         let text = std::fs::read_to_string(&sync).unwrap_or_default();
         let msgs: Vec<serde_json::Value> = text
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
         let mpid = msgs.iter().find_map(|m| m["monitor_pid"].as_i64());
+        let mstart = msgs.iter().find_map(|m| m["start_time"].as_u64());
         let cpid = msgs.iter().find_map(|m| m["pid"].as_i64());
-        if let (Some(m), Some(c)) = (mpid, cpid) {
-            break (m as i32, c as i32);
+        if let (Some(m), Some(t), Some(c)) = (mpid, mstart, cpid) {
+            break ((m as i32, t), c as i32);
         }
         assert!(Instant::now() < until, "no report in {text:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -426,6 +428,7 @@ async fn the_monitor_outlives_its_spawner() {
     b.start();
     let spawned = Spawned {
         monitor_pid,
+        monitor_start_time,
         container_pid,
     };
     let rec = b.wait(&spawned).await;

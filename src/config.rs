@@ -160,11 +160,9 @@ pub struct RuntimeHandler {
     /// crun, no for others. Ignored on cgroup v2 and pure v1 hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_v1_view: Option<bool>,
-    /// When the binary is runc: start a created container through runc's exec fifo and delete
-    /// an exited one by removing its cgroup and runc state dir, instead of running `runc start`
-    /// and `runc delete` (each a ~10 ms process). Unset: on. `false` runs every verb through the
-    /// binary (a runc whose internals changed; a wrapper script that must see each verb).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Accepted and ignored, so a config written for an earlier ferrio still loads: every verb
+    /// now runs through the runtime's binary. The daemon warns when a file sets it.
+    #[serde(default, skip_serializing)]
     pub runc_shortcuts: Option<bool>,
 }
 
@@ -632,6 +630,22 @@ impl Config {
     }
 
     /// Check every value; the first refused one is returned with its key. Pure.
+    /// Keys a file sets that this version accepts but no longer uses, each with why: the daemon
+    /// logs them at start.
+    pub fn ignored_keys(&self) -> Vec<(String, &'static str)> {
+        self.runtime
+            .runtimes
+            .iter()
+            .filter(|(_, h)| h.runc_shortcuts.is_some())
+            .map(|(name, _)| {
+                (
+                    format!("runtime.runtimes.{name}.runc_shortcuts"),
+                    "every verb runs through the runtime's binary",
+                )
+            })
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), InvalidValue> {
         use InvalidReason as R;
         let bad = |k: &str, r: InvalidReason| Err(InvalidValue::new(k, r));
@@ -1105,7 +1119,6 @@ pub const CONFIG_KEYS: &[KeyDoc] = &[
     key("runtime.runtimes.<handler>.runtime_path", "The OCI runtime binary (runc or crun)."),
     key("runtime.runtimes.<handler>.runtime_root", "The runtime's --root; \"\" = <runroot>/oci/<handler>."),
     key("runtime.runtimes.<handler>.cgroup_v1_view", "On a cgroup v1 hybrid host, hide the cgroup2 mount from this runtime (unset: on for crun, which refuses hybrid hosts, off for others)."),
-    key("runtime.runtimes.<handler>.runc_shortcuts", "For runc: start through its exec.fifo and delete exited containers without a runc process each (unset: on; false: every verb through runc)."),
     table("image", "Images and registries."),
     key("image.sandbox_image", "The pause image every pod runs."),
     key("image.pinned_images", "Images kubelet's image garbage collector never removes (names or globs)."),
@@ -1253,7 +1266,6 @@ pub(crate) fn config_key_paths() -> Vec<(String, KeyKind)> {
     });
     for h in full.runtime.runtimes.values_mut() {
         h.cgroup_v1_view = Some(true);
-        h.runc_shortcuts = Some(true);
     }
     let mut out = Vec::new();
     if let Ok(toml::Value::Table(t)) = toml::Value::try_from(&full) {
@@ -1279,6 +1291,20 @@ mod tests {
             c.network.plugin_dirs,
             [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
         );
+    }
+
+    #[test]
+    fn a_key_this_version_no_longer_uses_still_loads_and_is_named() {
+        let c = Config::from_toml(
+            "[runtime.runtimes.runc]\nruntime_path = \"/usr/sbin/runc\"\nrunc_shortcuts = false\n",
+        )
+        .unwrap();
+        let ignored = c.ignored_keys();
+        assert_eq!(ignored.len(), 1, "{ignored:?}");
+        assert_eq!(ignored[0].0, "runtime.runtimes.runc.runc_shortcuts");
+        assert!(Config::default().ignored_keys().is_empty());
+        // Never written back: `ferrio config` shows only keys that do something.
+        assert!(!c.to_commented_toml().contains("runc_shortcuts"));
     }
 
     #[test]

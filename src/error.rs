@@ -121,9 +121,7 @@ fn network_code(e: &NetworkError) -> Code {
 fn oci_code(e: &OciError) -> Code {
     match e {
         OciError::Timeout { .. } => Code::DeadlineExceeded,
-        OciError::Spawn { source, .. } | OciError::Io { source, .. } => {
-            io_code(source, Code::Unknown)
-        }
+        OciError::Spawn { source, .. } => io_code(source, Code::Unknown),
         OciError::Failed { .. } => Code::Unknown,
     }
 }
@@ -134,7 +132,8 @@ fn monitor_code(e: &MonitorError) -> Code {
         MonitorError::Spawn { source, .. }
         | MonitorError::ReadExit { source, .. }
         | MonitorError::Watch { source, .. }
-        | MonitorError::Sync { source, .. } => io_code(source, Code::Unknown),
+        | MonitorError::Sync { source, .. }
+        | MonitorError::HandleFile { source, .. } => io_code(source, Code::Unknown),
         MonitorError::Runtime { .. }
         | MonitorError::Protocol { .. }
         | MonitorError::ParseExit { .. } => Code::Unknown,

@@ -12,8 +12,10 @@
 //! - [`spec`]: CRI request + image config + pod context + host facts -> OCI spec, as a chain of
 //!   small named steps shared by pods and containers; host facts come in as a `HostView`.
 //! - [`container`]: container lifecycle through the runtime and monitor; calls [`spec`].
-//! - [`oci`]: the OCI runtime (runc/crun) as a process; bundles.
-//! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client and monitor-side process code.
+//! - [`oci`]: the OCI runtime behind the `Runtime` trait (the default runs the binary for every
+//!   verb); bundles; ending half-created objects.
+//! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client (behind the
+//!   `MonitorLauncher` trait) and monitor-side process code.
 //! - [`image`]: references, registry client + mirrors, content store, layer unpack, overlay mounts.
 //! - [`metrics`]: Prometheus instruments; reads state, never changes it.
 //! - [`network`]: CNI conflists, plugin exec, result cache, network namespaces.
@@ -26,7 +28,8 @@
 //!
 //! Rooms below `server` never import `server` nor CRI proto types (only `server/` and the
 //! entry points of `spec/`, in `spec/cri.rs`, see them). `sandbox` and `container` share spec
-//! steps through `spec/`, never through each other.
+//! steps through `spec/`, never through each other. Processes are known by pid + start time
+//! ([`sys::ProcessHandle`]), never by their command line.
 #![deny(unsafe_code)]
 
 pub mod clock;

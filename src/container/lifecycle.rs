@@ -11,9 +11,10 @@
 use crate::clock::now_ns;
 use crate::image::ImageStore;
 use crate::monitor;
+use crate::oci::half_created::{self, HalfCreated, Patience};
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
-use crate::sandbox::lifecycle::{monitor_alive, Pods, Sandbox, SandboxError, SandboxState};
+use crate::sandbox::lifecycle::{Pods, Sandbox, SandboxError, SandboxState, MONITOR_HANDLE_FILE};
 use crate::spec;
 use crate::state::create_once::CreateOnce;
 use crate::state::names::Names;
@@ -26,6 +27,9 @@ use std::time::Duration;
 
 /// After SIGKILL, how long to wait for the monitor to report the exit.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the runtime writes the container's init pid (in the container's run dir).
+const CONTAINER_PID_FILE: &str = "container.pid";
 
 /// The annotation kubelet puts the container's terminationMessagePath in.
 pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
@@ -207,7 +211,16 @@ pub struct ContainerStatus {
     /// The OCI runtime has created it (monitor running).
     pub created: bool,
     pub pid: i32,
+    /// The container's monitor, recorded as soon as it is up (before the runtime's create ends).
     pub monitor_pid: i32,
+    /// The monitor's start time (field 22 of its `/proc/<pid>/stat`); 0 in records written
+    /// before it was kept, whose monitor is then never signalled.
+    #[serde(default)]
+    pub monitor_start_time: u64,
+    /// The runtime has deleted the exited container (its state and cgroup are gone), so a
+    /// remove need not ask it again.
+    #[serde(default)]
+    pub runtime_deleted: bool,
     pub started_at: i64,
     pub finished_at: i64,
     pub exit_code: i32,
@@ -234,6 +247,14 @@ pub enum ContainerState {
 }
 
 impl ContainerStatus {
+    /// The container's monitor as a process handle.
+    pub fn monitor(&self) -> monitor::ProcessHandle {
+        monitor::ProcessHandle {
+            pid: self.monitor_pid,
+            start_time: self.monitor_start_time,
+        }
+    }
+
     pub fn state(&self) -> ContainerState {
         if self.finished_at > 0 {
             ContainerState::Exited
@@ -722,7 +743,7 @@ impl Containers {
                 let _ = rt.delete(&id).await;
             });
         }
-        let spawned = monitor::spawn(&monitor::MonitorSpawn {
+        let spawn_req = monitor::MonitorSpawn {
             monitor_path: self.pods.monitor_path.clone(),
             id: id.to_string(),
             bundle,
@@ -730,7 +751,8 @@ impl Containers {
             runtime_root: runtime.root.clone(),
             log_path,
             exit_file: self.exit_file(id),
-            pid_file: run_dir.join("container.pid"),
+            pid_file: run_dir.join(CONTAINER_PID_FILE),
+            handle_file: Some(run_dir.join(MONITOR_HANDLE_FILE)),
             cgroup_dir: crate::oci::cgroups::fs_path(&cgroups_path),
             cgroup_path: Some(cgroups_path),
             tty: req.config.tty,
@@ -738,12 +760,20 @@ impl Containers {
             stdin_once: req.config.stdin_once,
             cgroup_v1_view: runtime.cgroup_view.is_some(),
             scope: self.pods.monitor_scope(&sandbox.meta.cgroup_parent),
+        };
+        let launched = self.pods.monitors.launch(&spawn_req).await?;
+        // The monitor is on record before the runtime's create ends, so that a restarted
+        // daemon knows whom to wait for.
+        let handle = launched.monitor();
+        rec.update_with(Durability::Crash, |s| {
+            s.monitor_pid = handle.pid;
+            s.monitor_start_time = handle.start_time;
         })
         .await?;
+        let spawned = launched.created().await?;
         rec.update_with(Durability::Crash, |s| {
             s.created = true;
             s.pid = spawned.container_pid;
-            s.monitor_pid = spawned.monitor_pid;
             s.user = user;
         })
         .await?;
@@ -756,14 +786,9 @@ impl Containers {
         let exit_file = self.exit_file(&rec.id);
         let this = self.clone();
         tokio::spawn(async move {
-            let pid = rec.status().monitor_pid;
-            // A pid that is no longer our monitor (gone, or recycled after a reboot) must not
-            // be waited on: its exit file says all there is.
-            let exit = if monitor_alive(pid, &rec.id) {
-                monitor::wait_exit(pid, &exit_file).await
-            } else {
-                monitor::read_exit(&exit_file)
-            };
+            // A pid that is no longer our monitor (gone, or recycled after a reboot) is not
+            // waited on: its exit file says all there is.
+            let exit = monitor::wait_exit(rec.status().monitor(), &exit_file).await;
             let (code, at, oom, msg) = match exit {
                 Ok(Some(x)) => (x.exit_code, x.finished_at, x.oom_killed, String::new()),
                 Ok(None) => (
@@ -783,13 +808,15 @@ impl Containers {
             // gone (as containerd's shim does), before the exit is published: StopContainer
             // then returns with nothing left for RemoveContainer but the rootfs and the record,
             // and no RemoveContainer races this delete.
+            let mut deleted = false;
             if rec.status().finished_at == 0 {
                 match this.runtime_of(&rec) {
-                    Ok(rt) => {
-                        if let Err(e) = rt.delete_exited(&rec.id, &rec.meta.cgroups_path).await {
-                            tracing::warn!(id = %rec.id, error = %e, "cannot delete exited container");
+                    Ok(rt) => match rt.delete(&rec.id).await {
+                        Ok(()) => deleted = true,
+                        Err(e) => {
+                            tracing::warn!(id = %rec.id, error = %e, "cannot delete exited container")
                         }
-                    }
+                    },
                     Err(e) => tracing::warn!(id = %rec.id, error = %e, "no runtime to delete with"),
                 }
             }
@@ -809,6 +836,7 @@ impl Containers {
                         s.exit_code = code;
                         s.oom_killed = oom;
                         s.message = msg;
+                        s.runtime_deleted = deleted;
                     })
                     .await;
                 match r {
@@ -928,7 +956,7 @@ impl Containers {
         // The process runs from the moment `start` is issued; a container that exits at once
         // must not get a finish time before its start time.
         let started = now_ns();
-        runtime.start_created(&rec.id, st.pid).await?;
+        runtime.start(&rec.id).await?;
         rec.update_with(Durability::Crash, |s| {
             if s.started_at == 0 {
                 s.started_at = if s.finished_at > 0 {
@@ -955,9 +983,7 @@ impl Containers {
         };
         let exited = |s: &ContainerStatus| s.finished_at > 0;
         if timeout > 0 {
-            runtime
-                .kill_init(&rec.id, st.pid, rec.meta.stop_signal, false)
-                .await?;
+            runtime.kill(&rec.id, rec.meta.stop_signal, false).await?;
             let wait = rec.wait_for(exited);
             if tokio::time::timeout(Duration::from_secs(timeout as u64), wait)
                 .await
@@ -966,15 +992,13 @@ impl Containers {
                 return Ok(());
             }
         }
-        runtime
-            .kill_init(&rec.id, st.pid, libc::SIGKILL, true)
-            .await?;
+        runtime.kill(&rec.id, libc::SIGKILL, true).await?;
         if tokio::time::timeout(KILL_WAIT, rec.wait_for(exited))
             .await
             .is_err()
         {
             // The monitor did not report: trust the runtime's view.
-            if !monitor_alive(rec.status().monitor_pid, &rec.id) {
+            if !rec.status().monitor().is_alive() {
                 rec.update_with(Durability::Crash, |s| {
                     if s.finished_at == 0 {
                         s.finished_at = now_ns();
@@ -1009,8 +1033,8 @@ impl Containers {
             Err(_) => self.pods.runtime("")?,
         };
         // Usually deleted already, when the container exited (see watch_exit): a runtime that
-        // has no state left for it would only be asked to find that out (~10 ms of runc).
-        if runtime.root.join(&rec.id).exists() {
+        // has no state left for it would only be asked to find that out (a process start).
+        if !rec.status().runtime_deleted {
             runtime.delete(&rec.id).await?;
         }
         self.unmount_image_volumes(&rec.id).await?;
@@ -1050,13 +1074,26 @@ impl Containers {
             match st.state() {
                 ContainerState::Creating => {
                     tracing::info!(id = %rec.id, "reaping container left half-created");
-                    // The monitor may still be creating it (its pid is not on record yet): as for
-                    // a pause, stop it and let the runtime's create end before the delete.
-                    let id = rec.id.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        crate::sandbox::lifecycle::stop_half_created_monitor(&id)
-                    })
-                    .await;
+                    // The monitor may still be creating it, and the runtime may know a container
+                    // the record does not: as for a pause, let the create end, then delete it
+                    // through the runtime.
+                    match self.runtime_of(&rec) {
+                        Ok(runtime) => {
+                            let run_dir = self.run_dir(&rec.id);
+                            let half = HalfCreated {
+                                id: rec.id.clone(),
+                                monitor: st.monitor(),
+                                handle_file: run_dir.join(MONITOR_HANDLE_FILE),
+                                pid_file: run_dir.join(CONTAINER_PID_FILE),
+                            };
+                            let monitors = self.pods.monitors.clone();
+                            half_created::reap(&half, &runtime, monitors, Patience::default())
+                                .await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(id = %rec.id, error = %e, "no runtime to reap a half-created container with")
+                        }
+                    }
                     if let Err(e) = self.remove(&rec).await {
                         tracing::warn!(id = %rec.id, error = %e, "cannot reap half-created container");
                     }
@@ -1069,7 +1106,7 @@ impl Containers {
                     if let Ok(sandbox) = self.pods.get(&rec.meta.sandbox_id) {
                         self.pods.keep_monitor_in_scope(
                             &rec.id,
-                            st.monitor_pid,
+                            st.monitor(),
                             &sandbox.meta.cgroup_parent,
                         );
                     }

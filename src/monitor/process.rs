@@ -39,7 +39,7 @@ use super::attach::socket_path;
 use super::attach_server::{bind_long, Action, AttachServer};
 use super::log::{CriLog, Stream};
 use super::oom;
-use super::protocol::{ExitRecord, MonitorArgs, SyncMessage, SYNC_FD};
+use super::protocol::{ExitRecord, MonitorArgs, SyncMessage, HANDLE_FD, SYNC_FD};
 use crate::sys;
 
 /// How long output may still arrive after the container's init exited (processes that escaped
@@ -68,8 +68,9 @@ const EOT: u8 = 4;
 pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     // Whatever the daemon leaked to us beyond the sync pipe must neither stay open here nor
     // reach the container. Nothing of ours is open yet.
-    let _ = sys::close_from(SYNC_FD + 1);
+    let _ = sys::close_from(HANDLE_FD + 1);
     let mut sync = SyncPipe(sys::take_inherited_fd(SYNC_FD).map(File::from));
+    let handle_file = sys::take_inherited_fd(HANDLE_FD).map(File::from);
     let args = match MonitorArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {
@@ -91,7 +92,7 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Ok(sys::ForkResult::Parent { .. }) => return 0,
         Ok(sys::ForkResult::Child) => {}
     }
-    let monitor = match Monitor::setup(&args, &mut sync) {
+    let monitor = match Monitor::setup(&args, &mut sync, handle_file) {
         Ok(m) => m,
         Err(e) => {
             sync.send(&SyncMessage::Failed { error: e });
@@ -171,18 +172,31 @@ struct Monitor {
     /// With a tty: the pty master, for resizes.
     tty_master: Option<OwnedFd>,
     buf: Vec<u8>,
+    /// The daemon's handle file ([`HANDLE_FD`]), open until we exit: its lock says we live.
+    _handle_file: Option<File>,
 }
 
 impl Monitor {
     /// Detaches, creates the pipes and starts `<runtime> create`. Errors are ready-made messages
     /// for the daemon.
-    fn setup(args: &MonitorArgs, sync: &mut SyncPipe) -> Result<Monitor, String> {
+    fn setup(
+        args: &MonitorArgs,
+        sync: &mut SyncPipe,
+        handle_file: Option<File>,
+    ) -> Result<Monitor, String> {
         nix::unistd::setsid().map_err(|e| format!("monitor setsid: {e}"))?;
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| format!("monitor set child subreaper: {e}"))?;
         redirect_stdio_to_null().map_err(|e| format!("monitor stdio to /dev/null: {e}"))?;
+        let me = sys::ProcessHandle::current().map_err(|e| format!("monitor identity: {e}"))?;
+        if let Some(f) = &handle_file {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(me.to_line().as_bytes(), 0)
+                .map_err(|e| format!("monitor handle file: {e}"))?;
+        }
         sync.send(&SyncMessage::Started {
-            monitor_pid: nix::unistd::getpid().as_raw(),
+            monitor_pid: me.pid,
+            start_time: me.start_time,
         });
 
         // Block the signals we handle so that they queue on the signalfd instead. The runtime
@@ -336,6 +350,7 @@ impl Monitor {
             console_dir: console_arg.map(|_| bundle_dir),
             tty_master: None,
             buf: vec![0; READ_BUF],
+            _handle_file: handle_file,
         })
     }
 

@@ -11,14 +11,23 @@ use serde::{Deserialize, Serialize};
 /// The fd on which the monitor finds its sync pipe (conmon's `_OCI_SYNCPIPE`, but fixed).
 pub const SYNC_FD: i32 = 3;
 
+/// The fd on which the monitor finds its handle file: created and `flock`ed by the daemon
+/// before the monitor is started, so that the lock (shared by every fd of that open file) is
+/// held from before the monitor exists until the monitor exits. The monitor writes its
+/// [`crate::sys::ProcessHandle`] line into it and keeps it open for its whole life. A daemon
+/// killed at any instant of a create thus finds the monitor again through a file in the
+/// object's run dir, never through a process listing.
+pub const HANDLE_FD: i32 = 4;
+
 /// One newline-terminated JSON object on the sync pipe. The monitor writes `Started` first (so
 /// the daemon learns the long-lived monitor's pid), then exactly one of `Created` or `Failed`,
 /// then closes the pipe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum SyncMessage {
-    /// The detached monitor is up; `monitor_pid` is the process that will write the exit file.
-    Started { monitor_pid: i32 },
+    /// The detached monitor is up; `monitor_pid` is the process that will write the exit file,
+    /// `start_time` its start time (field 22 of its `/proc/<pid>/stat`).
+    Started { monitor_pid: i32, start_time: u64 },
     /// `<runtime> create` succeeded; `pid` is the container's init as read from the pid file.
     Created { pid: i32 },
     /// Setup or `<runtime> create` failed; `error` is the runtime's own message where it gave one.
@@ -205,8 +214,11 @@ mod tests {
     fn sync_messages_have_the_documented_shape_and_round_trip() {
         let cases = [
             (
-                SyncMessage::Started { monitor_pid: 7 },
-                r#"{"monitor_pid":7}"#,
+                SyncMessage::Started {
+                    monitor_pid: 7,
+                    start_time: 9,
+                },
+                r#"{"monitor_pid":7,"start_time":9}"#,
             ),
             (SyncMessage::Created { pid: 42 }, r#"{"pid":42}"#),
             (

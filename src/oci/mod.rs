@@ -3,10 +3,15 @@
 //!
 //! Owns `<runroot>/oci/<handler>` (the runtime's `--root`). `create` is not here: the monitor runs
 //! it so that it owns the container's stdio (see [`crate::monitor`]).
+//!
+//! [`Runtime`] is the seam for the verbs the lifecycle runs itself; [`OciRuntime`], the runtime's
+//! command line, implements it and runs the binary for every verb. [`half_created`] ends what a
+//! daemon kill during a create left, through that seam and the monitor's.
 
 pub mod apparmor;
 pub mod cgroups;
+pub mod half_created;
 pub mod host;
 pub mod runtime;
 
-pub use runtime::{OciError, OciRuntime, OciState};
+pub use runtime::{OciError, OciRuntime, OciState, Runtime};

@@ -9,6 +9,7 @@ use crate::image::ImageStore;
 use crate::monitor;
 use crate::network::{Cni, PodNetwork, PortMapping};
 use crate::oci::cgroups::{self, CgroupDriver};
+use crate::oci::half_created::{self, HalfCreated, Patience};
 use crate::oci::host::HostFeatures;
 use crate::oci::OciRuntime;
 use crate::rollback::Rollback;
@@ -169,7 +170,12 @@ pub enum SandboxState {
 pub struct SandboxStatus {
     pub state: SandboxState,
     pub pause_pid: i32,
+    /// The pause's monitor, recorded as soon as it is up (before the runtime's create ends).
     pub monitor_pid: i32,
+    /// The monitor's start time (field 22 of its `/proc/<pid>/stat`); 0 in records written
+    /// before it was kept, whose monitor is then never signalled.
+    #[serde(default)]
+    pub monitor_start_time: u64,
     /// Pod IPs, first one is the primary.
     pub ips: Vec<String>,
     /// CNI ADD done and DEL not yet run.
@@ -185,7 +191,21 @@ pub struct SandboxStatus {
     pub resources: Option<cgroups::CgroupLimits>,
 }
 
+impl SandboxStatus {
+    /// The pause's monitor as a process handle.
+    pub fn monitor(&self) -> monitor::ProcessHandle {
+        monitor::ProcessHandle {
+            pid: self.monitor_pid,
+            start_time: self.monitor_start_time,
+        }
+    }
+}
+
 pub type Sandbox = Record<SandboxMeta, SandboxStatus>;
+
+/// The file in an object's run dir through which its monitor is found again after a daemon
+/// restart, even when the record never learnt its pid (see [`monitor::protocol::HANDLE_FD`]).
+pub const MONITOR_HANDLE_FILE: &str = "monitor.handle";
 
 /// Everything RunPodSandbox needs from the request, in ferrio's terms.
 pub struct RunRequest<'a> {
@@ -227,6 +247,8 @@ pub struct Pods {
     /// started with (by sandbox id), so they still stop and remove cleanly.
     pinned_runtimes: std::sync::Mutex<HashMap<String, OciRuntime>>,
     pub monitor_path: PathBuf,
+    /// Starts and finds monitors (the `ferrio-monitor` binary at `monitor_path`).
+    pub monitors: Arc<dyn monitor::MonitorLauncher>,
     /// systemd's D-Bus API where systemd is PID 1 (monitor scopes, ferrio's pod slices); `None`
     /// elsewhere, and then nothing talks D-Bus.
     pub systemd: Option<Arc<crate::systemd::Systemd>>,
@@ -349,6 +371,7 @@ impl Pods {
             runtimes: Live::new(runtimes),
             pinned_runtimes: Default::default(),
             monitor_path,
+            monitors: Arc::new(monitor::MonitorProcesses),
             systemd: crate::systemd::Systemd::on_this_host(),
             creating: Default::default(),
         }
@@ -376,23 +399,28 @@ impl Pods {
     /// After a daemon restart: a live monitor of object `id` that is not in its scope (started
     /// by a daemon that did not move monitors, or whose move failed) is moved now, in the
     /// background. Does nothing without systemd.
-    pub fn keep_monitor_in_scope(&self, id: &str, monitor_pid: i32, pod_parent: &str) {
+    pub fn keep_monitor_in_scope(
+        &self,
+        id: &str,
+        monitor: monitor::ProcessHandle,
+        pod_parent: &str,
+    ) {
         let Some(scope) = self.monitor_scope(pod_parent) else {
             return;
         };
         let id = id.to_string();
         tokio::spawn(async move {
             let unit = crate::systemd::monitor_scope_name(&id);
-            let (i, u) = (id.clone(), unit.clone());
+            let u = unit.clone();
             let needed = tokio::task::spawn_blocking(move || {
-                monitor_alive(monitor_pid, &i) && !crate::systemd::runs_in_unit(monitor_pid, &u)
+                monitor.is_alive() && !crate::systemd::runs_in_unit(monitor.pid, &u)
             })
             .await
             .unwrap_or(false);
             if !needed {
                 return;
             }
-            match crate::systemd::move_monitor(&*scope.units, &id, monitor_pid, &scope.slice).await
+            match crate::systemd::move_monitor(&*scope.units, &id, monitor.pid, &scope.slice).await
             {
                 Ok(()) => tracing::info!(%id, %unit, "moved a monitor into its scope"),
                 Err(e) => {
@@ -924,7 +952,7 @@ impl Pods {
                 let _ = rt.delete(&id).await;
             });
         }
-        let spawned = monitor::spawn(&monitor::MonitorSpawn {
+        let req = monitor::MonitorSpawn {
             monitor_path: self.monitor_path.clone(),
             id: id.to_string(),
             bundle: bundle.clone(),
@@ -932,7 +960,8 @@ impl Pods {
             runtime_root: runtime.root.clone(),
             log_path: None,
             exit_file: self.exit_file(id),
-            pid_file: run_dir.join("pause.pid"),
+            pid_file: run_dir.join(PAUSE_PID_FILE),
+            handle_file: Some(run_dir.join(MONITOR_HANDLE_FILE)),
             cgroup_dir: cgroups::fs_path(&cgroups_path),
             cgroup_path: Some(cgroups_path),
             tty: false,
@@ -940,16 +969,23 @@ impl Pods {
             stdin_once: false,
             cgroup_v1_view: runtime.cgroup_view.is_some(),
             scope: self.monitor_scope(&rec.meta.cgroup_parent),
+        };
+        let launched = self.monitors.launch(&req).await?;
+        // Pids are facts of this boot: no fsync. The monitor is on record before the runtime's
+        // create ends, so that a restarted daemon knows whom to wait for.
+        let handle = launched.monitor();
+        rec.update_with(Durability::Crash, |s| {
+            s.monitor_pid = handle.pid;
+            s.monitor_start_time = handle.start_time;
         })
         .await?;
-        // Pids are facts of this boot: no fsync.
+        let spawned = launched.created().await?;
         rec.update_with(Durability::Crash, |s| {
             s.pause_created = true;
             s.pause_pid = spawned.container_pid;
-            s.monitor_pid = spawned.monitor_pid;
         })
         .await?;
-        runtime.start_created(id, spawned.container_pid).await?;
+        runtime.start(id).await?;
         Ok(())
     }
 
@@ -969,11 +1005,11 @@ impl Pods {
     pub fn watch_pause(self: &Arc<Self>, rec: Arc<Sandbox>) {
         let exit_file = self.exit_file(&rec.id);
         tokio::spawn(async move {
-            let pid = rec.status().monitor_pid;
-            if pid <= 0 {
+            let handle = rec.status().monitor();
+            if !handle.is_set() {
                 return;
             }
-            let _ = monitor::wait_exit(pid, &exit_file).await;
+            let _ = monitor::wait_exit(handle, &exit_file).await;
             if rec.status().state == SandboxState::Ready {
                 tracing::info!(id = %rec.id, "pause process exited; pod sandbox not ready");
                 let _ = rec.update(|s| s.state = SandboxState::NotReady).await;
@@ -1053,13 +1089,11 @@ impl Pods {
         let runtime = self.runtime_of(&rec.id, &rec.meta.runtime_handler)?;
         // Not `--all`: the pause is alone in its cgroup (runc would freeze it to find more),
         // and in a shared pid namespace killing it, PID 1, ends the rest.
-        runtime
-            .kill_init(&rec.id, st.pause_pid, libc::SIGKILL, false)
-            .await?;
-        if st.monitor_pid > 0 {
+        runtime.kill(&rec.id, libc::SIGKILL, false).await?;
+        if st.monitor().is_set() {
             let _ = tokio::time::timeout(
                 PAUSE_KILL_WAIT,
-                monitor::wait_exit(st.monitor_pid, &exit_file),
+                monitor::wait_exit(st.monitor(), &exit_file),
             )
             .await;
         }
@@ -1110,11 +1144,8 @@ impl Pods {
             // No status write after the delete: the record goes below, and a remove retried
             // after a failure in between only repeats the idempotent delete.
             if exited {
-                let pause_cgroup = driver.cgroups_path(&rec.meta.cgroup_parent, &id);
-                let (deleted, released) = tokio::join!(
-                    runtime.delete_exited(&id, &pause_cgroup),
-                    tokio::task::spawn_blocking(release)
-                );
+                let (deleted, released) =
+                    tokio::join!(runtime.delete(&id), tokio::task::spawn_blocking(release));
                 deleted?;
                 released.map_err(join_err)??;
             } else {
@@ -1168,8 +1199,8 @@ impl Pods {
                 continue;
             }
             if st.state == SandboxState::Ready {
-                if monitor_alive(st.monitor_pid, &rec.id) {
-                    self.keep_monitor_in_scope(&rec.id, st.monitor_pid, &rec.meta.cgroup_parent);
+                if st.monitor().is_alive() {
+                    self.keep_monitor_in_scope(&rec.id, st.monitor(), &rec.meta.cgroup_parent);
                     self.watch_pause(rec.clone());
                 } else {
                     let _ = rec.update(|s| s.state = SandboxState::NotReady).await;
@@ -1180,69 +1211,38 @@ impl Pods {
 }
 
 impl Pods {
-    /// A daemon killed while the monitor was creating the pause leaves a monitor, and soon a
-    /// created pause, that the record does not know: `pause_created` and `monitor_pid` are set
-    /// only once the spawn returned, so `remove` would skip the runtime's delete and leave the
-    /// pause, its monitor and its cgroup behind (found by the e2e fault loop). Kill that monitor,
-    /// let the runtime's `create` finish (killing it midway strands its `init`), and mark the
-    /// pause created so that `remove` deletes it; the delete is a no-op if nothing was created.
+    /// A daemon killed while the monitor was creating the pause leaves a monitor, and maybe a
+    /// created pause, that the record does not know (`pause_created` is set only once the
+    /// create returned): `remove` would skip the runtime's delete and leave the pause, its
+    /// monitor and its cgroup behind. Find them and end them through the runtime.
     async fn end_unrecorded_pause(&self, rec: &Arc<Sandbox>) {
         if rec.status().pause_created {
             return;
         }
-        let id = rec.id.clone();
-        let found = tokio::task::spawn_blocking(move || stop_half_created_monitor(&id))
-            .await
-            .unwrap_or(false);
-        if found {
-            tracing::info!(id = %rec.id, "stopped the monitor of a pause left half-created");
-            let _ = rec.update(|s| s.pause_created = true).await;
+        let runtime = match self.runtime_of(&rec.id, &rec.meta.runtime_handler) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(id = %rec.id, error = %e, "no runtime to reap a half-created pause with");
+                return;
+            }
+        };
+        let run_dir = self.run_dir(&rec.id);
+        let half = HalfCreated {
+            id: rec.id.clone(),
+            monitor: rec.status().monitor(),
+            handle_file: run_dir.join(MONITOR_HANDLE_FILE),
+            pid_file: run_dir.join(PAUSE_PID_FILE),
+        };
+        let reaped =
+            half_created::reap(&half, &runtime, self.monitors.clone(), Patience::default()).await;
+        if reaped.monitor || reaped.deleted {
+            tracing::info!(id = %rec.id, "ended the pause and monitor of a half-created pod sandbox");
         }
     }
 }
 
-/// Kill the monitor of object `id` whose spawn a daemon kill cut short (its pid was never
-/// recorded) and wait until the runtime's `create` it ran has finished, so that a runtime
-/// delete afterwards finds and removes whatever was created. Whether any such process was
-/// there. Blocking: /proc scans and a wait of up to 10 s.
-pub(crate) fn stop_half_created_monitor(id: &str) -> bool {
-    let procs: Vec<(i32, String)> = std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter_map(|pid| {
-                    let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                    c.contains(id).then_some((pid, c))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let creates: Vec<i32> = procs
-        .iter()
-        .filter(|(_, c)| c.contains(" create ") && c.trim_end().ends_with(id))
-        .map(|(p, _)| *p)
-        .collect();
-    for (pid, c) in &procs {
-        if c.contains("ferrio-monitor") && c.contains(&format!("--id {id} ")) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-    let running = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rfind(") ").map(|i| !s[i + 2..].starts_with('Z')))
-            .unwrap_or(false)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while creates.iter().any(|p| running(*p)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    !procs.is_empty()
-}
+/// Where the runtime writes the pause's pid (in the sandbox's run dir).
+const PAUSE_PID_FILE: &str = "pause.pid";
 
 /// Write `config.json` into a fresh bundle directory.
 pub async fn write_bundle(
@@ -1264,20 +1264,6 @@ pub async fn write_bundle(
         path: bundle.to_path_buf(),
         source: std::io::Error::other(e),
     })?
-}
-
-/// True when `pid` is still the ferrio-monitor of object `id` (not a recycled pid).
-pub fn monitor_alive(pid: i32, id: &str) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(c) => {
-            let c = String::from_utf8_lossy(&c);
-            c.contains("ferrio-monitor") && c.contains(id)
-        }
-        Err(_) => false,
-    }
 }
 
 #[cfg(test)]

@@ -229,7 +229,6 @@ fn runtimes_for(config: &Config) -> HashMap<String, OciRuntime> {
                     systemd_cgroup: config.runtime.cgroup_manager
                         == crate::config::CgroupDriver::Systemd,
                     cgroup_view: OciRuntime::cgroup_view_for(&h.runtime_path, h.cgroup_v1_view),
-                    runc: h.runc_shortcuts != Some(false) && OciRuntime::is_runc(&h.runtime_path),
                 },
             )
         })

@@ -7,8 +7,10 @@
 //! other rooms stay `#![deny(unsafe_code)]`. Nothing here holds state or knows about containers.
 
 mod cgroup_view;
+mod process;
 
 pub use cgroup_view::{mounts_below, CgroupV1View, CGROUP_ROOT};
+pub use process::{parse_stat, proc_stat, ProcStat, ProcessHandle};
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
