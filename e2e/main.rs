@@ -15,3 +15,4 @@ mod observability;
 mod recovery;
 mod reload;
 mod sandbox;
+mod security;

@@ -144,6 +144,13 @@ pub struct RuntimeConfig {
     /// that refuses negative values makes runc fail. `true` clamps to the daemon's own value,
     /// as containerd's `restrict_oom_score_adj` does.
     pub restrict_oom_score_adj: bool,
+    /// Directories of OCI hook files in CRI-O's JSON format (version 1.0.0), as CRI-O's
+    /// `hooks_dir`: a file overrides one of the same name in an earlier directory; a missing
+    /// directory has no hooks.
+    pub hooks_dir: Vec<PathBuf>,
+    /// Directories of CDI spec files (`.json`, `.yaml`), as CRI-O's `cdi_spec_dirs`: a device
+    /// of a later directory overrides the same device of an earlier one.
+    pub cdi_spec_dirs: Vec<PathBuf>,
     /// OCI runtimes by handler name (CRI `runtime_handler`).
     pub runtimes: BTreeMap<String, RuntimeHandler>,
 }
@@ -455,6 +462,8 @@ impl Default for RuntimeConfig {
             cgroup_manager: CgroupDriver::Cgroupfs,
             monitor_path: PathBuf::new(),
             namespaces_dir: PathBuf::new(),
+            hooks_dir: vec![PathBuf::from("/usr/share/containers/oci/hooks.d")],
+            cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
             restrict_oom_score_adj: true,
             runtimes,
         }
@@ -933,6 +942,8 @@ impl Config {
             monitor_path: _,
             namespaces_dir: _,
             restrict_oom_score_adj: _,
+            hooks_dir: _,
+            cdi_spec_dirs: _,
             runtimes: _,
         } = &new.runtime;
         let ImageConfig {
@@ -992,6 +1003,9 @@ impl Config {
             "runtime.restrict_oom_score_adj",
             runtime.restrict_oom_score_adj
         );
+        // Read at each CreateContainer: a new list applies to the next one.
+        apply!("runtime.hooks_dir", runtime.hooks_dir);
+        apply!("runtime.cdi_spec_dirs", runtime.cdi_spec_dirs);
         let (old_h, new_h) = (&self.runtime.runtimes, &new.runtime.runtimes);
         for name in old_h
             .keys()
@@ -1115,6 +1129,8 @@ pub const CONFIG_KEYS: &[KeyDoc] = &[
     key("runtime.monitor_path", "ferrio-monitor binary; \"\" = next to the ferrio binary, else /usr/libexec/ferrio/ferrio-monitor."),
     key("runtime.namespaces_dir", "Where pinned namespaces live (netns/, ipcns/, utsns/ below it); \"\" = <runroot>/ns."),
     key("runtime.restrict_oom_score_adj", "Clamp containers' oom_score_adj to what the host allows (kubelet asks for -997/-998)."),
+    key("runtime.hooks_dir", "Directories of OCI hook files (CRI-O's JSON format); a file overrides one of the same name in an earlier directory."),
+    key("runtime.cdi_spec_dirs", "Directories of CDI spec files (.json, .yaml); a device of a later directory overrides the same device of an earlier one."),
     table("runtime.runtimes.<handler>", "An OCI runtime, by the handler name pods ask for (CRI runtime_handler)."),
     key("runtime.runtimes.<handler>.runtime_path", "The OCI runtime binary (runc or crun)."),
     key("runtime.runtimes.<handler>.runtime_root", "The runtime's --root; \"\" = <runroot>/oci/<handler>."),
