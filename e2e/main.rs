@@ -10,6 +10,7 @@ mod faults;
 mod harness;
 mod harness_check;
 mod lifecycle;
+mod nri;
 mod observability;
 mod recovery;
 mod reload;

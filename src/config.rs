@@ -103,6 +103,7 @@ pub struct Config {
     pub image: ImageConfig,
     pub network: NetworkConfig,
     pub metrics: MetricsConfig,
+    pub nri: NriConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -351,6 +352,40 @@ pub struct NetworkConfig {
     pub cni_plugin_timeout: u64,
 }
 
+/// The `[nri]` table: node plugins (containerd/nri), with CRI-O's keys and defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NriConfig {
+    /// Serve NRI: plugins see pod and container events and may adjust containers.
+    pub enable: bool,
+    /// The socket external plugins connect to.
+    pub socket_path: PathBuf,
+    /// Pre-installed plugins (`<index>-<name>` executables) the daemon starts itself.
+    pub plugin_path: PathBuf,
+    /// Plugin configuration files (`<index>-<name>.conf` or `<name>.conf`) handed to plugins.
+    pub plugin_config_path: PathBuf,
+    /// Refuse external plugins: only pre-installed ones run, and no socket is opened.
+    pub disable_connections: bool,
+    /// How long a plugin may take to register after it connected.
+    pub plugin_registration_timeout: String,
+    /// How long a plugin may take to answer one request before it is dropped.
+    pub plugin_request_timeout: String,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            enable: true,
+            socket_path: "/var/run/nri/nri.sock".into(),
+            plugin_path: "/opt/nri/plugins".into(),
+            plugin_config_path: "/etc/nri/conf.d".into(),
+            disable_connections: false,
+            plugin_registration_timeout: "5s".into(),
+            plugin_request_timeout: "2s".into(),
+        }
+    }
+}
+
 /// The `[metrics]` table: a Prometheus endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -381,6 +416,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             network: NetworkConfig::default(),
             metrics: MetricsConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }
@@ -719,6 +755,21 @@ impl Config {
         if self.network.plugin_dirs.is_empty() {
             return bad("network.plugin_dirs", R::NoDirectory);
         }
+        absolute("nri.socket_path", &self.nri.socket_path)?;
+        for (key, value) in [
+            (
+                "nri.plugin_registration_timeout",
+                &self.nri.plugin_registration_timeout,
+            ),
+            (
+                "nri.plugin_request_timeout",
+                &self.nri.plugin_request_timeout,
+            ),
+        ] {
+            if let Err(reason) = parse_duration(value) {
+                return bad(key, R::Duration(reason));
+            }
+        }
         Ok(())
     }
 
@@ -873,6 +924,7 @@ impl Config {
             image: _,
             network: _,
             metrics: _,
+            nri: _,
         } = new;
         let ApiConfig {
             listen: _,
@@ -911,6 +963,15 @@ impl Config {
             enable: _,
             address: _,
         } = &new.metrics;
+        let NriConfig {
+            enable: _,
+            socket_path: _,
+            plugin_path: _,
+            plugin_config_path: _,
+            disable_connections: _,
+            plugin_registration_timeout: _,
+            plugin_request_timeout: _,
+        } = &new.nri;
         let mut changes = ConfigChanges::default();
         let mut live = self.clone();
         macro_rules! apply {
@@ -975,6 +1036,16 @@ impl Config {
         restart!("network.plugin_dirs", network.plugin_dirs);
         restart!("metrics.enable", metrics.enable);
         restart!("metrics.address", metrics.address);
+        restart!("nri.enable", nri.enable);
+        restart!("nri.socket_path", nri.socket_path);
+        restart!("nri.plugin_path", nri.plugin_path);
+        restart!("nri.plugin_config_path", nri.plugin_config_path);
+        restart!("nri.disable_connections", nri.disable_connections);
+        restart!(
+            "nri.plugin_registration_timeout",
+            nri.plugin_registration_timeout
+        );
+        restart!("nri.plugin_request_timeout", nri.plugin_request_timeout);
         (live, changes)
     }
 }
@@ -1087,6 +1158,14 @@ pub const CONFIG_KEYS: &[KeyDoc] = &[
     table("metrics", "Prometheus endpoint."),
     key("metrics.enable", "Serve /metrics over HTTP."),
     key("metrics.address", "ip:port of the metrics endpoint (loopback by default, so nothing is exposed by accident)."),
+    table("nri", "NRI node plugins (containerd/nri): they see pod and container events and may adjust containers."),
+    key("nri.enable", "Serve NRI plugins."),
+    key("nri.socket_path", "Unix socket external plugins connect to."),
+    key("nri.plugin_path", "Pre-installed plugins, <index>-<name> executables the daemon starts itself."),
+    key("nri.plugin_config_path", "Plugin configuration: <index>-<name>.conf or <name>.conf, handed to the plugin."),
+    key("nri.disable_connections", "Refuse external plugins (no socket); only pre-installed ones run."),
+    key("nri.plugin_registration_timeout", "How long a plugin may take to register after connecting (\"5s\")."),
+    key("nri.plugin_request_timeout", "How long a plugin may take to answer one event before it is dropped (\"2s\")."),
 ];
 
 /// The documentation of `path` (as [`CONFIG_KEYS`] spells it).

@@ -72,6 +72,9 @@ pub enum ContainerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The caller's spec edit refused the container.
+    #[error("container {id}: {reason}")]
+    Refused { id: String, reason: String },
 }
 
 /// Names that removed directories get until they are deleted (in the same parent directory, so
@@ -405,6 +408,18 @@ pub struct CreateRequest<'a> {
     pub sandbox_id: &'a str,
     pub config: &'a crate::cri::v1::ContainerConfig,
     pub sandbox_config: &'a crate::cri::v1::PodSandboxConfig,
+    /// A last edit of the spec by the caller (NRI plugins), after every other step.
+    pub adjust_spec: Option<&'a dyn SpecAdjust>,
+}
+
+/// A last edit of a container's OCI spec before its bundle is written; it may refuse the create, which then
+/// rolls back like any other failed step.
+pub trait SpecAdjust: Send + Sync {
+    fn adjust<'a>(
+        &'a self,
+        id: &'a str,
+        spec: oci_spec::runtime::Spec,
+    ) -> futures::future::BoxFuture<'a, Result<oci_spec::runtime::Spec, String>>;
 }
 
 impl Containers {
@@ -730,6 +745,15 @@ impl Containers {
         })?;
         let mut oci = oci;
         spec::set_sandbox_id(&mut oci, &sandbox.id);
+        if let Some(adjust) = req.adjust_spec {
+            oci = adjust
+                .adjust(id, oci)
+                .await
+                .map_err(|reason| ContainerError::Refused {
+                    id: id.to_string(),
+                    reason,
+                })?;
+        }
         let user = super::record::ProcessUser::of_spec(&oci);
         let paths = self.context.layout.container(id);
         let bundle = paths.bundle();

@@ -27,6 +27,8 @@ use std::time::Duration;
 enum FailAt {
     /// The overlay mount of the rootfs.
     Rootfs,
+    /// The caller's last edit of the spec (NRI plugins), after the rootfs is mounted.
+    Adjust,
     /// Starting the monitor.
     Launch,
     /// The runtime's create, reported by the monitor.
@@ -416,7 +418,7 @@ impl Node {
     }
 
     async fn create(&self, name: &str) -> Result<String, super::lifecycle::ContainerError> {
-        create(&self.containers, name).await
+        create(&self.containers, &self.world, name).await
     }
 
     /// Nothing of container `id` is left: no record, no name, no directories.
@@ -455,8 +457,29 @@ fn name_key(name: &str) -> String {
     format!("{name}_pod_default_uid_0_0")
 }
 
+/// Refuses every spec when the world says so.
+struct FakeAdjust(Arc<World>);
+
+impl super::lifecycle::SpecAdjust for FakeAdjust {
+    fn adjust<'a>(
+        &'a self,
+        _id: &'a str,
+        spec: oci_spec::runtime::Spec,
+    ) -> BoxFuture<'a, Result<oci_spec::runtime::Spec, String>> {
+        let refuse = self.0.fails_at(FailAt::Adjust);
+        Box::pin(async move {
+            if refuse {
+                Err("fake plugin refused".into())
+            } else {
+                Ok(spec)
+            }
+        })
+    }
+}
+
 async fn create(
     containers: &Arc<Containers>,
+    world: &Arc<World>,
     name: &str,
 ) -> Result<String, super::lifecycle::ContainerError> {
     let config = cri::ContainerConfig {
@@ -479,11 +502,13 @@ async fn create(
         }),
         ..Default::default()
     };
+    let adjust = FakeAdjust(world.clone());
     containers
         .create(CreateRequest {
             sandbox_id: SANDBOX,
             config: &config,
             sandbox_config: &sandbox_config,
+            adjust_spec: Some(&adjust),
         })
         .await
 }
@@ -523,8 +548,8 @@ async fn lifecycle_create_retry_while_the_first_attempt_runs_gets_the_same_id() 
     // No create finishes until the permits come back.
     let held = node.world.hold_create.close();
     let first = tokio::spawn({
-        let c = node.containers.clone();
-        async move { create(&c, "app").await }
+        let (c, w) = (node.containers.clone(), node.world.clone());
+        async move { create(&c, &w, "app").await }
     });
     let world = node.world.clone();
     eventually("the first attempt launched its monitor", || {
@@ -532,8 +557,8 @@ async fn lifecycle_create_retry_while_the_first_attempt_runs_gets_the_same_id() 
     })
     .await;
     let retry = tokio::spawn({
-        let c = node.containers.clone();
-        async move { create(&c, "app").await }
+        let (c, w) = (node.containers.clone(), node.world.clone());
+        async move { create(&c, &w, "app").await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
@@ -566,8 +591,13 @@ async fn rollback_at(at: FailAt) {
     let launched = node.world.calls_of("launch");
     let deleted = node.world.calls_of("delete");
     match at {
-        FailAt::Rootfs => {
-            assert!(err.contains("fake mount failed"), "{err}");
+        FailAt::Rootfs | FailAt::Adjust => {
+            let expected = if at == FailAt::Rootfs {
+                "fake mount failed"
+            } else {
+                "fake plugin refused"
+            };
+            assert!(err.contains(expected), "{err}");
             assert!(
                 launched.is_empty() && deleted.is_empty(),
                 "{:?}",
@@ -595,6 +625,11 @@ async fn rollback_at(at: FailAt) {
 #[tokio::test]
 async fn lifecycle_rollback_when_the_rootfs_mount_fails() {
     rollback_at(FailAt::Rootfs).await;
+}
+
+#[tokio::test]
+async fn lifecycle_rollback_when_the_spec_is_refused_after_the_rootfs_is_mounted() {
+    rollback_at(FailAt::Adjust).await;
 }
 
 #[tokio::test]
@@ -705,8 +740,8 @@ async fn lifecycle_recovery_reaps_a_container_whose_record_says_creating() {
     let node = Node::new().await;
     let held = node.world.hold_create.close();
     let mut first = Box::pin({
-        let c = node.containers.clone();
-        async move { create(&c, "app").await }
+        let (c, w) = (node.containers.clone(), node.world.clone());
+        async move { create(&c, &w, "app").await }
     });
     let table = node.containers.clone();
     let on_record = eventually("the monitor is on record", move || {

@@ -8,7 +8,9 @@
 //!   of steps ([`POD_STEPS`], [`CONTAINER_STEPS`]).
 //! - One file per step family: [`process`], [`user`], [`mounts`], [`devices`],
 //!   [`namespaces`], [`resources`], [`security`] (capabilities, LSM labels, masked paths),
-//!   [`seccomp`], [`cdi`] (CDI devices), [`hooks`] (OCI hooks directories), [`annotations`].
+//!   [`seccomp`], [`cdi`] (CDI devices), [`hooks`] (OCI hooks directories), [`annotations`],
+//!   and [`nri`], which applies node plugins' adjustments after the others (plugins answer
+//!   about the spec they produced).
 //! - [`host`]: the host as the steps see it ([`HostView`]): features probed once at start and
 //!   the file system behind a trait, so no step reads `/proc`, `/sys` or `/dev` itself and each
 //!   runs in a unit test without root.
@@ -30,6 +32,7 @@ pub mod hooks;
 pub mod host;
 pub mod mounts;
 pub mod namespaces;
+pub mod nri;
 pub mod process;
 pub mod resources;
 pub mod seccomp;
@@ -122,6 +125,8 @@ pub const CONTAINER_STEPS: &[(&str, Step)] = &[
     ("oci hooks", hooks::oci_hooks),
     ("annotations", annotations::annotations),
 ];
+
+pub use nri::nri_adjustments;
 
 /// Runs `steps` over a base spec: the root, the cgroup path, and nothing of oci-spec's
 /// `Default` (youki's hostname, default mounts and masked paths, a NOFILE rlimit) that a step
