@@ -387,10 +387,10 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 
 /// The containers of this node.
 pub struct Containers {
-    pub pods: Arc<Pods>,
-    pub images: Arc<ImageStore>,
-    pub table: Table<ContainerMeta, ContainerStatus>,
-    pub names: Names,
+    pub(super) pods: Arc<Pods>,
+    pub(super) images: Arc<ImageStore>,
+    table: Table<ContainerMeta, ContainerStatus>,
+    names: Names,
     /// One create per name key at a time, so a retry waits for the first attempt.
     creating: CreateOnce,
 }
@@ -451,6 +451,49 @@ impl Containers {
         self.table
             .get(id)?
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))
+    }
+
+    /// The container with this id (or unique id prefix), if there is one: for the calls where
+    /// an unknown container is not an error (Stop and Remove are idempotent).
+    pub fn find(&self, id: &str) -> Result<Option<Arc<Container>>, ContainerError> {
+        Ok(self.table.get(id)?)
+    }
+
+    /// Every container record, those still being created included.
+    pub fn list(&self) -> Vec<Arc<Container>> {
+        self.table.list()
+    }
+
+    /// Every insert, update and removal of a container record from now on (see
+    /// [`Table::subscribe`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::state::Change> {
+        self.table.subscribe()
+    }
+
+    /// After a reboot no container process survived: a container recorded created or running
+    /// exited (code 255, a message saying why), so that Stop/Remove reclaim what it still holds
+    /// without waiting for a process that is gone.
+    pub async fn mark_exited_after_reboot(&self) {
+        // Never 0: a finished_at of 0 means "still running".
+        let now = crate::clock::now_ns().max(1);
+        for c in self.table.list() {
+            if !matches!(
+                c.status().state(),
+                ContainerState::Created | ContainerState::Running
+            ) {
+                continue;
+            }
+            let r = c
+                .update(|s| {
+                    s.finished_at = now;
+                    s.exit_code = 255;
+                    s.message = "the machine rebooted while the container was running".into();
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(id = %c.id, error = %e, "cannot mark container exited after reboot");
+            }
+        }
     }
 
     /// The containers of one sandbox.
@@ -1144,7 +1187,7 @@ impl Containers {
             .list()
             .iter()
             .map(|c| c.id.clone())
-            .chain(self.pods.table.list().iter().map(|p| p.id.clone()))
+            .chain(self.pods.list().iter().map(|p| p.id.clone()))
             .collect();
         let swept = tokio::task::spawn_blocking(move || {
             for dir in [&base, &run_base] {

@@ -214,29 +214,31 @@ pub struct RunRequest<'a> {
     pub host_ipc: bool,
 }
 
-/// The pod sandboxes of this node and the services their lifecycle uses.
+/// The pod sandboxes of this node and the services their lifecycle uses. Callers outside the
+/// lifecycle go through methods; the `pub(crate)` services are what the container room still
+/// borrows from the pod room until both take them from one node context.
 pub struct Pods {
     /// Swapped on reload: read it once per request with `load()`.
-    pub config: LiveConfig,
-    pub table: Table<SandboxMeta, SandboxStatus>,
-    pub names: Names,
-    pub images: Arc<ImageStore>,
+    pub(crate) config: LiveConfig,
+    table: Table<SandboxMeta, SandboxStatus>,
+    names: Names,
+    images: Arc<ImageStore>,
     /// Swapped on reload (network dir, default network); teardown reads its own cache.
-    pub cni: Live<Cni>,
-    pub host: HostFeatures,
+    cni: Live<Cni>,
+    pub(crate) host: HostFeatures,
     /// Turns AppArmor requests into profiles; loads ferrio's default profile on first use.
-    pub apparmor: crate::oci::apparmor::AppArmor,
+    pub(crate) apparmor: crate::oci::apparmor::AppArmor,
     /// The configured handlers, swapped on reload.
-    pub runtimes: Live<HashMap<String, OciRuntime>>,
+    runtimes: Live<HashMap<String, OciRuntime>>,
     /// Pods created before a reload removed or changed their handler keep the runtime they were
     /// started with (by sandbox id), so they still stop and remove cleanly.
     pinned_runtimes: std::sync::Mutex<HashMap<String, OciRuntime>>,
-    pub monitor_path: PathBuf,
+    pub(crate) monitor_path: PathBuf,
     /// Starts and finds monitors (the `ferrio-monitor` binary at `monitor_path`).
-    pub monitors: Arc<dyn monitor::MonitorLauncher>,
+    pub(crate) monitors: Arc<dyn monitor::MonitorLauncher>,
     /// systemd's D-Bus API where systemd is PID 1 (monitor scopes, ferrio's pod slices); `None`
     /// elsewhere, and then nothing talks D-Bus.
-    pub systemd: Option<Arc<crate::systemd::Systemd>>,
+    systemd: Option<Arc<crate::systemd::Systemd>>,
     /// One create per name key at a time, so a retry waits for the first attempt.
     creating: CreateOnce,
 }
@@ -549,6 +551,34 @@ impl Pods {
         self.table
             .get(id)?
             .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+
+    /// The sandbox with this id (or unique id prefix), if there is one: for the calls where an
+    /// unknown pod is not an error (Stop and Remove are idempotent).
+    pub fn find(&self, id: &str) -> Result<Option<Arc<Sandbox>>, SandboxError> {
+        Ok(self.table.get(id)?)
+    }
+
+    /// Every sandbox record, those still being created included.
+    pub fn list(&self) -> Vec<Arc<Sandbox>> {
+        self.table.list()
+    }
+
+    /// What the host's kernel and security modules support, as probed at start.
+    pub fn host(&self) -> &HostFeatures {
+        &self.host
+    }
+
+    /// After a reboot no pause process survived: a pod recorded ready is not ready any more, so
+    /// that Stop/Remove reclaim what it still holds without waiting for processes that are gone.
+    pub async fn mark_not_ready_after_reboot(&self) {
+        for p in self.table.list() {
+            if p.status().state == SandboxState::Ready {
+                if let Err(e) = p.update(|s| s.state = SandboxState::NotReady).await {
+                    tracing::warn!(id = %p.id, error = %e, "cannot mark pod not ready after reboot");
+                }
+            }
+        }
     }
 
     /// The pod cgroup's limits in force: the last update's, else those written at create.

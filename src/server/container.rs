@@ -57,7 +57,7 @@ pub(super) async fn stop_container(
     let req = req.into_inner();
     let d = d.clone();
     detached(async move {
-        let Some(rec) = d.containers.table.get(&req.container_id)? else {
+        let Some(rec) = d.containers.find(&req.container_id)? else {
             return Ok(());
         };
         Ok(d.containers.stop(&rec, req.timeout).await?)
@@ -73,7 +73,7 @@ pub(super) async fn remove_container(
     let id = req.into_inner().container_id;
     let d = d.clone();
     detached(async move {
-        let Some(rec) = d.containers.table.get(&id)? else {
+        let Some(rec) = d.containers.find(&id)? else {
             return Ok(());
         };
         Ok(d.containers.remove(&rec).await?)
@@ -106,7 +106,6 @@ pub(super) async fn stream_containers(
 /// The containers a filter's id, pod and labels select (containers still being created are nobody's yet).
 fn select_containers(d: &Daemon, filter: &cri::ContainerFilter) -> Vec<Arc<Container>> {
     d.containers
-        .table
         .list()
         .into_iter()
         .filter(|c| {
