@@ -1090,6 +1090,9 @@ impl Containers {
     pub async fn recover(self: &Arc<Self>) {
         for rec in self.table.list() {
             let st = rec.status();
+            if st.state() != ContainerState::Creating && st.user.is_none() {
+                self.record_user_from_bundle(&rec).await;
+            }
             match st.state() {
                 ContainerState::Creating => {
                     tracing::info!(id = %rec.id, "reaping container left half-created");
@@ -1135,6 +1138,29 @@ impl Containers {
             }
         }
         self.sweep_orphan_rootfs().await;
+    }
+
+    /// A record written before the record kept the process user has none: its bundle's
+    /// config.json holds the same resolution while the bundle exists, so it is copied into the
+    /// record once, and ContainerStatus reads only the record.
+    async fn record_user_from_bundle(&self, rec: &Arc<Container>) {
+        let path = self.bundle_dir(&rec.id).join("config.json");
+        let Ok(bytes) = tokio::fs::read(&path).await else {
+            return;
+        };
+        let user = match serde_json::from_slice::<oci_spec::runtime::Spec>(&bytes) {
+            Ok(spec) => super::record::ProcessUser::of_spec(&spec),
+            Err(e) => {
+                tracing::warn!(id = %rec.id, path = %path.display(), error = %e, "cannot read the process user from the bundle");
+                return;
+            }
+        };
+        if user.is_none() {
+            return;
+        }
+        if let Err(e) = rec.update(|s| s.user = user).await {
+            tracing::warn!(id = %rec.id, error = %e, "cannot record the process user");
+        }
     }
 
     /// A daemon killed during StartContainer after the runtime's `start` ran leaves a record

@@ -149,7 +149,7 @@ pub(super) async fn container_status(
         info.insert("info".to_string(), v.to_string());
     }
     let mut status = convert::container_status(&rec);
-    status.user = super::resources::container_user(d, &rec).await;
+    status.user = super::resources::container_user(&rec);
     Ok(Response::new(cri::ContainerStatusResponse {
         status: Some(status),
         info,
