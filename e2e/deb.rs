@@ -118,6 +118,7 @@ fn package_from_the_test_build_has_what_make_deb_promises() {
         "usr/share/doc/ferrio/copyright",
         "usr/share/doc/ferrio/changelog.gz",
         "usr/share/doc/ferrio/README.md.gz",
+        "usr/share/lintian/overrides/ferrio",
         "usr/share/man/man8/ferrio.8.gz",
         "usr/share/man/man5/ferrio.toml.5.gz",
     ]

@@ -75,6 +75,7 @@ ln -s ../../../ferrio/10-ferrio-bridge.conflist "$doc/examples/10-ferrio-bridge.
 install -m 0644 deploy/crictl.yaml deploy/ferrio-systemd-cgroups.toml deploy/kubelet-config.yaml \
   deploy/kubelet-ferrio.conf "$doc/examples/"
 gzip -9n < README.md > "$doc/README.md.gz"
+install -D -m 0644 deploy/debian/lintian-overrides "$root/usr/share/lintian/overrides/ferrio"
 {
   printf 'ferrio (%s) unstable; urgency=medium\n\n' "$version"
   printf '  * ferrio %s, packaged by make deb from git commit %s.\n\n' "$version" "$commit"

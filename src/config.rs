@@ -103,6 +103,7 @@ pub struct Config {
     pub image: ImageConfig,
     pub network: NetworkConfig,
     pub metrics: MetricsConfig,
+    pub nri: NriConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -143,6 +144,13 @@ pub struct RuntimeConfig {
     /// that refuses negative values makes runc fail. `true` clamps to the daemon's own value,
     /// as containerd's `restrict_oom_score_adj` does.
     pub restrict_oom_score_adj: bool,
+    /// Directories of OCI hook files in CRI-O's JSON format (version 1.0.0), as CRI-O's
+    /// `hooks_dir`: a file overrides one of the same name in an earlier directory; a missing
+    /// directory has no hooks.
+    pub hooks_dir: Vec<PathBuf>,
+    /// Directories of CDI spec files (`.json`, `.yaml`), as CRI-O's `cdi_spec_dirs`: a device
+    /// of a later directory overrides the same device of an earlier one.
+    pub cdi_spec_dirs: Vec<PathBuf>,
     /// OCI runtimes by handler name (CRI `runtime_handler`).
     pub runtimes: BTreeMap<String, RuntimeHandler>,
 }
@@ -159,6 +167,10 @@ pub struct RuntimeHandler {
     /// crun, no for others. Ignored on cgroup v2 and pure v1 hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_v1_view: Option<bool>,
+    /// Accepted and ignored, so a config written for an earlier ferrio still loads: every verb
+    /// now runs through the runtime's binary. The daemon warns when a file sets it.
+    #[serde(default, skip_serializing)]
+    pub runc_shortcuts: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -340,6 +352,40 @@ pub struct NetworkConfig {
     pub cni_plugin_timeout: u64,
 }
 
+/// The `[nri]` table: node plugins (containerd/nri), with CRI-O's keys and defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NriConfig {
+    /// Serve NRI: plugins see pod and container events and may adjust containers.
+    pub enable: bool,
+    /// The socket external plugins connect to.
+    pub socket_path: PathBuf,
+    /// Pre-installed plugins (`<index>-<name>` executables) the daemon starts itself.
+    pub plugin_path: PathBuf,
+    /// Plugin configuration files (`<index>-<name>.conf` or `<name>.conf`) handed to plugins.
+    pub plugin_config_path: PathBuf,
+    /// Refuse external plugins: only pre-installed ones run, and no socket is opened.
+    pub disable_connections: bool,
+    /// How long a plugin may take to register after it connected.
+    pub plugin_registration_timeout: String,
+    /// How long a plugin may take to answer one request before it is dropped.
+    pub plugin_request_timeout: String,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            enable: true,
+            socket_path: "/var/run/nri/nri.sock".into(),
+            plugin_path: "/opt/nri/plugins".into(),
+            plugin_config_path: "/etc/nri/conf.d".into(),
+            disable_connections: false,
+            plugin_registration_timeout: "5s".into(),
+            plugin_request_timeout: "2s".into(),
+        }
+    }
+}
+
 /// The `[metrics]` table: a Prometheus endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -370,6 +416,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             network: NetworkConfig::default(),
             metrics: MetricsConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }
@@ -398,6 +445,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/sbin/runc".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                runc_shortcuts: None,
             },
         );
         runtimes.insert(
@@ -406,6 +454,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/bin/crun".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                runc_shortcuts: None,
             },
         );
         RuntimeConfig {
@@ -413,6 +462,8 @@ impl Default for RuntimeConfig {
             cgroup_manager: CgroupDriver::Cgroupfs,
             monitor_path: PathBuf::new(),
             namespaces_dir: PathBuf::new(),
+            hooks_dir: vec![PathBuf::from("/usr/share/containers/oci/hooks.d")],
+            cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
             restrict_oom_score_adj: true,
             runtimes,
         }
@@ -425,6 +476,7 @@ impl Default for RuntimeHandler {
             runtime_path: "/usr/sbin/runc".into(),
             runtime_root: PathBuf::new(),
             cgroup_v1_view: None,
+            runc_shortcuts: None,
         }
     }
 }
@@ -587,6 +639,22 @@ impl Config {
     }
 
     /// Check every value; the first refused one is returned with its key. Pure.
+    /// Keys a file sets that this version accepts but no longer uses, each with why: the daemon
+    /// logs them at start.
+    pub fn ignored_keys(&self) -> Vec<(String, &'static str)> {
+        self.runtime
+            .runtimes
+            .iter()
+            .filter(|(_, h)| h.runc_shortcuts.is_some())
+            .map(|(name, _)| {
+                (
+                    format!("runtime.runtimes.{name}.runc_shortcuts"),
+                    "every verb runs through the runtime's binary",
+                )
+            })
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), InvalidValue> {
         use InvalidReason as R;
         let bad = |k: &str, r: InvalidReason| Err(InvalidValue::new(k, r));
@@ -686,6 +754,21 @@ impl Config {
         }
         if self.network.plugin_dirs.is_empty() {
             return bad("network.plugin_dirs", R::NoDirectory);
+        }
+        absolute("nri.socket_path", &self.nri.socket_path)?;
+        for (key, value) in [
+            (
+                "nri.plugin_registration_timeout",
+                &self.nri.plugin_registration_timeout,
+            ),
+            (
+                "nri.plugin_request_timeout",
+                &self.nri.plugin_request_timeout,
+            ),
+        ] {
+            if let Err(reason) = parse_duration(value) {
+                return bad(key, R::Duration(reason));
+            }
         }
         Ok(())
     }
@@ -841,6 +924,7 @@ impl Config {
             image: _,
             network: _,
             metrics: _,
+            nri: _,
         } = new;
         let ApiConfig {
             listen: _,
@@ -858,6 +942,8 @@ impl Config {
             monitor_path: _,
             namespaces_dir: _,
             restrict_oom_score_adj: _,
+            hooks_dir: _,
+            cdi_spec_dirs: _,
             runtimes: _,
         } = &new.runtime;
         let ImageConfig {
@@ -877,6 +963,15 @@ impl Config {
             enable: _,
             address: _,
         } = &new.metrics;
+        let NriConfig {
+            enable: _,
+            socket_path: _,
+            plugin_path: _,
+            plugin_config_path: _,
+            disable_connections: _,
+            plugin_registration_timeout: _,
+            plugin_request_timeout: _,
+        } = &new.nri;
         let mut changes = ConfigChanges::default();
         let mut live = self.clone();
         macro_rules! apply {
@@ -908,6 +1003,9 @@ impl Config {
             "runtime.restrict_oom_score_adj",
             runtime.restrict_oom_score_adj
         );
+        // Read at each CreateContainer: a new list applies to the next one.
+        apply!("runtime.hooks_dir", runtime.hooks_dir);
+        apply!("runtime.cdi_spec_dirs", runtime.cdi_spec_dirs);
         let (old_h, new_h) = (&self.runtime.runtimes, &new.runtime.runtimes);
         for name in old_h
             .keys()
@@ -938,6 +1036,16 @@ impl Config {
         restart!("network.plugin_dirs", network.plugin_dirs);
         restart!("metrics.enable", metrics.enable);
         restart!("metrics.address", metrics.address);
+        restart!("nri.enable", nri.enable);
+        restart!("nri.socket_path", nri.socket_path);
+        restart!("nri.plugin_path", nri.plugin_path);
+        restart!("nri.plugin_config_path", nri.plugin_config_path);
+        restart!("nri.disable_connections", nri.disable_connections);
+        restart!(
+            "nri.plugin_registration_timeout",
+            nri.plugin_registration_timeout
+        );
+        restart!("nri.plugin_request_timeout", nri.plugin_request_timeout);
         (live, changes)
     }
 }
@@ -1021,6 +1129,8 @@ pub const CONFIG_KEYS: &[KeyDoc] = &[
     key("runtime.monitor_path", "ferrio-monitor binary; \"\" = next to the ferrio binary, else /usr/libexec/ferrio/ferrio-monitor."),
     key("runtime.namespaces_dir", "Where pinned namespaces live (netns/, ipcns/, utsns/ below it); \"\" = <runroot>/ns."),
     key("runtime.restrict_oom_score_adj", "Clamp containers' oom_score_adj to what the host allows (kubelet asks for -997/-998)."),
+    key("runtime.hooks_dir", "Directories of OCI hook files (CRI-O's JSON format); a file overrides one of the same name in an earlier directory."),
+    key("runtime.cdi_spec_dirs", "Directories of CDI spec files (.json, .yaml); a device of a later directory overrides the same device of an earlier one."),
     table("runtime.runtimes.<handler>", "An OCI runtime, by the handler name pods ask for (CRI runtime_handler)."),
     key("runtime.runtimes.<handler>.runtime_path", "The OCI runtime binary (runc or crun)."),
     key("runtime.runtimes.<handler>.runtime_root", "The runtime's --root; \"\" = <runroot>/oci/<handler>."),
@@ -1048,6 +1158,14 @@ pub const CONFIG_KEYS: &[KeyDoc] = &[
     table("metrics", "Prometheus endpoint."),
     key("metrics.enable", "Serve /metrics over HTTP."),
     key("metrics.address", "ip:port of the metrics endpoint (loopback by default, so nothing is exposed by accident)."),
+    table("nri", "NRI node plugins (containerd/nri): they see pod and container events and may adjust containers."),
+    key("nri.enable", "Serve NRI plugins."),
+    key("nri.socket_path", "Unix socket external plugins connect to."),
+    key("nri.plugin_path", "Pre-installed plugins, <index>-<name> executables the daemon starts itself."),
+    key("nri.plugin_config_path", "Plugin configuration: <index>-<name>.conf or <name>.conf, handed to the plugin."),
+    key("nri.disable_connections", "Refuse external plugins (no socket); only pre-installed ones run."),
+    key("nri.plugin_registration_timeout", "How long a plugin may take to register after connecting (\"5s\")."),
+    key("nri.plugin_request_timeout", "How long a plugin may take to answer one event before it is dropped (\"2s\")."),
 ];
 
 /// The documentation of `path` (as [`CONFIG_KEYS`] spells it).
@@ -1189,6 +1307,20 @@ mod tests {
             c.network.plugin_dirs,
             [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
         );
+    }
+
+    #[test]
+    fn a_key_this_version_no_longer_uses_still_loads_and_is_named() {
+        let c = Config::from_toml(
+            "[runtime.runtimes.runc]\nruntime_path = \"/usr/sbin/runc\"\nrunc_shortcuts = false\n",
+        )
+        .unwrap();
+        let ignored = c.ignored_keys();
+        assert_eq!(ignored.len(), 1, "{ignored:?}");
+        assert_eq!(ignored[0].0, "runtime.runtimes.runc.runc_shortcuts");
+        assert!(Config::default().ignored_keys().is_empty());
+        // Never written back: `ferrio config` shows only keys that do something.
+        assert!(!c.to_commented_toml().contains("runc_shortcuts"));
     }
 
     #[test]

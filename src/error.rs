@@ -35,6 +35,8 @@ pub enum Error {
     Image(#[from] ImageError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Nri(#[from] crate::nri::NriError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -185,6 +187,7 @@ fn sandbox_code(e: &SandboxError) -> Code {
         SandboxError::Cgroup(e) => cgroup_code(e),
         SandboxError::Systemd(e) => systemd_code(e),
         SandboxError::Io { source, .. } => io_code(source, Code::Unknown),
+        SandboxError::Refused { .. } => Code::Unknown,
     }
 }
 
@@ -203,6 +206,7 @@ fn container_code(e: &ContainerError) -> Code {
         ContainerError::Oci(e) => oci_code(e),
         ContainerError::Attach { source, .. } => attach_code(source),
         ContainerError::Io { source, .. } => io_code(source, Code::Unknown),
+        ContainerError::Refused { .. } => Code::Unknown,
     }
 }
 
@@ -216,7 +220,16 @@ impl Error {
             Error::Container(e) => container_code(e),
             Error::Image(e) => image_code(e),
             Error::State(e) => state_code(e),
+            Error::Nri(e) => nri_code(e),
         }
+    }
+}
+
+fn nri_code(e: &crate::nri::NriError) -> Code {
+    use crate::nri::NriError;
+    match e {
+        NriError::Io { source, .. } => io_code(source, Code::Unknown),
+        NriError::Plugin { .. } | NriError::Conflict(_) => Code::Unknown,
     }
 }
 

@@ -19,6 +19,7 @@
 //! - [`image`]: references, registry client + mirrors, content store, layer unpack, overlay mounts.
 //! - [`metrics`]: Prometheus instruments; reads state, never changes it.
 //! - [`network`]: CNI conflists, plugin exec, result cache, network namespaces.
+//! - [`nri`]: NRI node plugins: the plugin socket, registration, ordered events, container adjustments.
 //! - [`rollback`]: the undo stack every multi-step create uses.
 //! - [`state`]: persistent records written atomically.
 //! - [`streaming`]: the exec/attach/port-forward HTTP server (SPDY/3.1, WebSocket, one-shot tokens).
@@ -41,6 +42,7 @@ pub mod man;
 pub mod metrics;
 pub mod monitor;
 pub mod network;
+pub mod nri;
 pub mod oci;
 pub mod rollback;
 pub mod sandbox;

@@ -117,6 +117,10 @@ impl Env {
             .collect();
         c.network.network_dir = env.network_dir();
         c.network.plugin_dirs = vec!["/opt/cni/bin".into()];
+        // Each daemon its own NRI socket and no pre-installed plugins: tests run side by side.
+        c.nri.socket_path = env.runroot().join("nri.sock");
+        c.nri.plugin_path = env.dir().join("nri-plugins");
+        c.nri.plugin_config_path = env.dir().join("nri-conf.d");
         if let Some(f) = &opts.configure {
             f(&mut c);
         }

@@ -719,6 +719,8 @@ impl Bench {
             ..Config::default()
         };
         c.api.listen = dir.join("ferrio.sock");
+        c.nri.socket_path = dir.join("nri.sock");
+        c.nri.plugin_path = dir.join("nri-plugins");
         c.api.stream_address = "127.0.0.1".into();
         c.api.stream_port = 0;
         c.runtime.monitor_path = opts.monitor_bin.clone();

@@ -117,6 +117,9 @@ fn main() {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init();
     }
+    for (key, why) in config.ignored_keys() {
+        tracing::warn!(key, "config key is no longer used and is ignored: {why}");
+    }
     let set_log_level = move |level: LogLevel| {
         log_handle
             .reload(log_filter(level))

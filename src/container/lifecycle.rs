@@ -74,6 +74,9 @@ pub enum ContainerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The caller's spec edit refused the container.
+    #[error("container {id}: {reason}")]
+    Refused { id: String, reason: String },
 }
 
 /// Names that removed directories get until they are deleted (in the same parent directory, so
@@ -393,6 +396,10 @@ pub struct Containers {
     names: Names,
     /// One create per name key at a time, so a retry waits for the first attempt.
     creating: CreateOnce,
+    /// The CDI spec files of `runtime.cdi_spec_dirs`, parsed again when they change.
+    cdi: spec::CdiSpecDirs,
+    /// The OCI hook files of `runtime.hooks_dir`, parsed again when they change.
+    hooks: spec::HookDirs,
 }
 
 /// A CreateContainer request checked against its sandbox and the image store, before any
@@ -414,6 +421,18 @@ pub struct CreateRequest<'a> {
     pub sandbox_id: &'a str,
     pub config: &'a crate::cri::v1::ContainerConfig,
     pub sandbox_config: &'a crate::cri::v1::PodSandboxConfig,
+    /// A last edit of the spec by the caller (NRI plugins), after every other step.
+    pub adjust_spec: Option<&'a dyn SpecAdjust>,
+}
+
+/// A last edit of a container's OCI spec before its bundle is written; it may refuse the create, which then
+/// rolls back like any other failed step.
+pub trait SpecAdjust: Send + Sync {
+    fn adjust<'a>(
+        &'a self,
+        id: &'a str,
+        spec: oci_spec::runtime::Spec,
+    ) -> futures::future::BoxFuture<'a, Result<oci_spec::runtime::Spec, String>>;
 }
 
 impl Containers {
@@ -432,6 +451,8 @@ impl Containers {
             table,
             names,
             creating: CreateOnce::default(),
+            cdi: spec::CdiSpecDirs::default(),
+            hooks: spec::HookDirs::default(),
         }
     }
 
@@ -503,6 +524,26 @@ impl Containers {
             .into_iter()
             .filter(|c| c.meta.sandbox_id == sandbox_id)
             .collect()
+    }
+
+    /// The init pid of `target`, whose pid namespace a TARGET container joins: a running
+    /// container of the same pod (`kubectl debug --target` names one of the pod's containers).
+    fn pid_namespace_target(&self, sandbox_id: &str, target: &str) -> Result<i32, ContainerError> {
+        let c = self.get(target)?;
+        if c.meta.sandbox_id != sandbox_id {
+            return Err(ContainerError::Invalid {
+                field: "linux.security_context.namespace_options.target_id".into(),
+                reason: format!("container {target} belongs to another pod sandbox"),
+            });
+        }
+        let st = c.status();
+        if st.state() != ContainerState::Running || st.pid <= 0 {
+            return Err(ContainerError::WrongState {
+                id: target.to_string(),
+                reason: "is not running: a TARGET pid namespace joins a running container".into(),
+            });
+        }
+        Ok(st.pid)
     }
 
     fn runtime_for(&self, sandbox: &Sandbox) -> Result<OciRuntime, ContainerError> {
@@ -663,6 +704,10 @@ impl Containers {
         rb: &mut Rollback,
     ) -> Result<(), ContainerError> {
         let runtime = self.runtime_for(sandbox)?;
+        let target_pid = match spec::pid_namespace_target(req.config)? {
+            Some(target) => Some(self.pid_namespace_target(&sandbox.id, &target)?),
+            None => None,
+        };
         // First, as it may refuse the request (a profile that is not loaded).
         let apparmor_profile = self
             .pods
@@ -714,6 +759,13 @@ impl Containers {
         prepare_rootfs(&rootfs, req.config, &image.config.volumes).await?;
         let image_volumes = self.mount_image_volumes(&rec, req.config, rb).await?;
 
+        let (cdi, hooks) = {
+            let config = self.pods.config.load();
+            (
+                self.cdi.registry(&config.runtime.cdi_spec_dirs),
+                self.hooks.hooks(&config.runtime.hooks_dir),
+            )
+        };
         let st = sandbox.status();
         let ns = &sandbox.meta.namespaces;
         let pf = &sandbox.meta.pod_files;
@@ -739,9 +791,21 @@ impl Containers {
             host: &self.pods.host,
             restrict_oom_score_adj: self.pods.config.load().runtime.restrict_oom_score_adj,
             apparmor_profile,
+            target_pid,
+            cdi: &cdi,
+            hooks: &hooks,
         })?;
         let mut oci = oci;
         spec::set_sandbox_id(&mut oci, &sandbox.id);
+        if let Some(adjust) = req.adjust_spec {
+            oci = adjust
+                .adjust(id, oci)
+                .await
+                .map_err(|reason| ContainerError::Refused {
+                    id: id.to_string(),
+                    reason,
+                })?;
+        }
         let user = super::record::ProcessUser::of_spec(&oci);
         let bundle = run_dir.join("bundle");
         write_volatile_bundle(&bundle, &oci).await?;

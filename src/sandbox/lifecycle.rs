@@ -60,6 +60,9 @@ pub enum SandboxError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The caller's last check before ready refused the pod.
+    #[error("pod sandbox {id}: {reason}")]
+    Refused { id: String, reason: String },
 }
 
 /// `wanted`, plus the values that lift each limit `current` sets and `wanted` does not: no CFS quota,
@@ -212,6 +215,18 @@ pub struct RunRequest<'a> {
     pub port_mappings: Vec<PortMapping>,
     pub host_network: bool,
     pub host_ipc: bool,
+    /// Called with the pod (still "creating", so nobody lists it or creates in it) and its IPs right
+    /// before it is marked ready (NRI's RunPodSandbox); an error rolls the pod back.
+    pub before_ready: Option<&'a dyn BeforeReady>,
+}
+
+/// The last word on a pod before it is ready; it may refuse the pod.
+pub trait BeforeReady: Send + Sync {
+    fn before_ready<'a>(
+        &'a self,
+        pod: &'a Arc<Sandbox>,
+        ips: &'a [String],
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
 }
 
 /// The pod sandboxes of this node and the services their lifecycle uses. Callers outside the
@@ -852,6 +867,14 @@ impl Pods {
                 source: std::io::Error::other(e),
             })?
             .map_err(io_err(&run_dir))?;
+        if let Some(hook) = req.before_ready {
+            hook.before_ready(&rec, &ips)
+                .await
+                .map_err(|reason| SandboxError::Refused {
+                    id: id.to_string(),
+                    reason,
+                })?;
+        }
         // Ready is a fact of this boot (after a reboot the pause is gone): no fsync.
         rec.update_with(Durability::Crash, |s| {
             s.state = SandboxState::Ready;

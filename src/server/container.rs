@@ -27,12 +27,27 @@ pub(super) async fn create_container(
             Some(c) => c,
             None => convert::pod_config(&sandbox.meta),
         };
+        let adjust = d.nri.as_ref().map(|nri| super::nri::Adjust {
+            nri: nri.clone(),
+            pod: super::nri::pod(&sandbox),
+            config: config.clone(),
+        });
         let create = CreateRequest {
             sandbox_id: &sandbox.id,
             config: &config,
             sandbox_config: &sandbox_config,
+            adjust_spec: adjust
+                .as_ref()
+                .map(|a| a as &dyn crate::container::lifecycle::SpecAdjust),
         };
-        Ok(d.containers.create(create).await?)
+        let id = d.containers.create(create).await?;
+        if let (Some(nri), Some(adjust)) = (&d.nri, &adjust) {
+            if let Some(c) = d.containers.table.get(&id)? {
+                nri.post_create_container(&adjust.pod, &super::nri::container(&c))
+                    .await;
+            }
+        }
+        Ok(id)
     })
     .await?;
     Ok(Response::new(cri::CreateContainerResponse {
@@ -46,7 +61,19 @@ pub(super) async fn start_container(
 ) -> Res<cri::StartContainerResponse> {
     let id = req.into_inner().container_id;
     let d = d.clone();
-    detached(async move { Ok(d.containers.start(&id).await?) }).await?;
+    detached(async move {
+        let Some(nri) = d.nri.clone() else {
+            return Ok(d.containers.start(&id).await?);
+        };
+        let c = d.containers.get(&id)?;
+        let pod = super::nri::pod_of(&d, &c).unwrap_or_default();
+        nri.start_container(&pod, &super::nri::container(&c)).await;
+        d.containers.start(&id).await?;
+        nri.post_start_container(&pod, &super::nri::container(&c))
+            .await;
+        Ok(())
+    })
+    .await?;
     Ok(Response::new(cri::StartContainerResponse {}))
 }
 
@@ -60,7 +87,7 @@ pub(super) async fn stop_container(
         let Some(rec) = d.containers.find(&req.container_id)? else {
             return Ok(());
         };
-        Ok(d.containers.stop(&rec, req.timeout).await?)
+        stop_with_nri(&d, &rec, req.timeout).await
     })
     .await?;
     Ok(Response::new(cri::StopContainerResponse {}))
@@ -76,10 +103,44 @@ pub(super) async fn remove_container(
         let Some(rec) = d.containers.find(&id)? else {
             return Ok(());
         };
-        Ok(d.containers.remove(&rec).await?)
+        remove_with_nri(&d, &rec).await
     })
     .await?;
     Ok(Response::new(cri::RemoveContainerResponse {}))
+}
+
+/// Stop `c`, then tell NRI plugins if it was running or created until now.
+pub(super) async fn stop_with_nri(
+    d: &Daemon,
+    c: &Arc<Container>,
+    timeout: i64,
+) -> Result<(), Error> {
+    use crate::container::lifecycle::ContainerState;
+    let was_live = matches!(
+        c.status().state(),
+        ContainerState::Created | ContainerState::Running
+    );
+    d.containers.stop(c, timeout).await?;
+    if let (Some(nri), true) = (&d.nri, was_live) {
+        let pod = super::nri::pod_of(d, c).unwrap_or_default();
+        nri.stop_container(&pod, &super::nri::container(c)).await;
+    }
+    Ok(())
+}
+
+/// Remove `c`, then tell NRI plugins.
+pub(super) async fn remove_with_nri(d: &Daemon, c: &Arc<Container>) -> Result<(), Error> {
+    let pod = d
+        .nri
+        .as_ref()
+        .map(|_| super::nri::pod_of(d, c).unwrap_or_default());
+    d.containers.remove(c).await?;
+    if let (Some(nri), Some(pod)) = (&d.nri, pod) {
+        // Removing a running container stops it: plugins hear of the stop first.
+        nri.stop_container(&pod, &super::nri::container(c)).await;
+        nri.remove_container(&pod, &super::nri::container(c)).await;
+    }
+    Ok(())
 }
 
 pub(super) async fn list_containers(

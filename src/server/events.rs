@@ -123,6 +123,9 @@ pub fn spawn(daemon: &Arc<Daemon>) {
                     )
                 }
             };
+            if ty == cri::ContainerEventType::ContainerStoppedEvent {
+                super::nri::container_exited(&d, &id);
+            }
             let (pod, statuses) = pod_context(&d, &sandbox_id);
             let ev = cri::ContainerEventResponse {
                 container_id: id,

@@ -11,6 +11,7 @@ mod convert;
 mod deadline;
 mod events;
 mod image;
+mod nri;
 mod observe;
 mod pod;
 mod reload;
@@ -72,6 +73,8 @@ pub struct Daemon {
     /// The exec/attach/port-forward server the Exec, Attach and PortForward URLs point at.
     pub streaming: Arc<crate::streaming::Server>,
     pub events: events::Events,
+    /// NRI node plugins; `None` with `nri.enable = false`.
+    pub nri: Option<Arc<crate::nri::Nri>>,
     /// One reload at a time.
     reloading: std::sync::Mutex<()>,
 }
@@ -89,6 +92,8 @@ pub enum StartError {
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
     Streaming(#[from] crate::streaming::StreamError),
+    #[error(transparent)]
+    Nri(#[from] crate::nri::NriError),
 }
 
 impl Daemon {
@@ -146,9 +151,17 @@ impl Daemon {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             streaming,
             events: events::Events::new(),
+            nri: config
+                .nri
+                .enable
+                .then(|| crate::nri::Nri::new(nri_settings(&config))),
             reloading: std::sync::Mutex::new(()),
         });
         events::spawn(&daemon);
+        if let Some(nri) = &daemon.nri {
+            nri.start(Arc::new(nri::DaemonView(Arc::downgrade(&daemon))))
+                .await?;
+        }
         if config.metrics.enable {
             let addr = config.metrics.address.clone();
             let listener = crate::metrics::bind(&addr)
@@ -180,6 +193,23 @@ fn cni_for(config: &Config) -> Cni {
         config.network.cni_plugin_timeout,
     ))
     .with_default_network(Some(config.network.cni_default_network.clone()))
+}
+
+/// The NRI room's settings from `[nri]` (durations were validated with the config).
+fn nri_settings(config: &Config) -> crate::nri::Settings {
+    let duration = |s: &str, default: u64| {
+        crate::config::parse_duration(s).unwrap_or(std::time::Duration::from_secs(default))
+    };
+    crate::nri::Settings {
+        socket_path: config.nri.socket_path.clone(),
+        plugin_path: config.nri.plugin_path.clone(),
+        plugin_config_path: config.nri.plugin_config_path.clone(),
+        disable_connections: config.nri.disable_connections,
+        registration_timeout: duration(&config.nri.plugin_registration_timeout, 5),
+        request_timeout: duration(&config.nri.plugin_request_timeout, 2),
+        runtime_name: "ferrio".into(),
+        runtime_version: env!("CARGO_PKG_VERSION").into(),
+    }
 }
 
 /// One [`OciRuntime`] per configured handler.

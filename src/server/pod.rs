@@ -23,6 +23,7 @@ pub(super) async fn run_pod_sandbox(
     })?;
     let pods = d.pods.clone();
     let handler = req.runtime_handler;
+    let hook = d.nri.clone().map(super::nri::RunPodHook);
     let id = detached(async move {
         let ns = config
             .linux
@@ -68,6 +69,9 @@ pub(super) async fn run_pod_sandbox(
             port_mappings,
             host_network: ns.network == cri::NamespaceMode::Node as i32,
             host_ipc: ns.ipc == cri::NamespaceMode::Node as i32,
+            before_ready: hook
+                .as_ref()
+                .map(|h| h as &dyn crate::sandbox::lifecycle::BeforeReady),
         };
         Ok(pods.run(run).await?)
     })
@@ -93,10 +97,14 @@ pub(super) async fn stop_pod_sandbox(
         let stops = d.containers.of_sandbox(&rec.id).into_iter().map(|c| {
             let grace = grace_period(&c.meta.annotations, &rec.meta.annotations);
             let d = d.clone();
-            async move { d.containers.stop(&c, grace).await }
+            async move { super::container::stop_with_nri(&d, &c, grace).await }
         });
         futures::future::try_join_all(stops).await?;
+        let was_ready = rec.status().state == crate::sandbox::lifecycle::SandboxState::Ready;
         d.pods.stop(&rec).await?;
+        if let (Some(nri), true) = (&d.nri, was_ready) {
+            nri.stop_pod_sandbox(&super::nri::pod(&rec)).await;
+        }
         Ok(())
     })
     .await?;
@@ -115,10 +123,13 @@ pub(super) async fn remove_pod_sandbox(
         };
         let removes = d.containers.of_sandbox(&rec.id).into_iter().map(|c| {
             let d = d.clone();
-            async move { d.containers.remove(&c).await }
+            async move { super::container::remove_with_nri(&d, &c).await }
         });
         futures::future::try_join_all(removes).await?;
         d.pods.remove(&rec).await?;
+        if let Some(nri) = &d.nri {
+            nri.remove_pod_sandbox(&super::nri::pod(&rec)).await;
+        }
         Ok(())
     })
     .await?;

@@ -16,9 +16,28 @@ pub(super) async fn update_container_resources(
     if let Some(linux) = req.linux {
         let d = d.clone();
         detached(async move {
-            Ok(d.containers
-                .update_resources(&req.container_id, &linux)
-                .await?)
+            let Some(nri) = d.nri.clone() else {
+                return Ok(d
+                    .containers
+                    .update_resources(&req.container_id, &linux)
+                    .await?);
+            };
+            let c = d.containers.get(&req.container_id)?;
+            let pod = super::nri::pod_of(&d, &c).unwrap_or_default();
+            let updates = nri
+                .update_container(
+                    &pod,
+                    &super::nri::container(&c),
+                    &super::nri::nri_resources(&linux),
+                )
+                .await
+                .map_err(crate::error::Error::Nri)?;
+            d.containers.update_resources(&c.id, &linux).await?;
+            // What plugins asked for goes on top of the request, as their answer to it.
+            super::nri::apply_updates(&d, updates).await;
+            nri.post_update_container(&pod, &super::nri::container(&c))
+                .await;
+            Ok(())
         })
         .await?;
     }

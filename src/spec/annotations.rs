@@ -49,7 +49,12 @@ pub struct AnnotationsInput {
 
 /// Step: the spec's annotations.
 pub fn annotations(spec: &mut Spec, input: &Input) -> Result<(), SpecError> {
-    let req = &input.annotations;
+    spec.set_annotations(Some(annotation_map(&input.annotations)));
+    Ok(())
+}
+
+/// The annotations a spec gets (what OCI hooks' `when.annotations` match, too).
+pub fn annotation_map(req: &AnnotationsInput) -> HashMap<String, String> {
     let mut a = req.request.clone();
     let kind = match req.kind {
         SpecKind::Sandbox => "sandbox",
@@ -70,8 +75,7 @@ pub fn annotations(spec: &mut Spec, input: &Input) -> Result<(), SpecError> {
     if !req.log_directory.is_empty() {
         a.insert(ANN_SANDBOX_LOG_DIR.into(), req.log_directory.clone());
     }
-    spec.set_annotations(Some(a));
-    Ok(())
+    a
 }
 
 /// Records the sandbox id in a spec; the caller knows it, the translators do not.

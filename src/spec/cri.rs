@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxResources, Spec};
 
 use super::annotations::{AnnotationsInput, PodIdentity, SpecKind};
+use super::cdi::{self, CdiInput, CdiRegistry};
 use super::devices::{DeviceRequest, DevicesInput};
+use super::hooks::HookDef;
 use super::mounts::{ImageVolume, MountRequest, MountsInput, PodFilePaths, Propagation};
 use super::namespaces::{NamespacesInput, PidMode};
 use super::process::{self, ProcessInput, ProcessUser};
@@ -87,6 +89,13 @@ pub struct ContainerSpecInput<'a> {
     pub restrict_oom_score_adj: bool,
     /// The AppArmor profile, resolved from [`container_apparmor_request`]; `None` = unconfined.
     pub apparmor_profile: Option<String>,
+    /// The init pid of the container named by a TARGET pid namespace ([`pid_namespace_target`]),
+    /// resolved by the caller; `None` when the request names no target.
+    pub target_pid: Option<i32>,
+    /// The node's CDI devices (from `runtime.cdi_spec_dirs`).
+    pub cdi: &'a CdiRegistry,
+    /// The node's OCI hook definitions (from `runtime.hooks_dir`).
+    pub hooks: &'a [HookDef],
 }
 
 /// Builds the pause container's spec.
@@ -177,6 +186,8 @@ pub fn pod_spec_on(input: &PauseSpecInput, files: &dyn HostFiles) -> Result<Spec
             image_name: None,
             log_directory: config.log_directory.clone(),
         },
+        cdi: CdiInput::default(),
+        hooks: &[],
     };
     build(POD_STEPS, &input)
 }
@@ -258,7 +269,9 @@ pub fn container_spec_on(
         },
         NamespaceMode::Container => PidMode::Container,
         NamespaceMode::Node => PidMode::Node,
-        NamespaceMode::Target => PidMode::Target,
+        NamespaceMode::Target => PidMode::Target {
+            target_pid: input.target_pid.unwrap_or(0),
+        },
     };
 
     let input = Input {
@@ -338,6 +351,14 @@ pub fn container_spec_on(
             image_name: config.image.as_ref().map(|i| i.image.clone()),
             log_directory: String::new(),
         },
+        cdi: CdiInput {
+            devices: cdi::requested_devices(
+                config.cdi_devices.iter().map(|d| d.name.as_str()),
+                &config.annotations,
+            ),
+            registry: Some(input.cdi),
+        },
+        hooks: input.hooks,
     };
     build(CONTAINER_STEPS, &input)
 }
@@ -417,6 +438,28 @@ fn capability_request(sec: Option<&LinuxContainerSecurityContext>) -> Capability
         add_ambient: requested
             .map(|c| c.add_ambient_capabilities.clone())
             .unwrap_or_default(),
+    }
+}
+
+/// The container whose pid namespace a container asks to join (pid mode TARGET, which only a
+/// container's own namespace options can name); `None` for every other mode.
+pub fn pid_namespace_target(config: &ContainerConfig) -> Result<Option<String>, SpecError> {
+    let ns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    match ns {
+        Some(n) if n.pid == NamespaceMode::Target as i32 => {
+            if n.target_id.is_empty() {
+                return Err(SpecError::invalid(
+                    "linux.security_context.namespace_options.target_id",
+                    "pid mode TARGET needs the id of a container of the pod",
+                ));
+            }
+            Ok(Some(n.target_id.clone()))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -2,9 +2,10 @@
 //! system facts a request depends on, behind [`HostFiles`].
 //!
 //! Steps never read the host themselves: they ask a [`HostView`], so each one runs in a unit
-//! test against a fake without root. [`LiveHost`] is the real thing and the only code in
-//! `spec/` that touches the file system; its one write creates a missing host directory for a
-//! bind mount, as CRI-O and containerd do.
+//! test against a fake without root. [`LiveHost`] is the real thing and the only code the
+//! steps reach the file system through; its one write creates a missing host directory for a
+//! bind mount, as CRI-O and containerd do. (The CDI and OCI hook definition directories are
+//! read before the steps run, by [`super::watched`], and reach the steps as parsed values.)
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};

@@ -8,10 +8,15 @@
 //!   of steps ([`POD_STEPS`], [`CONTAINER_STEPS`]).
 //! - One file per step family: [`process`], [`user`], [`mounts`], [`devices`],
 //!   [`namespaces`], [`resources`], [`security`] (capabilities, LSM labels, masked paths),
-//!   [`seccomp`], [`annotations`].
+//!   [`seccomp`], [`cdi`] (CDI devices), [`hooks`] (OCI hooks directories), [`annotations`],
+//!   and [`nri`], which applies node plugins' adjustments after the others (plugins answer
+//!   about the spec they produced).
 //! - [`host`]: the host as the steps see it ([`HostView`]): features probed once at start and
 //!   the file system behind a trait, so no step reads `/proc`, `/sys` or `/dev` itself and each
 //!   runs in a unit test without root.
+//! - [`watched`]: the definition directories of CDI and OCI hooks, parsed again when a file
+//!   changes; the caller reads them ([`CdiSpecDirs`], [`HookDirs`]) and hands the steps the
+//!   parsed definitions.
 //!
 //! A step is a [`Step`]: it edits the spec from the input and nothing else. A new feature
 //! (CDI edits, idmapped mounts, OCI hooks, NRI adjustments) is one more step in the lists.
@@ -19,17 +24,21 @@
 //! missing bind-mount source directory (through [`HostFiles::bind_source`]).
 
 pub mod annotations;
+pub mod cdi;
 pub mod cri;
 pub mod devices;
 mod error;
+pub mod hooks;
 pub mod host;
 pub mod mounts;
 pub mod namespaces;
+pub mod nri;
 pub mod process;
 pub mod resources;
 pub mod seccomp;
 pub mod security;
 pub mod user;
+pub mod watched;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,12 +48,15 @@ use oci_spec::runtime::{
 };
 
 pub use annotations::{set_sandbox_id, AnnotationsInput};
+pub use cdi::{CdiInput, CdiRegistry, CdiSpecDirs};
 pub use cri::{
-    container_apparmor_request, container_spec, pause_apparmor_request, pod_limits, pod_spec,
-    update_resources, ContainerSpecInput, PauseSpecInput, PodFiles, SandboxContext,
+    container_apparmor_request, container_spec, pause_apparmor_request, pid_namespace_target,
+    pod_limits, pod_spec, update_resources, ContainerSpecInput, PauseSpecInput, PodFiles,
+    SandboxContext,
 };
 pub use devices::DevicesInput;
 pub use error::SpecError;
+pub use hooks::{HookDef, HookDirs};
 pub use host::{HostFiles, HostView, LiveHost};
 pub use mounts::{ImageVolume, MountsInput};
 pub use namespaces::{validate_sysctls, NamespacesInput};
@@ -73,6 +85,10 @@ pub struct Input<'a> {
     /// The pod's sysctls, unchecked.
     pub sysctls: HashMap<String, String>,
     pub annotations: AnnotationsInput,
+    /// The CDI devices the request names, and the node's CDI specs.
+    pub cdi: CdiInput<'a>,
+    /// The node's OCI hook definitions (each step decides by its `when`).
+    pub hooks: &'a [HookDef],
 }
 
 /// One named step of a spec's construction.
@@ -105,8 +121,12 @@ pub const CONTAINER_STEPS: &[(&str, Step)] = &[
     ("masked paths", security::masked_paths),
     ("seccomp", seccomp::seccomp),
     ("hostname", namespaces::hostname),
+    ("cdi devices", cdi::cdi_devices),
+    ("oci hooks", hooks::oci_hooks),
     ("annotations", annotations::annotations),
 ];
+
+pub use nri::nri_adjustments;
 
 /// Runs `steps` over a base spec: the root, the cgroup path, and nothing of oci-spec's
 /// `Default` (youki's hostname, default mounts and masked paths, a NOFILE rlimit) that a step

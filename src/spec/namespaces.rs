@@ -1,4 +1,5 @@
-//! Namespaces: a mount namespace of its own, the pid namespace the request asks for, the pod's
+//! Namespaces: a mount namespace of its own, the pid namespace the request asks for (its own,
+//! the pod's, the host's or a target container's), the pod's
 //! pinned network/IPC/UTS namespaces, a cgroup namespace on cgroup v2; the hostname (only with
 //! a UTS namespace of its own) and the namespaced sysctls a pod may set.
 
@@ -20,8 +21,9 @@ pub enum PidMode {
     Container,
     /// The host's.
     Node,
-    /// Another container's (not supported).
-    Target,
+    /// Another container's of the same pod (`kubectl debug --target`): join the pid namespace
+    /// of that container's init, whose pid the caller resolved.
+    Target { target_pid: i32 },
 }
 
 /// The namespaces a spec gets.
@@ -62,11 +64,15 @@ pub fn namespaces(spec: &mut Spec, input: &Input) -> Result<(), SpecError> {
         }
         PidMode::Container => out.push(namespace(LinuxNamespaceType::Pid, None)?),
         PidMode::Node => {}
-        PidMode::Target => {
-            return Err(SpecError::invalid(
-                "namespace_options.pid",
-                "TARGET pid namespaces are not supported",
-            ))
+        PidMode::Target { target_pid } => {
+            if target_pid <= 0 {
+                return Err(SpecError::invalid(
+                    "namespace_options.target_id",
+                    "the target container has no running process to share a pid namespace with",
+                ));
+            }
+            let path = PathBuf::from(format!("/proc/{target_pid}/ns/pid"));
+            out.push(namespace(LinuxNamespaceType::Pid, Some(&path))?);
         }
     }
     push_pinned(&mut out, LinuxNamespaceType::Network, req.net.as_deref())?;

@@ -1,15 +1,17 @@
-//! Seccomp: the RuntimeDefault allowlist (widened by the process's capabilities), Localhost
-//! profiles in docker's or OCI's format, and the step that puts the filter in the spec.
+//! Seccomp: the RuntimeDefault allowlist (its syscall table is data, `seccomp_default.json`,
+//! widened by the process's capabilities), Localhost profiles in docker's or OCI's format, and
+//! the step that puts the filter in the spec.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
     LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder, Spec,
 };
 
-use super::security::{linux_of, strings};
+use super::security::linux_of;
 use super::{HostFiles, Input, SpecError};
 use crate::oci::host::HostFeatures;
 
@@ -154,432 +156,28 @@ pub fn parse_seccomp_json(text: &str) -> Result<LinuxSeccomp, String> {
     serde_json::from_value(Value::Object(out)).map_err(|e| e.to_string())
 }
 
-/// Syscalls the default profile allows to everyone (docker's list, in spirit: whatever a
-/// normal program needs; nothing that reaches outside the container's namespaces).
-const SECCOMP_ALLOWED: &[&str] = &[
-    "accept",
-    "accept4",
-    "access",
-    "adjtimex",
-    "alarm",
-    "bind",
-    "brk",
-    "cachestat",
-    "capget",
-    "capset",
-    "chdir",
-    "chmod",
-    "chown",
-    "chown32",
-    "clock_adjtime",
-    "clock_adjtime64",
-    "clock_getres",
-    "clock_getres_time64",
-    "clock_gettime",
-    "clock_gettime64",
-    "clock_nanosleep",
-    "clock_nanosleep_time64",
-    "close",
-    "close_range",
-    "connect",
-    "copy_file_range",
-    "creat",
-    "dup",
-    "dup2",
-    "dup3",
-    "epoll_create",
-    "epoll_create1",
-    "epoll_ctl",
-    "epoll_ctl_old",
-    "epoll_pwait",
-    "epoll_pwait2",
-    "epoll_wait",
-    "epoll_wait_old",
-    "eventfd",
-    "eventfd2",
-    "execve",
-    "execveat",
-    "exit",
-    "exit_group",
-    "faccessat",
-    "faccessat2",
-    "fadvise64",
-    "fadvise64_64",
-    "fallocate",
-    "fanotify_mark",
-    "fchdir",
-    "fchmod",
-    "fchmodat",
-    "fchmodat2",
-    "fchown",
-    "fchown32",
-    "fchownat",
-    "fcntl",
-    "fcntl64",
-    "fdatasync",
-    "fgetxattr",
-    "flistxattr",
-    "flock",
-    "fork",
-    "fremovexattr",
-    "fsetxattr",
-    "fstat",
-    "fstat64",
-    "fstatat64",
-    "fstatfs",
-    "fstatfs64",
-    "fsync",
-    "ftruncate",
-    "ftruncate64",
-    "futex",
-    "futex_requeue",
-    "futex_time64",
-    "futex_wait",
-    "futex_waitv",
-    "futex_wake",
-    "futimesat",
-    "get_robust_list",
-    "get_thread_area",
-    "getcpu",
-    "getcwd",
-    "getdents",
-    "getdents64",
-    "getegid",
-    "getegid32",
-    "geteuid",
-    "geteuid32",
-    "getgid",
-    "getgid32",
-    "getgroups",
-    "getgroups32",
-    "getitimer",
-    "getpeername",
-    "getpgid",
-    "getpgrp",
-    "getpid",
-    "getppid",
-    "getpriority",
-    "getrandom",
-    "getresgid",
-    "getresgid32",
-    "getresuid",
-    "getresuid32",
-    "getrlimit",
-    "getrusage",
-    "getsid",
-    "getsockname",
-    "getsockopt",
-    "gettid",
-    "gettimeofday",
-    "getuid",
-    "getuid32",
-    "getxattr",
-    "inotify_add_watch",
-    "inotify_init",
-    "inotify_init1",
-    "inotify_rm_watch",
-    "io_cancel",
-    "io_destroy",
-    "io_getevents",
-    "io_pgetevents",
-    "io_pgetevents_time64",
-    "io_setup",
-    "io_submit",
-    "ioctl",
-    "ioprio_get",
-    "ioprio_set",
-    "ipc",
-    "kill",
-    "landlock_add_rule",
-    "landlock_create_ruleset",
-    "landlock_restrict_self",
-    "lchown",
-    "lchown32",
-    "lgetxattr",
-    "link",
-    "linkat",
-    "listen",
-    "listxattr",
-    "llistxattr",
-    "_llseek",
-    "lremovexattr",
-    "lseek",
-    "lsetxattr",
-    "lstat",
-    "lstat64",
-    "madvise",
-    "map_shadow_stack",
-    "membarrier",
-    "memfd_create",
-    "memfd_secret",
-    "mincore",
-    "mkdir",
-    "mkdirat",
-    "mknod",
-    "mknodat",
-    "mlock",
-    "mlock2",
-    "mlockall",
-    "mmap",
-    "mmap2",
-    "mprotect",
-    "mq_getsetattr",
-    "mq_notify",
-    "mq_open",
-    "mq_timedreceive",
-    "mq_timedreceive_time64",
-    "mq_timedsend",
-    "mq_timedsend_time64",
-    "mq_unlink",
-    "mremap",
-    "msgctl",
-    "msgget",
-    "msgrcv",
-    "msgsnd",
-    "msync",
-    "munlock",
-    "munlockall",
-    "munmap",
-    "name_to_handle_at",
-    "nanosleep",
-    "newfstatat",
-    "_newselect",
-    "open",
-    "openat",
-    "openat2",
-    "pause",
-    "pidfd_open",
-    "pidfd_send_signal",
-    "pipe",
-    "pipe2",
-    "pkey_alloc",
-    "pkey_free",
-    "pkey_mprotect",
-    "poll",
-    "ppoll",
-    "ppoll_time64",
-    "prctl",
-    "pread64",
-    "preadv",
-    "preadv2",
-    "prlimit64",
-    "process_mrelease",
-    "pselect6",
-    "pselect6_time64",
-    "pwrite64",
-    "pwritev",
-    "pwritev2",
-    "read",
-    "readahead",
-    "readlink",
-    "readlinkat",
-    "readv",
-    "recv",
-    "recvfrom",
-    "recvmmsg",
-    "recvmmsg_time64",
-    "recvmsg",
-    "remap_file_pages",
-    "removexattr",
-    "rename",
-    "renameat",
-    "renameat2",
-    "restart_syscall",
-    "rmdir",
-    "rseq",
-    "rt_sigaction",
-    "rt_sigpending",
-    "rt_sigprocmask",
-    "rt_sigqueueinfo",
-    "rt_sigreturn",
-    "rt_sigsuspend",
-    "rt_sigtimedwait",
-    "rt_sigtimedwait_time64",
-    "rt_tgsigqueueinfo",
-    "sched_get_priority_max",
-    "sched_get_priority_min",
-    "sched_getaffinity",
-    "sched_getattr",
-    "sched_getparam",
-    "sched_getscheduler",
-    "sched_rr_get_interval",
-    "sched_rr_get_interval_time64",
-    "sched_setaffinity",
-    "sched_setattr",
-    "sched_setparam",
-    "sched_setscheduler",
-    "sched_yield",
-    "seccomp",
-    "select",
-    "semctl",
-    "semget",
-    "semop",
-    "semtimedop",
-    "semtimedop_time64",
-    "send",
-    "sendfile",
-    "sendfile64",
-    "sendmmsg",
-    "sendmsg",
-    "sendto",
-    "set_robust_list",
-    "set_thread_area",
-    "set_tid_address",
-    "setfsgid",
-    "setfsgid32",
-    "setfsuid",
-    "setfsuid32",
-    "setgid",
-    "setgid32",
-    "setgroups",
-    "setgroups32",
-    "setitimer",
-    "setpgid",
-    "setpriority",
-    "setregid",
-    "setregid32",
-    "setresgid",
-    "setresgid32",
-    "setresuid",
-    "setresuid32",
-    "setreuid",
-    "setreuid32",
-    "setrlimit",
-    "setsid",
-    "setsockopt",
-    "setuid",
-    "setuid32",
-    "setxattr",
-    "shmat",
-    "shmctl",
-    "shmdt",
-    "shmget",
-    "shutdown",
-    "sigaltstack",
-    "signalfd",
-    "signalfd4",
-    "sigprocmask",
-    "sigreturn",
-    "socket",
-    "socketcall",
-    "socketpair",
-    "splice",
-    "stat",
-    "stat64",
-    "statfs",
-    "statfs64",
-    "statx",
-    "symlink",
-    "symlinkat",
-    "sync",
-    "sync_file_range",
-    "syncfs",
-    "sysinfo",
-    "tee",
-    "tgkill",
-    "time",
-    "timer_create",
-    "timer_delete",
-    "timer_getoverrun",
-    "timer_gettime",
-    "timer_gettime64",
-    "timer_settime",
-    "timer_settime64",
-    "timerfd_create",
-    "timerfd_gettime",
-    "timerfd_gettime64",
-    "timerfd_settime",
-    "timerfd_settime64",
-    "times",
-    "tkill",
-    "truncate",
-    "truncate64",
-    "ugetrlimit",
-    "umask",
-    "uname",
-    "unlink",
-    "unlinkat",
-    "utime",
-    "utimensat",
-    "utimensat_time64",
-    "utimes",
-    "vfork",
-    "vmsplice",
-    "wait4",
-    "waitid",
-    "waitpid",
-    "write",
-    "writev",
-];
+/// The default profile's syscall table, kept as data: `allowed` to everyone (docker's list, in
+/// spirit: whatever a normal program needs; nothing that reaches outside the container's
+/// namespaces), `byCapability` only to holders of that capability, `byArchitecture` only on
+/// that architecture (Rust's `std::env::consts::ARCH` names).
+const DEFAULT_TABLE_JSON: &str = include_str!("seccomp_default.json");
 
-/// Syscalls the default profile allows only to holders of a capability.
-const SECCOMP_BY_CAPABILITY: &[(&str, &[&str])] = &[
-    (
-        "CAP_SYS_ADMIN",
-        &[
-            "bpf",
-            "clone",
-            "clone3",
-            "fanotify_init",
-            "fsconfig",
-            "fsmount",
-            "fsopen",
-            "fspick",
-            "lookup_dcookie",
-            "mount",
-            "mount_setattr",
-            "move_mount",
-            "open_tree",
-            "perf_event_open",
-            "quotactl",
-            "quotactl_fd",
-            "setdomainname",
-            "sethostname",
-            "setns",
-            "syslog",
-            "umount",
-            "umount2",
-            "unshare",
-        ],
-    ),
-    ("CAP_SYS_BOOT", &["reboot"]),
-    ("CAP_SYS_CHROOT", &["chroot"]),
-    (
-        "CAP_SYS_MODULE",
-        &["delete_module", "init_module", "finit_module"],
-    ),
-    ("CAP_SYS_PACCT", &["acct"]),
-    (
-        "CAP_SYS_PTRACE",
-        &[
-            "kcmp",
-            "pidfd_getfd",
-            "process_madvise",
-            "process_vm_readv",
-            "process_vm_writev",
-            "ptrace",
-        ],
-    ),
-    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
-    (
-        "CAP_SYS_TIME",
-        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
-    ),
-    ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
-    (
-        "CAP_SYS_NICE",
-        &[
-            "get_mempolicy",
-            "mbind",
-            "set_mempolicy",
-            "set_mempolicy_home_node",
-        ],
-    ),
-    ("CAP_SYSLOG", &["syslog"]),
-    ("CAP_BPF", &["bpf"]),
-    ("CAP_PERFMON", &["perf_event_open"]),
-    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
-];
+/// [`DEFAULT_TABLE_JSON`] decoded.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DefaultTable {
+    allowed: Vec<String>,
+    by_capability: BTreeMap<String, Vec<String>>,
+    by_architecture: BTreeMap<String, Vec<String>>,
+}
+
+fn default_table() -> Result<&'static DefaultTable, SpecError> {
+    static TABLE: LazyLock<Result<DefaultTable, String>> =
+        LazyLock::new(|| serde_json::from_str(DEFAULT_TABLE_JSON).map_err(|e| e.to_string()));
+    TABLE
+        .as_ref()
+        .map_err(|e| SpecError::Build(format!("seccomp_default.json: {e}")))
+}
 
 /// Namespace flags of clone(2) (CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET):
 /// without CAP_SYS_ADMIN a container may clone but not make namespaces.
@@ -597,12 +195,16 @@ fn allow(names: Vec<String>) -> Result<LinuxSyscall, SpecError> {
 /// The RuntimeDefault profile: an allowlist, everything else fails with EPERM.
 pub fn default_seccomp_profile(caps: &[String]) -> Result<LinuxSeccomp, SpecError> {
     let has = |c: &str| caps.iter().any(|x| x == c);
-    let mut syscalls = vec![allow(strings(SECCOMP_ALLOWED))?];
+    let table = default_table()?;
+    let mut syscalls = vec![allow(table.allowed.clone())?];
     let mut extra: BTreeSet<&str> = BTreeSet::new();
-    for (cap, names) in SECCOMP_BY_CAPABILITY {
+    for (cap, names) in &table.by_capability {
         if has(cap) {
-            extra.extend(names.iter().copied());
+            extra.extend(names.iter().map(String::as_str));
         }
+    }
+    if let Some(names) = table.by_architecture.get(std::env::consts::ARCH) {
+        extra.extend(names.iter().map(String::as_str));
     }
     // Execution domains that do not change the kernel's behaviour in a dangerous way.
     for persona in [0x0u64, 0x0008, 0x20000, 0x20008, 0xffff_ffff] {
@@ -617,15 +219,6 @@ pub fn default_seccomp_profile(caps: &[String]) -> Result<LinuxSeccomp, SpecErro
                     .build()?])
                 .build()?,
         );
-    }
-    match std::env::consts::ARCH {
-        "x86_64" | "x86" => extra.extend(["arch_prctl", "modify_ldt"]),
-        "s390x" => extra.extend([
-            "s390_pci_mmio_read",
-            "s390_pci_mmio_write",
-            "s390_runtime_instr",
-        ]),
-        _ => {}
     }
     if !has("CAP_SYS_ADMIN") {
         // clone without namespace flags; clone3 hides its flags in memory, so answer ENOSYS
@@ -667,4 +260,44 @@ pub fn default_seccomp_profile(caps: &[String]) -> Result<LinuxSeccomp, SpecErro
         .architectures(architectures)
         .syscalls(syscalls)
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_table_decodes_and_names_each_syscall_once_per_list() {
+        let table = default_table().unwrap();
+        assert!(table.allowed.len() > 300);
+        let unique: BTreeSet<&String> = table.allowed.iter().collect();
+        assert_eq!(unique.len(), table.allowed.len(), "a syscall allowed twice");
+        for (cap, names) in &table.by_capability {
+            assert!(cap.starts_with("CAP_"), "{cap}");
+            for n in names {
+                assert!(
+                    !table.allowed.contains(n),
+                    "{n} is allowed to everyone and to {cap}"
+                );
+            }
+        }
+        assert!(table.by_capability["CAP_SYS_ADMIN"].contains(&"mount".to_string()));
+        assert!(table.by_architecture["x86_64"].contains(&"arch_prctl".to_string()));
+    }
+
+    #[test]
+    fn default_profile_adds_architecture_syscalls() {
+        let profile = default_seccomp_profile(&[]).unwrap();
+        let names: Vec<String> = profile
+            .syscalls()
+            .clone()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c.names().clone())
+            .collect();
+        if std::env::consts::ARCH == "x86_64" {
+            assert!(names.contains(&"arch_prctl".to_string()));
+        }
+        assert!(!names.contains(&"mount".to_string()));
+    }
 }

@@ -50,6 +50,9 @@ struct Fixture {
     cgroups_path: String,
     image_volumes: Vec<crate::spec::ImageVolume>,
     apparmor_profile: Option<String>,
+    target_pid: Option<i32>,
+    cdi: crate::spec::CdiRegistry,
+    hooks: Vec<crate::spec::HookDef>,
 }
 
 impl Fixture {
@@ -99,6 +102,9 @@ impl Fixture {
             cgroups_path: "/ferrio/pod/c1".into(),
             image_volumes: Vec::new(),
             apparmor_profile: None,
+            target_pid: None,
+            cdi: Default::default(),
+            hooks: Vec::new(),
             dir,
         }
     }
@@ -161,6 +167,9 @@ impl Fixture {
             host: &self.host,
             restrict_oom_score_adj: self.restrict,
             apparmor_profile: self.apparmor_profile.clone(),
+            target_pid: self.target_pid,
+            cdi: &self.cdi,
+            hooks: &self.hooks,
         })
     }
 
@@ -169,7 +178,7 @@ impl Fixture {
     }
 }
 
-fn invalid_field(r: Result<Spec, SpecError>) -> String {
+fn invalid_field<T: std::fmt::Debug>(r: Result<T, SpecError>) -> String {
     match r {
         Err(SpecError::Invalid { field, .. }) => field,
         other => panic!("expected Invalid, got {other:?}"),
@@ -532,11 +541,37 @@ fn namespaces_follow_the_pod() {
     assert_eq!(ns(&s, LinuxNamespaceType::Uts), None);
     assert_eq!(ns(&s, LinuxNamespaceType::Cgroup), None);
     assert!(s.hostname().is_none());
+    // TARGET: the target container's pid namespace, once the caller resolved its init
+    f.sec().namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Target as i32,
+        target_id: "target".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        pid_namespace_target(&f.config).unwrap().as_deref(),
+        Some("target")
+    );
+    assert_eq!(invalid_field(f.build()), "namespace_options.target_id");
+    f.target_pid = Some(4242);
+    assert_eq!(
+        ns(&f.spec(), LinuxNamespaceType::Pid),
+        Some(Some(PathBuf::from("/proc/4242/ns/pid")))
+    );
+    // TARGET without a target is a bad request; other modes name none
     f.sec().namespace_options = Some(NamespaceOption {
         pid: NamespaceMode::Target as i32,
         ..Default::default()
     });
-    assert_eq!(invalid_field(f.build()), "namespace_options.pid");
+    assert_eq!(
+        invalid_field(pid_namespace_target(&f.config)),
+        "linux.security_context.namespace_options.target_id"
+    );
+    f.sec().namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Pod as i32,
+        target_id: "ignored".into(),
+        ..Default::default()
+    });
+    assert_eq!(pid_namespace_target(&f.config).unwrap(), None);
 }
 
 #[test]

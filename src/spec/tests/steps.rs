@@ -10,6 +10,7 @@ use crate::spec::devices::{DeviceRequest, DevicesInput};
 use crate::spec::mounts::{MountRequest, Propagation};
 use crate::spec::user::{resolve_user, UserRequest};
 use crate::spec::*;
+use crate::spec::{cdi, hooks};
 
 /// A host whose files are given: bind sources live under `/fake`, devices are made up.
 #[derive(Default)]
@@ -75,6 +76,8 @@ fn input<'a>(features: &'a HostFeatures, files: &'a FakeHost) -> Input<'a> {
         resources: None,
         sysctls: HashMap::new(),
         annotations: AnnotationsInput::default(),
+        cdi: CdiInput::default(),
+        hooks: &[],
     }
 }
 
@@ -259,4 +262,145 @@ fn the_hostname_needs_a_uts_namespace_of_its_own() {
         run(namespaces::hostname, &i).unwrap().hostname().as_deref(),
         Some("pod")
     );
+}
+
+#[test]
+fn cdi_devices_apply_their_edits_once_per_spec_file() {
+    let features = HostFeatures::default();
+    let files = FakeHost::default();
+    let yaml = r#"
+cdiVersion: "0.6.0"
+kind: example.com/dev
+containerEdits:
+  env: ["VENDOR=example"]
+  additionalGIDs: [44]
+devices:
+  - name: a
+    containerEdits:
+      env: ["DEV=a"]
+      deviceNodes: [{path: /dev/a, hostPath: /dev/null, permissions: rw}]
+      mounts: [{hostPath: /opt/a, containerPath: /opt/a, options: [ro]}]
+      hooks: [{hookName: createContainer, path: /bin/true}]
+  - name: b
+    containerEdits:
+      env: ["DEV=b"]
+      deviceNodes: [{path: /dev/b, type: c, major: 10, minor: 7}]
+"#;
+    let reg = CdiRegistry {
+        devices: cdi::parse_spec(Path::new("/etc/cdi/dev.yaml"), yaml, true)
+            .unwrap()
+            .into_iter()
+            .collect(),
+    };
+    let mut i = input(&features, &files);
+    i.process.env = vec!["DEV=none".into(), "PATH=/bin".into()];
+    i.cdi = CdiInput {
+        devices: vec!["example.com/dev=a".into(), "example.com/dev=b".into()],
+        registry: Some(&reg),
+    };
+    let steps: &[(&str, Step)] = &[
+        ("process", process::process),
+        ("devices", devices::devices),
+        ("cdi devices", cdi::cdi_devices),
+    ];
+    let s = build(steps, &i).unwrap();
+    let p = s.process().as_ref().unwrap();
+    let env = p.env().clone().unwrap();
+    assert!(env.contains(&"VENDOR=example".to_string()), "{env:?}");
+    assert!(env.contains(&"DEV=b".to_string()), "{env:?}");
+    assert!(
+        !env.iter().any(|e| e == "DEV=none" || e == "DEV=a"),
+        "{env:?}"
+    );
+    assert_eq!(env.iter().filter(|e| e.starts_with("VENDOR=")).count(), 1);
+    assert!(p.user().additional_gids().as_ref().unwrap().contains(&44));
+    let l = s.linux().as_ref().unwrap();
+    let devs = l.devices().clone().unwrap();
+    let a = devs
+        .iter()
+        .find(|d| d.path() == Path::new("/dev/a"))
+        .unwrap();
+    assert_eq!((a.major(), a.minor()), (1, 3));
+    let b = devs
+        .iter()
+        .find(|d| d.path() == Path::new("/dev/b"))
+        .unwrap();
+    assert_eq!((b.major(), b.minor()), (10, 7));
+    let rules = l.resources().as_ref().unwrap().devices().clone().unwrap();
+    assert!(!rules[0].allow(), "deny-all first");
+    assert!(rules.iter().any(|r| r.allow()
+        && r.major() == Some(1)
+        && r.minor() == Some(3)
+        && r.access().as_deref() == Some("rw")));
+    assert!(rules.iter().any(|r| r.allow() && r.major() == Some(10)));
+    let m = s.mounts().clone().unwrap();
+    let opt = m
+        .iter()
+        .find(|m| m.destination() == Path::new("/opt/a"))
+        .unwrap();
+    assert_eq!(opt.typ().as_deref(), Some("bind"));
+    assert_eq!(opt.options().clone().unwrap(), ["ro", "rbind"]);
+    let hooks = s.hooks().clone().unwrap();
+    assert_eq!(hooks.create_container().as_ref().map(Vec::len), Some(1));
+
+    // An unknown device is refused by name.
+    i.cdi.devices.push("example.com/dev=nope".into());
+    match build(steps, &i) {
+        Err(SpecError::Invalid { field, reason }) => {
+            assert_eq!(field, "CDI_devices");
+            assert!(reason.contains("example.com/dev=nope"), "{reason}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn oci_hooks_are_added_when_their_conditions_hold() {
+    let features = HostFeatures::default();
+    let files = FakeHost::default();
+    let parse = |when: &str, stage: &str| {
+        hooks::parse_hook(
+            Path::new("/hooks/h.json"),
+            &format!(
+                r#"{{"version":"1.0.0","hook":{{"path":"/bin/h","args":["h","{stage}"]}},"when":{when},"stages":["{stage}"]}}"#
+            ),
+            |_| true,
+        )
+        .unwrap()
+    };
+    let defs = vec![
+        parse(r#"{"always":true}"#, "createRuntime"),
+        parse(
+            r#"{"annotations":{"^example\\.com/trace$":"^on$"}}"#,
+            "poststop",
+        ),
+        parse(r#"{"commands":["^/bin/sleep$"]}"#, "startContainer"),
+        parse(r#"{"hasBindMounts":true}"#, "prestart"),
+        // ferrio's own annotations are there to match, too
+        parse(
+            r#"{"annotations":{"container-name$":"^app$"}}"#,
+            "poststart",
+        ),
+    ];
+    let mut i = input(&features, &files);
+    i.hooks = &defs;
+    i.process.args = vec!["/bin/sh".into()];
+    i.annotations.request = [("example.com/trace".to_string(), "on".to_string())].into();
+    i.annotations.container_name = Some("app".into());
+    let steps: &[(&str, Step)] = &[
+        ("process", process::process),
+        ("oci hooks", hooks::oci_hooks),
+    ];
+    let s = build(steps, &i).unwrap();
+    let h = s.hooks().clone().unwrap();
+    assert_eq!(h.create_runtime().as_ref().map(Vec::len), Some(1));
+    assert_eq!(h.poststop().as_ref().map(Vec::len), Some(1));
+    assert_eq!(h.poststart().as_ref().map(Vec::len), Some(1));
+    assert!(h.start_container().is_none(), "not /bin/sleep");
+    #[allow(deprecated)]
+    let prestart = h.prestart().clone();
+    assert!(prestart.is_none(), "no volumes");
+    // no hooks at all: the spec carries none
+    i.hooks = &[];
+    assert!(build(steps, &i).unwrap().hooks().is_none());
 }

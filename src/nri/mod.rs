@@ -1,0 +1,869 @@
+//! NRI, the runtime side: node plugins (containerd/nri) see every pod and container event and may adjust
+//! containers as they are created.
+//!
+//! Owns: the plugin socket and the plugins connected to it, the plugins pre-installed under `plugin_path`
+//! (started by the daemon with a pre-connected socket), registration, configuration, synchronization, the
+//! ordered event calls, the folding of several plugins' answers under NRI's conflict rules ([`adjust`]) and
+//! the edit of a container's OCI spec that results ([`apply`]). Must not touch: CRI types or `server`; the
+//! daemon hands pods and containers in as NRI's own types and applies updates through [`NodeState`].
+//!
+//! The wire protocol is carried here rather than by the `ttrpc` crate: that crate generates its messages
+//! with the `protobuf` crate (the daemon's schemas are `prost` types), and its server owns whole sockets,
+//! while NRI runs a client and a server on two logical connections of one multiplexed socket. ttrpc's
+//! framing is a 10-byte header and a protobuf envelope, small enough to own ([`wire`], [`conn`]).
+//!
+//! Plugins are called one at a time, in index order (then by name). A plugin that times out or whose
+//! connection breaks is dropped, and the request goes on without it; an error a plugin answers with
+//! fails RunPodSandbox, CreateContainer and UpdateContainer (naming the plugin), and is logged otherwise.
+
+pub mod adjust;
+pub mod conn;
+pub mod wire;
+
+/// NRI's plugin API (proto/nri/api.proto).
+pub mod api {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/nri.pkg.api.v1alpha1.rs"));
+}
+
+/// ttrpc's request and response envelopes (proto/ttrpc/ttrpc.proto).
+pub(crate) mod ttrpc_proto {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/ttrpc.rs"));
+}
+
+use api::Event;
+use conn::{CallError, Connection, IncomingRequest};
+use futures::future::BoxFuture;
+use prost::Message as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::RwLock;
+
+pub const PLUGIN_SERVICE: &str = "nri.pkg.api.v1alpha1.Plugin";
+pub const RUNTIME_SERVICE: &str = "nri.pkg.api.v1alpha1.Runtime";
+/// The NRI version this side speaks, as told to plugins in ConfigureRequest.
+pub const NRI_VERSION: &str = "v0.12.1";
+/// Environment of a pre-installed plugin: its name, index and the fd of its pre-connected socket.
+pub const PLUGIN_NAME_ENV: &str = "NRI_PLUGIN_NAME";
+pub const PLUGIN_IDX_ENV: &str = "NRI_PLUGIN_IDX";
+pub const PLUGIN_SOCKET_ENV: &str = "NRI_PLUGIN_SOCKET";
+/// The fd number a pre-installed plugin finds its socket at.
+const PLUGIN_SOCKET_FD: i32 = 3;
+
+/// The subscription bit of `event`.
+pub fn event_bit(event: Event) -> i32 {
+    1 << (event as i32 - 1)
+}
+
+/// Every event a plugin may subscribe to (what an empty subscription means).
+pub const VALID_EVENTS: i32 = (1 << (Event::Last as i32 - 1)) - 1;
+
+/// How the room runs, from the `[nri]` config table.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub socket_path: PathBuf,
+    pub plugin_path: PathBuf,
+    pub plugin_config_path: PathBuf,
+    pub disable_connections: bool,
+    pub registration_timeout: Duration,
+    pub request_timeout: Duration,
+    pub runtime_name: String,
+    pub runtime_version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NriError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A plugin answered an event with an error.
+    #[error("NRI plugin {plugin:?} failed {event}: {message}")]
+    Plugin {
+        plugin: String,
+        event: &'static str,
+        message: String,
+    },
+    #[error("NRI: {0}")]
+    Conflict(#[from] adjust::Conflict),
+}
+
+/// What the room needs from the daemon.
+pub trait NodeState: Send + Sync {
+    /// Every pod and container, for a plugin's Synchronize.
+    fn snapshot(&self) -> BoxFuture<'_, (Vec<api::PodSandbox>, Vec<api::Container>)>;
+    /// Apply resource updates plugins asked for; returns the ones that failed.
+    fn update_containers(
+        &self,
+        updates: Vec<api::ContainerUpdate>,
+    ) -> BoxFuture<'_, Vec<api::ContainerUpdate>>;
+    /// Stop a container a plugin asked to evict.
+    fn evict_container(&self, eviction: api::ContainerEviction) -> BoxFuture<'_, ()>;
+}
+
+/// One registered plugin.
+struct Plugin {
+    /// `<idx>-<name>`, as logs and errors name it.
+    id: String,
+    idx: String,
+    events: i32,
+    conn: Arc<Connection>,
+    /// A pre-installed plugin we started; killed when it is dropped.
+    child: Option<tokio::sync::Mutex<tokio::process::Child>>,
+}
+
+impl Plugin {
+    fn subscribed(&self, event: Event) -> bool {
+        self.events & event_bit(event) != 0
+    }
+}
+
+/// Per-event latency and plugin count, for the metrics endpoint.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub plugins: usize,
+}
+
+pub struct Nri {
+    settings: Settings,
+    /// Sorted by index, then name. Events hold the read side for their whole dispatch and a plugin's
+    /// Synchronize holds the write side, so an object created while a plugin synchronizes is either in its
+    /// snapshot or reaches it as an event, never neither.
+    plugins: RwLock<Vec<Arc<Plugin>>>,
+    state: std::sync::OnceLock<Arc<dyn NodeState>>,
+    /// Containers plugins were told stopped (by StopContainer or by their own exit): each is told once.
+    stopped: std::sync::Mutex<std::collections::HashSet<String>>,
+    me: Weak<Nri>,
+}
+
+impl Nri {
+    pub fn new(settings: Settings) -> Arc<Nri> {
+        Arc::new_cyclic(|me| Nri {
+            settings,
+            plugins: RwLock::new(Vec::new()),
+            state: std::sync::OnceLock::new(),
+            stopped: Default::default(),
+            me: me.clone(),
+        })
+    }
+
+    /// Open the plugin socket (unless connections are disabled) and start the pre-installed plugins.
+    pub async fn start(&self, state: Arc<dyn NodeState>) -> Result<(), NriError> {
+        let _ = self.state.set(state);
+        if !self.settings.disable_connections {
+            let path = &self.settings.socket_path;
+            let io = |source| NriError::Io {
+                path: path.clone(),
+                source,
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            // A socket something still answers on belongs to another runtime's NRI: never take it over.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process serves NRI on this socket",
+                )));
+            }
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            }
+            let listener = UnixListener::bind(path).map_err(io)?;
+            tracing::info!(socket = %path.display(), "NRI: accepting plugin connections");
+            tokio::spawn(accept_loop(self.me.clone(), listener));
+        }
+        self.launch_preinstalled().await;
+        Ok(())
+    }
+
+    pub async fn plugin_count(&self) -> usize {
+        self.plugins.read().await.len()
+    }
+
+    /// Start every `<idx>-<name>` executable under plugin_path, each with a socket pre-connected to us.
+    async fn launch_preinstalled(&self) {
+        let dir = &self.settings.plugin_path;
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| !t.is_dir()).unwrap_or(false))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for file in names {
+            let Some((idx, name)) = split_plugin_name(&file) else {
+                tracing::warn!(file, "NRI: ignoring a plugin file not named <index>-<name>");
+                continue;
+            };
+            if let Err(e) = self.launch(dir, &file, idx, name).await {
+                tracing::error!(plugin = %file, error = %e, "NRI: cannot start plugin");
+            }
+        }
+    }
+
+    async fn launch(&self, dir: &Path, file: &str, idx: &str, name: &str) -> Result<(), String> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(dir.join(file));
+        cmd.env_clear()
+            .env(PLUGIN_NAME_ENV, name)
+            .env(PLUGIN_IDX_ENV, idx)
+            .env(PLUGIN_SOCKET_ENV, PLUGIN_SOCKET_FD.to_string())
+            .stdin(std::process::Stdio::null());
+        use std::os::fd::AsRawFd;
+        crate::sys::pass_fd_at(&mut cmd, theirs.as_raw_fd(), PLUGIN_SOCKET_FD);
+        let child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        drop(theirs);
+        ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let stream = UnixStream::from_std(ours).map_err(|e| e.to_string())?;
+        let me = self.me.clone();
+        let launched = Launched {
+            idx: idx.to_string(),
+            name: name.to_string(),
+            child,
+        };
+        tokio::spawn(async move {
+            if let Some(nri) = me.upgrade() {
+                nri.adopt(stream, Some(launched)).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// The configuration text for plugin `idx-name`: `<idx>-<name>.conf`, else `<name>.conf`.
+    fn plugin_config(&self, idx: &str, name: &str) -> String {
+        let dir = &self.settings.plugin_config_path;
+        for file in [format!("{idx}-{name}.conf"), format!("{name}.conf")] {
+            if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+                return text;
+            }
+        }
+        String::new()
+    }
+
+    /// Register, configure and synchronize the plugin on `stream`, then serve its requests until it leaves.
+    async fn adopt(self: Arc<Self>, stream: UnixStream, launched: Option<Launched>) {
+        let (conn, mut requests) = Connection::new(
+            stream,
+            conn::PLUGIN_SERVICE_CONN,
+            conn::RUNTIME_SERVICE_CONN,
+        );
+        let registered = match tokio::time::timeout(
+            self.settings.registration_timeout,
+            requests.recv(),
+        )
+        .await
+        {
+            Ok(Some(r)) if r.service == RUNTIME_SERVICE && r.method == "RegisterPlugin" => r,
+            Ok(Some(r)) => {
+                tracing::warn!(method = %r.method, "NRI: plugin did not register first; closing");
+                conn.shutdown().await;
+                return;
+            }
+            _ => {
+                tracing::warn!("NRI: plugin did not register in time; closing");
+                conn.shutdown().await;
+                return;
+            }
+        };
+        let req = match api::RegisterPluginRequest::decode(registered.payload.as_slice()) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = conn
+                    .respond(
+                        registered.stream_id,
+                        Err((conn::CODE_UNKNOWN, e.to_string())),
+                    )
+                    .await;
+                conn.shutdown().await;
+                return;
+            }
+        };
+        let (idx, name, child) = match launched {
+            Some(l) => (l.idx, l.name, Some(l.child)),
+            None => (req.plugin_idx.clone(), req.plugin_name.clone(), None),
+        };
+        if !valid_index(&idx) || name.is_empty() {
+            let message = format!(
+                "invalid plugin index {idx:?} or name {name:?}: need two digits and a name"
+            );
+            let _ = conn
+                .respond(registered.stream_id, Err((conn::CODE_UNKNOWN, message)))
+                .await;
+            conn.shutdown().await;
+            return;
+        }
+        let id = format!("{idx}-{name}");
+        if conn
+            .respond(registered.stream_id, Ok(api::Empty {}.encode_to_vec()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let configure = api::ConfigureRequest {
+            config: self.plugin_config(&idx, &name),
+            runtime_name: self.settings.runtime_name.clone(),
+            runtime_version: self.settings.runtime_version.clone(),
+            registration_timeout: self.settings.registration_timeout.as_millis() as i64,
+            request_timeout: self.settings.request_timeout.as_millis() as i64,
+            nri_version: NRI_VERSION.to_string(),
+        };
+        // Requests the plugin sends meanwhile (UpdateContainers) are served once it is registered.
+        let configured: Result<api::ConfigureResponse, _> = conn
+            .call(
+                PLUGIN_SERVICE,
+                "Configure",
+                &configure,
+                self.settings.request_timeout,
+            )
+            .await;
+        let events = match configured {
+            Ok(r) if r.events == 0 => VALID_EVENTS,
+            Ok(r) if r.events & !VALID_EVENTS != 0 => {
+                tracing::warn!(plugin = %id, events = r.events, "NRI: plugin subscribed to unknown events; closing");
+                conn.shutdown().await;
+                return;
+            }
+            Ok(r) => r.events,
+            Err(e) => {
+                tracing::warn!(plugin = %id, error = %e, "NRI: plugin configuration failed; closing");
+                conn.shutdown().await;
+                return;
+            }
+        };
+        let plugin = Arc::new(Plugin {
+            id: id.clone(),
+            idx,
+            events,
+            conn: conn.clone(),
+            child: child.map(tokio::sync::Mutex::new),
+        });
+        if let Err(e) = self.synchronize(plugin.clone()).await {
+            tracing::warn!(plugin = %id, error = %e, "NRI: plugin synchronization failed; closing");
+            conn.shutdown().await;
+            return;
+        }
+        tracing::info!(plugin = %id, events = format!("{events:#x}"), "NRI: plugin connected");
+        loop {
+            tokio::select! {
+                r = requests.recv() => match r {
+                    Some(r) => self.serve(&plugin, r).await,
+                    None => break,
+                },
+                _ = conn.closed() => break,
+            }
+        }
+        if self.remove(&plugin).await {
+            tracing::info!(plugin = %id, "NRI: plugin disconnected");
+        }
+    }
+
+    /// Hand the plugin every pod and container, and add it to the list, with no event in between.
+    async fn synchronize(&self, plugin: Arc<Plugin>) -> Result<(), CallError> {
+        let mut plugins = self.plugins.write().await;
+        let (pods, containers) = match self.state.get() {
+            Some(s) => s.snapshot().await,
+            None => (Vec::new(), Vec::new()),
+        };
+        // Synchronization is the end of a plugin's registration and carries the whole node: it gets the
+        // longer of the two timeouts.
+        let sync_timeout = self
+            .settings
+            .registration_timeout
+            .max(self.settings.request_timeout);
+        let req = api::SynchronizeRequest {
+            pods,
+            containers,
+            more: false,
+        };
+        let rsp: api::SynchronizeResponse = plugin
+            .conn
+            .call(PLUGIN_SERVICE, "Synchronize", &req, sync_timeout)
+            .await?;
+        let pos = plugins
+            .iter()
+            .position(|p| {
+                (p.idx.as_str(), p.id.as_str()) > (plugin.idx.as_str(), plugin.id.as_str())
+            })
+            .unwrap_or(plugins.len());
+        plugins.insert(pos, plugin);
+        drop(plugins);
+        self.apply_updates(rsp.update, Vec::new()).await;
+        Ok(())
+    }
+
+    async fn serve(&self, plugin: &Plugin, r: IncomingRequest) {
+        let answer = if r.service == RUNTIME_SERVICE && r.method == "UpdateContainers" {
+            match api::UpdateContainersRequest::decode(r.payload.as_slice()) {
+                Ok(req) => {
+                    let failed = self.apply_updates(req.update, req.evict).await;
+                    Ok(api::UpdateContainersResponse { failed }.encode_to_vec())
+                }
+                Err(e) => Err((conn::CODE_UNKNOWN, e.to_string())),
+            }
+        } else {
+            Err((
+                conn::CODE_UNIMPLEMENTED,
+                format!("{}/{} is not served", r.service, r.method),
+            ))
+        };
+        if let Err(e) = plugin.conn.respond(r.stream_id, answer).await {
+            tracing::debug!(plugin = %plugin.id, error = %e, "NRI: cannot answer plugin");
+        }
+    }
+
+    async fn apply_updates(
+        &self,
+        updates: Vec<api::ContainerUpdate>,
+        evictions: Vec<api::ContainerEviction>,
+    ) -> Vec<api::ContainerUpdate> {
+        let Some(state) = self.state.get() else {
+            return updates;
+        };
+        let failed = if updates.is_empty() {
+            Vec::new()
+        } else {
+            state.update_containers(updates).await
+        };
+        for e in evictions {
+            state.evict_container(e).await;
+        }
+        failed
+    }
+
+    /// Drop `plugin`; true if it was still registered.
+    async fn remove(&self, plugin: &Arc<Plugin>) -> bool {
+        let mut plugins = self.plugins.write().await;
+        let before = plugins.len();
+        plugins.retain(|p| !Arc::ptr_eq(p, plugin));
+        let removed = plugins.len() != before;
+        drop(plugins);
+        plugin.conn.shutdown().await;
+        if let Some(child) = &plugin.child {
+            let _ = child.lock().await.start_kill();
+        }
+        removed
+    }
+
+    /// Call `method` on every plugin subscribed to `event`, in order. Plugins that time out or went away are
+    /// dropped; the others' answers (or errors) are handed to `each` as they come.
+    async fn dispatch<Req, Resp>(
+        &self,
+        event: Event,
+        method: &'static str,
+        req: &Req,
+        mut each: impl FnMut(&str, Result<Resp, CallError>) -> Result<(), NriError>,
+    ) -> Result<(), NriError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let mut dropped = Vec::new();
+        let outcome = {
+            let plugins = self.plugins.read().await;
+            let mut outcome = Ok(());
+            let started = Instant::now();
+            for p in plugins.iter().filter(|p| p.subscribed(event)) {
+                let answer: Result<Resp, CallError> = p
+                    .conn
+                    .call(PLUGIN_SERVICE, method, req, self.settings.request_timeout)
+                    .await;
+                match answer {
+                    Err(e) if e.is_fatal() => {
+                        tracing::warn!(plugin = %p.id, event = method, error = %e, "NRI: dropping plugin");
+                        dropped.push(p.clone());
+                    }
+                    answer => {
+                        if let Err(e) = each(&p.id, answer) {
+                            outcome = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            tracing::trace!(event = method, elapsed = ?started.elapsed(), "NRI event dispatched");
+            outcome
+        };
+        for p in dropped {
+            self.remove(&p).await;
+        }
+        outcome
+    }
+
+    /// An event whose plugin errors are logged, not returned.
+    async fn notify<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        event: Event,
+        method: &'static str,
+        req: &Req,
+    ) {
+        let _ = self
+            .dispatch::<Req, Resp>(event, method, req, |plugin, answer| {
+                if let Err(e) = answer {
+                    tracing::warn!(plugin, event = method, error = %e, "NRI: plugin failed an event");
+                }
+                Ok(())
+            })
+            .await;
+    }
+
+    fn failing(event: &'static str) -> impl Fn(&str, CallError) -> NriError {
+        move |plugin, e| NriError::Plugin {
+            plugin: plugin.to_string(),
+            event,
+            message: e.to_string(),
+        }
+    }
+
+    pub async fn run_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), NriError> {
+        let req = api::RunPodSandboxRequest {
+            pod: Some(pod.clone()),
+        };
+        let fail = Self::failing("RunPodSandbox");
+        self.dispatch::<_, api::RunPodSandboxResponse>(
+            Event::RunPodSandbox,
+            "RunPodSandbox",
+            &req,
+            |p, a| a.map(|_| ()).map_err(|e| fail(p, e)),
+        )
+        .await
+    }
+
+    pub async fn stop_pod_sandbox(&self, pod: &api::PodSandbox) {
+        let req = api::StopPodSandboxRequest {
+            pod: Some(pod.clone()),
+        };
+        self.notify::<_, api::StopPodSandboxResponse>(Event::StopPodSandbox, "StopPodSandbox", &req)
+            .await
+    }
+
+    pub async fn remove_pod_sandbox(&self, pod: &api::PodSandbox) {
+        let req = api::RemovePodSandboxRequest {
+            pod: Some(pod.clone()),
+        };
+        self.notify::<_, api::RemovePodSandboxResponse>(
+            Event::RemovePodSandbox,
+            "RemovePodSandbox",
+            &req,
+        )
+        .await
+    }
+
+    /// CreateContainer: every subscribed plugin may adjust `container`; their adjustments come back folded
+    /// into one (with who set what), for the spec room to apply. A plugin's error or a conflict between two
+    /// plugins fails the create.
+    pub async fn create_container(
+        &self,
+        pod: &api::PodSandbox,
+        container: api::Container,
+    ) -> Result<adjust::Collected, NriError> {
+        let mut collected = adjust::Collected::new(container);
+        let mut updates = Vec::new();
+        let mut evictions = Vec::new();
+        let fail = Self::failing("CreateContainer");
+        let plugins = self.plugins.read().await;
+        let subscribed: Vec<Arc<Plugin>> = plugins
+            .iter()
+            .filter(|p| p.subscribed(Event::CreateContainer))
+            .cloned()
+            .collect();
+        let mut dropped = Vec::new();
+        let mut outcome = Ok(());
+        for p in subscribed {
+            // Each plugin sees the container as the plugins before it left it.
+            let req = api::CreateContainerRequest {
+                pod: Some(pod.clone()),
+                container: Some(collected.container.clone()),
+            };
+            let answer: Result<api::CreateContainerResponse, CallError> = p
+                .conn
+                .call(
+                    PLUGIN_SERVICE,
+                    "CreateContainer",
+                    &req,
+                    self.settings.request_timeout,
+                )
+                .await;
+            match answer {
+                Err(e) if e.is_fatal() => {
+                    tracing::warn!(plugin = %p.id, event = "CreateContainer", error = %e, "NRI: dropping plugin");
+                    dropped.push(p);
+                }
+                Err(e) => {
+                    tracing::info!(plugin = %p.id, error = %e, "NRI: plugin rejected a container");
+                    outcome = Err(fail(&p.id, e));
+                    break;
+                }
+                Ok(rsp) => {
+                    if let Some(a) = rsp.adjust {
+                        if let Err(e) = collected.apply(a, &p.id) {
+                            outcome = Err(NriError::Conflict(e));
+                            break;
+                        }
+                    }
+                    updates.extend(rsp.update);
+                    evictions.extend(rsp.evict);
+                }
+            }
+        }
+        drop(plugins);
+        for p in dropped {
+            self.remove(&p).await;
+        }
+        outcome?;
+        self.apply_updates(updates, evictions).await;
+        Ok(collected)
+    }
+
+    pub async fn post_create_container(&self, pod: &api::PodSandbox, container: &api::Container) {
+        let req = api::PostCreateContainerRequest {
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+        };
+        self.notify::<_, api::PostCreateContainerResponse>(
+            Event::PostCreateContainer,
+            "PostCreateContainer",
+            &req,
+        )
+        .await
+    }
+
+    pub async fn start_container(&self, pod: &api::PodSandbox, container: &api::Container) {
+        let req = api::StartContainerRequest {
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+        };
+        self.notify::<_, api::StartContainerResponse>(Event::StartContainer, "StartContainer", &req)
+            .await
+    }
+
+    pub async fn post_start_container(&self, pod: &api::PodSandbox, container: &api::Container) {
+        let req = api::PostStartContainerRequest {
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+        };
+        self.notify::<_, api::PostStartContainerResponse>(
+            Event::PostStartContainer,
+            "PostStartContainer",
+            &req,
+        )
+        .await
+    }
+
+    /// UpdateContainer: plugins see the requested resources and may answer with updates (of this container or
+    /// others); those are returned for the caller to apply after its own update. A plugin's error fails it.
+    pub async fn update_container(
+        &self,
+        pod: &api::PodSandbox,
+        container: &api::Container,
+        resources: &api::LinuxResources,
+    ) -> Result<Vec<api::ContainerUpdate>, NriError> {
+        let req = api::UpdateContainerRequest {
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+            linux_resources: Some(resources.clone()),
+        };
+        let mut updates = Vec::new();
+        let mut evictions = Vec::new();
+        let fail = Self::failing("UpdateContainer");
+        self.dispatch::<_, api::UpdateContainerResponse>(
+            Event::UpdateContainer,
+            "UpdateContainer",
+            &req,
+            |p, a| {
+                let rsp = a.map_err(|e| fail(p, e))?;
+                updates.extend(rsp.update);
+                evictions.extend(rsp.evict);
+                Ok(())
+            },
+        )
+        .await?;
+        if !evictions.is_empty() {
+            self.apply_updates(Vec::new(), evictions).await;
+        }
+        Ok(updates)
+    }
+
+    pub async fn post_update_container(&self, pod: &api::PodSandbox, container: &api::Container) {
+        let req = api::PostUpdateContainerRequest {
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+        };
+        self.notify::<_, api::PostUpdateContainerResponse>(
+            Event::PostUpdateContainer,
+            "PostUpdateContainer",
+            &req,
+        )
+        .await
+    }
+
+    /// StopContainer, once per container whether it was stopped or exited by itself.
+    pub async fn stop_container(&self, pod: &api::PodSandbox, container: &api::Container) {
+        let first = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(container.id.clone());
+        if !first {
+            return;
+        }
+        let req = api::StopContainerRequest {
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+        };
+        let mut updates = Vec::new();
+        let _ = self
+            .dispatch::<_, api::StopContainerResponse>(Event::StopContainer, "StopContainer", &req, |p, a| {
+                match a {
+                    Ok(rsp) => updates.extend(rsp.update),
+                    Err(e) => tracing::warn!(plugin = p, event = "StopContainer", error = %e, "NRI: plugin failed an event"),
+                }
+                Ok(())
+            })
+            .await;
+        if !updates.is_empty() {
+            self.apply_updates(updates, Vec::new()).await;
+        }
+    }
+
+    pub async fn remove_container(&self, pod: &api::PodSandbox, container: &api::Container) {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&container.id);
+        let req = api::RemoveContainerRequest {
+            pod: Some(pod.clone()),
+            container: Some(container.clone()),
+        };
+        self.notify::<_, api::RemoveContainerResponse>(
+            Event::RemoveContainer,
+            "RemoveContainer",
+            &req,
+        )
+        .await
+    }
+
+    /// Close every plugin connection (the daemon is stopping); pre-installed plugins are killed.
+    pub async fn shutdown(&self) {
+        let plugins: Vec<_> = self.plugins.read().await.clone();
+        for p in plugins {
+            self.remove(&p).await;
+        }
+        if !self.settings.disable_connections {
+            let _ = std::fs::remove_file(&self.settings.socket_path);
+        }
+    }
+}
+
+struct Launched {
+    idx: String,
+    name: String,
+    child: tokio::process::Child,
+}
+
+async fn accept_loop(nri: Weak<Nri>, listener: UnixListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "NRI: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(nri) = nri.upgrade() else { return };
+        tokio::spawn(nri.adopt(stream, None));
+    }
+}
+
+/// Two ASCII digits, as NRI requires of a plugin index.
+fn valid_index(idx: &str) -> bool {
+    idx.len() == 2 && idx.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `10-logger` -> ("10", "logger").
+fn split_plugin_name(file: &str) -> Option<(&str, &str)> {
+    let (idx, name) = file.split_once('-')?;
+    (valid_index(idx) && !name.is_empty()).then_some((idx, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_bits_follow_the_proto_numbering() {
+        assert_eq!(event_bit(Event::RunPodSandbox), 1);
+        assert_eq!(event_bit(Event::CreateContainer), 1 << 3);
+        assert_eq!(VALID_EVENTS, 0x3fff);
+    }
+
+    fn settings(dir: &Path) -> Settings {
+        Settings {
+            socket_path: dir.join("nri.sock"),
+            plugin_path: dir.join("plugins"),
+            plugin_config_path: dir.join("conf.d"),
+            disable_connections: false,
+            registration_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(2),
+            runtime_name: "ferrio".into(),
+            runtime_version: "test".into(),
+        }
+    }
+
+    struct Empty;
+
+    impl NodeState for Empty {
+        fn snapshot(&self) -> BoxFuture<'_, (Vec<api::PodSandbox>, Vec<api::Container>)> {
+            Box::pin(async { (Vec::new(), Vec::new()) })
+        }
+        fn update_containers(
+            &self,
+            updates: Vec<api::ContainerUpdate>,
+        ) -> BoxFuture<'_, Vec<api::ContainerUpdate>> {
+            Box::pin(async move { updates })
+        }
+        fn evict_container(&self, _: api::ContainerEviction) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_another_process_serves_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Nri::new(settings(dir.path()));
+        first.start(Arc::new(Empty)).await.unwrap();
+        let second = Nri::new(settings(dir.path()));
+        let err = second.start(Arc::new(Empty)).await.unwrap_err();
+        assert!(
+            matches!(err, NriError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::AddrInUse),
+            "{err}"
+        );
+        // A stale socket file (nobody listening) is replaced.
+        first.shutdown().await;
+        std::os::unix::net::UnixListener::bind(dir.path().join("nri.sock"))
+            .map(drop)
+            .unwrap();
+        second.start(Arc::new(Empty)).await.unwrap();
+    }
+
+    #[test]
+    fn plugin_file_names_need_a_two_digit_index() {
+        assert_eq!(split_plugin_name("10-logger"), Some(("10", "logger")));
+        assert_eq!(split_plugin_name("05-a-b"), Some(("05", "a-b")));
+        assert_eq!(split_plugin_name("1-x"), None);
+        assert_eq!(split_plugin_name("logger"), None);
+        assert_eq!(split_plugin_name("10-"), None);
+    }
+}
