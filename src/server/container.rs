@@ -42,7 +42,7 @@ pub(super) async fn create_container(
         };
         let id = d.containers.create(create).await?;
         if let (Some(nri), Some(adjust)) = (&d.nri, &adjust) {
-            if let Some(c) = d.containers.table.get(&id)? {
+            if let Some(c) = d.containers.find(&id)? {
                 nri.post_create_container(&adjust.pod, &super::nri::container(&c))
                     .await;
             }
