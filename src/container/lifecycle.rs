@@ -375,12 +375,12 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 /// The containers of this node.
 pub struct Containers {
     /// Config, host features, runtimes, paths and the monitor launcher, shared with pods.
-    pub context: Arc<NodeContext>,
+    pub(crate) context: Arc<NodeContext>,
     /// Only to look sandboxes up.
-    pub pods: Arc<Pods>,
-    pub images: Arc<ImageStore>,
-    pub table: Table<ContainerMeta, ContainerStatus>,
-    pub names: Names,
+    pub(super) pods: Arc<Pods>,
+    pub(super) images: Arc<ImageStore>,
+    table: Table<ContainerMeta, ContainerStatus>,
+    names: Names,
     /// One create per name key at a time, so a retry waits for the first attempt.
     creating: CreateOnce,
     /// The CDI spec files of `runtime.cdi_spec_dirs`, parsed again when they change.
@@ -461,6 +461,49 @@ impl Containers {
         self.table
             .get(id)?
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))
+    }
+
+    /// The container with this id (or unique id prefix), if there is one: for the calls where
+    /// an unknown container is not an error (Stop and Remove are idempotent).
+    pub fn find(&self, id: &str) -> Result<Option<Arc<Container>>, ContainerError> {
+        Ok(self.table.get(id)?)
+    }
+
+    /// Every container record, those still being created included.
+    pub fn list(&self) -> Vec<Arc<Container>> {
+        self.table.list()
+    }
+
+    /// Every insert, update and removal of a container record from now on (see
+    /// [`Table::subscribe`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::state::Change> {
+        self.table.subscribe()
+    }
+
+    /// After a reboot no container process survived: a container recorded created or running
+    /// exited (code 255, a message saying why), so that Stop/Remove reclaim what it still holds
+    /// without waiting for a process that is gone.
+    pub async fn mark_exited_after_reboot(&self) {
+        // Never 0: a finished_at of 0 means "still running".
+        let now = crate::clock::now_ns().max(1);
+        for c in self.table.list() {
+            if !matches!(
+                c.status().state(),
+                ContainerState::Created | ContainerState::Running
+            ) {
+                continue;
+            }
+            let r = c
+                .update(|s| {
+                    s.finished_at = now;
+                    s.exit_code = 255;
+                    s.message = "the machine rebooted while the container was running".into();
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(id = %c.id, error = %e, "cannot mark container exited after reboot");
+            }
+        }
     }
 
     /// The containers of one sandbox.
@@ -1104,6 +1147,9 @@ impl Containers {
     pub async fn recover(self: &Arc<Self>) {
         for rec in self.table.list() {
             let st = rec.status();
+            if st.state() != ContainerState::Creating && st.user.is_none() {
+                self.record_user_from_bundle(&rec).await;
+            }
             match st.state() {
                 ContainerState::Creating => {
                     tracing::info!(id = %rec.id, "reaping container left half-created");
@@ -1149,6 +1195,29 @@ impl Containers {
             }
         }
         self.sweep_orphan_rootfs().await;
+    }
+
+    /// A record written before the record kept the process user has none: its bundle's
+    /// config.json holds the same resolution while the bundle exists, so it is copied into the
+    /// record once, and ContainerStatus reads only the record.
+    async fn record_user_from_bundle(&self, rec: &Arc<Container>) {
+        let path = self.bundle_dir(&rec.id).join("config.json");
+        let Ok(bytes) = tokio::fs::read(&path).await else {
+            return;
+        };
+        let user = match serde_json::from_slice::<oci_spec::runtime::Spec>(&bytes) {
+            Ok(spec) => super::record::ProcessUser::of_spec(&spec),
+            Err(e) => {
+                tracing::warn!(id = %rec.id, path = %path.display(), error = %e, "cannot read the process user from the bundle");
+                return;
+            }
+        };
+        if user.is_none() {
+            return;
+        }
+        if let Err(e) = rec.update(|s| s.user = user).await {
+            tracing::warn!(id = %rec.id, error = %e, "cannot record the process user");
+        }
     }
 
     /// A daemon killed during StartContainer after the runtime's `start` ran leaves a record
@@ -1202,7 +1271,7 @@ impl Containers {
             .list()
             .iter()
             .map(|c| c.id.clone())
-            .chain(self.pods.table.list().iter().map(|p| p.id.clone()))
+            .chain(self.pods.list().iter().map(|p| p.id.clone()))
             .collect();
         let swept = tokio::task::spawn_blocking(move || {
             for dir in [&base, &run_base] {
@@ -1243,3 +1312,7 @@ impl Containers {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;

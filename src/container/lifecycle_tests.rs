@@ -2,7 +2,7 @@
 //! rootfs behind the node context's seams: no root, no runc, no mounts. Root and runroot are temp
 //! dirs, so what a step leaves on disk is visible.
 
-use super::lifecycle::{Container, ContainerState, ContainerStatus, Containers, CreateRequest};
+use super::{Container, ContainerState, ContainerStatus, Containers, CreateRequest};
 use crate::config::{Config, Live, LiveConfig};
 use crate::context::{DiskLayout, NodeContext, RootfsMounts, Runtimes};
 use crate::cri::v1 as cri;
@@ -392,10 +392,7 @@ impl Node {
             pause_pid: 4242,
             ..Default::default()
         };
-        pods.table
-            .insert_with(SANDBOX, meta, status, Durability::Crash)
-            .await
-            .unwrap();
+        pods.insert_for_tests(SANDBOX, meta, status).await.unwrap();
         let (table, _) = Table::open(&root.join("containers")).unwrap();
         let containers = Arc::new(Containers::new(ctx.clone(), pods.clone(), images, table));
         Node {
@@ -417,7 +414,7 @@ impl Node {
         Arc::new(Containers::new(ctx, self.pods.clone(), images, table))
     }
 
-    async fn create(&self, name: &str) -> Result<String, super::lifecycle::ContainerError> {
+    async fn create(&self, name: &str) -> Result<String, super::ContainerError> {
         create(&self.containers, &self.world, name).await
     }
 
@@ -460,7 +457,7 @@ fn name_key(name: &str) -> String {
 /// Refuses every spec when the world says so.
 struct FakeAdjust(Arc<World>);
 
-impl super::lifecycle::SpecAdjust for FakeAdjust {
+impl super::SpecAdjust for FakeAdjust {
     fn adjust<'a>(
         &'a self,
         _id: &'a str,
@@ -481,7 +478,7 @@ async fn create(
     containers: &Arc<Containers>,
     world: &Arc<World>,
     name: &str,
-) -> Result<String, super::lifecycle::ContainerError> {
+) -> Result<String, super::ContainerError> {
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: name.into(),

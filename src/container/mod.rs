@@ -8,8 +8,6 @@
 
 pub mod image_volume;
 pub mod lifecycle;
-#[cfg(test)]
-mod lifecycle_tests;
 pub mod record;
 pub mod stats;
 pub mod stop_signal;

@@ -236,15 +236,16 @@ pub trait BeforeReady: Send + Sync {
     ) -> futures::future::BoxFuture<'a, Result<(), String>>;
 }
 
-/// The pod sandboxes of this node and the services their lifecycle uses.
+/// The pod sandboxes of this node and the services their lifecycle uses. Callers outside the
+/// lifecycle go through methods; what pods and containers share is in the node context.
 pub struct Pods {
     /// Config, host features, runtimes, paths and the monitor launcher, shared with containers.
-    pub context: Arc<NodeContext>,
-    pub table: Table<SandboxMeta, SandboxStatus>,
-    pub names: Names,
-    pub images: Arc<ImageStore>,
+    pub(crate) context: Arc<NodeContext>,
+    table: Table<SandboxMeta, SandboxStatus>,
+    names: Names,
+    images: Arc<ImageStore>,
     /// Swapped on reload (network dir, default network); teardown reads its own cache.
-    pub cni: Live<Cni>,
+    cni: Live<Cni>,
     /// One create per name key at a time, so a retry waits for the first attempt.
     creating: CreateOnce,
 }
@@ -458,6 +459,47 @@ impl Pods {
         self.table
             .get(id)?
             .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+
+    /// The sandbox with this id (or unique id prefix), if there is one: for the calls where an
+    /// unknown pod is not an error (Stop and Remove are idempotent).
+    pub fn find(&self, id: &str) -> Result<Option<Arc<Sandbox>>, SandboxError> {
+        Ok(self.table.get(id)?)
+    }
+
+    /// Every sandbox record, those still being created included.
+    pub fn list(&self) -> Vec<Arc<Sandbox>> {
+        self.table.list()
+    }
+
+    /// Records a sandbox as is: a lifecycle test's pod, whose pause and network are never made.
+    #[cfg(test)]
+    pub(crate) async fn insert_for_tests(
+        &self,
+        id: &str,
+        meta: SandboxMeta,
+        status: SandboxStatus,
+    ) -> Result<Arc<Sandbox>, StateError> {
+        self.table
+            .insert_with(id, meta, status, Durability::Crash)
+            .await
+    }
+
+    /// What the host's kernel and security modules support, as probed at start.
+    pub fn host(&self) -> &crate::oci::host::HostFeatures {
+        &self.context.host
+    }
+
+    /// After a reboot no pause process survived: a pod recorded ready is not ready any more, so
+    /// that Stop/Remove reclaim what it still holds without waiting for processes that are gone.
+    pub async fn mark_not_ready_after_reboot(&self) {
+        for p in self.table.list() {
+            if p.status().state == SandboxState::Ready {
+                if let Err(e) = p.update(|s| s.state = SandboxState::NotReady).await {
+                    tracing::warn!(id = %p.id, error = %e, "cannot mark pod not ready after reboot");
+                }
+            }
+        }
     }
 
     /// The pod cgroup's limits in force: the last update's, else those written at create.

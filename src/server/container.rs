@@ -42,7 +42,7 @@ pub(super) async fn create_container(
         };
         let id = d.containers.create(create).await?;
         if let (Some(nri), Some(adjust)) = (&d.nri, &adjust) {
-            if let Some(c) = d.containers.table.get(&id)? {
+            if let Some(c) = d.containers.find(&id)? {
                 nri.post_create_container(&adjust.pod, &super::nri::container(&c))
                     .await;
             }
@@ -84,7 +84,7 @@ pub(super) async fn stop_container(
     let req = req.into_inner();
     let d = d.clone();
     detached(async move {
-        let Some(rec) = d.containers.table.get(&req.container_id)? else {
+        let Some(rec) = d.containers.find(&req.container_id)? else {
             return Ok(());
         };
         stop_with_nri(&d, &rec, req.timeout).await
@@ -100,7 +100,7 @@ pub(super) async fn remove_container(
     let id = req.into_inner().container_id;
     let d = d.clone();
     detached(async move {
-        let Some(rec) = d.containers.table.get(&id)? else {
+        let Some(rec) = d.containers.find(&id)? else {
             return Ok(());
         };
         remove_with_nri(&d, &rec).await
@@ -167,7 +167,6 @@ pub(super) async fn stream_containers(
 /// The containers a filter's id, pod and labels select (containers still being created are nobody's yet).
 fn select_containers(d: &Daemon, filter: &cri::ContainerFilter) -> Vec<Arc<Container>> {
     d.containers
-        .table
         .list()
         .into_iter()
         .filter(|c| {
@@ -211,7 +210,7 @@ pub(super) async fn container_status(
         info.insert("info".to_string(), v.to_string());
     }
     let mut status = convert::container_status(&rec);
-    status.user = super::resources::container_user(d, &rec).await;
+    status.user = super::resources::container_user(&rec);
     Ok(Response::new(cri::ContainerStatusResponse {
         status: Some(status),
         info,

@@ -55,8 +55,7 @@ fn pod_context(
 ) -> (Option<cri::PodSandboxStatus>, Vec<cri::ContainerStatus>) {
     let pod = d
         .pods
-        .table
-        .get(sandbox_id)
+        .find(sandbox_id)
         .ok()
         .flatten()
         .map(|s| convert::pod_sandbox_status(&s));
@@ -72,13 +71,12 @@ fn pod_context(
 
 /// Follow the container table and publish events until the daemon is gone.
 pub fn spawn(daemon: &Arc<Daemon>) {
-    let mut rx = daemon.containers.table.subscribe();
+    let mut rx = daemon.containers.subscribe();
     let weak = Arc::downgrade(daemon);
     // Last known state and sandbox of every container, to see transitions and to describe a
     // container that has just been removed.
     let mut known: HashMap<String, (ContainerState, String)> = daemon
         .containers
-        .table
         .list()
         .iter()
         .map(|c| {
@@ -101,7 +99,7 @@ pub fn spawn(daemon: &Arc<Daemon>) {
             let Some(d) = weak.upgrade() else { return };
             let (id, ty, sandbox_id) = match change {
                 Change::Inserted(id) | Change::Updated(id) => {
-                    let Ok(Some(c)) = d.containers.table.get(&id) else {
+                    let Ok(Some(c)) = d.containers.find(&id) else {
                         continue;
                     };
                     let state = c.status().state();

@@ -215,7 +215,6 @@ impl ImageService for ImageSvc {
             if let Some(c) = self
                 .0
                 .containers
-                .table
                 .list()
                 .into_iter()
                 .find(|c| c.uses_image(&i.id))

@@ -141,8 +141,8 @@ impl Daemon {
         containers.recover().await;
         pods.recover().await;
         tracing::info!(
-            pods = pods.table.list().len(),
-            containers = containers.table.list().len(),
+            pods = pods.list().len(),
+            containers = containers.list().len(),
             "recovery complete"
         );
         let streaming = stream::start_server(&config, &pods, &containers).await?;
@@ -243,35 +243,9 @@ fn rebooted(boot_file: &std::path::Path) -> bool {
 /// (exited, not ready), so that Stop/Remove then reclaim every host resource they still hold
 /// (CNI reservations in root, cgroups, records) without waiting for processes that are gone.
 async fn mark_lost_in_reboot(pods: &Arc<Pods>, containers: &Arc<Containers>) {
-    use crate::container::lifecycle::ContainerState;
-    use crate::sandbox::lifecycle::SandboxState;
     tracing::info!("the machine rebooted since the last run: containers exited, pods not ready");
-    // Never 0: a finished_at of 0 means "still running".
-    let now = crate::clock::now_ns().max(1);
-    for c in containers.table.list() {
-        if matches!(
-            c.status().state(),
-            ContainerState::Created | ContainerState::Running
-        ) {
-            let r = c
-                .update(|s| {
-                    s.finished_at = now;
-                    s.exit_code = 255;
-                    s.message = "the machine rebooted while the container was running".into();
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(id = %c.id, error = %e, "cannot mark container exited after reboot");
-            }
-        }
-    }
-    for p in pods.table.list() {
-        if p.status().state == SandboxState::Ready {
-            if let Err(e) = p.update(|s| s.state = SandboxState::NotReady).await {
-                tracing::warn!(id = %p.id, error = %e, "cannot mark pod not ready after reboot");
-            }
-        }
-    }
+    containers.mark_exited_after_reboot().await;
+    pods.mark_not_ready_after_reboot().await;
 }
 
 impl Daemon {
@@ -280,7 +254,7 @@ impl Daemon {
         use crate::container::lifecycle::ContainerState;
         use crate::sandbox::lifecycle::SandboxState;
         let (mut created, mut running, mut exited, mut oom, mut monitors) = (0, 0, 0, 0, 0);
-        for c in self.containers.table.list() {
+        for c in self.containers.list() {
             let st = c.status();
             match st.state() {
                 ContainerState::Created => created += 1,
@@ -299,7 +273,7 @@ impl Daemon {
             }
         }
         let (mut ready, mut notready) = (0, 0);
-        for s in self.pods.table.list() {
+        for s in self.pods.list() {
             match s.status().state {
                 SandboxState::Ready => {
                     ready += 1;

@@ -339,16 +339,10 @@ impl NodeState for DaemonView {
             let Some(d) = self.0.upgrade() else {
                 return (Vec::new(), Vec::new());
             };
-            let pods = d.pods.table.list().iter().map(|s| pod(s)).collect();
+            let pods = d.pods.list().iter().map(|s| pod(s)).collect();
             // Containers still being created are included: one whose CreateContainer event went out before
             // the plugin registered would otherwise reach it neither way.
-            let containers = d
-                .containers
-                .table
-                .list()
-                .iter()
-                .map(|c| container(c))
-                .collect();
+            let containers = d.containers.list().iter().map(|c| container(c)).collect();
             (pods, containers)
         })
     }
@@ -369,7 +363,7 @@ impl NodeState for DaemonView {
         Box::pin(async move {
             let Some(d) = self.0.upgrade() else { return };
             tracing::info!(container = %eviction.container_id, reason = %eviction.reason, "NRI: plugin evicts a container");
-            if let Ok(Some(c)) = d.containers.table.get(&eviction.container_id) {
+            if let Ok(Some(c)) = d.containers.find(&eviction.container_id) {
                 if let Err(e) = d.containers.stop(&c, 0).await {
                     tracing::warn!(container = %c.id, error = %e, "NRI: eviction failed");
                 }
@@ -381,8 +375,7 @@ impl NodeState for DaemonView {
 /// The pod of container `c`, if it still exists.
 pub(super) fn pod_of(d: &Daemon, c: &Container) -> Option<api::PodSandbox> {
     d.pods
-        .table
-        .get(&c.meta.sandbox_id)
+        .find(&c.meta.sandbox_id)
         .ok()
         .flatten()
         .map(|s| pod(&s))
@@ -392,7 +385,7 @@ pub(super) fn pod_of(d: &Daemon, c: &Container) -> Option<api::PodSandbox> {
 /// feed's task, so a slow plugin never delays kubelet's container events.
 pub(super) fn container_exited(d: &Arc<Daemon>, id: &str) {
     let Some(nri) = d.nri.clone() else { return };
-    let Ok(Some(c)) = d.containers.table.get(id) else {
+    let Ok(Some(c)) = d.containers.find(id) else {
         return;
     };
     let pod = pod_of(d, &c).unwrap_or_default();

@@ -89,7 +89,7 @@ pub(super) async fn stop_pod_sandbox(
     let d = d.clone();
     detached(async move {
         // Stop of an unknown pod is success (critest's idempotence specs).
-        let Some(rec) = d.pods.table.get(&id)? else {
+        let Some(rec) = d.pods.find(&id)? else {
             return Ok(());
         };
         // All at once, each with its own grace period: one slow container must not add its
@@ -118,7 +118,7 @@ pub(super) async fn remove_pod_sandbox(
     let id = req.into_inner().pod_sandbox_id;
     let d = d.clone();
     detached(async move {
-        let Some(rec) = d.pods.table.get(&id)? else {
+        let Some(rec) = d.pods.find(&id)? else {
             return Ok(());
         };
         let removes = d.containers.of_sandbox(&rec.id).into_iter().map(|c| {
@@ -226,7 +226,6 @@ pub(super) async fn update_pod_sandbox_resources(
 /// The pods a filter's id and labels select (pods still being created are nobody's yet).
 fn select_pods(d: &Daemon, filter: &cri::PodSandboxFilter) -> Vec<Arc<Sandbox>> {
     d.pods
-        .table
         .list()
         .into_iter()
         .filter(|s| s.peek(|st| st.state) != crate::sandbox::lifecycle::SandboxState::Creating)

@@ -3,7 +3,6 @@
 
 use super::{detached, Daemon, Res};
 use crate::container::lifecycle::Container;
-use crate::container::record::ProcessUser;
 use crate::cri::v1 as cri;
 use std::sync::Arc;
 use tonic::{Request, Response};
@@ -55,18 +54,9 @@ pub(super) fn container_resources(c: &Container) -> Option<cri::ContainerResourc
 
 /// The user the container's process runs as (uid, gid and supplemental groups as resolved
 /// against the image at create); kubelet reads it when the runtime advertises the supplemental
-/// groups policy. Records of containers created before the record kept it fall back to the
-/// bundle's config.json, which holds the same resolution while the bundle exists.
-pub(super) async fn container_user(d: &Daemon, c: &Container) -> Option<cri::ContainerUser> {
-    let user = match c.peek(|s| s.user.clone()) {
-        Some(u) => u,
-        None => {
-            let path = d.containers.bundle_dir(&c.id).join("config.json");
-            let bytes = tokio::fs::read(&path).await.ok()?;
-            let spec: oci_spec::runtime::Spec = serde_json::from_slice(&bytes).ok()?;
-            ProcessUser::of_spec(&spec)?
-        }
-    };
+/// groups policy.
+pub(super) fn container_user(c: &Container) -> Option<cri::ContainerUser> {
+    let user = c.peek(|s| s.user.clone())?;
     // The groups the process is in, as `id -G` shows them: the primary group first.
     let mut groups = vec![i64::from(user.gid)];
     for g in &user.additional_gids {

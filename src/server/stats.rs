@@ -199,7 +199,6 @@ pub(super) async fn stream_container_stats(
 /// running, as cAdvisor sees them.
 fn measured_containers(d: &Daemon, f: &cri::ContainerStatsFilter) -> Vec<Arc<Container>> {
     d.containers
-        .table
         .list()
         .into_iter()
         .filter(|c| {
@@ -276,7 +275,6 @@ fn ready_pods(
     labels: &std::collections::HashMap<String, String>,
 ) -> Vec<Arc<Sandbox>> {
     d.pods
-        .table
         .list()
         .into_iter()
         .filter(|s| s.status().state == SandboxState::Ready)

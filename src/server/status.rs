@@ -45,7 +45,7 @@ pub(super) async fn status(
         },
     };
     let features = cri::RuntimeHandlerFeatures {
-        recursive_read_only_mounts: d.pods.context.host.recursive_read_only_mounts,
+        recursive_read_only_mounts: d.pods.host().recursive_read_only_mounts,
         // The spec translators refuse pod user namespaces (no idmapped rootfs yet),
         // whatever the kernel could do.
         user_namespaces: false,

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::container::lifecycle::{Container, ContainerState, Containers};
 use crate::cri::v1 as cri;
 use crate::error::Error;
-use crate::monitor::attach::{socket_path, AttachClient, AttachEvent, AttachStreams};
+use crate::monitor::attach::{AttachClient, AttachEvent, AttachStreams};
 use crate::monitor::exec::{spawn_exec, ExecSpec};
 use crate::sandbox::lifecycle::{Pods, SandboxState};
 use crate::streaming::{
@@ -182,31 +182,11 @@ impl StreamBackend {
         Ok(c)
     }
 
-    fn run_dir(&self, id: &str) -> PathBuf {
-        self.pods.context.layout.container(id).run_dir
-    }
-
     fn exec_spec(&self, req: &CommandRequest) -> Result<ExecSpec, String> {
         let c = self.container(&req.container_id)?;
-        let sandbox = self
-            .pods
-            .get(&c.meta.sandbox_id)
-            .map_err(|e| e.to_string())?;
-        let runtime = self
-            .pods
-            .runtime_of(&sandbox.id, &sandbox.meta.runtime_handler)
-            .map_err(|e| e.to_string())?;
-        let binary = runtime.binary();
-        Ok(ExecSpec {
-            runtime_path: binary.path,
-            runtime_root: binary.root,
-            id: c.id.clone(),
-            cmd: req.cmd.clone(),
-            tty: req.tty,
-            stdin: req.stdin,
-            state_dir: self.run_dir(&c.id),
-            cgroup_view: binary.cgroup_view,
-        })
+        self.containers
+            .exec_spec(&c, req.cmd.clone(), req.tty, req.stdin)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -224,7 +204,7 @@ impl Backend for StreamBackend {
     fn attach(&self, req: CommandRequest, io: StreamIo) -> BoxFuture<'static, Outcome> {
         let sock = self
             .container(&req.container_id)
-            .map(|c| socket_path(&self.run_dir(&c.id).join("bundle")));
+            .map(|c| self.containers.attach_socket(&c.id));
         Box::pin(async move {
             match sock {
                 Ok(sock) => run_attach(sock, req, io).await,
