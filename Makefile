@@ -74,6 +74,9 @@ lint:
 # host's iptables and cgroups.
 test: deps registry lint
 	FERRIO_TEST_REGISTRY=$(TEST_REGISTRY) $(CARGO) test --all-targets -- --test-threads=1
+	# The library's tests that need root (namespaces, mounts, cgroups, CNI) are ignored in a plain
+	# `cargo test --lib`, which passes as any user; here, as root, they run too.
+	$(CARGO) test --lib -- --ignored --test-threads=1
 	$(MAKE) test-vm
 
 # The packaged ferrio on a systemd + cgroup v2 node: a Debian 12 VM (hack/vm/), both cgroup drivers.

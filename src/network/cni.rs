@@ -459,6 +459,7 @@ sleep 300"#,
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn add_chains_results_and_del_uses_the_cache() {
         let f = Fixture::new();
         f.conflist("10-net.conflist", "net", &["a", "b"]);
@@ -513,6 +514,7 @@ sleep 300"#,
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn failing_plugin_rolls_back_and_reports_its_message() {
         let f = Fixture::new();
         f.conflist("10-net.conflist", "net", &["a", "fail", "b"]);
@@ -535,6 +537,7 @@ sleep 300"#,
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn hanging_plugin_times_out_and_earlier_plugins_are_deleted() {
         let f = Fixture::new();
         f.conflist("10-net.conflist", "net", &["a", "hang", "b"]);
@@ -554,6 +557,7 @@ sleep 300"#,
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn teardown_after_netns_is_gone_uses_a_stand_in_with_the_cached_addresses() {
         let f = Fixture::new();
         f.conflist("10-net.conflist", "net", &["a"]);
@@ -581,6 +585,7 @@ sleep 300"#,
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn a_del_failing_in_the_stand_in_is_retried_without_netns() {
         let f = Fixture::new();
         f.conflist("10-net.conflist", "net", &["a"]);
@@ -607,6 +612,7 @@ exit 0"#,
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn teardown_without_netns_or_cached_addresses_passes_empty_netns() {
         let f = Fixture::new();
         f.plugin(
@@ -630,6 +636,7 @@ exit 0"#,
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn failed_del_keeps_the_cache_entry_for_a_retry() {
         let f = Fixture::new();
         f.conflist("10-net.conflist", "net", &["a"]);
@@ -648,6 +655,7 @@ exit 0"#,
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn not_ready_without_config() {
         let f = Fixture::new();
         let cni = f.cni();
@@ -660,6 +668,7 @@ exit 0"#,
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn default_network_picks_by_name() {
         let f = Fixture::new();
         f.conflist("10-first.conflist", "first", &["a"]);

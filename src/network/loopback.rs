@@ -114,6 +114,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs root: network namespaces and CNI plugins"]
     async fn loopback_comes_up_and_is_seen_with_its_address() {
         // A namespace of our own, on a thread that unshares and parks until dropped.
         let s = super::super::standin::StandIn::new("eth0", &["10.77.1.5/24".parse().unwrap()])

@@ -159,6 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[ignore = "needs root: namespaces"]
     fn pins_and_unpins_net_ipc_uts() {
         let dir = tempfile::tempdir().unwrap();
         let want = Wanted {
