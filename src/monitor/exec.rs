@@ -141,6 +141,7 @@ pub async fn spawn_exec(spec: &ExecSpec) -> Result<ExecSession, MonitorError> {
         .state_dir
         .join(format!("exec-{:016x}.pid", rand::random::<u64>()));
     let mut cmd = tokio::process::Command::new(&spec.runtime_path);
+    crate::sys::without_daemon_notify(cmd.as_std_mut());
     cmd.arg("--root")
         .arg(&spec.runtime_root)
         .arg("exec")

@@ -256,6 +256,7 @@ pub async fn launch(req: &MonitorSpawn) -> Result<Launched, MonitorError> {
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
     let mut cmd = std::process::Command::new(&req.monitor_path);
+    crate::sys::without_daemon_notify(&mut cmd);
     cmd.args(args.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

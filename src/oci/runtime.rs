@@ -123,6 +123,7 @@ impl OciRuntime {
         input: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, OciError> {
         let mut cmd = tokio::process::Command::new(&self.path);
+        crate::sys::without_daemon_notify(cmd.as_std_mut());
         cmd.args(self.global_args()).args(args);
         if let Some(view) = &self.cgroup_view {
             view.apply(cmd.as_std_mut());
