@@ -348,6 +348,13 @@ pub fn tune_malloc() {
     }
 }
 
+/// Keeps systemd's `NOTIFY_SOCKET` (set for the daemon, a Type=notify service) from a child: runc
+/// and crun take it as the container's notify socket and relay its READY=1, so `start` waits for a
+/// READY the container never sends.
+pub fn without_daemon_notify(cmd: &mut std::process::Command) {
+    cmd.env_remove("NOTIFY_SOCKET");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,11 +402,4 @@ mod tests {
         std::fs::File::from(r).read_to_string(&mut out).unwrap();
         assert_eq!(out, "hi\n");
     }
-}
-
-/// Keeps systemd's `NOTIFY_SOCKET` (set for the daemon, a Type=notify service) from a child: runc
-/// and crun take it as the container's notify socket and relay its READY=1, so `start` waits for a
-/// READY the container never sends.
-pub fn without_daemon_notify(cmd: &mut std::process::Command) {
-    cmd.env_remove("NOTIFY_SOCKET");
 }
