@@ -152,10 +152,12 @@ struct Monitor {
     create_output: Vec<u8>,
     /// Children reaped before we knew the container's pid (pid, exit code, time).
     early_exits: Vec<(Pid, i32, i64)>,
-    /// The container's cgroup counted an OOM kill when its init was reaped. Read at once: with
-    /// the systemd driver on cgroup v2 the container's scope, and the counter with it, goes away
-    /// as soon as systemd sees it empty.
+    /// The container's cgroup counted an OOM kill by the time its init was reaped (see
+    /// [`oom`] for why this is not left to the read at exit).
     oom_seen: bool,
+    /// While the init runs on cgroup v2: the watch that catches a kill before systemd removes
+    /// the cgroup.
+    oom_watch: Option<oom::OomWatch>,
     /// Our end of the container's stdin (pipe write end, or a dup of the pty master); kept
     /// open so the container's stdin does not see EOF; attach clients write to it.
     stdin: Option<OwnedFd>,
@@ -342,6 +344,7 @@ impl Monitor {
             create_output: Vec::new(),
             early_exits: Vec::new(),
             oom_seen: false,
+            oom_watch: None,
             stdin: stdin_keep,
             stdin_buf: Vec::new(),
             stdin_close: false,
@@ -375,7 +378,7 @@ impl Monitor {
             };
             let n_out = self.outputs.len();
             let want_stdin = self.stdin.is_some() && !self.stdin_buf.is_empty();
-            let (sig_ready, ready, stdin_ready, attach_rev) = {
+            let (sig_ready, ready, stdin_ready, oom_ready, attach_rev) = {
                 let mut fds = Vec::with_capacity(3 + n_out);
                 fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
                 for o in &self.outputs {
@@ -383,6 +386,10 @@ impl Monitor {
                 }
                 if let (true, Some(fd)) = (want_stdin, &self.stdin) {
                     fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+                }
+                let oom_at = fds.len();
+                if let Some(w) = &self.oom_watch {
+                    fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
                 }
                 let attach_at = fds.len();
                 if let Some(a) = &self.attach {
@@ -402,13 +409,20 @@ impl Monitor {
                     .iter()
                     .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                     .collect();
+                let oom_ready = oom_at < attach_at && fds[oom_at].any().unwrap_or(false);
                 (
                     fds[0].any().unwrap_or(false),
                     ready,
                     stdin_ready,
+                    oom_ready,
                     attach_rev,
                 )
             };
+            if oom_ready {
+                if let Some(w) = &mut self.oom_watch {
+                    w.on_ready();
+                }
+            }
             // Output first, so that what the container wrote before dying is logged before its
             // exit is acted on.
             for i in (0..ready.len()).rev() {
@@ -643,11 +657,13 @@ impl Monitor {
                         finished_at: now,
                         deadline: Instant::now() + EOF_GRACE,
                     };
-                    self.oom_seen = self
-                        .args
-                        .cgroup_path
-                        .as_deref()
-                        .is_some_and(oom::oom_killed);
+                    let watched = self.oom_watch.take().is_some_and(|mut w| w.killed(code));
+                    self.oom_seen = watched
+                        || self
+                            .args
+                            .cgroup_path
+                            .as_deref()
+                            .is_some_and(oom::oom_killed);
                     self.kill_leftovers();
                 }
                 // Until the pid file is read any child may turn out to be the container's init.
@@ -690,7 +706,14 @@ impl Monitor {
                             deadline: Instant::now() + EOF_GRACE,
                         }
                     }
-                    None => Phase::Running { pid },
+                    None => {
+                        self.oom_watch = self
+                            .args
+                            .cgroup_path
+                            .as_deref()
+                            .and_then(oom::OomWatch::start);
+                        Phase::Running { pid }
+                    }
                 };
                 self.early_exits = Vec::new();
                 Ok(())
