@@ -287,11 +287,11 @@ impl Nri {
             }
             match self.launch(&dir, &file, idx, name) {
                 Ok(()) => {
-                    tracing::info!(plugin = %file, index = idx, name, "NRI: started pre-installed plugin")
+                    tracing::info!(plugin = %file, index = %idx, name = %name, "NRI: started pre-installed plugin")
                 }
                 Err(e) => {
                     lock(&self.running).remove(&file);
-                    tracing::error!(plugin = %file, index = idx, name, error = %e, "NRI: cannot start plugin");
+                    tracing::error!(plugin = %file, index = %idx, name = %name, error = %e, "NRI: cannot start plugin");
                 }
             }
         }
