@@ -4,7 +4,8 @@
 //! Owns: the plugin socket and the plugins connected to it, the plugins pre-installed under `plugin_path`
 //! (started by the daemon with a pre-connected socket), registration, configuration, synchronization, the
 //! ordered event calls, the folding of several plugins' answers under NRI's conflict rules ([`adjust`]) and
-//! the edit of a container's OCI spec that results ([`apply`]). Must not touch: CRI types or `server`; the
+//! the edit of a container's OCI spec that results ([`apply`]), and what a config reload changes of all that
+//! ([`Nri::prepare_reload`], [`Nri::reload`]). Must not touch: CRI types or `server`; the
 //! daemon hands pods and containers in as NRI's own types and applies updates through [`NodeState`].
 //!
 //! The wire protocol is carried here rather than by the `ttrpc` crate: that crate generates its messages
