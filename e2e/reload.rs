@@ -639,3 +639,62 @@ async fn a_plugin_installed_after_start_joins_on_sighup() {
     );
     d.assert_no_leaks(&LearnedPids::default());
 }
+
+#[tokio::test]
+async fn disable_connections_closes_and_reopens_the_nri_socket_on_sighup() {
+    let d = Daemon::start(Opts::default()).await;
+    let socket = d.env().config().nri.socket_path.clone();
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    let plugin = tokio::spawn(crate::nri_plugin::serve(stream, "external", "30"));
+    let connected = |d: &Daemon| {
+        std::fs::read_to_string(d.env().daemon_log())
+            .unwrap_or_default()
+            .matches("NRI: plugin connected")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected(&d) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "never connected:\n{}",
+            d.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    rewrite(d.env(), |c| c.nri.disable_connections = true);
+    let log = d.sighup().await;
+    assert!(
+        log.contains("nri.disable_connections"),
+        "applied live: {log}"
+    );
+    assert!(!log.contains("need a restart"), "{log}");
+    // The external plugin is dropped: its connection ends.
+    tokio::time::timeout(Duration::from_secs(10), plugin)
+        .await
+        .expect("the external plugin is disconnected")
+        .unwrap()
+        .unwrap();
+    assert!(!socket.exists(), "the socket is gone");
+
+    rewrite(d.env(), |c| c.nri.disable_connections = false);
+    let log = d.sighup().await;
+    assert!(log.contains("config reloaded"), "{log}");
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect again to {}: {e}", socket.display()));
+    let plugin = tokio::spawn(crate::nri_plugin::serve(stream, "external", "30"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected(&d) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "never connected again:\n{}",
+            d.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    plugin.abort();
+    d.assert_no_leaks(&LearnedPids::default());
+}
