@@ -219,6 +219,9 @@ pub struct ContainerStatus {
     /// `None` before that, and in records of containers created before it was kept.
     #[serde(default)]
     pub user: Option<super::record::ProcessUser>,
+    /// The cgroup an NRI plugin's adjustment put the container in; `None`: the metadata's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups_path: Option<String>,
 }
 
 /// The CRI-visible state, derived from the facts in the status.
@@ -263,6 +266,14 @@ impl ContainerStatus {
 }
 
 pub type Container = Record<ContainerMeta, ContainerStatus>;
+
+impl Container {
+    /// The cgroup the container runs in: the one NRI plugins chose, else the one made at create.
+    pub fn cgroups_path(&self) -> String {
+        self.peek(|s| s.cgroups_path.clone())
+            .unwrap_or_else(|| self.meta.cgroups_path.clone())
+    }
+}
 
 /// Where container `config`'s termination message will be, given its overlay dir: kubelet's
 /// mount at the annotated path if there is one, else the path in the rootfs.
@@ -420,6 +431,12 @@ pub trait SpecAdjust: Send + Sync {
         id: &'a str,
         spec: oci_spec::runtime::Spec,
     ) -> futures::future::BoxFuture<'a, Result<oci_spec::runtime::Spec, String>>;
+
+    /// The container whose spec this edited is created. Called once per container, inside the
+    /// single-flight create: a retry that gets an earlier attempt's container does not call it again.
+    fn created<'a>(&'a self, _container: &'a Arc<Container>) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 impl Containers {
@@ -682,8 +699,13 @@ impl Containers {
         let result = self
             .create_steps(&id, meta, sandbox, image, req, &mut rb)
             .await;
-        rb.finish(result.map(|()| id.clone()), "container", &id)
-            .await
+        let id = rb
+            .finish(result.map(|()| id.clone()), "container", &id)
+            .await?;
+        if let (Some(adjust), Some(c)) = (req.adjust_spec, self.table.get(&id)?) {
+            adjust.created(&c).await;
+        }
+        Ok(id)
     }
 
     async fn create_steps(
@@ -788,6 +810,7 @@ impl Containers {
         })?;
         let mut oci = oci;
         spec::set_sandbox_id(&mut oci, &sandbox.id);
+        let mut cgroups_path = cgroups_path;
         if let Some(adjust) = req.adjust_spec {
             oci = adjust
                 .adjust(id, oci)
@@ -796,6 +819,26 @@ impl Containers {
                     id: id.to_string(),
                     reason,
                 })?;
+            // A plugin may move the container to another cgroup: stats, update, stop and remove must
+            // find the one it really gets.
+            let adjusted = oci
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.is_empty() && *p != cgroups_path);
+            if let Some(adjusted) = adjusted {
+                rec.update_with(Durability::Crash, |s| {
+                    s.cgroups_path = Some(adjusted.clone())
+                })
+                .await?;
+                let cg = adjusted.clone();
+                rb.push("remove adjusted cgroup", async move {
+                    let _ =
+                        tokio::task::spawn_blocking(move || crate::oci::cgroups::remove(&cg)).await;
+                });
+                cgroups_path = adjusted;
+            }
         }
         let user = super::record::ProcessUser::of_spec(&oci);
         let paths = self.context.layout.container(id);
@@ -1114,7 +1157,7 @@ impl Containers {
         self.unmount_image_volumes(&rec.id).await?;
         let ov = self.overlay_dir(&rec.id);
         let run_dir = self.run_dir(&rec.id);
-        let cg = rec.meta.cgroups_path.clone();
+        let cg = rec.cgroups_path();
         let mounts = self.context.rootfs.clone();
         let trash = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, ContainerError> {
             unmount_overlay(&*mounts, &ov)?;

@@ -58,7 +58,7 @@ pub(super) fn container(c: &Container) -> api::Container {
         labels: c.meta.labels.clone().into_iter().collect(),
         annotations: c.meta.annotations.clone().into_iter().collect(),
         linux: Some(api::LinuxContainer {
-            cgroups_path: c.meta.cgroups_path.clone(),
+            cgroups_path: c.cgroups_path(),
             ..Default::default()
         }),
         pid: st.pid.max(0) as u32,
@@ -212,6 +212,14 @@ impl SpecAdjust for Adjust {
                     .to_string()
             })
             .map_err(|e| e.to_string())
+        })
+    }
+
+    fn created<'a>(&'a self, c: &'a Arc<Container>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.nri
+                .post_create_container(&self.pod, &container(c))
+                .await
         })
     }
 }
