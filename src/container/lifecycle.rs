@@ -426,10 +426,12 @@ pub struct CreateRequest<'a> {
 /// A last edit of a container's OCI spec before its bundle is written; it may refuse the create, which then
 /// rolls back like any other failed step.
 pub trait SpecAdjust: Send + Sync {
+    /// `cdi` resolves the CDI devices the edit asks for, as the CDI step resolves the request's.
     fn adjust<'a>(
         &'a self,
         id: &'a str,
         spec: oci_spec::runtime::Spec,
+        cdi: spec::NriCdi<'a>,
     ) -> futures::future::BoxFuture<'a, Result<oci_spec::runtime::Spec, String>>;
 
     /// The container whose spec this edited is created. Called once per container, inside the
@@ -812,8 +814,12 @@ impl Containers {
         spec::set_sandbox_id(&mut oci, &sandbox.id);
         let mut cgroups_path = cgroups_path;
         if let Some(adjust) = req.adjust_spec {
+            let cdi = spec::NriCdi {
+                registry: Some(&cdi),
+                files: &spec::LiveHost,
+            };
             oci = adjust
-                .adjust(id, oci)
+                .adjust(id, oci, cdi)
                 .await
                 .map_err(|reason| ContainerError::Refused {
                     id: id.to_string(),

@@ -473,6 +473,7 @@ impl super::SpecAdjust for FakeAdjust {
         &'a self,
         _id: &'a str,
         spec: oci_spec::runtime::Spec,
+        _cdi: crate::spec::NriCdi<'a>,
     ) -> BoxFuture<'a, Result<oci_spec::runtime::Spec, String>> {
         let refuse = self.0.fails_at(FailAt::Adjust);
         let cgroups_path = self.0.adjust_cgroups_path.lock().unwrap().clone();

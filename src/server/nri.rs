@@ -196,6 +196,7 @@ impl SpecAdjust for Adjust {
         &'a self,
         id: &'a str,
         spec: oci_spec::runtime::Spec,
+        cdi: crate::spec::NriCdi<'a>,
     ) -> BoxFuture<'a, Result<oci_spec::runtime::Spec, String>> {
         Box::pin(async move {
             let container = container_from_spec(id, &self.pod.id, &self.config, &spec);
@@ -205,7 +206,7 @@ impl SpecAdjust for Adjust {
                 .await
                 .map_err(|e| e.to_string())?;
             let owners = &collected.owners;
-            crate::spec::nri_adjustments(&spec, &collected.adjust, |device| {
+            crate::spec::nri_adjustments(&spec, &collected.adjust, cdi, |device| {
                 owners
                     .key_owner(api::Field::CdiDevices, device)
                     .unwrap_or_default()
