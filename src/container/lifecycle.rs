@@ -219,6 +219,9 @@ pub struct ContainerStatus {
     /// `None` before that, and in records of containers created before it was kept.
     #[serde(default)]
     pub user: Option<super::record::ProcessUser>,
+    /// The cgroup an NRI plugin's adjustment put the container in; `None`: the metadata's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups_path: Option<String>,
 }
 
 /// The CRI-visible state, derived from the facts in the status.
@@ -263,6 +266,14 @@ impl ContainerStatus {
 }
 
 pub type Container = Record<ContainerMeta, ContainerStatus>;
+
+impl Container {
+    /// The cgroup the container runs in: the one NRI plugins chose, else the one made at create.
+    pub fn cgroups_path(&self) -> String {
+        self.peek(|s| s.cgroups_path.clone())
+            .unwrap_or_else(|| self.meta.cgroups_path.clone())
+    }
+}
 
 /// Where container `config`'s termination message will be, given its overlay dir: kubelet's
 /// mount at the annotated path if there is one, else the path in the rootfs.
@@ -415,11 +426,19 @@ pub struct CreateRequest<'a> {
 /// A last edit of a container's OCI spec before its bundle is written; it may refuse the create, which then
 /// rolls back like any other failed step.
 pub trait SpecAdjust: Send + Sync {
+    /// `cdi` resolves the CDI devices the edit asks for, as the CDI step resolves the request's.
     fn adjust<'a>(
         &'a self,
         id: &'a str,
         spec: oci_spec::runtime::Spec,
+        cdi: spec::NriCdi<'a>,
     ) -> futures::future::BoxFuture<'a, Result<oci_spec::runtime::Spec, String>>;
+
+    /// The container whose spec this edited is created. Called once per container, inside the
+    /// single-flight create: a retry that gets an earlier attempt's container does not call it again.
+    fn created<'a>(&'a self, _container: &'a Arc<Container>) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 impl Containers {
@@ -682,8 +701,13 @@ impl Containers {
         let result = self
             .create_steps(&id, meta, sandbox, image, req, &mut rb)
             .await;
-        rb.finish(result.map(|()| id.clone()), "container", &id)
-            .await
+        let id = rb
+            .finish(result.map(|()| id.clone()), "container", &id)
+            .await?;
+        if let (Some(adjust), Some(c)) = (req.adjust_spec, self.table.get(&id)?) {
+            adjust.created(&c).await;
+        }
+        Ok(id)
     }
 
     async fn create_steps(
@@ -788,14 +812,39 @@ impl Containers {
         })?;
         let mut oci = oci;
         spec::set_sandbox_id(&mut oci, &sandbox.id);
+        let mut cgroups_path = cgroups_path;
         if let Some(adjust) = req.adjust_spec {
+            let cdi = spec::NriCdi {
+                registry: Some(&cdi),
+                files: &spec::LiveHost,
+            };
             oci = adjust
-                .adjust(id, oci)
+                .adjust(id, oci, cdi)
                 .await
                 .map_err(|reason| ContainerError::Refused {
                     id: id.to_string(),
                     reason,
                 })?;
+            // A plugin may move the container to another cgroup: stats, update, stop and remove must
+            // find the one it really gets.
+            let adjusted = oci
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.is_empty() && *p != cgroups_path);
+            if let Some(adjusted) = adjusted {
+                rec.update_with(Durability::Crash, |s| {
+                    s.cgroups_path = Some(adjusted.clone())
+                })
+                .await?;
+                let cg = adjusted.clone();
+                rb.push("remove adjusted cgroup", async move {
+                    let _ =
+                        tokio::task::spawn_blocking(move || crate::oci::cgroups::remove(&cg)).await;
+                });
+                cgroups_path = adjusted;
+            }
         }
         let user = super::record::ProcessUser::of_spec(&oci);
         let paths = self.context.layout.container(id);
@@ -1115,7 +1164,7 @@ impl Containers {
         self.unmount_image_volumes(&rec.id).await?;
         let ov = self.overlay_dir(&rec.id);
         let run_dir = self.run_dir(&rec.id);
-        let cg = rec.meta.cgroups_path.clone();
+        let cg = rec.cgroups_path();
         let mounts = self.context.rootfs.clone();
         let trash = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, ContainerError> {
             unmount_overlay(&*mounts, &ov)?;

@@ -492,15 +492,25 @@ impl Nri {
         // Synchronization is the end of a plugin's registration and carries the whole node: it gets the
         // longer of the two timeouts.
         let sync_timeout = settings.registration_timeout.max(settings.request_timeout);
-        let req = api::SynchronizeRequest {
-            pods,
-            containers,
-            more: false,
-        };
-        let rsp: api::SynchronizeResponse = plugin
-            .conn
-            .call(PLUGIN_SERVICE, "Synchronize", &req, sync_timeout)
-            .await?;
+        let batches = sync_batches(pods, containers, SYNC_MESSAGE_LIMIT)
+            .map_err(|e| CallError::Write(format!("cannot split the synchronization: {e}")))?;
+        let mut updates = Vec::new();
+        for req in batches {
+            let more = req.more;
+            let rsp: api::SynchronizeResponse = plugin
+                .conn
+                .call(PLUGIN_SERVICE, "Synchronize", &req, sync_timeout)
+                .await?;
+            // A plugin answers the parts before the last with `more` echoed and no updates (NRI's stub
+            // collects them and hands the whole node over with the last one).
+            if more && (rsp.more != more || !rsp.update.is_empty()) {
+                return Err(CallError::Status {
+                    code: conn::CODE_UNKNOWN,
+                    message: "plugin does not handle split sync requests".into(),
+                });
+            }
+            updates = rsp.update;
+        }
         let pos = plugins
             .iter()
             .position(|p| {
@@ -511,7 +521,7 @@ impl Nri {
         self.count
             .store(plugins.len(), std::sync::atomic::Ordering::Relaxed);
         drop(plugins);
-        self.apply_updates(rsp.update, Vec::new()).await;
+        self.apply_updates(updates, Vec::new()).await;
         Ok(true)
     }
 
@@ -655,6 +665,41 @@ impl Nri {
             "RunPodSandbox",
             &req,
             |p, a| a.map(|_| ()).map_err(|e| fail(p, e)),
+        )
+        .await
+    }
+
+    /// UpdatePodSandbox: plugins see a pod's new overhead and resources before they are applied; a plugin's
+    /// error fails the update.
+    pub async fn update_pod_sandbox(
+        &self,
+        pod: &api::PodSandbox,
+        overhead: Option<api::LinuxResources>,
+        resources: Option<api::LinuxResources>,
+    ) -> Result<(), NriError> {
+        let req = api::UpdatePodSandboxRequest {
+            pod: Some(pod.clone()),
+            overhead_linux_resources: overhead,
+            linux_resources: resources,
+        };
+        let fail = Self::failing("UpdatePodSandbox");
+        self.dispatch::<_, api::UpdatePodSandboxResponse>(
+            Event::UpdatePodSandbox,
+            "UpdatePodSandbox",
+            &req,
+            |p, a| a.map(|_| ()).map_err(|e| fail(p, e)),
+        )
+        .await
+    }
+
+    pub async fn post_update_pod_sandbox(&self, pod: &api::PodSandbox) {
+        let req = api::PostUpdatePodSandboxRequest {
+            pod: Some(pod.clone()),
+        };
+        self.notify::<_, api::PostUpdatePodSandboxResponse>(
+            Event::PostUpdatePodSandbox,
+            "PostUpdatePodSandbox",
+            &req,
         )
         .await
     }
@@ -882,6 +927,55 @@ impl Nri {
             let _ = std::fs::remove_file(self.settings().socket_path);
         }
     }
+}
+
+/// The most bytes one SynchronizeRequest may encode to: ttrpc's limit on a message, less room for the
+/// request envelope around it (service, method, timeout).
+const SYNC_MESSAGE_LIMIT: usize = wire::MAX_TTRPC_MESSAGE - 4096;
+
+/// The node's pods and containers as SynchronizeRequests of at most `limit` encoded bytes each, in order
+/// (pods first), `more` set on all but the last. One request, maybe empty, when everything fits.
+fn sync_batches(
+    pods: Vec<api::PodSandbox>,
+    containers: Vec<api::Container>,
+    limit: usize,
+) -> Result<Vec<api::SynchronizeRequest>, String> {
+    // A repeated message field costs its tag (one byte here), its length and the message.
+    fn field_len(len: usize) -> usize {
+        1 + prost::length_delimiter_len(len) + len
+    }
+    let mut batches = vec![api::SynchronizeRequest::default()];
+    let mut used = 0;
+    let mut fits = |len: usize, what: &str, id: &str| -> Result<bool, String> {
+        let len = field_len(len);
+        if len > limit {
+            return Err(format!("{what} {id} alone is {len} bytes, over {limit}"));
+        }
+        let fits = used + len <= limit;
+        used = if fits { used + len } else { len };
+        Ok(fits)
+    };
+    for pod in pods {
+        if !fits(pod.encoded_len(), "pod", &pod.id)? {
+            batches.push(api::SynchronizeRequest::default());
+        }
+        batches.last_mut().expect("one batch").pods.push(pod);
+    }
+    for container in containers {
+        if !fits(container.encoded_len(), "container", &container.id)? {
+            batches.push(api::SynchronizeRequest::default());
+        }
+        batches
+            .last_mut()
+            .expect("one batch")
+            .containers
+            .push(container);
+    }
+    let last = batches.len() - 1;
+    for b in &mut batches[..last] {
+        b.more = true;
+    }
+    Ok(batches)
 }
 
 struct Launched {
@@ -1146,6 +1240,182 @@ mod tests {
             "a reload starts the plugin that is gone, not the one that runs"
         );
         nri.shutdown().await;
+    }
+
+    fn pod(id: &str) -> api::PodSandbox {
+        api::PodSandbox {
+            id: id.into(),
+            annotations: [("a".to_string(), "x".repeat(100))].into(),
+            ..Default::default()
+        }
+    }
+
+    fn ctr(id: &str) -> api::Container {
+        api::Container {
+            id: id.into(),
+            args: vec!["y".repeat(100)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn synchronization_is_split_under_the_message_limit_in_order() {
+        let pods: Vec<_> = (0..10).map(|i| pod(&format!("p{i}"))).collect();
+        let ctrs: Vec<_> = (0..25).map(|i| ctr(&format!("c{i}"))).collect();
+        let limit = 4 * pods[0].encoded_len().max(ctrs[0].encoded_len()) + 20;
+        let batches = sync_batches(pods.clone(), ctrs.clone(), limit).unwrap();
+        assert!(batches.len() > 5, "{}", batches.len());
+        for (i, b) in batches.iter().enumerate() {
+            assert!(b.encoded_len() <= limit, "batch {i}: {}", b.encoded_len());
+            assert_eq!(b.more, i + 1 < batches.len(), "batch {i}");
+        }
+        let got_pods: Vec<_> = batches.iter().flat_map(|b| b.pods.clone()).collect();
+        let got_ctrs: Vec<_> = batches.iter().flat_map(|b| b.containers.clone()).collect();
+        assert_eq!(got_pods, pods);
+        assert_eq!(got_ctrs, ctrs);
+        // Everything in one message when it fits, and one (empty) message for an empty node.
+        let one = sync_batches(pods, ctrs, SYNC_MESSAGE_LIMIT).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(!one[0].more);
+        assert_eq!(sync_batches(vec![], vec![], limit).unwrap().len(), 1);
+        // An object that alone exceeds the limit cannot be sent.
+        let err = sync_batches(vec![pod("huge")], vec![], 50).unwrap_err();
+        assert!(err.contains("huge"), "{err}");
+    }
+
+    /// A node of many containers: a plugin is synchronized in several messages (none over ttrpc's limit),
+    /// collects them as NRI's stub does, and then sees pod updates.
+    #[tokio::test]
+    async fn a_large_node_is_synchronized_in_parts_and_pod_updates_reach_plugins() {
+        struct Many;
+        impl NodeState for Many {
+            fn snapshot(&self) -> BoxFuture<'_, (Vec<api::PodSandbox>, Vec<api::Container>)> {
+                Box::pin(async {
+                    let big = |i: usize| api::Container {
+                        id: format!("c{i}"),
+                        annotations: [("big".to_string(), "z".repeat(64 << 10))].into(),
+                        ..Default::default()
+                    };
+                    (vec![pod("p0")], (0..100).map(big).collect())
+                })
+            }
+            fn update_containers(
+                &self,
+                updates: Vec<api::ContainerUpdate>,
+            ) -> BoxFuture<'_, Vec<api::ContainerUpdate>> {
+                Box::pin(async move { updates })
+            }
+            fn evict_container(&self, _: api::ContainerEviction) -> BoxFuture<'_, ()> {
+                Box::pin(async {})
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let nri = Nri::new(settings(dir.path()));
+        nri.start(Arc::new(Many)).await.unwrap();
+        let stream = UnixStream::connect(dir.path().join("nri.sock"))
+            .await
+            .unwrap();
+        let (plugin, mut requests) = Connection::new(
+            stream,
+            conn::RUNTIME_SERVICE_CONN,
+            conn::PLUGIN_SERVICE_CONN,
+        );
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, usize, bool)>::new()));
+        let server = {
+            let (plugin, seen) = (plugin.clone(), seen.clone());
+            tokio::spawn(async move {
+                while let Some(r) = requests.recv().await {
+                    let answer = match r.method.as_str() {
+                        "Configure" => api::ConfigureResponse {
+                            events: event_bit(Event::UpdatePodSandbox)
+                                | event_bit(Event::PostUpdatePodSandbox),
+                        }
+                        .encode_to_vec(),
+                        "Synchronize" => {
+                            let req =
+                                api::SynchronizeRequest::decode(r.payload.as_slice()).unwrap();
+                            seen.lock().unwrap().push((
+                                "Synchronize".into(),
+                                req.pods.len() + req.containers.len(),
+                                req.more,
+                            ));
+                            api::SynchronizeResponse {
+                                more: req.more,
+                                ..Default::default()
+                            }
+                            .encode_to_vec()
+                        }
+                        "UpdatePodSandbox" => {
+                            let req =
+                                api::UpdatePodSandboxRequest::decode(r.payload.as_slice()).unwrap();
+                            let limit = req
+                                .linux_resources
+                                .and_then(|l| l.memory)
+                                .and_then(|m| m.limit)
+                                .map(|l| l.value as usize)
+                                .unwrap_or_default();
+                            seen.lock()
+                                .unwrap()
+                                .push(("UpdatePodSandbox".into(), limit, false));
+                            Vec::new()
+                        }
+                        other => {
+                            seen.lock().unwrap().push((other.into(), 0, false));
+                            Vec::new()
+                        }
+                    };
+                    plugin.respond(r.stream_id, Ok(answer)).await.unwrap();
+                }
+            })
+        };
+        let register = api::RegisterPluginRequest {
+            plugin_name: "many".into(),
+            plugin_idx: "10".into(),
+            nri_version: NRI_VERSION.into(),
+        };
+        let _: api::Empty = plugin
+            .call(
+                RUNTIME_SERVICE,
+                "RegisterPlugin",
+                &register,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if nri.plugin_count() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(nri.plugin_count(), 1, "the plugin is synchronized");
+        let syncs: Vec<_> = seen.lock().unwrap().clone();
+        assert!(syncs.len() > 1, "6.4 MB of containers in one message");
+        assert_eq!(syncs.iter().map(|s| s.1).sum::<usize>(), 101);
+        assert!(syncs[..syncs.len() - 1].iter().all(|s| s.2));
+        assert!(!syncs.last().unwrap().2);
+
+        seen.lock().unwrap().clear();
+        let resources = api::LinuxResources {
+            memory: Some(api::LinuxMemory {
+                limit: Some(api::OptionalInt64 { value: 1 << 20 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        nri.update_pod_sandbox(&pod("p0"), None, Some(resources))
+            .await
+            .unwrap();
+        nri.post_update_pod_sandbox(&pod("p0")).await;
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                ("UpdatePodSandbox".to_string(), 1 << 20, false),
+                ("PostUpdatePodSandbox".to_string(), 0, false)
+            ]
+        );
+        nri.shutdown().await;
+        server.abort();
     }
 
     #[test]

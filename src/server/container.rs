@@ -40,14 +40,9 @@ pub(super) async fn create_container(
                 .as_ref()
                 .map(|a| a as &dyn crate::container::lifecycle::SpecAdjust),
         };
-        let id = d.containers.create(create).await?;
-        if let (Some(nri), Some(adjust)) = (&d.nri, &adjust) {
-            if let Some(c) = d.containers.find(&id)? {
-                nri.post_create_container(&adjust.pod, &super::nri::container(&c))
-                    .await;
-            }
-        }
-        Ok(id)
+        // PostCreateContainer goes out from inside the create (see `Adjust::created`), once per
+        // container even when kubelet retries.
+        Ok(d.containers.create(create).await?)
     })
     .await?;
     Ok(Response::new(cri::CreateContainerResponse {
@@ -205,7 +200,7 @@ pub(super) async fn container_status(
             "config": rec.meta.config,
             "status": rec.status(),
             "sandboxID": rec.meta.sandbox_id,
-            "cgroupsPath": rec.meta.cgroups_path,
+            "cgroupsPath": rec.cgroups_path(),
         });
         info.insert("info".to_string(), v.to_string());
     }

@@ -211,13 +211,25 @@ pub(super) async fn update_pod_sandbox_resources(
     let d = d.clone();
     detached(async move {
         let rec = d.pods.get(&req.pod_sandbox_id)?;
+        let nri = d.nri.clone().map(|nri| (nri, super::nri::pod(&rec)));
+        if let Some((nri, pod)) = &nri {
+            let resources = |r: &Option<cri::LinuxContainerResources>| {
+                r.as_ref().map(super::nri::nri_resources)
+            };
+            nri.update_pod_sandbox(pod, resources(&req.overhead), resources(&req.resources))
+                .await?;
+        }
         let linux = cri::LinuxPodSandboxConfig {
             overhead: req.overhead,
             resources: req.resources,
             ..Default::default()
         };
         let limits = crate::spec::pod_limits(&linux);
-        Ok(d.pods.update_resources(&rec, limits).await?)
+        d.pods.update_resources(&rec, limits).await?;
+        if let Some((nri, pod)) = &nri {
+            nri.post_update_pod_sandbox(pod).await;
+        }
+        Ok(())
     })
     .await?;
     Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))

@@ -126,7 +126,7 @@ pub const CONTAINER_STEPS: &[(&str, Step)] = &[
     ("annotations", annotations::annotations),
 ];
 
-pub use nri::nri_adjustments;
+pub use nri::{nri_adjustments, NriCdi};
 
 /// Runs `steps` over a base spec: the root, the cgroup path, and nothing of oci-spec's
 /// `Default` (youki's hostname, default mounts and masked paths, a NOFILE rlimit) that a step
