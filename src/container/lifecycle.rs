@@ -275,19 +275,20 @@ impl Container {
     }
 }
 
-/// Where container `config`'s termination message will be, given its overlay dir: kubelet's
-/// mount at the annotated path if there is one, else the path in the rootfs.
+/// Where the termination message of a container with these `annotations` and `mounts` will
+/// be, given its overlay dir: kubelet's mount at the annotated path if there is one, else the
+/// path in the rootfs.
 fn termination_message(
-    config: &crate::cri::v1::ContainerConfig,
+    annotations: &BTreeMap<String, String>,
+    mounts: &[super::record::Mount],
     overlay_dir: &Path,
 ) -> Option<MessageFile> {
-    let path = config.annotations.get(TERMINATION_MESSAGE_PATH)?;
+    let path = annotations.get(TERMINATION_MESSAGE_PATH)?;
     if path.is_empty() {
         return None;
     }
     let clean = |p: &str| p.trim_end_matches('/').to_string();
-    if let Some(m) = config
-        .mounts
+    if let Some(m) = mounts
         .iter()
         .find(|m| clean(&m.container_path) == clean(path))
     {
@@ -304,11 +305,11 @@ fn termination_message(
 /// them). Nothing follows a symlink of the image's.
 async fn prepare_rootfs(
     rootfs: &Path,
-    config: &crate::cri::v1::ContainerConfig,
+    annotations: &BTreeMap<String, String>,
+    mounts: &[super::record::Mount],
     volumes: &[String],
 ) -> Result<(), ContainerError> {
-    let mounted: Vec<String> = config
-        .mounts
+    let mounted: Vec<String> = mounts
         .iter()
         .map(|m| m.container_path.trim_end_matches('/').to_string())
         .collect();
@@ -317,7 +318,7 @@ async fn prepare_rootfs(
         .filter(|v| !mounted.contains(&v.trim_end_matches('/').to_string()))
         .map(|v| (PathBuf::from(v), crate::sys::Create::Dir))
         .collect();
-    if let Some(p) = config.annotations.get(TERMINATION_MESSAGE_PATH) {
+    if let Some(p) = annotations.get(TERMINATION_MESSAGE_PATH) {
         if !p.is_empty() && !mounted.contains(&p.trim_end_matches('/').to_string()) {
             todo.push((PathBuf::from(p), crate::sys::Create::File));
         }
@@ -414,13 +415,38 @@ struct Checked {
     stop_signal: i32,
 }
 
-/// Everything CreateContainer needs from the request.
+/// Everything CreateContainer needs from the request, in this crate's terms: the server
+/// converts the CRI message.
 pub struct CreateRequest<'a> {
     pub sandbox_id: &'a str,
-    pub config: &'a crate::cri::v1::ContainerConfig,
-    pub sandbox_config: &'a crate::cri::v1::PodSandboxConfig,
+    /// `metadata`; `None` when the request had none (refused).
+    pub metadata: Option<ContainerName>,
+    /// The image the request names; empty when it names none (refused).
+    pub image: String,
+    /// The mounts and resources the record keeps.
+    pub facts: super::record::ContainerRequestFacts,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// `log_path`: below the pod's log directory, or absolute when the pod has none; empty =
+    /// no log.
+    pub log_path: String,
+    pub stop_signal: super::stop_signal::RequestedSignal,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+    /// The request as JSON, for verbose ContainerStatus only.
+    pub raw: serde_json::Value,
+    /// The request as the spec room's entry points read it.
+    pub spec: spec::ContainerRequest<'a>,
     /// A last edit of the spec by the caller (NRI plugins), after every other step.
     pub adjust_spec: Option<&'a dyn SpecAdjust>,
+}
+
+/// A container's `metadata`: its name in the pod and kubelet's attempt counter.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerName {
+    pub name: String,
+    pub attempt: u32,
 }
 
 /// A last edit of a container's OCI spec before its bundle is written; it may refuse the create, which then
@@ -576,7 +602,6 @@ impl Containers {
             .into());
         }
         let md = req
-            .config
             .metadata
             .as_ref()
             .ok_or_else(|| ContainerError::Invalid {
@@ -589,12 +614,7 @@ impl Containers {
                 reason: "must not be empty".into(),
             });
         }
-        let image_ref = req
-            .config
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
+        let image_ref = req.image.clone();
         if image_ref.is_empty() {
             return Err(ContainerError::Invalid {
                 field: "image".into(),
@@ -605,13 +625,12 @@ impl Containers {
             .images
             .resolve(&image_ref)
             .ok_or_else(|| ContainerError::ImageNotFound(image_ref.clone()))?;
-        let image_volumes = super::image_volume::resolve(&self.images, req.config)?;
-        let stop_signal =
-            super::stop_signal::resolve(req.config.stop_signal, &image.config.stop_signal)
-                .map_err(|reason| ContainerError::Invalid {
-                    field: "stop_signal".into(),
-                    reason,
-                })?;
+        let image_volumes = super::image_volume::resolve(&self.images, &req.facts.mounts)?;
+        let stop_signal = super::stop_signal::resolve(&req.stop_signal, &image.config.stop_signal)
+            .map_err(|reason| ContainerError::Invalid {
+                field: "stop_signal".into(),
+                reason,
+            })?;
         let checked = Checked {
             name_key: format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt),
             name: md.name.clone(),
@@ -669,14 +688,14 @@ impl Containers {
             let (k, i) = (name_key.clone(), id.clone());
             rb.push("release name", async move { this.names.release(&k, &i) });
         }
-        let log_path = if req.config.log_path.is_empty() {
+        let log_path = if req.log_path.is_empty() {
             None
         } else if sandbox.meta.log_directory.is_empty() {
-            Path::new(&req.config.log_path)
+            Path::new(&req.log_path)
                 .is_absolute()
-                .then(|| PathBuf::from(&req.config.log_path))
+                .then(|| PathBuf::from(&req.log_path))
         } else {
-            Some(Path::new(&sandbox.meta.log_directory).join(&req.config.log_path))
+            Some(Path::new(&sandbox.meta.log_directory).join(&req.log_path))
         };
         let driver = self.context.config.load().runtime.cgroup_manager;
         let cgroups_path = driver.cgroups_path(&sandbox.meta.cgroup_parent, &id);
@@ -685,10 +704,10 @@ impl Containers {
             name: name.clone(),
             attempt: *attempt,
             name_key: name_key.clone(),
-            config: serde_json::to_value(req.config).unwrap_or_default(),
-            request: super::record::ContainerRequestFacts::from_cri(req.config),
-            labels: req.config.labels.clone().into_iter().collect(),
-            annotations: req.config.annotations.clone().into_iter().collect(),
+            config: req.raw.clone(),
+            request: req.facts.clone(),
+            labels: req.labels.clone(),
+            annotations: req.annotations.clone(),
             image_ref: image_ref.clone(),
             image_id: image.id.clone(),
             image_volumes: image_volumes.clone(),
@@ -696,7 +715,11 @@ impl Containers {
             created_at: now_ns(),
             cgroups_path: cgroups_path.clone(),
             stop_signal: *stop_signal,
-            termination_message: termination_message(req.config, &self.overlay_dir(&id)),
+            termination_message: termination_message(
+                &req.annotations,
+                &req.facts.mounts,
+                &self.overlay_dir(&id),
+            ),
         };
         let result = self
             .create_steps(&id, meta, sandbox, image, req, &mut rb)
@@ -720,7 +743,7 @@ impl Containers {
         rb: &mut Rollback,
     ) -> Result<(), ContainerError> {
         let runtime = self.runtime_for(sandbox)?;
-        let target_pid = match spec::pid_namespace_target(req.config)? {
+        let target_pid = match spec::pid_namespace_target(&req.spec)? {
             Some(target) => Some(self.pid_namespace_target(&sandbox.id, &target)?),
             None => None,
         };
@@ -728,7 +751,7 @@ impl Containers {
         let apparmor_profile = self
             .context
             .apparmor
-            .profile_for(&spec::container_apparmor_request(req.config)?)
+            .profile_for(&spec::container_apparmor_request(&req.spec)?)
             .await?;
         let cgroups_path = meta.cgroups_path.clone();
         let log_path = meta.log_path.clone();
@@ -771,8 +794,16 @@ impl Containers {
             });
         }
 
-        prepare_rootfs(&rootfs, req.config, &image.config.volumes).await?;
-        let image_volumes = self.mount_image_volumes(&rec, req.config, rb).await?;
+        prepare_rootfs(
+            &rootfs,
+            &req.annotations,
+            &req.facts.mounts,
+            &image.config.volumes,
+        )
+        .await?;
+        let image_volumes = self
+            .mount_image_volumes(&rec, &req.facts.mounts, rb)
+            .await?;
 
         let (cdi, hooks) = {
             let config = self.context.config.load();
@@ -786,9 +817,8 @@ impl Containers {
         let pf = &sandbox.meta.pod_files;
         let oci = spec::container_spec(&spec::ContainerSpecInput {
             id,
-            config: req.config,
+            request: req.spec.clone(),
             sandbox: spec::SandboxContext {
-                config: req.sandbox_config,
                 netns: ns.net.as_deref(),
                 ipcns: ns.ipc.as_deref(),
                 utsns: ns.uts.as_deref(),
@@ -880,9 +910,9 @@ impl Containers {
             handle_file: Some(paths.handle_file()),
             cgroup_dir: crate::oci::cgroups::fs_path(&cgroups_path),
             cgroup_path: Some(cgroups_path),
-            tty: req.config.tty,
-            stdin: req.config.stdin,
-            stdin_once: req.config.stdin_once,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdin_once: req.stdin_once,
             cgroup_v1_view: binary.cgroup_view.is_some(),
             scope: self.context.monitor_scope(&sandbox.meta.cgroup_parent),
         };

@@ -2,10 +2,9 @@
 //! rootfs behind the node context's seams: no root, no runc, no mounts. Root and runroot are temp
 //! dirs, so what a step leaves on disk is visible.
 
-use super::{Container, ContainerState, ContainerStatus, Containers, CreateRequest};
+use super::{Container, ContainerName, ContainerState, ContainerStatus, Containers, CreateRequest};
 use crate::config::{Config, Live, LiveConfig};
 use crate::context::{DiskLayout, NodeContext, RootfsMounts, Runtimes};
-use crate::cri::v1 as cri;
 use crate::image::{ImageError, ImageInfo, ImageStore};
 use crate::monitor::{
     ExitRecord, FoundMonitor, LaunchedMonitor, MonitorError, MonitorLauncher, MonitorSpawn,
@@ -502,32 +501,30 @@ async fn create(
     world: &Arc<World>,
     name: &str,
 ) -> Result<String, super::ContainerError> {
-    let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let sandbox_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "pod".into(),
-            uid: "uid".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        ..Default::default()
-    };
     let adjust = FakeAdjust(world.clone());
+    let pod = crate::spec::annotations::PodIdentity {
+        name: "pod".into(),
+        uid: "uid".into(),
+        namespace: "default".into(),
+    };
     containers
         .create(CreateRequest {
             sandbox_id: SANDBOX,
-            config: &config,
-            sandbox_config: &sandbox_config,
+            metadata: Some(ContainerName {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: IMAGE.into(),
+            facts: Default::default(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            log_path: String::new(),
+            stop_signal: Default::default(),
+            tty: false,
+            stdin: false,
+            stdin_once: false,
+            raw: serde_json::Value::Null,
+            spec: crate::spec::ContainerRequest::named(name, IMAGE, &pod),
             adjust_spec: Some(&adjust),
         })
         .await

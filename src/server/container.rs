@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::batches::{in_batches, Batches};
 use super::convert;
-use crate::container::lifecycle::{Container, CreateRequest};
+use crate::container::lifecycle::{Container, ContainerName, CreateRequest};
 use crate::error::Error;
 
 pub(super) async fn create_container(
@@ -34,8 +34,25 @@ pub(super) async fn create_container(
         });
         let create = CreateRequest {
             sandbox_id: &sandbox.id,
-            config: &config,
-            sandbox_config: &sandbox_config,
+            metadata: config.metadata.as_ref().map(|m| ContainerName {
+                name: m.name.clone(),
+                attempt: m.attempt,
+            }),
+            image: config
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default(),
+            facts: super::records::container_request_facts(&config),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            log_path: config.log_path.clone(),
+            stop_signal: super::records::requested_stop_signal(config.stop_signal),
+            tty: config.tty,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            raw: serde_json::to_value(&config).unwrap_or_default(),
+            spec: crate::spec::ContainerRequest::new(&config, &sandbox_config),
             adjust_spec: adjust
                 .as_ref()
                 .map(|a| a as &dyn crate::container::lifecycle::SpecAdjust),

@@ -14,6 +14,7 @@ mod image;
 mod nri;
 mod observe;
 mod pod;
+mod records;
 mod reload;
 mod resources;
 mod runtime;

@@ -319,11 +319,12 @@ pub(super) async fn apply_updates(
         let outcome = match d.containers.get(&u.container_id) {
             Ok(c) => {
                 let res = cri_resources(
-                    crate::container::update::current_resources(&c).map(|r| r.to_cri()),
+                    crate::container::update::current_resources(&c)
+                        .map(|r| super::records::resources_to_cri(&r)),
                     r,
                 );
                 d.containers
-                    .update_resources(&u.container_id, &res)
+                    .update_resources(&u.container_id, super::records::resources(&res))
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -11,7 +11,7 @@ use super::convert;
 use crate::error::Error;
 use crate::network::PortMapping;
 use crate::sandbox::files::Dns;
-use crate::sandbox::lifecycle::{grace_period, Pods, RunRequest, Sandbox};
+use crate::sandbox::lifecycle::{grace_period, PodName, Pods, RunRequest, Sandbox};
 
 pub(super) async fn run_pod_sandbox(
     d: &Arc<Daemon>,
@@ -62,8 +62,24 @@ pub(super) async fn run_pod_sandbox(
                 host_ip: p.host_ip.clone(),
             })
             .collect();
+        let linux = config.linux.clone().unwrap_or_default();
         let run = RunRequest {
-            config: &config,
+            metadata: config.metadata.as_ref().map(|m| PodName {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+                attempt: m.attempt,
+            }),
+            hostname: config.hostname.clone(),
+            cgroup_parent: linux.cgroup_parent.clone(),
+            sysctls: linux.sysctls.clone(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            log_directory: config.log_directory.clone(),
+            resources: crate::spec::pod_limits(&linux),
+            facts: super::records::pod_request_facts(&config),
+            raw: serde_json::to_value(&config).unwrap_or_default(),
+            spec: crate::spec::PodRequest::new(&config),
             runtime_handler: &handler,
             dns,
             port_mappings,

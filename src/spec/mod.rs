@@ -51,8 +51,8 @@ pub use annotations::{set_sandbox_id, AnnotationsInput};
 pub use cdi::{CdiInput, CdiRegistry, CdiSpecDirs};
 pub use cri::{
     container_apparmor_request, container_spec, pause_apparmor_request, pid_namespace_target,
-    pod_limits, pod_spec, update_resources, ContainerSpecInput, PauseSpecInput, PodFiles,
-    SandboxContext,
+    pod_limits, pod_spec, update_resources, ContainerRequest, ContainerSpecInput, PauseSpecInput,
+    PodFiles, PodRequest, SandboxContext,
 };
 pub use devices::DevicesInput;
 pub use error::SpecError;
