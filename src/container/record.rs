@@ -204,6 +204,10 @@ pub struct ContainerRequestFacts {
     pub mounts: Vec<Mount>,
     /// `linux.resources`; `None` when the request set none.
     pub resources: Option<Resources>,
+    /// An env value is not UTF-8, so the process runs through `ferrio-envexec` and so do its
+    /// exec processes (see [`crate::spec::envexec`]).
+    #[serde(default)]
+    pub envexec: bool,
 }
 
 impl ContainerRequestFacts {
@@ -215,6 +219,9 @@ impl ContainerRequestFacts {
                 .as_ref()
                 .and_then(|l| l.resources.as_ref())
                 .map(Resources::from_cri),
+            envexec: crate::spec::envexec::needs_helper(
+                config.envs.iter().map(|kv| kv.value.as_slice()),
+            ),
         }
     }
 }
