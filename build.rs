@@ -60,6 +60,9 @@ fn envexec() -> Result<(), Box<dyn std::error::Error>> {
             "panic=abort",
         ])
         .args(["-C", "strip=symbols", "-C", "debuginfo=0"])
+        // A plain static executable: a static PIE has no interpreter and no DT_NEEDED, which tools
+        // (lintian, file) take for a broken shared library.
+        .args(["-C", "relocation-model=static"])
         .arg("src/envexec/main.rs")
         .arg("-o")
         .arg(&built)
