@@ -19,6 +19,13 @@ struct Args {
     /// Pods present while ListContainers / ListPodSandbox are timed.
     #[arg(long, default_value_t = 100)]
     list_pods: usize,
+    /// Pods (two containers each) at which ferrio's StreamContainers and ListContainers are
+    /// compared; 0 skips the comparison.
+    #[arg(long, default_value_t = 500)]
+    stream_pods: usize,
+    /// Run only that comparison (ferrio alone), e.g. to check it with a small --stream-pods.
+    #[arg(long)]
+    stream_only: bool,
     /// Running-pod counts at which memory is sampled.
     #[arg(long, value_delimiter = ',', default_values_t = [10, 50])]
     mem_pods: Vec<usize>,
@@ -51,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
         n: a.n,
         list_pods: a.list_pods,
         mem_pods: a.mem_pods,
+        stream_pods: a.stream_pods,
+        stream_only: a.stream_only,
         ferrio_bin: std::fs::canonicalize(&a.ferrio)?,
         monitor_bin: std::fs::canonicalize(&monitor)?,
         registry: a.registry,
