@@ -6,9 +6,10 @@
 #   BENCH_LIST_PODS=100            # pods present while ListPodSandbox / ListContainers are timed
 #   BENCH_MEM_PODS=10,50           # running pods at which memory is sampled
 #   BENCH_STREAM_PODS=500          # pods (2 containers each) for StreamContainers vs ListContainers; 0 = skip
-#   BENCH_STREAM_ONLY=1            # only that comparison (ferrio alone), e.g. with a small BENCH_STREAM_PODS
+#   BENCH_ONLY_STREAM=1            # only that comparison (ferrio alone), e.g. with a small BENCH_STREAM_PODS
 #   BENCH_NO_INSTALL=1             # do not apt-get install containerd when it is missing
 #   BENCH_HANDLER=runc|crun        # ferrio's handler and the floors' runtime (default: ferrio's default)
+#   BENCH_ONLY_NRI=1               # only the NRI row (pod lifecycle, NRI + a no-op plugin vs NRI off)
 #
 # Writes the table to stdout and CSV + PNG under hack/bench/results/. Needs root. Everything it
 # starts lives under /var/tmp/ferrio-bench-<hex> and is removed when it ends (also on ^C).
@@ -42,7 +43,8 @@ exec target/release/examples/bench "$N" \
   --list-pods "${BENCH_LIST_PODS:-100}" \
   --mem-pods "${BENCH_MEM_PODS:-10,50}" \
   --stream-pods "${BENCH_STREAM_PODS:-500}" \
-  ${BENCH_STREAM_ONLY:+--stream-only} \
+  ${BENCH_ONLY_STREAM:+--only-stream} \
   --registry "${FERRIO_TEST_REGISTRY:-127.0.0.1:5055}" \
   --results hack/bench/results \
-  ${BENCH_HANDLER:+--handler "$BENCH_HANDLER"}
+  ${BENCH_HANDLER:+--handler "$BENCH_HANDLER"} \
+  ${BENCH_ONLY_NRI:+--only-nri}

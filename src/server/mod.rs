@@ -167,6 +167,10 @@ impl Daemon {
         });
         events::spawn(&daemon);
         if let Some(nri) = &daemon.nri {
+            let metrics = daemon.metrics.clone();
+            nri.observe_events(Box::new(move |event, took| {
+                metrics.nri_event(event, took.as_secs_f64())
+            }));
             nri.start(Arc::new(nri::DaemonView(Arc::downgrade(&daemon))))
                 .await?;
         }
@@ -296,6 +300,7 @@ impl Daemon {
             sandboxes: vec![("ready", ready), ("notready", notready)],
             oom_killed: oom,
             monitors,
+            nri_plugins: self.nri.as_ref().map_or(0, |n| n.plugin_count() as i64),
         }
     }
 }
