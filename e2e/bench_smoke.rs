@@ -47,6 +47,8 @@ async fn bench_runs_end_to_end_with_n_2() {
         n: 2,
         list_pods: 3,
         mem_pods: vec![2],
+        stream_pods: 2,
+        only_stream: false,
         ferrio_bin: PathBuf::from(env!("CARGO_BIN_EXE_ferrio")),
         monitor_bin: PathBuf::from(env!("CARGO_BIN_EXE_ferrio-monitor")),
         registry,
@@ -73,6 +75,17 @@ async fn bench_runs_end_to_end_with_n_2() {
             .find(|r| r.metric == m)
             .unwrap_or_else(|| panic!("no row {m:?} in\n{}", report.table))
     };
+    for m in [
+        "StreamContainers, 2x2",
+        "ListContainers, 2x2",
+        "peak RSS, StreamContainers, 2x2",
+        "peak RSS, ListContainers, 2x2",
+    ] {
+        let r = row(m);
+        assert_eq!(r.ferrio.map(|s| s.n), Some(2), "{m}: ferrio samples");
+        assert!(r.ferrio.unwrap().p50 > 0.0, "{m}");
+        assert!(r.containerd.is_none(), "{m}: ferrio only");
+    }
     for m in [
         "PullImage (cold)",
         "create+start",

@@ -9,14 +9,14 @@ use crate::harness::{
 use ferrio::cri::v1::{
     security_profile::ProfileType, Capability, ContainerConfig, ContainerState,
     ContainerStatsRequest, ContainerStatus, ContainerStatusRequest, CreateContainerRequest, Device,
-    HugepageLimit, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, ListContainerStatsRequest,
-    ListContainersRequest, ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest,
-    ListPodSandboxStatsRequest, Mount, MountPropagation, PodSandboxConfig, PodSandboxStatsRequest,
-    PullImageRequest, RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StatusRequest,
-    StopContainerRequest, StopPodSandboxRequest, SupplementalGroupsPolicy,
-    UpdateContainerResourcesRequest,
+    ExecSyncRequest, HugepageLimit, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
+    ListContainerStatsRequest, ListContainersRequest, ListMetricDescriptorsRequest,
+    ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, Mount, MountPropagation,
+    PodSandboxConfig, PodSandboxStatsRequest, PullImageRequest, RemoveContainerRequest,
+    RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
+    SupplementalGroupsPolicy, UpdateContainerResourcesRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -1522,5 +1522,150 @@ async fn update_resources_and_stats() {
     assert!(rx.value.as_ref().unwrap().value > 0);
 
     w.remove(&id).await;
+    w.finish().await;
+}
+
+/// The container's init pid, from verbose ContainerStatus.
+async fn init_pid(w: &mut World, id: &str) -> u32 {
+    let info = w
+        .cri
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+        .into_inner()
+        .info;
+    let info: serde_json::Value =
+        serde_json::from_str(info.get("info").expect("verbose info")).expect("info is JSON");
+    let pid = info["status"]["pid"].as_u64().expect("status.pid") as u32;
+    w.learned.add(pid, "container init");
+    pid
+}
+
+/// The NUL-separated entries of a /proc file.
+fn proc_entries(pid: u32, file: &str) -> Vec<Vec<u8>> {
+    let raw = std::fs::read(format!("/proc/{pid}/{file}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/{file}: {e}"));
+    raw.split(|&b| b == 0)
+        .filter(|e| !e.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+#[tokio::test]
+async fn env_values_that_are_not_utf8_reach_the_process_byte_for_byte() {
+    let mut w = World::new("envbytes", &[BUSYBOX]).await;
+    let secret = vec![b'a', 0xff, 0xfe, b'z'];
+    let with = |name: &str, value: Vec<u8>, command: &[&str]| {
+        let mut c = container_config(name, BUSYBOX, command);
+        c.working_dir = "/tmp".into();
+        c.envs = vec![
+            KeyValue {
+                key: "BEFORE".into(),
+                value: b"1".to_vec(),
+            },
+            KeyValue {
+                key: "SECRET".into(),
+                value,
+            },
+            KeyValue {
+                key: "AFTER".into(),
+                value: "é".as_bytes().to_vec(),
+            },
+        ];
+        c
+    };
+    // The same container with a UTF-8 value: what the process must see apart from SECRET.
+    let mut ids = Vec::new();
+    for (name, value) in [("bytes", secret.clone()), ("text", b"plain".to_vec())] {
+        let id = w
+            .create(with(name, value, &["sleep", "1000"]))
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
+        w.start(&id).await;
+        wait_for_container_state(
+            &mut w.cri,
+            &id,
+            ContainerState::ContainerRunning,
+            Duration::from_secs(30),
+        )
+        .await;
+        ids.push(id);
+    }
+    let (bytes_pid, text_pid) = (
+        init_pid(&mut w, &ids[0]).await,
+        init_pid(&mut w, &ids[1]).await,
+    );
+    let environ = proc_entries(bytes_pid, "environ");
+    let expected: Vec<Vec<u8>> = proc_entries(text_pid, "environ")
+        .into_iter()
+        .map(|e| {
+            if e.starts_with(b"SECRET=") {
+                [&b"SECRET="[..], &secret].concat()
+            } else {
+                e
+            }
+        })
+        .collect();
+    let show = |v: &[Vec<u8>]| {
+        v.iter()
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        environ,
+        expected,
+        "the environ of the process, byte for byte: {:?}",
+        show(&environ)
+    );
+    assert_eq!(
+        proc_entries(bytes_pid, "cmdline"),
+        [b"sleep".to_vec(), b"1000".to_vec()],
+        "argv is the container's own"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{bytes_pid}/cwd")).unwrap(),
+        std::fs::read_link(format!("/proc/{text_pid}/cwd"))
+            .unwrap()
+            .to_string_lossy()
+            .replace(&ids[1], &ids[0]),
+        "the working directory is the container's own"
+    );
+
+    // An exec process gets the same bytes, and nothing of the helper.
+    let out = w
+        .cri
+        .rt
+        .exec_sync(ExecSyncRequest {
+            container_id: ids[0].clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "printf %s \"$SECRET\" | od -An -tx1; env | grep -c FERRIO || true".into(),
+            ],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(words, ["61", "ff", "fe", "7a", "0"], "{out:?}");
+
+    for id in ids {
+        w.remove(&id).await;
+    }
+
+    // A command that cannot run fails in the container, as its log and exit code tell.
+    let (code, log) = w.run(with("missing", secret, &["no-such-command"])).await;
+    assert_eq!(code, 127, "{log}");
+    assert!(
+        log.contains("\"no-such-command\": executable file not found in $PATH"),
+        "{log}"
+    );
     w.finish().await;
 }

@@ -37,6 +37,7 @@ impl Package {
         let dir = tempfile::tempdir().unwrap();
         let bin_dir = Path::new(env!("CARGO_BIN_EXE_ferrio")).parent().unwrap();
         assert!(bin_dir.join("ferrio-monitor").exists());
+        assert!(bin_dir.join("ferrio-envexec").exists());
         let out = run(Command::new("bash")
             .arg(repo().join("hack/build-deb.sh"))
             .arg("--bin-dir")
@@ -107,6 +108,7 @@ fn package_from_the_test_build_has_what_make_deb_promises() {
     let expected: BTreeSet<&str> = [
         "usr/bin/ferrio",
         "usr/libexec/ferrio/ferrio-monitor",
+        "usr/libexec/ferrio/ferrio-envexec",
         "lib/systemd/system/ferrio.service",
         "etc/ferrio/ferrio.toml",
         "usr/share/ferrio/10-ferrio-bridge.conflist",

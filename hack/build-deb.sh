@@ -30,7 +30,7 @@ die() { echo "build-deb.sh: $*" >&2; exit 1; }
 for tool in dpkg-deb dpkg-shlibdeps strip gzip sha256sum; do
   command -v "$tool" >/dev/null || die "$tool not found (hack/install-deps.sh installs dpkg-dev and binutils)"
 done
-for b in ferrio ferrio-monitor; do
+for b in ferrio ferrio-monitor ferrio-envexec; do
   [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found (cargo build --release first)"
 done
 
@@ -53,8 +53,11 @@ mkdir -p "$root/DEBIAN"
 install -D -m 0755 "$bin_dir/ferrio" "$root/usr/bin/ferrio"
 # Run by the daemon only, never by users: out of PATH, where ferrio's monitor_path default looks.
 install -D -m 0755 "$bin_dir/ferrio-monitor" "$root/usr/libexec/ferrio/ferrio-monitor"
+# Run inside containers with an env value that is not UTF-8; static, so it needs no library of theirs.
+install -D -m 0755 "$bin_dir/ferrio-envexec" "$root/usr/libexec/ferrio/ferrio-envexec"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note \
-  "$root/usr/bin/ferrio" "$root/usr/libexec/ferrio/ferrio-monitor"
+  "$root/usr/bin/ferrio" "$root/usr/libexec/ferrio/ferrio-monitor" \
+  "$root/usr/libexec/ferrio/ferrio-envexec"
 
 # One unit for both routes: the cargo route installs to /usr/local/bin, the package to /usr/bin.
 install -d "$root/lib/systemd/system"

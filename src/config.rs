@@ -137,6 +137,9 @@ pub struct RuntimeConfig {
     /// ferrio-monitor binary; "" means the one next to the ferrio binary, else the packaged one
     /// in /usr/libexec/ferrio.
     pub monitor_path: PathBuf,
+    /// ferrio-envexec binary, which containers with an env value that is not UTF-8 run first;
+    /// "" means the one next to the ferrio binary, else the packaged one in /usr/libexec/ferrio.
+    pub envexec_path: PathBuf,
     /// Where pinned namespaces live (`netns/`, `ipcns/`, `utsns/` below it), as CRI-O's
     /// `namespaces_dir`. "" means `<runroot>/ns`.
     pub namespaces_dir: PathBuf,
@@ -461,6 +464,7 @@ impl Default for RuntimeConfig {
             default_runtime: "runc".into(),
             cgroup_manager: CgroupDriver::Cgroupfs,
             monitor_path: PathBuf::new(),
+            envexec_path: PathBuf::new(),
             namespaces_dir: PathBuf::new(),
             hooks_dir: vec![PathBuf::from("/usr/share/containers/oci/hooks.d")],
             cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
@@ -941,6 +945,7 @@ impl Config {
             default_runtime: _,
             cgroup_manager: _,
             monitor_path: _,
+            envexec_path: _,
             namespaces_dir: _,
             restrict_oom_score_adj: _,
             hooks_dir: _,
@@ -1043,6 +1048,7 @@ impl Config {
         restart!("api.stream_tls_key", api.stream_tls_key);
         restart!("runtime.cgroup_manager", runtime.cgroup_manager);
         restart!("runtime.monitor_path", runtime.monitor_path);
+        restart!("runtime.envexec_path", runtime.envexec_path);
         restart!("runtime.namespaces_dir", runtime.namespaces_dir);
         restart!("network.plugin_dirs", network.plugin_dirs);
         restart!("metrics.enable", metrics.enable);
@@ -1130,6 +1136,7 @@ pub const CONFIG_KEYS: &[KeyDoc] = &[
     key("runtime.default_runtime", "Handler used when a pod names none; a key of runtime.runtimes."),
     key("runtime.cgroup_manager", "\"cgroupfs\" or \"systemd\"; must match kubelet's cgroupDriver."),
     key("runtime.monitor_path", "ferrio-monitor binary; \"\" = next to the ferrio binary, else /usr/libexec/ferrio/ferrio-monitor."),
+    key("runtime.envexec_path", "ferrio-envexec binary, run first by containers with an env value that is not UTF-8; \"\" = next to the ferrio binary, else /usr/libexec/ferrio/ferrio-envexec."),
     key("runtime.namespaces_dir", "Where pinned namespaces live (netns/, ipcns/, utsns/ below it); \"\" = <runroot>/ns."),
     key("runtime.restrict_oom_score_adj", "Clamp containers' oom_score_adj to what the host allows (kubelet asks for -997/-998)."),
     key("runtime.hooks_dir", "Directories of OCI hook files (CRI-O's JSON format); a file overrides one of the same name in an earlier directory."),

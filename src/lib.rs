@@ -30,6 +30,10 @@
 //! - [`sys`]: the only room allowed `unsafe`, the `ferrio-sys` crate (`crates/ferrio-sys`), shared
 //!   with the monitor; this crate forbids `unsafe` outright.
 //!
+//! Outside the library, `src/envexec/` is `ferrio-envexec`, a static program built by build.rs
+//! that containers with env values that are not UTF-8 run first ([`spec::envexec`]); it uses
+//! std alone, and its `unsafe` (the raw environment, `execve`) is its own.
+//!
 //! Rooms below `server` never import `server` nor CRI proto types (only `server/` and the
 //! entry points of `spec/`, in `spec/cri.rs`, see them). `sandbox` and `container` share spec
 //! steps through `spec/`, never through each other. Processes are known by pid + start time

@@ -15,7 +15,8 @@ use ferrio::cri::v1::{
     LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
     RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest, StreamContainersRequest,
+    VersionRequest,
 };
 use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
@@ -43,6 +44,11 @@ pub struct Opts {
     pub list_pods: usize,
     /// Running-pod counts at which memory is sampled.
     pub mem_pods: Vec<usize>,
+    /// Pods (two containers each) present while ferrio's StreamContainers and ListContainers
+    /// are compared; 0 skips the comparison.
+    pub stream_pods: usize,
+    /// Only that comparison: no containerd, no floors, no other row.
+    pub only_stream: bool,
     pub ferrio_bin: PathBuf,
     pub monitor_bin: PathBuf,
     /// `host:port` of the test registry (hack/test-registry.sh).
@@ -449,6 +455,15 @@ impl Bench {
             .ferrio_side(opts, "ferrio", tag8, octets.0, NriMode::Default)
             .await?;
         self.sides.push(side);
+        if opts.only_stream {
+            let mut samples = Samples::default();
+            pull(&mut self.sides[0], BUSYBOX).await?;
+            pull(&mut self.sides[0], PAUSE).await?;
+            stream_vs_list(&mut self.sides[0], &self.work, opts, &mut samples).await?;
+            let rows = self.stream_rows(&samples, opts);
+            notes.push(stream_note(opts));
+            return self.report(opts, rows, false, notes);
+        }
         let containerd_found =
             which("containerd").is_some() && which("containerd-shim-runc-v2").is_some();
         if opts.containerd && containerd_found {
@@ -632,6 +647,16 @@ impl Bench {
             }
         }
         let conmon_mem = floor.conmon_memory()?;
+        // The pods above leave ferrio first, so that the comparison sees its own pods only.
+        if opts.stream_pods > 0 {
+            let k = self.sides.iter().position(|s| s.kind == Kind::Ferrio);
+            if let Some(k) = k {
+                for pod_id in std::mem::take(&mut held[k]) {
+                    remove_pod(&mut self.sides[k], &pod_id).await?;
+                }
+                stream_vs_list(&mut self.sides[k], &self.work, opts, &mut samples).await?;
+            }
+        }
 
         // The table.
         let lf = |n: &str| floor_samples.get(n).and_then(|v| Stat::of(v));
@@ -667,6 +692,10 @@ impl Bench {
             format!("ListContainers, {} pods", opts.list_pods),
         ] {
             rows.push(self.row(&samples, &m, "ms", None));
+        }
+        rows.extend(self.stream_rows(&samples, opts));
+        if opts.stream_pods > 0 {
+            notes.push(stream_note(opts));
         }
         for (name, v) in &floor_samples {
             rows.push(Row {
@@ -741,6 +770,22 @@ impl Bench {
             png,
             work: self.work.clone(),
         })
+    }
+
+    /// The rows of [`stream_vs_list`] (ferrio only: containerd has no StreamContainers).
+    fn stream_rows(&self, samples: &Samples, opts: &Opts) -> Vec<Row> {
+        if opts.stream_pods == 0 {
+            return Vec::new();
+        }
+        let at = stream_shape(opts.stream_pods);
+        let mut rows = Vec::new();
+        for call in ["StreamContainers", "ListContainers"] {
+            rows.push(self.row(samples, &format!("{call}, {at}"), "ms", None));
+        }
+        for call in ["StreamContainers", "ListContainers"] {
+            rows.push(self.row(samples, &format!("peak RSS, {call}, {at}"), "MiB", None));
+        }
+        rows
     }
 
     async fn run_only_nri(&mut self, opts: &Opts, tag: &str, octet: u8) -> Result<Report> {
@@ -1194,6 +1239,188 @@ async fn lifecycle(side: &mut Side, work: &Path, s: &mut Samples) -> Result<()> 
         ),
     ] {
         s.add(m, kind, v);
+    }
+    Ok(())
+}
+
+/// How the stream rows name their object count: pods x containers per pod.
+pub fn stream_shape(pods: usize) -> String {
+    format!("{pods}x2")
+}
+
+/// What the stream rows measure, under the table.
+fn stream_note(opts: &Opts) -> String {
+    format!(
+        "StreamContainers / ListContainers, {}: ferrio alone, {} pods (host network) of 2 running \
+         containers each; latency to the last batch, and the daemon's peak RSS during the call",
+        stream_shape(opts.stream_pods),
+        opts.stream_pods
+    )
+}
+
+/// Concurrent CRI calls while the comparison's pods are made: the daemon serves several at
+/// once, and 1000 containers one by one would dominate the run.
+const STREAM_SETUP_CONCURRENCY: usize = 4;
+
+/// StreamContainers against ListContainers on one daemon with `opts.stream_pods` pods of two
+/// running containers each, N calls each, alternating: the latency of the whole call (to the
+/// stream's last batch) and the daemon's peak RSS during it. The pods share the host's
+/// network (no CNI), the cheapest pods there are; they stay until the teardown.
+async fn stream_vs_list(side: &mut Side, work: &Path, opts: &Opts, s: &mut Samples) -> Result<()> {
+    use futures::StreamExt;
+    let pods = opts.stream_pods;
+    let configs: Vec<PodSandboxConfig> = (0..pods)
+        .map(|_| {
+            let mut pod = side.pod_config(work, "stream");
+            if let Some(ns) = pod
+                .linux
+                .as_mut()
+                .and_then(|l| l.security_context.as_mut())
+                .and_then(|s| s.namespace_options.as_mut())
+            {
+                ns.network = NamespaceMode::Node as i32;
+            }
+            pod
+        })
+        .collect();
+    let cri = side.cri().clone();
+    let made: Vec<Result<()>> = futures::stream::iter(configs)
+        .map(|pod| {
+            let mut cri = cri.clone();
+            async move { run_pod_with_two_containers(&mut cri, pod).await }
+        })
+        .buffer_unordered(STREAM_SETUP_CONCURRENCY)
+        .collect()
+        .await;
+    made.into_iter().collect::<Result<Vec<()>>>()?;
+    eprintln!(
+        "bench: {}: {pods} pods x 2 containers running",
+        side.kind.name()
+    );
+
+    let at = stream_shape(pods);
+    let pid = side.pid;
+    let expected = pods * 2;
+    for i in 0..opts.n {
+        for stream in [i % 2 == 0, i % 2 != 0] {
+            let call = if stream {
+                "StreamContainers"
+            } else {
+                "ListContainers"
+            };
+            let peak = PeakRss::start(pid)?;
+            let t = Instant::now();
+            let got = if stream {
+                let mut batches = side
+                    .cri()
+                    .rt
+                    .stream_containers(StreamContainersRequest { filter: None })
+                    .await
+                    .map_err(|e| anyhow!("StreamContainers: {e}"))?
+                    .into_inner();
+                let mut got = 0;
+                while let Some(b) = batches
+                    .message()
+                    .await
+                    .map_err(|e| anyhow!("StreamContainers: {e}"))?
+                {
+                    got += b.containers.len();
+                }
+                got
+            } else {
+                side.cri()
+                    .rt
+                    .list_containers(ListContainersRequest { filter: None })
+                    .await
+                    .map_err(|e| anyhow!("ListContainers: {e}"))?
+                    .into_inner()
+                    .containers
+                    .len()
+            };
+            let took = ms(t.elapsed());
+            let peak_kib = peak.finish();
+            if got != expected {
+                bail!("{call}: {got} containers, expected {expected}");
+            }
+            s.add(&format!("{call}, {at}"), side.kind, took);
+            s.add(
+                &format!("peak RSS, {call}, {at}"),
+                side.kind,
+                kib_mib(peak_kib),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The peak RSS of a process over an interval: its high-water mark reset at the start
+/// (`clear_refs` 5), read at the end, and VmRSS sampled in between, since the kernel folds
+/// some frees into the mark lazily.
+struct PeakRss {
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    fn start(pid: u32) -> Result<PeakRss> {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+            .with_context(|| format!("reset the peak RSS of {pid}"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut max = rss_kib(pid);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            max
+        });
+        Ok(PeakRss { pid, stop, sampler })
+    }
+
+    /// The peak in KiB.
+    fn finish(self) -> u64 {
+        let hwm = status_field(self.pid, "status", "VmHWM:");
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sampled = self.sampler.join().unwrap_or(0);
+        hwm.max(sampled)
+    }
+}
+
+/// A pod with two running containers, left running.
+async fn run_pod_with_two_containers(cri: &mut Cri, pod: PodSandboxConfig) -> Result<()> {
+    let pod_id = cri
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map_err(|e| anyhow!("RunPodSandbox: {e}"))?
+        .into_inner()
+        .pod_sandbox_id;
+    for name in ["c0", "c1"] {
+        let mut config = container_config();
+        if let Some(m) = config.metadata.as_mut() {
+            m.name = name.into();
+        }
+        config.log_path = format!("{name}/0.log");
+        let id = cri
+            .rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .map_err(|e| anyhow!("CreateContainer: {e}"))?
+            .into_inner()
+            .container_id;
+        cri.rt
+            .start_container(StartContainerRequest { container_id: id })
+            .await
+            .map_err(|e| anyhow!("StartContainer: {e}"))?;
     }
     Ok(())
 }

@@ -22,6 +22,13 @@ struct Args {
     /// Pods present while ListContainers / ListPodSandbox are timed.
     #[arg(long, default_value_t = 100)]
     list_pods: usize,
+    /// Pods (two containers each) at which ferrio's StreamContainers and ListContainers are
+    /// compared; 0 skips the comparison.
+    #[arg(long, default_value_t = 500)]
+    stream_pods: usize,
+    /// Run only that comparison (ferrio alone), e.g. to check it with a small --stream-pods.
+    #[arg(long)]
+    only_stream: bool,
     /// Running-pod counts at which memory is sampled.
     #[arg(long, value_delimiter = ',', default_values_t = [10, 50])]
     mem_pods: Vec<usize>,
@@ -60,6 +67,8 @@ async fn main() -> anyhow::Result<()> {
         n: a.n,
         list_pods: a.list_pods,
         mem_pods: a.mem_pods,
+        stream_pods: a.stream_pods,
+        only_stream: a.only_stream,
         ferrio_bin: std::fs::canonicalize(&a.ferrio)?,
         monitor_bin: std::fs::canonicalize(&monitor)?,
         registry: a.registry,

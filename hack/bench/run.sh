@@ -5,6 +5,8 @@
 #   hack/bench/run.sh [N]          # N iterations per runtime and metric (default 50)
 #   BENCH_LIST_PODS=100            # pods present while ListPodSandbox / ListContainers are timed
 #   BENCH_MEM_PODS=10,50           # running pods at which memory is sampled
+#   BENCH_STREAM_PODS=500          # pods (2 containers each) for StreamContainers vs ListContainers; 0 = skip
+#   BENCH_ONLY_STREAM=1            # only that comparison (ferrio alone), e.g. with a small BENCH_STREAM_PODS
 #   BENCH_NO_INSTALL=1             # do not apt-get install containerd when it is missing
 #   BENCH_HANDLER=runc|crun        # ferrio's handler and the floors' runtime (default: ferrio's default)
 #   BENCH_ONLY_NRI=1               # only the NRI row (pod lifecycle, NRI + a no-op plugin vs NRI off)
@@ -40,6 +42,8 @@ exec target/release/examples/bench "$N" \
   --ferrio target/release/ferrio \
   --list-pods "${BENCH_LIST_PODS:-100}" \
   --mem-pods "${BENCH_MEM_PODS:-10,50}" \
+  --stream-pods "${BENCH_STREAM_PODS:-500}" \
+  ${BENCH_ONLY_STREAM:+--only-stream} \
   --registry "${FERRIO_TEST_REGISTRY:-127.0.0.1:5055}" \
   --results hack/bench/results \
   ${BENCH_HANDLER:+--handler "$BENCH_HANDLER"} \

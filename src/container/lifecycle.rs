@@ -1045,6 +1045,15 @@ impl Containers {
             });
         }
         let binary = self.runtime_of(rec)?.binary();
+        // `<runtime> exec` takes the env of the container's config, where the values that are not
+        // UTF-8 are still encoded: the exec process gets them from the same helper.
+        let cmd = if rec.meta.request.envexec {
+            std::iter::once(spec::envexec::CONTAINER_PATH.to_string())
+                .chain(cmd)
+                .collect()
+        } else {
+            cmd
+        };
         Ok(crate::oci::exec::ExecSpec {
             runtime_path: binary.path,
             runtime_root: binary.root,

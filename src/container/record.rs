@@ -128,6 +128,10 @@ pub struct ContainerRequestFacts {
     pub mounts: Vec<Mount>,
     /// `linux.resources`; `None` when the request set none.
     pub resources: Option<Resources>,
+    /// An env value is not UTF-8, so the process runs through `ferrio-envexec` and so do its
+    /// exec processes (see [`crate::spec::envexec`]).
+    #[serde(default)]
+    pub envexec: bool,
 }
 
 impl ContainerRequestFacts {
@@ -139,6 +143,8 @@ impl ContainerRequestFacts {
                 .as_ref()
                 .and_then(|l| l.resources.as_ref())
                 .map(v0::LinuxContainerResources::typed),
+            // Records from before versions were written when such values were refused.
+            envexec: false,
         }
     }
 }

@@ -83,6 +83,9 @@ pub struct HostFeatures {
     pub recursive_read_only_mounts: bool,
     /// The kernel lets us create user namespaces (`user.max_user_namespaces` > 0).
     pub user_namespaces: bool,
+    /// The `ferrio-envexec` binary (see [`crate::spec::envexec`]); `None` when not installed,
+    /// and then an env value that is not UTF-8 is refused.
+    pub envexec: Option<std::path::PathBuf>,
 }
 
 impl Default for HostFeatures {
@@ -99,6 +102,7 @@ impl Default for HostFeatures {
             memory_swap: true,
             recursive_read_only_mounts: true,
             user_namespaces: true,
+            envexec: None,
         }
     }
 }
@@ -157,6 +161,8 @@ impl HostFeatures {
                 .trim()
                 .parse::<u64>()
                 .is_ok_and(|n| n > 0),
+            // A configured path, not a probe: the daemon sets it from its config.
+            envexec: None,
         }
     }
 

@@ -110,11 +110,15 @@ impl Daemon {
         }
         let images = Arc::new(ImageStore::open(&config.root.join("images"))?);
         let cni = Live::new(cni_for(&config));
-        let context = Arc::new(NodeContext::for_host(
-            live.clone(),
-            HostFeatures::detect(),
-            monitor_path,
-        ));
+        let mut host = HostFeatures::detect();
+        host.envexec = crate::spec::envexec::find_helper(&config.runtime.envexec_path);
+        if host.envexec.is_none() {
+            tracing::warn!(
+                configured = %config.runtime.envexec_path.display(),
+                "ferrio-envexec not found: env values that are not UTF-8 will be refused"
+            );
+        }
+        let context = Arc::new(NodeContext::for_host(live.clone(), host, monitor_path));
         let (sandboxes, broken) = Table::open(&config.root.join("sandboxes"))?;
         for (path, e) in broken {
             tracing::error!(path = %path.display(), error = %e, "skipping broken pod sandbox record");

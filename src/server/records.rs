@@ -138,6 +138,9 @@ pub fn container_request_facts(config: &cri::ContainerConfig) -> ContainerReques
             .as_ref()
             .and_then(|l| l.resources.as_ref())
             .map(resources),
+        envexec: crate::spec::envexec::needs_helper(
+            config.envs.iter().map(|kv| kv.value.as_slice()),
+        ),
     }
 }
 

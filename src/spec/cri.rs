@@ -201,6 +201,7 @@ pub fn pod_spec_on(input: &PauseSpecInput, files: &dyn HostFiles) -> Result<Spec
         process: ProcessInput {
             args: process::pause_args(input.image),
             env: process::merge_env(&input.image.env, &[]),
+            binary_env: Vec::new(),
             cwd: process::pause_working_dir(input.image),
             terminal: false,
             user: ProcessUser::default(),
@@ -288,19 +289,23 @@ pub fn container_spec_on(
     let cwd = process::working_dir(&config.working_dir, input.image)?;
     let user_req = sec.map(user_request);
     let user = user::resolve_user(user_req.as_ref(), &input.image.user, input.rootfs, files)?;
-    // The OCI spec carries env as JSON strings, and a JSON string cannot hold bytes that are not UTF-8: such a
-    // value is refused by name rather than altered on its way to the process.
-    let overrides = config
-        .envs
-        .iter()
-        .map(|kv| match String::from_utf8(kv.value.clone()) {
-            Ok(value) => Ok((kv.key.clone(), value)),
-            Err(_) => Err(SpecError::invalid(
-                "envs",
-                format!("value of {} is not valid UTF-8", kv.key),
-            )),
-        })
-        .collect::<Result<Vec<(String, String)>, SpecError>>()?;
+    // A JSON string cannot hold bytes that are not UTF-8: such a value keeps its key's place in the env
+    // empty here, and the "env bytes" step hands the bytes to the process another way.
+    let mut binary_env: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    for kv in &config.envs {
+        match String::from_utf8(kv.value.clone()) {
+            Ok(value) => {
+                binary_env.retain(|(k, _)| k != &kv.key);
+                overrides.push((kv.key.clone(), value));
+            }
+            Err(e) => {
+                binary_env.retain(|(k, _)| k != &kv.key);
+                binary_env.push((kv.key.clone(), e.into_bytes()));
+                overrides.push((kv.key.clone(), String::new()));
+            }
+        }
+    }
     let env = process::container_env(
         &pod.hostname,
         config.tty,
@@ -346,6 +351,7 @@ pub fn container_spec_on(
         process: ProcessInput {
             args,
             env,
+            binary_env,
             cwd,
             terminal: config.tty,
             user: ProcessUser {

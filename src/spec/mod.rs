@@ -11,6 +11,8 @@
 //!   [`seccomp`], [`cdi`] (CDI devices), [`hooks`] (OCI hooks directories), [`annotations`],
 //!   and [`nri`], which applies node plugins' adjustments after the others (plugins answer
 //!   about the spec they produced).
+//! - [`envexec`]: env values that are not UTF-8, which reach the process through the
+//!   `ferrio-envexec` helper because JSON cannot carry them.
 //! - [`host`]: the host as the steps see it ([`HostView`]): features probed once at start and
 //!   the file system behind a trait, so no step reads `/proc`, `/sys` or `/dev` itself and each
 //!   runs in a unit test without root.
@@ -27,6 +29,7 @@ pub mod annotations;
 pub mod cdi;
 pub mod cri;
 pub mod devices;
+pub mod envexec;
 mod error;
 pub mod hooks;
 pub mod host;
@@ -115,6 +118,7 @@ pub const CONTAINER_STEPS: &[(&str, Step)] = &[
     ("capabilities", security::capabilities_step),
     ("lsm labels", security::lsm_labels),
     ("mounts", mounts::mounts),
+    ("env bytes", envexec::env_bytes),
     ("devices", devices::devices),
     ("namespaces", namespaces::namespaces),
     ("resources", resources::resources),

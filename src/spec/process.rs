@@ -16,6 +16,9 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub struct ProcessInput {
     pub args: Vec<String>,
     pub env: Vec<String>,
+    /// The request's env values that are not UTF-8, by key, in the request's order; `env`
+    /// holds each key with an empty value where it belongs (see [`super::envexec`]).
+    pub binary_env: Vec<(String, Vec<u8>)>,
     pub cwd: String,
     pub terminal: bool,
     pub user: ProcessUser,

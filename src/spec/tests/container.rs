@@ -293,14 +293,128 @@ fn env_overrides_by_key_and_defaults() {
 }
 
 #[test]
-fn an_env_value_that_is_not_utf8_is_refused_by_name() {
+fn an_env_value_that_is_not_utf8_reaches_the_process_through_the_helper() {
+    use crate::spec::envexec::{codec, CONTAINER_PATH};
     let mut f = Fixture::new();
+    f.host.envexec = Some("/usr/libexec/ferrio/ferrio-envexec".into());
+    f.image.env = vec!["PATH=/bin".into(), "SECRET=from-image".into()];
+    f.config.command = vec!["sh".into()];
+    f.config.args = vec!["-c".into(), "env".into()];
+    f.config.envs = vec![
+        KeyValue {
+            key: "A".into(),
+            value: b"1".to_vec(),
+        },
+        KeyValue {
+            key: "SECRET".into(),
+            value: vec![b'a', 0xff, 0xfe],
+        },
+    ];
+    let s = f.spec();
+    assert_eq!(
+        process(&s).args().as_deref().unwrap(),
+        [CONTAINER_PATH, "sh", "-c", "env"],
+        "the helper runs the original args unchanged"
+    );
+    let env = env_of(&s);
+    let carrier = format!(
+        "{}={}",
+        codec::VAR,
+        codec::encode(&[b"SECRET=a\xff\xfe".to_vec()])
+    );
+    // The image's SECRET is replaced where it stood; the other entries are untouched.
+    assert_eq!(
+        env[..3],
+        ["HOSTNAME=podhost", "PATH=/bin", carrier.as_str()]
+    );
+    assert!(env.contains(&"A=1".to_string()));
+    assert!(!env.iter().any(|e| e.starts_with("SECRET=")), "{env:?}");
+    let m = s
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == Path::new(CONTAINER_PATH))
+        .expect("the helper's mount");
+    assert_eq!(
+        m.source().as_deref(),
+        Some(Path::new("/usr/libexec/ferrio/ferrio-envexec"))
+    );
+    let options = m.options().clone().unwrap();
+    for o in ["ro", "nosuid", "nodev"] {
+        assert!(options.iter().any(|x| x == o), "{options:?}");
+    }
+}
+
+#[test]
+fn a_container_with_utf8_env_values_does_not_run_the_helper() {
+    use crate::spec::envexec::{codec, CONTAINER_PATH};
+    let mut f = Fixture::new();
+    f.host.envexec = Some("/usr/libexec/ferrio/ferrio-envexec".into());
+    f.config.envs = vec![KeyValue {
+        key: "A".into(),
+        value: "é".as_bytes().to_vec(),
+    }];
+    let s = f.spec();
+    assert_ne!(process(&s).args().as_deref().unwrap()[0], CONTAINER_PATH);
+    assert!(env_of(&s).contains(&"A=é".to_string()));
+    assert!(!env_of(&s).iter().any(|e| e.starts_with(codec::VAR)));
+    assert!(!s
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|m| m.destination() == Path::new(CONTAINER_PATH)));
+}
+
+#[test]
+fn a_later_utf8_value_of_the_same_key_wins_over_bytes() {
+    let mut f = Fixture::new();
+    f.host.envexec = Some("/usr/libexec/ferrio/ferrio-envexec".into());
+    f.config.envs = vec![
+        KeyValue {
+            key: "SECRET".into(),
+            value: vec![0xff],
+        },
+        KeyValue {
+            key: "SECRET".into(),
+            value: b"plain".to_vec(),
+        },
+    ];
+    let s = f.spec();
+    assert!(env_of(&s).contains(&"SECRET=plain".to_string()));
+    assert!(!process(&s).args().as_deref().unwrap()[0].contains("envexec"));
+}
+
+#[test]
+fn an_env_value_that_is_not_utf8_is_refused_by_name_without_the_helper() {
+    let mut f = Fixture::new();
+    f.host.envexec = None;
     f.config.envs = vec![KeyValue {
         key: "SECRET".into(),
         value: vec![b'a', 0xff, 0xfe],
     }];
-    let err = f.build().expect_err("not UTF-8");
+    let err = f.build().expect_err("no helper");
     assert!(err.to_string().contains("SECRET"), "{err}");
+    assert!(err.to_string().contains("ferrio-envexec"), "{err}");
+    assert_eq!(invalid_field(f.build()), "envs");
+}
+
+#[test]
+fn the_helper_is_refused_when_the_request_mounts_dev() {
+    let mut f = Fixture::new();
+    f.host.envexec = Some("/usr/libexec/ferrio/ferrio-envexec".into());
+    f.config.envs = vec![KeyValue {
+        key: "SECRET".into(),
+        value: vec![0xff],
+    }];
+    f.config.mounts = vec![CriMount {
+        container_path: "/dev".into(),
+        host_path: f.dir.path().join("dev").display().to_string(),
+        ..Default::default()
+    }];
+    let err = f.build().expect_err("/dev is the request's");
+    assert!(err.to_string().contains("/dev"), "{err}");
     assert_eq!(invalid_field(f.build()), "envs");
 }
 
