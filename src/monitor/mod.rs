@@ -53,6 +53,25 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub use crate::sys::ProcessHandle;
 pub use protocol::ExitRecord;
+
+/// The argument that starts `ferrio-monitor` as a namespace holder (see [`hold`]).
+pub const HOLD_ARG: &str = "--hold-namespaces";
+
+/// The namespace holder's whole life: wait until stdin reaches EOF (the daemon closes it once
+/// it has mapped the ids and pinned the namespaces this process was started in), then exit 0.
+pub fn hold() -> i32 {
+    use std::io::Read;
+    let mut sink = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut sink) {
+            Ok(0) => return 0,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return 1,
+        }
+    }
+}
 use protocol::{MonitorArgs, SyncMessage, HANDLE_FD, SYNC_FD};
 
 /// How long `<runtime> create` may take before the spawn gives up (CRI-O's default too).

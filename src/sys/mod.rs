@@ -7,9 +7,11 @@
 //! other rooms stay `#![deny(unsafe_code)]`. Nothing here holds state or knows about containers.
 
 mod cgroup_view;
+mod idmap;
 mod process;
 
 pub use cgroup_view::{mounts_below, CgroupV1View, CGROUP_ROOT};
+pub use idmap::{attach as attach_tree, idmapped_tree, spawn_in_new_userns};
 pub use process::{parse_stat, proc_stat, ProcStat, ProcessHandle};
 
 use std::io;
