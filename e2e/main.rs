@@ -16,3 +16,4 @@ mod recovery;
 mod reload;
 mod sandbox;
 mod security;
+mod userns;

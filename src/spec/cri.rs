@@ -481,9 +481,7 @@ pub type IdMappings = (Vec<IdRange>, Vec<IdRange>);
 
 /// The id mappings (uids, gids) of the user namespace a pod asks for (mode POD); `None` for
 /// the host's (mode NODE, or no options). The ranges are checked by the namespaces step.
-pub fn user_namespace(
-    ns: Option<&NamespaceOption>,
-) -> Result<Option<IdMappings>, SpecError> {
+pub fn user_namespace(ns: Option<&NamespaceOption>) -> Result<Option<IdMappings>, SpecError> {
     const FIELD: &str = "namespace_options.userns_options";
     let Some(u) = ns.and_then(|n| n.userns_options.as_ref()) else {
         return Ok(None);
