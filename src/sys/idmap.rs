@@ -7,6 +7,19 @@
 //! with `MOUNT_ATTR_IDMAP` attaches the mapping to it, `move_mount` puts it at a path. A bind
 //! mount of an idmapped mount keeps the mapping, and so does overlayfs for a lower layer that
 //! is one (it keeps a private clone of each layer's mount).
+//!
+//! What this rests on, measured on Debian 12 with kernel 6.x, runc 1.1.5 and crun 1.8.1:
+//! - an idmapped copy of an ext4 directory shows host uid 0 as the namespace root's host id;
+//!   an overlay mounted on idmapped lowers shows the same, and keeps doing so after the staged
+//!   lowers are detached; a copy-up by the container's root lands in the upper dir as the
+//!   mapped host id;
+//! - an overlay mount itself cannot be idmapped (mount_setattr gives EINVAL), hence the lowers;
+//! - a plain bind mount of an idmapped mount is idmapped too, also after the source copy is
+//!   detached: the runtime's own bind of a staged volume needs no idmap support of its own;
+//! - runc 1.1.5 lists no `idmap` mount option, crun 1.8.1 has no `features` verb; both run a
+//!   container that joins a pinned user namespace by path (with the same mappings in the spec)
+//!   and pinned net/IPC/UTS namespaces it owns, on an idmapped overlay rootfs, with sysfs
+//!   mounted.
 
 use std::ffi::CString;
 use std::io;
