@@ -67,16 +67,16 @@ fmt:
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Every test: unit tests, then the e2e suites against a real daemon, runc, CNI and the local registry,
 # then the node-shape suite in a systemd + cgroup v2 VM. One test at a time: the e2e tests share the
 # host's iptables and cgroups.
 test: deps registry lint
-	FERRIO_TEST_REGISTRY=$(TEST_REGISTRY) $(CARGO) test --all-targets -- --test-threads=1
+	FERRIO_TEST_REGISTRY=$(TEST_REGISTRY) $(CARGO) test --workspace --all-targets -- --test-threads=1
 	# The library's tests that need root (namespaces, mounts, cgroups, CNI) are ignored in a plain
 	# `cargo test --lib`, which passes as any user; here, as root, they run too.
-	$(CARGO) test --lib -- --ignored --test-threads=1
+	$(CARGO) test --workspace --lib -- --ignored --test-threads=1
 	$(MAKE) test-vm
 
 # The packaged ferrio on a systemd + cgroup v2 node: a Debian 12 VM (hack/vm/), both cgroup drivers.

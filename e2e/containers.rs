@@ -1038,7 +1038,7 @@ async fn bench_container() {
 /// one with separate stdout/stderr; both report their exit codes.
 #[tokio::test]
 async fn exec_sessions_with_a_tty_and_with_pipes() {
-    use ferrio::monitor::exec::{spawn_exec, ExecSpec};
+    use ferrio::oci::exec::{spawn_exec, ExecSpec};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut p = Pod::start("execsess").await;
     let id = p.run("target", &["sleep", "1000"]).await;

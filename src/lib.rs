@@ -16,8 +16,9 @@
 //!   runtime handlers, the disk layout, and the monitor and rootfs seams.
 //! - [`oci`]: the OCI runtime behind the `Runtime` trait (the default runs the binary for every
 //!   verb); bundles; ending half-created objects.
-//! - [`monitor`]: ferrio-monitor's wire protocol, daemon-side client (behind the
-//!   `MonitorLauncher` trait) and monitor-side process code.
+//! - [`monitor`]: the daemon's side of ferrio-monitor: launching and finding monitors (behind the
+//!   `MonitorLauncher` trait), the attach client; the monitor program and the wire protocol are
+//!   the `ferrio-monitor` crate (`crates/ferrio-monitor`).
 //! - [`image`]: references, registry client + mirrors, content store, layer unpack, overlay mounts.
 //! - [`metrics`]: Prometheus instruments; reads state, never changes it.
 //! - [`network`]: CNI conflists, plugin exec, result cache, network namespaces.
@@ -26,13 +27,14 @@
 //! - [`state`]: persistent records written atomically.
 //! - [`streaming`]: the exec/attach/port-forward HTTP server (SPDY/3.1, WebSocket, one-shot tokens).
 //! - [`systemd`]: transient scopes and slices over systemd's D-Bus API, only where systemd is PID 1.
-//! - [`sys`]: the only room allowed `unsafe`.
+//! - [`sys`]: the only room allowed `unsafe`, the `ferrio-sys` crate (`crates/ferrio-sys`), shared
+//!   with the monitor; this crate forbids `unsafe` outright.
 //!
 //! Rooms below `server` never import `server` nor CRI proto types (only `server/` and the
 //! entry points of `spec/`, in `spec/cri.rs`, see them). `sandbox` and `container` share spec
 //! steps through `spec/`, never through each other. Processes are known by pid + start time
 //! ([`sys::ProcessHandle`]), never by their command line.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod clock;
 pub mod config;
@@ -53,5 +55,6 @@ pub mod server;
 pub mod spec;
 pub mod state;
 pub mod streaming;
-pub mod sys;
 pub mod systemd;
+
+pub use ferrio_sys as sys;

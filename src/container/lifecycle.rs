@@ -1016,14 +1016,14 @@ impl Containers {
     }
 
     /// What `<runtime> exec` needs to run `cmd` in the running container `rec` (for ExecSync and
-    /// the streaming server's Exec via [`monitor::exec::spawn_exec`]).
+    /// the streaming server's Exec via [`crate::oci::exec::spawn_exec`]).
     pub fn exec_spec(
         &self,
         rec: &Container,
         cmd: Vec<String>,
         tty: bool,
         stdin: bool,
-    ) -> Result<monitor::exec::ExecSpec, ContainerError> {
+    ) -> Result<crate::oci::exec::ExecSpec, ContainerError> {
         if rec.status().state() != ContainerState::Running {
             return Err(ContainerError::WrongState {
                 id: rec.id.clone(),
@@ -1040,7 +1040,7 @@ impl Containers {
             });
         }
         let binary = self.runtime_of(rec)?.binary();
-        Ok(monitor::exec::ExecSpec {
+        Ok(crate::oci::exec::ExecSpec {
             runtime_path: binary.path,
             runtime_root: binary.root,
             id: rec.id.clone(),
@@ -1059,12 +1059,13 @@ impl Containers {
         id: &str,
         cmd: Vec<String>,
         timeout: Duration,
-    ) -> Result<monitor::exec::ExecSyncOutput, ContainerError> {
+    ) -> Result<crate::oci::exec::ExecSyncOutput, ContainerError> {
         let rec = self.get(id)?;
         let spec = self.exec_spec(&rec, cmd, false, false)?;
         let timeout = (!timeout.is_zero()).then_some(timeout);
         let out =
-            monitor::exec::exec_sync(&spec, timeout, monitor::exec::EXEC_SYNC_OUTPUT_MAX).await?;
+            crate::oci::exec::exec_sync(&spec, timeout, crate::oci::exec::EXEC_SYNC_OUTPUT_MAX)
+                .await?;
         if out.timed_out {
             tracing::info!(id = %rec.id, ?timeout, "exec sync timed out; process killed");
         }

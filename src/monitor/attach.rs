@@ -1,44 +1,6 @@
-//! The monitor's attach socket: wire protocol (shared by both ends) and the daemon-side async
-//! client [`AttachClient`] that the streaming server uses for CRI Attach and that
-//! ReopenContainerLog uses to reach the monitor.
-//!
-//! # Where
-//!
-//! Every container's monitor listens on a `SOCK_STREAM` unix socket at [`socket_path`]`(bundle)`
-//! (`<bundle>/attach`) for as long as the container lives. Paths under a runroot can be longer than
-//! `sun_path` (108 bytes), so both ends go through `/proc/self/fd/<dir fd>/attach`
-//! ([`connect`](AttachClient::connect) does this for you).
-//!
-//! # Frames
-//!
-//! Both directions carry frames: `kind: u8`, `len: u32` big-endian, then `len` payload bytes
-//! (`len` <= [`MAX_FRAME`]). Unknown kinds are a protocol error (the monitor closes the
-//! connection).
-//!
-//! Client -> monitor:
-//!
-//! | kind | name | payload |
-//! |---|---|---|
-//! | `0x01` | `Hello` | 2 bytes: version (`1`), stream flags (bit 0 stdin, bit 1 stdout, bit 2 stderr) |
-//! | `0x02` | `Stdin` | bytes for the container's stdin (ignored unless the hello asked for stdin) |
-//! | `0x03` | `CloseStdin` | empty: this client's stdin ended. Closes the container's stdin when it was created with `stdin_once`, else only this client stops writing |
-//! | `0x04` | `Resize` | 4 bytes: width (columns) u16 BE, height (rows) u16 BE; ignored without a tty |
-//! | `0x05` | `ReopenLog` | empty: reopen the CRI log at its path (kubelet renamed it); answered by `Ok` or `Error` |
-//!
-//! `Hello` must come first. Monitor -> client:
-//!
-//! | kind | name | payload |
-//! |---|---|---|
-//! | `0x81` | `Stdout` | output of the container (with a tty: the terminal's output) |
-//! | `0x82` | `Stderr` | error output of the container (never with a tty) |
-//! | `0x83` | `Exit` | 4 bytes: exit code i32 BE; the container exited, the monitor closes the connection after it |
-//! | `0x84` | `Ok` | empty: the last `ReopenLog` was done |
-//! | `0x85` | `Error` | UTF-8 message: the last request failed (or the hello was refused, then the connection closes) |
-//!
-//! Output is fanned out to every connected client that asked for that stream, from the moment it
-//! connected (no replay: the log file has the past). A client that does not read falls behind
-//! by at most [`CLIENT_BACKLOG`] bytes; beyond that the monitor drops it rather than block the
-//! container. Several clients may write stdin; their frames are interleaved whole.
+//! The daemon-side async client of the monitor's attach socket: the streaming server uses it for
+//! CRI Attach, and ReopenContainerLog uses it to reach the monitor. The wire protocol (frames,
+//! kinds, where the socket is) is `ferrio_monitor::attach`, re-exported here.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -48,99 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-/// Protocol version sent in `Hello`.
-pub const VERSION: u8 = 1;
-/// The largest payload of one frame.
-pub const MAX_FRAME: usize = 32 * 1024;
-/// How far a client may fall behind the output before the monitor drops it.
-pub const CLIENT_BACKLOG: usize = 1024 * 1024;
-/// The socket's file name inside the bundle.
-pub const SOCKET_NAME: &str = "attach";
-
-/// Frame kinds, client -> monitor.
-pub mod kind {
-    pub const HELLO: u8 = 0x01;
-    pub const STDIN: u8 = 0x02;
-    pub const CLOSE_STDIN: u8 = 0x03;
-    pub const RESIZE: u8 = 0x04;
-    pub const REOPEN_LOG: u8 = 0x05;
-    /// Monitor -> client.
-    pub const STDOUT: u8 = 0x81;
-    pub const STDERR: u8 = 0x82;
-    pub const EXIT: u8 = 0x83;
-    pub const OK: u8 = 0x84;
-    pub const ERROR: u8 = 0x85;
-}
-
-/// Hello flag bits.
-pub const WANT_STDIN: u8 = 1;
-pub const WANT_STDOUT: u8 = 2;
-pub const WANT_STDERR: u8 = 4;
-
-/// The attach socket of the container whose bundle is `bundle`.
-pub fn socket_path(bundle: &Path) -> PathBuf {
-    bundle.join(SOCKET_NAME)
-}
-
-/// Appends one frame to `out`. Payloads over [`MAX_FRAME`] are split into several frames of the
-/// same kind (only data frames are ever that long).
-pub fn encode_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
-    let mut chunks = payload.chunks(MAX_FRAME);
-    let first = chunks.next().unwrap_or(&[]);
-    for chunk in std::iter::once(first).chain(chunks) {
-        out.push(kind);
-        out.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
-        out.extend_from_slice(chunk);
-    }
-}
-
-/// One decoded frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    pub kind: u8,
-    pub payload: Vec<u8>,
-}
-
-/// Accumulates bytes from a stream and cuts them into frames.
-#[derive(Debug, Default)]
-pub struct FrameDecoder {
-    buf: Vec<u8>,
-}
-
-impl FrameDecoder {
-    /// Adds bytes read from the stream.
-    pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
-
-    /// The next complete frame, if one is buffered; an error for an oversized frame.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, AttachError> {
-        if self.buf.len() < 5 {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if len > MAX_FRAME {
-            return Err(AttachError::Protocol(format!(
-                "frame of {len} bytes exceeds {MAX_FRAME}"
-            )));
-        }
-        if self.buf.len() < 5 + len {
-            return Ok(None);
-        }
-        let kind = self.buf[0];
-        let payload = self.buf[5..5 + len].to_vec();
-        self.buf.drain(..5 + len);
-        if self.buf.is_empty() && self.buf.capacity() > 2 * MAX_FRAME {
-            self.buf = Vec::new();
-        }
-        Ok(Some(Frame { kind, payload }))
-    }
-
-    /// Bytes buffered that are not a whole frame yet.
-    pub fn pending(&self) -> usize {
-        self.buf.len()
-    }
-}
+pub use ferrio_monitor::attach::*;
 
 /// Errors of the attach client.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +23,12 @@ pub enum AttachError {
     Protocol(String),
     #[error("monitor refused: {0}")]
     Refused(String),
+}
+
+impl From<OversizedFrame> for AttachError {
+    fn from(e: OversizedFrame) -> Self {
+        AttachError::Protocol(e.to_string())
+    }
 }
 
 /// Which streams an attach client wants.
@@ -396,40 +272,6 @@ pub async fn reopen_log(path: &Path) -> Result<(), AttachError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_round_trip_through_the_decoder_in_any_chunking() {
-        let mut out = Vec::new();
-        encode_frame(&mut out, kind::HELLO, &[VERSION, WANT_STDOUT]);
-        encode_frame(&mut out, kind::STDIN, b"hello");
-        encode_frame(&mut out, kind::CLOSE_STDIN, &[]);
-        let big = vec![7u8; MAX_FRAME + 10];
-        encode_frame(&mut out, kind::STDOUT, &big);
-        for chunk in [1usize, 3, 7, 4096] {
-            let mut d = FrameDecoder::default();
-            let mut got = Vec::new();
-            for c in out.chunks(chunk) {
-                d.push(c);
-                while let Some(f) = d.next_frame().unwrap() {
-                    got.push(f);
-                }
-            }
-            assert_eq!(got.len(), 5, "chunk {chunk}");
-            assert_eq!(got[0].payload, vec![VERSION, WANT_STDOUT]);
-            assert_eq!(got[1].payload, b"hello");
-            assert_eq!((got[2].kind, got[2].payload.len()), (kind::CLOSE_STDIN, 0));
-            assert_eq!(got[3].payload.len(), MAX_FRAME);
-            assert_eq!((got[4].kind, got[4].payload.len()), (kind::STDOUT, 10));
-            assert_eq!(d.pending(), 0);
-        }
-    }
-
-    #[test]
-    fn an_oversized_frame_is_refused() {
-        let mut d = FrameDecoder::default();
-        d.push(&[kind::STDIN, 0xff, 0xff, 0xff, 0xff]);
-        assert!(d.next_frame().is_err());
-    }
 
     #[test]
     fn stream_flags() {

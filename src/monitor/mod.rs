@@ -1,5 +1,6 @@
-//! `ferrio-monitor`, ferrio's conmon: the wire protocol, the daemon-side client and the
-//! monitor-side process code.
+//! The daemon's side of `ferrio-monitor`, ferrio's conmon: launching monitors, finding them again,
+//! reading exits, and the async attach client. The monitor program and the wire protocol are the
+//! `ferrio-monitor` crate; its modules are re-exported here.
 //!
 //! # Why one monitor process per container
 //!
@@ -16,15 +17,11 @@
 //!
 //! # What lives where
 //!
-//! - [`protocol`]: command line, sync-pipe messages and the exit record, shared by both sides.
-//! - [`log`]: the CRI log writer (`F`/`P` records).
-//! - [`process`]: the monitor's event loop (spawned as `ferrio-monitor`; uses only this module
-//!   and `sys`).
-//! - [`oom`]: reading the OOM-kill counter of the container's memory cgroup.
-//! - [`attach`]: the attach socket's wire protocol and the daemon-side [`attach::AttachClient`]
-//!   (CRI Attach, ReopenContainerLog).
-//! - [`exec`]: `<runtime> exec` from the daemon: ExecSync with its timeout, and
-//!   [`exec::spawn_exec`] sessions for streaming Exec.
+//! - [`protocol`], [`log`], [`oom`] (re-exported from `ferrio-monitor`): command line, sync-pipe
+//!   messages and the exit record; the CRI log format; the OOM-kill counter.
+//! - [`attach`]: the daemon-side [`attach::AttachClient`] (CRI Attach, ReopenContainerLog), over
+//!   the attach socket's wire protocol from `ferrio-monitor`.
+//! - `<runtime> exec` is not monitor business: it is [`crate::oci::exec`].
 //! - this file: the daemon side, [`launch`] (then [`Launched::created`]), [`spawn`] (both at
 //!   once), [`LiveMonitor::find`], [`read_exit`] and [`wait_exit`]. Monitors are known by
 //!   [`ProcessHandle`] (pid + start time) and by the handle file the daemon locks for them, never
@@ -34,13 +31,8 @@
 //! deletes it after the exit; the monitor never starts, stops or deletes the container.
 
 pub mod attach;
-pub mod attach_server;
-pub mod exec;
-pub mod leftovers;
-pub mod log;
-pub mod oom;
-pub mod process;
-pub mod protocol;
+
+pub use ferrio_monitor::{log, oom, protocol};
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -54,24 +46,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 pub use crate::sys::ProcessHandle;
 pub use protocol::ExitRecord;
 
-/// The argument that starts `ferrio-monitor` as a namespace holder (see [`hold`]).
-pub const HOLD_ARG: &str = "--hold-namespaces";
-
-/// The namespace holder's whole life: wait until stdin reaches EOF (the daemon closes it once
-/// it has mapped the ids and pinned the namespaces this process was started in), then exit 0.
-pub fn hold() -> i32 {
-    use std::io::Read;
-    let mut sink = [0u8; 64];
-    let mut stdin = std::io::stdin();
-    loop {
-        match stdin.read(&mut sink) {
-            Ok(0) => return 0,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return 1,
-        }
-    }
-}
+pub use ferrio_monitor::HOLD_ARG;
 use protocol::{MonitorArgs, SyncMessage, HANDLE_FD, SYNC_FD};
 
 /// How long `<runtime> create` may take before the spawn gives up (CRI-O's default too).

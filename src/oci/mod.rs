@@ -10,6 +10,7 @@
 
 pub mod apparmor;
 pub mod cgroups;
+pub mod exec;
 pub mod half_created;
 pub mod host;
 pub mod runtime;

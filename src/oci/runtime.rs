@@ -304,7 +304,7 @@ impl OciRuntime {
 use futures::future::BoxFuture;
 
 /// The OCI runtime's verbs that the lifecycle runs itself (`create` runs in the monitor, which
-/// owns the container's stdio; `exec` in [`crate::monitor::exec`]): the seam a lifecycle test
+/// owns the container's stdio; `exec` in [`crate::oci::exec`]): the seam a lifecycle test
 /// puts a fake behind. [`OciRuntime`], the runtime's command line, is the implementation.
 pub trait Runtime: Send + Sync {
     /// The handler's name, for messages.

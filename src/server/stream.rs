@@ -9,7 +9,7 @@ use crate::container::lifecycle::{Container, ContainerState, Containers};
 use crate::cri::v1 as cri;
 use crate::error::Error;
 use crate::monitor::attach::{AttachClient, AttachEvent, AttachStreams};
-use crate::monitor::exec::{spawn_exec, ExecSpec};
+use crate::oci::exec::{spawn_exec, ExecSpec};
 use crate::sandbox::lifecycle::{Pods, SandboxState};
 use crate::streaming::{
     self, Backend, CommandRequest, Outcome, PodNetwork, PortForwardRequest, StreamError, StreamIo,

@@ -1,4 +1,4 @@
-//! The monitor side of the attach socket (protocol in [`super::attach`]): accepting clients,
+//! The monitor side of the attach socket (protocol in [`crate::attach`]): accepting clients,
 //! decoding their frames into [`Action`]s for the event loop, fanning output out to them.
 //!
 //! Everything is non-blocking and driven by the monitor's single `poll(2)` loop: the loop asks
@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{send, MsgFlags};
 
-use super::attach::{
+use crate::attach::{
     encode_frame, kind, FrameDecoder, CLIENT_BACKLOG, VERSION, WANT_STDERR, WANT_STDIN, WANT_STDOUT,
 };
-use super::log::Stream;
+use crate::log::Stream;
 
 /// What a client asked the monitor to do.
 #[derive(Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ pub const SYNC_FD: i32 = 3;
 /// The fd on which the monitor finds its handle file: created and `flock`ed by the daemon
 /// before the monitor is started, so that the lock (shared by every fd of that open file) is
 /// held from before the monitor exists until the monitor exits. The monitor writes its
-/// [`crate::sys::ProcessHandle`] line into it and keeps it open for its whole life. A daemon
+/// [`ferrio_sys::ProcessHandle`] line into it and keeps it open for its whole life. A daemon
 /// killed at any instant of a create thus finds the monitor again through a file in the
 /// object's run dir, never through a process listing.
 pub const HANDLE_FD: i32 = 4;

@@ -34,7 +34,7 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::MonitorError;
+use crate::monitor::MonitorError;
 
 /// The default cap on what ExecSync keeps of each stream (CRI-O's limit is the same 16 MiB).
 pub const EXEC_SYNC_OUTPUT_MAX: usize = 16 * 1024 * 1024;

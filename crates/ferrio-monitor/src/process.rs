@@ -3,7 +3,7 @@
 //! One synchronous, single-threaded event loop over `poll(2)`: a signalfd (SIGCHLD and the
 //! termination signals), the read ends of the container's stdout and stderr pipes, and a timer
 //! while the last output drains. No async runtime and no threads keep the RSS small and make
-//! `fork` safe. The attach socket ([`super::attach_server`]: output fan-out, stdin, resize, log
+//! `fork` safe. The attach socket ([`crate::attach_server`]: output fan-out, stdin, resize, log
 //! reopen) and the container's stdin are more fds in the same loop. With a tty, `<runtime>
 //! create --console-socket` sends the pty master to a socket in the bundle; it then stands in
 //! for the stdout pipe and stdin.
@@ -35,12 +35,12 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::attach::socket_path;
-use super::attach_server::{bind_long, Action, AttachServer};
-use super::log::{CriLog, Stream};
-use super::oom;
-use super::protocol::{ExitRecord, MonitorArgs, SyncMessage, HANDLE_FD, SYNC_FD};
-use crate::sys;
+use crate::attach::socket_path;
+use crate::attach_server::{bind_long, Action, AttachServer};
+use crate::log::{CriLog, Stream};
+use crate::oom;
+use crate::protocol::{ExitRecord, MonitorArgs, SyncMessage, HANDLE_FD, SYNC_FD};
+use ferrio_sys as sys;
 
 /// How long output may still arrive after the container's init exited (processes that escaped
 /// the init and hold the pipes must not keep the monitor alive for ever).
@@ -630,10 +630,10 @@ impl Monitor {
     }
 
     /// The container's init is gone: processes it left in a shared pid namespace would hold the
-    /// pipes open and keep running (see [`super::leftovers`]).
+    /// pipes open and keep running (see [`crate::leftovers`]).
     fn kill_leftovers(&self) {
         if let Some(cg) = &self.args.cgroup_path {
-            super::leftovers::kill(cg);
+            crate::leftovers::kill(cg);
         }
     }
 

@@ -5,6 +5,10 @@
 //!
 //! Every function here is small and states its invariants in a `// SAFETY:` comment; callers in
 //! other rooms stay `#![deny(unsafe_code)]`. Nothing here holds state or knows about containers.
+//!
+//! Its own crate so that both programs, the daemon and `ferrio-monitor`, share it, and so that
+//! the crates above it can forbid `unsafe` outright. The tokio helpers are behind the `tokio`
+//! feature: the monitor has no async runtime.
 
 mod cgroup_view;
 mod idmap;
@@ -56,6 +60,7 @@ pub fn pidfd_send_signal(fd: std::os::fd::BorrowedFd<'_>, sig: i32) -> io::Resul
 }
 
 /// Waits until a pidfd from [`pidfd_open`] turns readable, i.e. until its process has exited.
+#[cfg(feature = "tokio")]
 pub async fn pidfd_exited(fd: OwnedFd) -> io::Result<()> {
     // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open and is not replaced while
     // registered, and it is closed only when the AsyncFd deregisters it on drop.
@@ -69,6 +74,7 @@ pub async fn pidfd_exited(fd: OwnedFd) -> io::Result<()> {
 
 /// Registers an owned fd (non-blocking, set by the caller) with the tokio reactor for read and
 /// write readiness.
+#[cfg(feature = "tokio")]
 pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: the OwnedFd is moved into the AsyncFd, so it stays open and is not replaced while
     // registered, and it is closed only after the AsyncFd deregistered it on drop.
