@@ -196,6 +196,13 @@ async fn userns_pod_on(handler: &str) {
         .await
         .unwrap();
     stop_and_remove_pod(&mut cri, &pod_id).await;
+    for leftover in [
+        d.env().runroot().join("idmapped").join(&pod_id),
+        d.env().runroot().join("idmapped").join(&id),
+        d.env().runroot().join("ns/userns").join(&pod_id),
+    ] {
+        assert!(!leftover.exists(), "{} is left", leftover.display());
+    }
     d.assert_no_leaks(&learned);
 }
 

@@ -81,6 +81,11 @@ pub fn mount_rootfs(
         )
     });
     let cleaned = unstage_idmapped(&staged);
+    if let Some(object_dir) = staged.parent() {
+        // The object's staging dir goes with its last staged copy (an error here means it
+        // still holds another's, which its own unstaging removes).
+        let _ = fs::remove_dir(object_dir);
+    }
     let merged = result?;
     if let Err(e) = cleaned {
         // The overlay holds its own clones: a staged copy left behind is only a leak.
