@@ -12,6 +12,25 @@ mod chart;
 #[path = "../examples/bench_load.rs"]
 mod bench_load;
 
+#[path = "nri_plugin.rs"]
+mod nri_plugin;
+
+/// Not a test: the no-op NRI plugin of the benchmark's NRI row, which runs this test binary with this
+/// test's name as ferrio's pre-installed plugin. Run as a test, it returns at once.
+#[test]
+#[ignore = "ferrio runs it as an NRI plugin"]
+fn nri_plugin_process() {
+    let Some(plugin) = nri_plugin::Preinstalled::from_env() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the plugin");
+    rt.block_on(plugin.serve())
+        .expect("the plugin serves ferrio");
+}
+
 use std::path::PathBuf;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,6 +53,13 @@ async fn bench_runs_end_to_end_with_n_2() {
         results_dir: results.path().to_path_buf(),
         containerd: true,
         handler: bench::Handler::Runc,
+        nri_plugin: Some(vec![
+            std::env::current_exe().unwrap().display().to_string(),
+            "nri_plugin_process".into(),
+            "--exact".into(),
+            "--ignored".into(),
+        ]),
+        only_nri: false,
     })
     .await
     .expect("the benchmark runs");
@@ -81,6 +107,13 @@ async fn bench_runs_end_to_end_with_n_2() {
         assert_eq!(row(f).floor.as_ref().map(|f| f.1.n), Some(2), "{f}");
     }
     assert!(row("pod lifecycle").over_floor().is_some());
+    let nri = row(bench::NRI_ROW);
+    assert_eq!(nri.ferrio.map(|s| s.n), Some(2), "NRI + plugin samples");
+    assert_eq!(
+        nri.floor.as_ref().map(|(name, s)| (name.as_str(), s.n)),
+        Some((bench::NRI_BASELINE, 2)),
+        "NRI off samples"
+    );
     assert!(row("daemon RSS idle").ferrio.is_some_and(|s| s.p50 > 1.0));
     assert!(row("helper RSS per pod, 2 pods")
         .ferrio

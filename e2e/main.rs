@@ -11,6 +11,7 @@ mod harness;
 mod harness_check;
 mod lifecycle;
 mod nri;
+mod nri_plugin;
 mod observability;
 mod recovery;
 mod reload;

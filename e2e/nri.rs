@@ -1,9 +1,14 @@
-//! NRI against a real daemon: a small plugin written here connects to the daemon's NRI socket as an external
-//! plugin would (with ferrio's own protocol code), sees every event of one pod and container in order, adjusts
-//! the container (an env var and an annotation the container really gets), and refuses one create.
+//! NRI against a real daemon: the test plugin of the harness connects to the daemon's NRI socket as an
+//! external plugin would, sees every event of one pod and container in order, adjusts the container (an env
+//! var, a mount and an annotation the container really gets), refuses one create, and is dropped when it
+//! hangs on or walks away from a request.
 
+use crate::harness::nri_plugin::{
+    PluginState, TestPlugin, ADJUSTED_ANNOTATION, ADJUSTED_ENV, REFUSAL,
+};
 use crate::harness::{
-    container_config, pod_config, wait_for_container_state, Cri, Daemon, LearnedPids, Opts,
+    container_config, pod_config, pull, run_pod, start_container, stop_and_remove_pod,
+    wait_for_container_state, Cri, Daemon, LearnedPids, Opts,
 };
 use ferrio::cri::v1::{
     ContainerState, CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerResources,
@@ -12,160 +17,11 @@ use ferrio::cri::v1::{
     UpdateContainerResourcesRequest,
 };
 use ferrio::nri::api;
-use ferrio::nri::conn::{Connection, CODE_UNKNOWN, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
-use ferrio::nri::{event_bit, RUNTIME_SERVICE};
-use prost::Message;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const BUSYBOX: &str = "docker.io/library/busybox:1.36";
-const REFUSAL: &str = "the e2e plugin refuses this container";
-
-/// What the test plugin saw and how it behaves.
-#[derive(Default)]
-struct PluginState {
-    /// (method, pod id, container name) of every event, in arrival order.
-    events: Mutex<Vec<(String, String, String)>>,
-    /// Refuse the next CreateContainer.
-    refuse_create: AtomicBool,
-    synchronized: Mutex<Option<(usize, usize)>>,
-}
-
-impl PluginState {
-    fn methods(&self) -> Vec<String> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(m, _, _)| m.clone())
-            .collect()
-    }
-}
-
-/// Connect to `socket`, register as `10-e2e`, and serve events until the daemon goes away.
-async fn connect_plugin(socket: &std::path::Path, state: Arc<PluginState>) -> Arc<Connection> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .unwrap_or_else(|e| panic!("connect to the NRI socket {}: {e}", socket.display()));
-    let (conn, mut requests) = Connection::new(stream, RUNTIME_SERVICE_CONN, PLUGIN_SERVICE_CONN);
-    let server = conn.clone();
-    tokio::spawn(async move {
-        while let Some(r) = requests.recv().await {
-            let answer = handle(&state, &r.method, &r.payload);
-            let _ = server.respond(r.stream_id, answer).await;
-        }
-    });
-    let register = api::RegisterPluginRequest {
-        plugin_name: "e2e".into(),
-        plugin_idx: "10".into(),
-        nri_version: "v0.12.1".into(),
-    };
-    let _: api::Empty = conn
-        .call(
-            RUNTIME_SERVICE,
-            "RegisterPlugin",
-            &register,
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("RegisterPlugin");
-    conn
-}
-
-fn handle(state: &PluginState, method: &str, payload: &[u8]) -> Result<Vec<u8>, (i32, String)> {
-    fn names(pod: &Option<api::PodSandbox>, ctr: &Option<api::Container>) -> (String, String) {
-        (
-            pod.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
-            ctr.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
-        )
-    }
-    let decode_err = |e: prost::DecodeError| (CODE_UNKNOWN, e.to_string());
-    let record = |pod_ctr: (String, String)| {
-        state
-            .events
-            .lock()
-            .unwrap()
-            .push((method.to_string(), pod_ctr.0, pod_ctr.1));
-    };
-    match method {
-        "Configure" => {
-            let events = [
-                api::Event::RunPodSandbox,
-                api::Event::StopPodSandbox,
-                api::Event::RemovePodSandbox,
-                api::Event::CreateContainer,
-                api::Event::PostCreateContainer,
-                api::Event::StartContainer,
-                api::Event::PostStartContainer,
-                api::Event::UpdateContainer,
-                api::Event::PostUpdateContainer,
-                api::Event::StopContainer,
-                api::Event::RemoveContainer,
-            ]
-            .into_iter()
-            .map(event_bit)
-            .fold(0, |a, b| a | b);
-            Ok(api::ConfigureResponse { events }.encode_to_vec())
-        }
-        "Synchronize" => {
-            let r = api::SynchronizeRequest::decode(payload).map_err(decode_err)?;
-            *state.synchronized.lock().unwrap() = Some((r.pods.len(), r.containers.len()));
-            Ok(api::SynchronizeResponse::default().encode_to_vec())
-        }
-        "RunPodSandbox" | "StopPodSandbox" | "RemovePodSandbox" => {
-            let r = api::RunPodSandboxRequest::decode(payload).map_err(decode_err)?;
-            record(names(&r.pod, &None));
-            Ok(Vec::new())
-        }
-        "CreateContainer" => {
-            let r = api::CreateContainerRequest::decode(payload).map_err(decode_err)?;
-            record(names(&r.pod, &r.container));
-            if state.refuse_create.swap(false, Ordering::SeqCst) {
-                return Err((CODE_UNKNOWN, REFUSAL.into()));
-            }
-            let adjust = api::ContainerAdjustment {
-                env: vec![api::KeyValue {
-                    key: "NRI_E2E".into(),
-                    value: "adjusted".into(),
-                }],
-                annotations: [("e2e.nri/adjusted".to_string(), "yes".to_string())].into(),
-                ..Default::default()
-            };
-            Ok(api::CreateContainerResponse {
-                adjust: Some(adjust),
-                ..Default::default()
-            }
-            .encode_to_vec())
-        }
-        "UpdateContainer" => {
-            let r = api::UpdateContainerRequest::decode(payload).map_err(decode_err)?;
-            record(names(&r.pod, &r.container));
-            Ok(api::UpdateContainerResponse::default().encode_to_vec())
-        }
-        "StopContainer" => {
-            let r = api::StopContainerRequest::decode(payload).map_err(decode_err)?;
-            record(names(&r.pod, &r.container));
-            Ok(api::StopContainerResponse::default().encode_to_vec())
-        }
-        // Every other container event has the (pod, container) layout of StartContainerRequest.
-        _ => {
-            let r = api::StartContainerRequest::decode(payload).map_err(decode_err)?;
-            record(names(&r.pod, &r.container));
-            Ok(Vec::new())
-        }
-    }
-}
-
-async fn wait_synchronized(state: &PluginState) -> (usize, usize) {
-    for _ in 0..100 {
-        if let Some(s) = *state.synchronized.lock().unwrap() {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the plugin was never synchronized");
-}
 
 async fn create(
     cri: &mut Cri,
@@ -202,11 +58,21 @@ async fn plugin_sees_events_in_order_adjusts_and_refuses_a_create() {
         })
         .await
         .unwrap_or_else(|e| panic!("PullImage: {e}"));
+    // The plugin bind-mounts a host directory into every container it adjusts.
+    let shared = d.env().dir().join("nri-shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("hello"), "from the plugin\n").unwrap();
     let state = Arc::new(PluginState::default());
+    *state.mount.lock().unwrap() = Some(api::Mount {
+        destination: "/nri-e2e".into(),
+        r#type: "bind".into(),
+        source: shared.display().to_string(),
+        options: vec!["rbind".into(), "ro".into()],
+    });
     let socket = d.env().config().nri.socket_path.clone();
-    let _plugin = connect_plugin(&socket, state.clone()).await;
+    let _plugin = TestPlugin::connect(&socket, "10", "e2e", state.clone()).await;
     assert_eq!(
-        wait_synchronized(&state).await,
+        state.wait_synchronized().await,
         (0, 0),
         "nothing exists yet"
     );
@@ -290,8 +156,24 @@ async fn plugin_sees_events_in_order_adjusts_and_refuses_a_create() {
         .into_inner();
     let env = String::from_utf8_lossy(&out.stdout);
     assert!(
-        env.lines().any(|l| l == "NRI_E2E=adjusted"),
+        env.lines().any(|l| l == ADJUSTED_ENV),
         "the plugin's env var reaches the process:\n{env}"
+    );
+    let out = cri
+        .rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["cat".into(), "/nri-e2e/hello".into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync cat: {e}"))
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from the plugin\n",
+        "the plugin's mount is in the container; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let bundle = d
         .env()
@@ -301,7 +183,7 @@ async fn plugin_sees_events_in_order_adjusts_and_refuses_a_create() {
         .join("bundle/config.json");
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
     assert_eq!(
-        spec["annotations"]["e2e.nri/adjusted"], "yes",
+        spec["annotations"][ADJUSTED_ANNOTATION.0], ADJUSTED_ANNOTATION.1,
         "the plugin's annotation is in the OCI spec"
     );
 
@@ -386,9 +268,16 @@ async fn a_late_plugin_is_synchronized_with_the_running_pod() {
         .into_inner()
         .pod_sandbox_id;
     let state = Arc::new(PluginState::default());
-    let plugin = connect_plugin(&d.env().config().nri.socket_path, state.clone()).await;
+    let plugin = TestPlugin::connect(
+        &d.env().config().nri.socket_path,
+        "10",
+        "e2e",
+        state.clone(),
+    )
+    .await
+    .conn;
     assert_eq!(
-        wait_synchronized(&state).await,
+        state.wait_synchronized().await,
         (1, 0),
         "the running pod is in the synchronization"
     );
@@ -407,5 +296,81 @@ async fn a_late_plugin_is_synchronized_with_the_running_pod() {
         })
         .await
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+    d.assert_no_leaks(&LearnedPids::default());
+}
+
+/// A plugin that never answers CreateContainer costs that create the request timeout and is dropped; one
+/// that goes away mid-request (as a killed plugin's socket does) is dropped at once. The pod, which needs
+/// neither, runs its containers, and later events reach neither plugin.
+#[tokio::test]
+async fn a_plugin_that_hangs_or_dies_mid_request_is_dropped() {
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let d = Daemon::start(Opts {
+        configure: Some(Box::new(|c| {
+            c.nri.plugin_request_timeout = format!("{}s", TIMEOUT.as_secs())
+        })),
+        ..Default::default()
+    })
+    .await;
+    let mut cri = d.client().await;
+    pull(&mut cri, BUSYBOX).await;
+    let socket = d.env().config().nri.socket_path.clone();
+    let hanging = Arc::new(PluginState::default());
+    hanging.hang_create.store(true, Ordering::SeqCst);
+    let _hanging = TestPlugin::connect(&socket, "20", "hang", hanging.clone()).await;
+    let dying = Arc::new(PluginState::default());
+    dying.close_on_create.store(true, Ordering::SeqCst);
+    let _dying = TestPlugin::connect(&socket, "30", "die", dying.clone()).await;
+    hanging.wait_synchronized().await;
+    dying.wait_synchronized().await;
+
+    let config = pod_config(d.env(), "nri-hang");
+    let pod_id = run_pod(&mut cri, &config, "")
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"));
+    let started = Instant::now();
+    let first = start_container(
+        &mut cri,
+        &pod_id,
+        &config,
+        container_config("first", BUSYBOX, &["sleep", "300"]),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= TIMEOUT,
+        "the create waited for the hanging plugin's timeout, took {:?}",
+        started.elapsed()
+    );
+    let seen = |s: &PluginState| s.methods();
+    assert_eq!(seen(&hanging), ["RunPodSandbox", "CreateContainer"]);
+    assert_eq!(seen(&dying), ["RunPodSandbox", "CreateContainer"]);
+
+    // Both are gone: the next create does not wait, and neither plugin hears of anything again.
+    let started = Instant::now();
+    let second = start_container(
+        &mut cri,
+        &pod_id,
+        &config,
+        container_config("second", BUSYBOX, &["sleep", "300"]),
+    )
+    .await;
+    assert!(
+        started.elapsed() < TIMEOUT,
+        "a dropped plugin delays no later request, took {:?}; log:\n{}",
+        started.elapsed(),
+        d.log_tail(40)
+    );
+    assert_ne!(first, second);
+    stop_and_remove_pod(&mut cri, &pod_id).await;
+    assert_eq!(seen(&hanging), ["RunPodSandbox", "CreateContainer"]);
+    assert_eq!(seen(&dying), ["RunPodSandbox", "CreateContainer"]);
+    let log = std::fs::read_to_string(d.env().daemon_log()).unwrap_or_default();
+    for plugin in ["20-hang", "30-die"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("dropping plugin") && l.contains(plugin)),
+            "the log names the dropped plugin {plugin}"
+        );
+    }
     d.assert_no_leaks(&LearnedPids::default());
 }

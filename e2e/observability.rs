@@ -167,3 +167,103 @@ async fn container_events_and_metrics() {
     );
     daemon.assert_no_leaks(&LearnedPids::default());
 }
+
+#[tokio::test]
+async fn nri_plugins_and_event_latency_in_the_metrics() {
+    let port = free_port();
+    let daemon = Daemon::start(Opts {
+        configure: Some(Box::new(move |c| {
+            c.metrics.enable = true;
+            c.metrics.address = format!("127.0.0.1:{port}");
+        })),
+        ..Default::default()
+    })
+    .await;
+    let mut cri: Cri = daemon.client().await;
+    assert!(scrape(port).await.contains("\nferrio_nri_plugins 0\n"));
+    let socket = daemon.env().config().nri.socket_path.clone();
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    let plugin = tokio::spawn(crate::nri_plugin::serve(stream, "metered", "42"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !scrape(port).await.contains("\nferrio_nri_plugins 1\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin never counts:\n{}",
+            daemon.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    crate::harness::pull(&mut cri, BUSYBOX).await;
+    let config = pod_config(daemon.env(), "nri-metrics");
+    let pod_id = crate::harness::run_pod(&mut cri, &config, "")
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"));
+    let id = crate::harness::start_container(
+        &mut cri,
+        &pod_id,
+        &config,
+        container_config("metered", BUSYBOX, &["sleep", "300"]),
+    )
+    .await;
+    let text = scrape(port).await;
+    for event in [
+        "RunPodSandbox",
+        "CreateContainer",
+        "PostCreateContainer",
+        "StartContainer",
+        "PostStartContainer",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "ferrio_nri_event_duration_seconds_count{{event=\"{event}\"}} 1\n"
+            )),
+            "{event} is timed once:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("# TYPE ferrio_nri_event_duration_seconds histogram"),
+        "{text}"
+    );
+
+    // The plugin goes away: the count drops and the log names it.
+    plugin.abort();
+    let _ = plugin.await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !scrape(port).await.contains("\nferrio_nri_plugins 0\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin still counts after it left:\n{}",
+            daemon.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(daemon.env().daemon_log()).unwrap();
+    let disconnected = log
+        .lines()
+        .find(|l| l.contains("NRI: plugin disconnected"))
+        .unwrap_or_else(|| panic!("no disconnect line:\n{}", daemon.log_tail(30)));
+    for field in ["index", "name"] {
+        assert!(
+            disconnected.contains(field),
+            "the disconnect line has the plugin's {field}: {disconnected}"
+        );
+    }
+    assert!(disconnected.contains("42") && disconnected.contains("metered"));
+
+    cri.rt
+        .stop_container(ferrio::cri::v1::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopContainer: {e}"));
+    cri.rt
+        .remove_container(RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer: {e}"));
+    crate::harness::stop_and_remove_pod(&mut cri, &pod_id).await;
+    daemon.assert_no_leaks(&LearnedPids::default());
+}

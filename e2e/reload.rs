@@ -488,3 +488,213 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
     stop_and_remove_pod(&mut cri, &pod).await;
     assert_no_leaks_soon(&d, &LearnedPids::default()).await;
 }
+
+/// Not a test: the body of the pre-installed NRI plugin that `a_plugin_installed_after_start_joins_on_sighup`
+/// installs, a script that runs this test binary with this test's name. Run as a test, it returns at once.
+#[test]
+#[ignore = "the daemon runs it as an NRI plugin"]
+fn preinstalled_plugin_process() {
+    let Some(plugin) = crate::nri_plugin::Preinstalled::from_env() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the plugin");
+    rt.block_on(plugin.serve())
+        .expect("the plugin serves the daemon");
+}
+
+/// `line` without the terminal colour sequences of the daemon's log.
+fn without_colours(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The lines the test plugin logged so far.
+fn plugin_saw(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+async fn wait_until_plugin_saw(d: &Daemon, log: &Path, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !plugin_saw(log).iter().any(|l| l == line) {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin never saw {line:?}; it saw {:?}; daemon log:\n{}",
+            plugin_saw(log),
+            d.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_installed_after_start_joins_on_sighup() {
+    use std::os::unix::fs::PermissionsExt;
+    let port = free_port();
+    let d = Daemon::start(with_metrics(port)).await;
+    let nri = d.env().config().nri.clone();
+    let saw = d.env().dir().join("nri-joiner.log");
+    std::fs::create_dir_all(&nri.plugin_path).unwrap();
+    std::fs::create_dir_all(&nri.plugin_config_path).unwrap();
+    std::fs::write(
+        nri.plugin_config_path.join("10-joiner.conf"),
+        format!("log = {}\n", saw.display()),
+    )
+    .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = nri.plugin_path.join("10-joiner");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec '{}' reload::preinstalled_plugin_process --exact --ignored --nocapture --test-threads=1 >/dev/null\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(
+        scrape(port).await.contains("\nferrio_nri_plugins 0\n"),
+        "no plugin before the reload"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        plugin_saw(&saw).is_empty(),
+        "nothing starts the plugin before SIGHUP"
+    );
+
+    let log = d.sighup().await;
+    assert!(log.contains("config reloaded"), "{log}");
+    wait_until_plugin_saw(&d, &saw, "Synchronize 0 0").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !scrape(port).await.contains("\nferrio_nri_plugins 1\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin never counts as registered:\n{}",
+            d.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(d.env().daemon_log()).unwrap();
+    let connected = text
+        .lines()
+        .map(without_colours)
+        .find(|l| l.contains("NRI: plugin connected"))
+        .unwrap_or_else(|| panic!("no connect line:\n{}", d.log_tail(40)));
+    assert!(
+        connected.contains("index=10") && connected.contains("name=joiner"),
+        "the connect line names the plugin's index and name: {connected}"
+    );
+
+    // The next pod's events reach it, in order.
+    let mut cri = d.client().await;
+    let config = pod_config(d.env(), "nri-joiner");
+    let pod_id = run_pod(&mut cri, &config, "")
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"));
+    stop_and_remove_pod(&mut cri, &pod_id).await;
+    wait_until_plugin_saw(&d, &saw, &format!("RemovePodSandbox {pod_id}")).await;
+    assert_eq!(
+        plugin_saw(&saw),
+        [
+            "Configure".to_string(),
+            "Synchronize 0 0".to_string(),
+            format!("RunPodSandbox {pod_id}"),
+            format!("StopPodSandbox {pod_id}"),
+            format!("RemovePodSandbox {pod_id}"),
+        ]
+    );
+    let metrics = scrape(port).await;
+    for event in ["RunPodSandbox", "StopPodSandbox", "RemovePodSandbox"] {
+        assert!(
+            metrics.contains(&format!(
+                "ferrio_nri_event_duration_seconds_count{{event=\"{event}\"}} 1\n"
+            )),
+            "{event} is timed once:\n{metrics}"
+        );
+    }
+    // A second reload leaves the running plugin alone.
+    d.sighup().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        plugin_saw(&saw)
+            .iter()
+            .filter(|l| *l == "Configure")
+            .count(),
+        1,
+        "the plugin is not started twice"
+    );
+    d.assert_no_leaks(&LearnedPids::default());
+}
+
+#[tokio::test]
+async fn disable_connections_closes_and_reopens_the_nri_socket_on_sighup() {
+    let d = Daemon::start(Opts::default()).await;
+    let socket = d.env().config().nri.socket_path.clone();
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    let plugin = tokio::spawn(crate::nri_plugin::serve(stream, "external", "30"));
+    let connected = |d: &Daemon| {
+        std::fs::read_to_string(d.env().daemon_log())
+            .unwrap_or_default()
+            .matches("NRI: plugin connected")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected(&d) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "never connected:\n{}",
+            d.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    rewrite(d.env(), |c| c.nri.disable_connections = true);
+    let log = d.sighup().await;
+    assert!(
+        log.contains("nri.disable_connections"),
+        "applied live: {log}"
+    );
+    assert!(!log.contains("need a restart"), "{log}");
+    // The external plugin is dropped: its connection ends.
+    tokio::time::timeout(Duration::from_secs(10), plugin)
+        .await
+        .expect("the external plugin is disconnected")
+        .unwrap()
+        .unwrap();
+    assert!(!socket.exists(), "the socket is gone");
+
+    rewrite(d.env(), |c| c.nri.disable_connections = false);
+    let log = d.sighup().await;
+    assert!(log.contains("config reloaded"), "{log}");
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect again to {}: {e}", socket.display()));
+    let plugin = tokio::spawn(crate::nri_plugin::serve(stream, "external", "30"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected(&d) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "never connected again:\n{}",
+            d.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    plugin.abort();
+    d.assert_no_leaks(&LearnedPids::default());
+}

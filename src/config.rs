@@ -908,7 +908,8 @@ impl Config {
     ///
     /// Live: log level, sandbox image, pinned images, registries and mirrors (auth, insecure),
     /// download concurrency, runtime handlers and the default one, `restrict_oom_score_adj`,
-    /// the CNI network dir, default network and plugin timeout. Everything a running part was
+    /// the CNI network dir, default network and plugin timeout, NRI's plugin and config dirs,
+    /// timeouts and `disable_connections`. Everything a running part was
     /// built with at start (paths of state and sockets, the cgroup driver, the monitor, the
     /// streaming and metrics servers, CNI plugin dirs that running pods' teardown needs) needs a
     /// restart.
@@ -1019,6 +1020,16 @@ impl Config {
         apply!("network.network_dir", network.network_dir);
         apply!("network.cni_default_network", network.cni_default_network);
         apply!("network.cni_plugin_timeout", network.cni_plugin_timeout);
+        // The NRI room takes these on reload: plugins found in the plugin dir then are started, the
+        // timeouts hold for the next request, and the socket opens or closes.
+        apply!("nri.plugin_path", nri.plugin_path);
+        apply!("nri.plugin_config_path", nri.plugin_config_path);
+        apply!("nri.disable_connections", nri.disable_connections);
+        apply!(
+            "nri.plugin_registration_timeout",
+            nri.plugin_registration_timeout
+        );
+        apply!("nri.plugin_request_timeout", nri.plugin_request_timeout);
 
         restart!("root", root);
         restart!("runroot", runroot);
@@ -1038,14 +1049,6 @@ impl Config {
         restart!("metrics.address", metrics.address);
         restart!("nri.enable", nri.enable);
         restart!("nri.socket_path", nri.socket_path);
-        restart!("nri.plugin_path", nri.plugin_path);
-        restart!("nri.plugin_config_path", nri.plugin_config_path);
-        restart!("nri.disable_connections", nri.disable_connections);
-        restart!(
-            "nri.plugin_registration_timeout",
-            nri.plugin_registration_timeout
-        );
-        restart!("nri.plugin_request_timeout", nri.plugin_request_timeout);
         (live, changes)
     }
 }
@@ -1631,6 +1634,39 @@ plugin_dirs = ["/opt/cni/bin"]
             ["runroot", "runtime.cgroup_manager", "metrics.address"]
         );
         assert_eq!(live, old);
+    }
+
+    #[test]
+    fn reload_of_nri_applies_dirs_timeouts_and_connections_but_not_enable_or_socket() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.nri.enable = false;
+        new.nri.socket_path = "/run/other/nri.sock".into();
+        new.nri.plugin_path = "/srv/nri/plugins".into();
+        new.nri.plugin_config_path = "/srv/nri/conf.d".into();
+        new.nri.disable_connections = true;
+        new.nri.plugin_registration_timeout = "9s".into();
+        new.nri.plugin_request_timeout = "750ms".into();
+        let (live, changes) = old.reloaded(&new);
+        assert_eq!(
+            changes.applied,
+            [
+                "nri.plugin_path",
+                "nri.plugin_config_path",
+                "nri.disable_connections",
+                "nri.plugin_registration_timeout",
+                "nri.plugin_request_timeout",
+            ]
+        );
+        assert_eq!(changes.needs_restart, ["nri.enable", "nri.socket_path"]);
+        assert!(live.nri.enable, "enable keeps its start value");
+        assert_eq!(live.nri.socket_path, old.nri.socket_path);
+        assert_eq!(live.nri.plugin_path, new.nri.plugin_path);
+        assert_eq!(live.nri.plugin_config_path, new.nri.plugin_config_path);
+        assert!(live.nri.disable_connections);
+        assert_eq!(live.nri.plugin_registration_timeout, "9s");
+        assert_eq!(live.nri.plugin_request_timeout, "750ms");
+        live.validate().unwrap();
     }
 
     #[test]

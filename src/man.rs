@@ -61,8 +61,10 @@ effective configuration with the descriptions below as comments.
 
 SIGHUP (systemctl reload ferrio) re-reads the files and applies what running pods do not depend \
 on: the log level, images and registries, runtime handlers, the CNI network dir, default network \
-and plugin timeout. The rest (paths of state and sockets, the cgroup driver, the monitor, the \
-streaming and metrics servers, the CNI plugin dirs) keeps its value until a restart, and the log \
+and plugin timeout, NRI's plugin and config dirs, timeouts and disable_connections; NRI plugins \
+newly installed in plugin_path are started. The rest (paths of state and sockets, the cgroup \
+driver, the monitor, the streaming and metrics servers, the CNI plugin dirs, NRI's enable and \
+socket_path) keeps its value until a restart, and the log \
 names the keys that wait for one. A new config that does not validate is refused and the old one \
 stays in force.";
 

@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub oom_killed: i64,
     /// ferrio-monitor processes the daemon expects to be alive.
     pub monitors: i64,
+    /// Registered NRI plugins (0 with NRI off).
+    pub nri_plugins: i64,
 }
 
 pub struct Metrics {
@@ -36,6 +38,8 @@ pub struct Metrics {
     monitors: IntGauge,
     events_dropped: prometheus::IntCounter,
     config_reloads: IntCounterVec,
+    nri_plugins: IntGauge,
+    nri_events: HistogramVec,
 }
 
 /// The RPCs whose outcome counts as an image pull.
@@ -107,6 +111,20 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let nri_plugins = IntGauge::new("ferrio_nri_plugins", "Registered NRI plugins")
+            .expect("static metric definition");
+        let nri_events = HistogramVec::new(
+            HistogramOpts::new(
+                "ferrio_nri_event_duration_seconds",
+                "Time an NRI event took through every plugin subscribed to it, by event",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["event"],
+        )
+        .expect("static metric definition");
         // Both series exist from the start, so a dashboard sees 0 rather than nothing.
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
@@ -122,6 +140,8 @@ impl Metrics {
             Box::new(sandboxes.clone()),
             Box::new(oom.clone()),
             Box::new(monitors.clone()),
+            Box::new(nri_plugins.clone()),
+            Box::new(nri_events.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -137,7 +157,14 @@ impl Metrics {
             monitors,
             events_dropped,
             config_reloads,
+            nri_plugins,
+            nri_events,
         }
+    }
+
+    /// One NRI event (`CreateContainer`, ...) went through the plugins in `seconds`.
+    pub fn nri_event(&self, event: &str, seconds: f64) {
+        self.nri_events.with_label_values(&[event]).observe(seconds);
     }
 
     /// One config reload: applied (`ok`) or refused.
@@ -180,6 +207,7 @@ impl Metrics {
         }
         self.oom.set(snap.oom_killed);
         self.monitors.set(snap.monitors);
+        self.nri_plugins.set(snap.nri_plugins);
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "cannot encode metrics");
@@ -263,6 +291,7 @@ mod tests {
             sandboxes: vec![("ready", 2)],
             oom_killed: 1,
             monitors: 5,
+            nri_plugins: 2,
         });
         assert!(
             text.contains("ferrio_operations_total{operation=\"RunPodSandbox\"} 1"),
@@ -276,6 +305,38 @@ mod tests {
         assert!(text.contains("ferrio_sandboxes{state=\"ready\"} 2"));
         assert!(text.contains("ferrio_monitor_processes 5"));
         assert!(text.contains("ferrio_operations_latency_seconds_bucket"));
+        assert!(text.contains("ferrio_nri_plugins 2"), "{text}");
+    }
+
+    #[test]
+    fn renders_nri_event_latency_by_event() {
+        let m = Metrics::new();
+        let text = m.render(&Snapshot::default());
+        assert!(text.contains("ferrio_nri_plugins 0"), "{text}");
+        m.nri_event("CreateContainer", 0.003);
+        m.nri_event("CreateContainer", 0.2);
+        m.nri_event("RunPodSandbox", 0.0002);
+        let text = m.render(&Snapshot::default());
+        assert!(
+            text.contains("# TYPE ferrio_nri_event_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferrio_nri_event_duration_seconds_count{event=\"CreateContainer\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "ferrio_nri_event_duration_seconds_bucket{event=\"CreateContainer\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "ferrio_nri_event_duration_seconds_bucket{event=\"CreateContainer\",le=\"0.25\"} 2"
+        ));
+        assert!(text.contains(
+            "ferrio_nri_event_duration_seconds_bucket{event=\"RunPodSandbox\",le=\"0.00025\"} 1"
+        ));
+        assert!(
+            text.contains("ferrio_nri_event_duration_seconds_sum{event=\"CreateContainer\"} 0.203")
+        );
     }
 
     #[tokio::test]

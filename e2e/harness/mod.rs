@@ -14,6 +14,7 @@ mod daemon;
 mod env;
 mod fixtures;
 mod leaks;
+pub mod nri_plugin;
 mod sys;
 
 pub use client::Cri;

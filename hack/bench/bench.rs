@@ -53,6 +53,24 @@ pub struct Opts {
     /// ferrio's handler for every pod (`runc` or `crun`); the floors run the same runtime.
     /// containerd keeps runc: its shim cannot run crun on a hybrid cgroup host.
     pub handler: Handler,
+    /// The command of a no-op NRI plugin (see e2e/nri_plugin.rs), for the row of the pod lifecycle with NRI
+    /// and one plugin against NRI off; None leaves that row out.
+    pub nri_plugin: Option<Vec<String>>,
+    /// Only the NRI row (a quick check of it): no containerd, no floors, no memory or List rows.
+    pub only_nri: bool,
+}
+
+/// The NRI row's metric, and the name of its baseline.
+pub const NRI_ROW: &str = "pod lifecycle, NRI + no-op plugin";
+pub const NRI_BASELINE: &str = "ferrio, NRI off";
+
+/// How a ferrio side runs NRI.
+enum NriMode {
+    /// The default config: NRI on, no plugin.
+    Default,
+    Off,
+    /// NRI on, with `plugin` as its one pre-installed plugin and the metrics endpoint (to see it register).
+    Plugin(Vec<String>),
 }
 
 /// The OCI runtime ferrio's pods and the floors use.
@@ -185,6 +203,8 @@ struct Side {
     helper_comm: &'static str,
     exec_supported: bool,
     seq: usize,
+    /// The metrics endpoint's port, where one is served.
+    metrics_port: u16,
 }
 
 impl Side {
@@ -383,6 +403,7 @@ pub async fn run(opts: Opts) -> Result<Report> {
     let mut bench = Bench {
         work: work.clone(),
         sides: Vec::new(),
+        nri_sides: Vec::new(),
         bridges: Vec::new(),
         cgroup_parents: Vec::new(),
     };
@@ -394,6 +415,8 @@ pub async fn run(opts: Opts) -> Result<Report> {
 struct Bench {
     work: PathBuf,
     sides: Vec<Side>,
+    /// The two ferrios of the NRI row, only while it is timed.
+    nri_sides: Vec<Side>,
     bridges: Vec<String>,
     cgroup_parents: Vec<String>,
 }
@@ -402,7 +425,7 @@ impl Drop for Bench {
     /// The backstop for a panic or an interrupted future: kill what names the work dir, then
     /// the host-side leftovers. The normal path has emptied everything through CRI by then.
     fn drop(&mut self) {
-        for s in &mut self.sides {
+        for s in self.sides.iter_mut().chain(self.nri_sides.iter_mut()) {
             s.stop();
         }
         hard_clean(&self.work, &self.bridges, &self.cgroup_parents);
@@ -418,8 +441,14 @@ impl Bench {
             .map(|n| n.to_string_lossy().replace("ferrio-bench-", ""))
             .unwrap_or_default();
         let (tag8, octets) = (&tag[..8.min(tag.len())], pick_octets()?);
+        if opts.only_nri {
+            return self.run_only_nri(opts, tag8, octets.3).await;
+        }
 
-        self.start_ferrio(opts, tag8, octets.0).await?;
+        let side = self
+            .ferrio_side(opts, "ferrio", tag8, octets.0, NriMode::Default)
+            .await?;
+        self.sides.push(side);
         let containerd_found =
             which("containerd").is_some() && which("containerd-shim-runc-v2").is_some();
         if opts.containerd && containerd_found {
@@ -505,6 +534,13 @@ impl Bench {
             if (i + 1) % 10 == 0 {
                 eprintln!("bench: {} of {} iterations", i + 1, opts.n);
             }
+        }
+        // NRI's cost, while the node is as quiet as for the rows above.
+        let mut nri_row = None;
+        if let Some(plugin) = &opts.nri_plugin {
+            nri_row = Some(self.nri_row(opts, plugin, tag8, octets.3).await?);
+        } else {
+            notes.push("no NRI plugin command: the NRI row is left out".into());
         }
         for s in &self.sides {
             if !s.exec_supported {
@@ -625,6 +661,7 @@ impl Bench {
             };
             rows.push(self.row(&samples, m, "ms", floor));
         }
+        rows.extend(nri_row);
         for m in [
             format!("ListPodSandbox, {} pods", opts.list_pods),
             format!("ListContainers, {} pods", opts.list_pods),
@@ -677,6 +714,17 @@ impl Bench {
             });
         }
 
+        self.report(opts, rows, containerd, notes)
+    }
+
+    /// Write the CSV and PNG of `rows`.
+    fn report(
+        &self,
+        opts: &Opts,
+        rows: Vec<Row>,
+        containerd: bool,
+        notes: Vec<String>,
+    ) -> Result<Report> {
         std::fs::create_dir_all(&opts.results_dir)?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         let csv = opts.results_dir.join(format!("bench-{stamp}.csv"));
@@ -695,6 +743,75 @@ impl Bench {
         })
     }
 
+    async fn run_only_nri(&mut self, opts: &Opts, tag: &str, octet: u8) -> Result<Report> {
+        let Some(plugin) = &opts.nri_plugin else {
+            bail!("only the NRI row was asked for, and there is no NRI plugin command");
+        };
+        let row = self.nri_row(opts, plugin, tag, octet).await?;
+        self.report(opts, vec![row], false, Vec::new())
+    }
+
+    /// The pod lifecycle on a ferrio with NRI and one no-op plugin against one with NRI off, alternating A/B;
+    /// both are stopped before it returns.
+    async fn nri_row(
+        &mut self,
+        opts: &Opts,
+        plugin: &[String],
+        tag: &str,
+        octet: u8,
+    ) -> Result<Row> {
+        let off = self
+            .ferrio_side(opts, "ferrio-nri-off", tag, octet, NriMode::Off)
+            .await;
+        self.nri_sides.extend(off);
+        let on = self
+            .ferrio_side(
+                opts,
+                "ferrio-nri-plugin",
+                tag,
+                octet,
+                NriMode::Plugin(plugin.to_vec()),
+            )
+            .await;
+        self.nri_sides.extend(on);
+        let r = self.time_nri(opts).await;
+        for side in &mut self.nri_sides {
+            remove_all_pods(side).await;
+            side.stop();
+        }
+        r
+    }
+
+    async fn time_nri(&mut self, opts: &Opts) -> Result<Row> {
+        if self.nri_sides.len() != 2 {
+            bail!("the NRI row's ferrios did not start");
+        }
+        let metrics_port = self.nri_sides[1].metrics_port;
+        wait_for_nri_plugin(metrics_port, &self.nri_sides[1]).await?;
+        let mut samples: [Samples; 2] = Default::default();
+        for side in &mut self.nri_sides {
+            pull(side, BUSYBOX).await?;
+            pull(side, PAUSE).await?;
+            lifecycle(side, &self.work, &mut Samples::default()).await?;
+        }
+        for i in 0..opts.n {
+            for k in [i % 2, 1 - i % 2] {
+                lifecycle(&mut self.nri_sides[k], &self.work, &mut samples[k]).await?;
+            }
+        }
+        // The plugin must still be there: a lifecycle without it would measure NRI with no plugin.
+        wait_for_nri_plugin(metrics_port, &self.nri_sides[1]).await?;
+        Ok(Row {
+            metric: NRI_ROW.into(),
+            unit: "ms",
+            ferrio: samples[1].stat("pod lifecycle", Kind::Ferrio),
+            containerd: None,
+            floor: samples[0]
+                .stat("pod lifecycle", Kind::Ferrio)
+                .map(|s| (NRI_BASELINE.to_string(), s)),
+        })
+    }
+
     fn row(&self, s: &Samples, m: &str, unit: &'static str, floor: Option<(String, Stat)>) -> Row {
         Row {
             metric: m.to_string(),
@@ -705,11 +822,19 @@ impl Bench {
         }
     }
 
-    async fn start_ferrio(&mut self, opts: &Opts, tag: &str, octet: u8) -> Result<()> {
+    /// A ferrio under `work/<name>` on a bridge of its own for `octet` (shared by the sides of one octet).
+    async fn ferrio_side(
+        &mut self,
+        opts: &Opts,
+        name: &str,
+        tag: &str,
+        octet: u8,
+        nri: NriMode,
+    ) -> Result<Side> {
         use ferrio::config::{Config, MirrorConfig, RegistryConfig};
-        let dir = self.work.join("ferrio");
-        let net = format!("fb{tag}f");
-        for d in ["root", "run", "net.d", "ferrio.d", "ipam", "pod-logs"] {
+        let dir = self.work.join(name);
+        let net = format!("fb{tag}{octet:02x}");
+        for d in ["root", "run", "net.d", "ferrio.d", "pod-logs"] {
             std::fs::create_dir_all(dir.join(d))?;
         }
         let mut c = Config {
@@ -743,16 +868,40 @@ impl Bench {
             .collect();
         c.network.network_dir = dir.join("net.d");
         c.network.plugin_dirs = vec![CNI_BIN.into()];
+        let mut metrics_port = 0;
+        match nri {
+            NriMode::Default => {}
+            NriMode::Off => c.nri.enable = false,
+            NriMode::Plugin(cmd) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::create_dir_all(&c.nri.plugin_path)?;
+                let quoted: Vec<String> = cmd.iter().map(|a| format!("'{a}'")).collect();
+                let script = c.nri.plugin_path.join("10-noop");
+                std::fs::write(
+                    &script,
+                    format!("#!/bin/sh\nexec {} >/dev/null\n", quoted.join(" ")),
+                )?;
+                std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+                metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                c.metrics.enable = true;
+                c.metrics.address = format!("127.0.0.1:{metrics_port}");
+            }
+        }
         if let Err(e) = c.validate() {
             bail!("the ferrio config is invalid: {e}");
         }
         std::fs::write(dir.join("ferrio.toml"), toml::to_string_pretty(&c)?)?;
+        // host-local locks its dir: sides of one bridge share it, and never get the same address.
         std::fs::write(
             dir.join("net.d").join("10-bench.conflist"),
-            conflist(&net, octet, Some(&dir.join("ipam"))),
+            conflist(&net, octet, Some(&self.work.join(format!("ipam-{octet}")))),
         )?;
-        self.bridges.push(net);
-        let cgroup_parent = format!("/ferrio-bench-{tag}-ferrio");
+        if !self.bridges.contains(&net) {
+            self.bridges.push(net);
+        }
+        let cgroup_parent = format!("/ferrio-bench-{tag}-{name}");
         self.cgroup_parents.push(cgroup_parent.clone());
         let mut cmd = Command::new(&opts.ferrio_bin);
         cmd.arg("--config").arg(dir.join("ferrio.toml"));
@@ -772,11 +921,16 @@ impl Bench {
             helper_comm: "ferrio-monitor",
             exec_supported: true,
             seq: 0,
+            metrics_port,
         };
         side.spawn(cmd)?;
-        let r = side.wait_ready().await;
-        self.sides.push(side);
-        r
+        match side.wait_ready().await {
+            Ok(()) => Ok(side),
+            Err(e) => {
+                side.stop();
+                Err(e)
+            }
+        }
     }
 
     async fn start_containerd(&mut self, opts: &Opts, tag: &str, octet: u8) -> Result<()> {
@@ -869,6 +1023,7 @@ state = "{state}"
             helper_comm: "containerd-shim",
             exec_supported: true,
             seq: 0,
+            metrics_port: 0,
         };
         side.spawn(cmd)?;
         let r = side.wait_ready().await;
@@ -879,35 +1034,40 @@ state = "{state}"
     /// Remove every pod through CRI, stop the daemons, then the host-side leftovers.
     async fn teardown(&mut self) {
         for side in &mut self.sides {
-            if side.cri.is_none() {
-                continue;
-            }
-            let pods = match side
-                .cri()
-                .rt
-                .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-                .await
-            {
-                Ok(r) => r.into_inner().items,
-                Err(e) => {
-                    eprintln!("bench: {}: ListPodSandbox: {e}", side.kind.name());
-                    Vec::new()
-                }
-            };
-            let n = pods.len();
-            for p in pods {
-                if let Err(e) = remove_pod(side, &p.id).await {
-                    eprintln!("bench: {}: remove pod {}: {e}", side.kind.name(), p.id);
-                }
-            }
-            if n > 0 {
-                eprintln!("bench: {}: removed {n} pods", side.kind.name());
-            }
+            remove_all_pods(side).await;
         }
         for s in &mut self.sides {
             s.stop();
         }
         hard_clean(&self.work, &self.bridges, &self.cgroup_parents);
+    }
+}
+
+/// Remove every pod `side` still has, through CRI.
+async fn remove_all_pods(side: &mut Side) {
+    if side.cri.is_none() || side.child.is_none() {
+        return;
+    }
+    let pods = match side
+        .cri()
+        .rt
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+    {
+        Ok(r) => r.into_inner().items,
+        Err(e) => {
+            eprintln!("bench: {}: ListPodSandbox: {e}", side.kind.name());
+            Vec::new()
+        }
+    };
+    let n = pods.len();
+    for p in pods {
+        if let Err(e) = remove_pod(side, &p.id).await {
+            eprintln!("bench: {}: remove pod {}: {e}", side.kind.name(), p.id);
+        }
+    }
+    if n > 0 {
+        eprintln!("bench: {}: removed {n} pods", side.kind.name());
     }
 }
 
@@ -1143,7 +1303,7 @@ fn floor_net(tag: &str) -> String {
 
 /// Three free 10.215.X.0/24 subnets (neither routed nor addressed on the host): ferrio's,
 /// containerd's and the CNI floor's.
-fn pick_octets() -> Result<(u8, u8, u8)> {
+fn pick_octets() -> Result<(u8, u8, u8, u8)> {
     let out = |args: &[&str]| {
         Command::new("ip")
             .args(args)
@@ -1155,11 +1315,11 @@ fn pick_octets() -> Result<(u8, u8, u8)> {
     let free: Vec<u8> = (2..=250u8)
         .filter(|o| !used.contains(&format!("10.215.{o}.")))
         .collect();
-    if free.len() < 3 {
-        bail!("no three free 10.215.X.0/24 subnets");
+    if free.len() < 4 {
+        bail!("no four free 10.215.X.0/24 subnets");
     }
-    let i = rand::random::<usize>() % (free.len() - 2);
-    Ok((free[i], free[i + 1], free[i + 2]))
+    let i = rand::random::<usize>() % (free.len() - 3);
+    Ok((free[i], free[i + 1], free[i + 2], free[i + 3]))
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -1740,4 +1900,29 @@ fn to_png(rows: &[Row], n: usize) -> Result<Vec<u8>> {
         &["ferrio", "containerd", "floor"],
         &groups,
     )?)
+}
+
+/// Wait until the ferrio of `side` counts one registered NRI plugin (its metrics on `port`).
+async fn wait_for_nri_plugin(port: u16, side: &Side) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut text = String::new();
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = s
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await;
+            let _ = s.read_to_string(&mut text).await;
+        }
+        if text.contains("\nferrio_nri_plugins 1\n") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the no-op NRI plugin did not register within 30s:\n{}",
+                side.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

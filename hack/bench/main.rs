@@ -6,6 +6,9 @@
 #[allow(dead_code)]
 mod bench;
 mod chart;
+// The no-op NRI plugin of the NRI row: ferrio starts this binary as its pre-installed plugin.
+#[path = "../../e2e/nri_plugin.rs"]
+mod nri_plugin;
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -39,10 +42,16 @@ struct Args {
     /// Default: the handler ferrio's default config names.
     #[arg(long, value_parser = ["runc", "crun"])]
     handler: Option<String>,
+    /// Only the row of the pod lifecycle with NRI and a no-op plugin against NRI off.
+    #[arg(long)]
+    only_nri: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Some(plugin) = nri_plugin::Preinstalled::from_env() {
+        return Ok(plugin.serve().await?);
+    }
     let a = Args::parse();
     let monitor = a
         .monitor
@@ -65,6 +74,8 @@ async fn main() -> anyhow::Result<()> {
             "runc" => bench::Handler::Runc,
             other => anyhow::bail!("no benchmark floor for the handler {other:?}: use --handler"),
         },
+        nri_plugin: Some(vec![std::env::current_exe()?.display().to_string()]),
+        only_nri: a.only_nri,
     };
     // On ^C the run future is dropped, and with it the daemons and everything they made.
     let report = tokio::select! {

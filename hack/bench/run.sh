@@ -7,6 +7,7 @@
 #   BENCH_MEM_PODS=10,50           # running pods at which memory is sampled
 #   BENCH_NO_INSTALL=1             # do not apt-get install containerd when it is missing
 #   BENCH_HANDLER=runc|crun        # ferrio's handler and the floors' runtime (default: ferrio's default)
+#   BENCH_ONLY_NRI=1               # only the NRI row (pod lifecycle, NRI + a no-op plugin vs NRI off)
 #
 # Writes the table to stdout and CSV + PNG under hack/bench/results/. Needs root. Everything it
 # starts lives under /var/tmp/ferrio-bench-<hex> and is removed when it ends (also on ^C).
@@ -41,4 +42,5 @@ exec target/release/examples/bench "$N" \
   --mem-pods "${BENCH_MEM_PODS:-10,50}" \
   --registry "${FERRIO_TEST_REGISTRY:-127.0.0.1:5055}" \
   --results hack/bench/results \
-  ${BENCH_HANDLER:+--handler "$BENCH_HANDLER"}
+  ${BENCH_HANDLER:+--handler "$BENCH_HANDLER"} \
+  ${BENCH_ONLY_NRI:+--only-nri}

@@ -16,7 +16,7 @@
 //! component for a symlink in between.
 
 use super::lifecycle::{Container, ContainerError, Containers};
-use crate::cri::v1::{ContainerConfig, Mount};
+use super::record::Mount;
 use crate::image::{ImageInfo, ImageStore};
 use crate::rollback::Rollback;
 use std::path::{Path, PathBuf};
@@ -126,24 +126,21 @@ pub fn resolve_in_root(root: &Path, sub_path: &str) -> Result<PathBuf, SubPathEr
     Ok(path)
 }
 
-/// The image volumes of `config`: (index in `mounts`, the image named).
-fn image_mounts(config: &ContainerConfig) -> impl Iterator<Item = (usize, &Mount, &str)> {
-    config.mounts.iter().enumerate().filter_map(|(i, m)| {
+/// The image volumes among a request's `mounts`: (index in `mounts`, the image named).
+fn image_mounts(mounts: &[Mount]) -> impl Iterator<Item = (usize, &Mount, &str)> {
+    mounts.iter().enumerate().filter_map(|(i, m)| {
         let image = m.image.as_ref().map(|s| s.image.as_str())?;
         (!image.is_empty()).then_some((i, m, image))
     })
 }
 
-/// The ids of the images `config`'s image volumes name, in mount order, checked: the mount
+/// The ids of the images the image volumes among `mounts` name, in mount order, checked: the mount
 /// must be read-only (the feature's definition; a read-write request is refused, not silently
 /// downgraded), must not name a host path too, and the image must be present (kubelet pulls
 /// first). Only store lookups, so CreateContainer calls it before reserving anything.
-pub fn resolve(
-    images: &ImageStore,
-    config: &ContainerConfig,
-) -> Result<Vec<String>, ContainerError> {
+pub fn resolve(images: &ImageStore, mounts: &[Mount]) -> Result<Vec<String>, ContainerError> {
     let mut out = Vec::new();
-    for (i, m, image) in image_mounts(config) {
+    for (i, m, image) in image_mounts(mounts) {
         let invalid = |reason: &str| ContainerError::Invalid {
             field: format!("mounts[{i}]"),
             reason: format!("image volume {image:?}: {reason}"),
@@ -191,17 +188,17 @@ fn unmount_all(dir: &Path) -> Result<(), ContainerError> {
 }
 
 impl Containers {
-    /// Mount the image volumes of container `rec` (created from `config`; the images are the
+    /// Mount the image volumes of container `rec` (among its request's `mounts`; the images are the
     /// ids [`resolve`] put in its record); an undo on `rb` takes them all down if the create
     /// fails later.
     pub(super) async fn mount_image_volumes(
         &self,
         rec: &Container,
-        config: &ContainerConfig,
+        mounts: &[Mount],
         rb: &mut Rollback,
     ) -> Result<Vec<ImageVolume>, ContainerError> {
         let mut jobs: Vec<(usize, String, Vec<PathBuf>)> = Vec::new();
-        for ((index, m, _), image_id) in image_mounts(config).zip(&rec.meta.image_volumes) {
+        for ((index, m, _), image_id) in image_mounts(mounts).zip(&rec.meta.image_volumes) {
             // By id: the very image checked before, or NotFound if it was removed meanwhile.
             let image: ImageInfo = self
                 .images

@@ -219,6 +219,9 @@ pub struct ContainerStatus {
     /// `None` before that, and in records of containers created before it was kept.
     #[serde(default)]
     pub user: Option<super::record::ProcessUser>,
+    /// The cgroup an NRI plugin's adjustment put the container in; `None`: the metadata's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups_path: Option<String>,
 }
 
 /// The CRI-visible state, derived from the facts in the status.
@@ -264,19 +267,28 @@ impl ContainerStatus {
 
 pub type Container = Record<ContainerMeta, ContainerStatus>;
 
-/// Where container `config`'s termination message will be, given its overlay dir: kubelet's
-/// mount at the annotated path if there is one, else the path in the rootfs.
+impl Container {
+    /// The cgroup the container runs in: the one NRI plugins chose, else the one made at create.
+    pub fn cgroups_path(&self) -> String {
+        self.peek(|s| s.cgroups_path.clone())
+            .unwrap_or_else(|| self.meta.cgroups_path.clone())
+    }
+}
+
+/// Where the termination message of a container with these `annotations` and `mounts` will
+/// be, given its overlay dir: kubelet's mount at the annotated path if there is one, else the
+/// path in the rootfs.
 fn termination_message(
-    config: &crate::cri::v1::ContainerConfig,
+    annotations: &BTreeMap<String, String>,
+    mounts: &[super::record::Mount],
     overlay_dir: &Path,
 ) -> Option<MessageFile> {
-    let path = config.annotations.get(TERMINATION_MESSAGE_PATH)?;
+    let path = annotations.get(TERMINATION_MESSAGE_PATH)?;
     if path.is_empty() {
         return None;
     }
     let clean = |p: &str| p.trim_end_matches('/').to_string();
-    if let Some(m) = config
-        .mounts
+    if let Some(m) = mounts
         .iter()
         .find(|m| clean(&m.container_path) == clean(path))
     {
@@ -293,11 +305,11 @@ fn termination_message(
 /// them). Nothing follows a symlink of the image's.
 async fn prepare_rootfs(
     rootfs: &Path,
-    config: &crate::cri::v1::ContainerConfig,
+    annotations: &BTreeMap<String, String>,
+    mounts: &[super::record::Mount],
     volumes: &[String],
 ) -> Result<(), ContainerError> {
-    let mounted: Vec<String> = config
-        .mounts
+    let mounted: Vec<String> = mounts
         .iter()
         .map(|m| m.container_path.trim_end_matches('/').to_string())
         .collect();
@@ -306,7 +318,7 @@ async fn prepare_rootfs(
         .filter(|v| !mounted.contains(&v.trim_end_matches('/').to_string()))
         .map(|v| (PathBuf::from(v), crate::sys::Create::Dir))
         .collect();
-    if let Some(p) = config.annotations.get(TERMINATION_MESSAGE_PATH) {
+    if let Some(p) = annotations.get(TERMINATION_MESSAGE_PATH) {
         if !p.is_empty() && !mounted.contains(&p.trim_end_matches('/').to_string()) {
             todo.push((PathBuf::from(p), crate::sys::Create::File));
         }
@@ -403,23 +415,56 @@ struct Checked {
     stop_signal: i32,
 }
 
-/// Everything CreateContainer needs from the request.
+/// Everything CreateContainer needs from the request, in this crate's terms: the server
+/// converts the CRI message.
 pub struct CreateRequest<'a> {
     pub sandbox_id: &'a str,
-    pub config: &'a crate::cri::v1::ContainerConfig,
-    pub sandbox_config: &'a crate::cri::v1::PodSandboxConfig,
+    /// `metadata`; `None` when the request had none (refused).
+    pub metadata: Option<ContainerName>,
+    /// The image the request names; empty when it names none (refused).
+    pub image: String,
+    /// The mounts and resources the record keeps.
+    pub facts: super::record::ContainerRequestFacts,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// `log_path`: below the pod's log directory, or absolute when the pod has none; empty =
+    /// no log.
+    pub log_path: String,
+    pub stop_signal: super::stop_signal::RequestedSignal,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+    /// The request as JSON, for verbose ContainerStatus only.
+    pub raw: serde_json::Value,
+    /// The request as the spec room's entry points read it.
+    pub spec: spec::ContainerRequest<'a>,
     /// A last edit of the spec by the caller (NRI plugins), after every other step.
     pub adjust_spec: Option<&'a dyn SpecAdjust>,
+}
+
+/// A container's `metadata`: its name in the pod and kubelet's attempt counter.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerName {
+    pub name: String,
+    pub attempt: u32,
 }
 
 /// A last edit of a container's OCI spec before its bundle is written; it may refuse the create, which then
 /// rolls back like any other failed step.
 pub trait SpecAdjust: Send + Sync {
+    /// `cdi` resolves the CDI devices the edit asks for, as the CDI step resolves the request's.
     fn adjust<'a>(
         &'a self,
         id: &'a str,
         spec: oci_spec::runtime::Spec,
+        cdi: spec::NriCdi<'a>,
     ) -> futures::future::BoxFuture<'a, Result<oci_spec::runtime::Spec, String>>;
+
+    /// The container whose spec this edited is created. Called once per container, inside the
+    /// single-flight create: a retry that gets an earlier attempt's container does not call it again.
+    fn created<'a>(&'a self, _container: &'a Arc<Container>) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 impl Containers {
@@ -557,7 +602,6 @@ impl Containers {
             .into());
         }
         let md = req
-            .config
             .metadata
             .as_ref()
             .ok_or_else(|| ContainerError::Invalid {
@@ -570,12 +614,7 @@ impl Containers {
                 reason: "must not be empty".into(),
             });
         }
-        let image_ref = req
-            .config
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
+        let image_ref = req.image.clone();
         if image_ref.is_empty() {
             return Err(ContainerError::Invalid {
                 field: "image".into(),
@@ -586,13 +625,12 @@ impl Containers {
             .images
             .resolve(&image_ref)
             .ok_or_else(|| ContainerError::ImageNotFound(image_ref.clone()))?;
-        let image_volumes = super::image_volume::resolve(&self.images, req.config)?;
-        let stop_signal =
-            super::stop_signal::resolve(req.config.stop_signal, &image.config.stop_signal)
-                .map_err(|reason| ContainerError::Invalid {
-                    field: "stop_signal".into(),
-                    reason,
-                })?;
+        let image_volumes = super::image_volume::resolve(&self.images, &req.facts.mounts)?;
+        let stop_signal = super::stop_signal::resolve(&req.stop_signal, &image.config.stop_signal)
+            .map_err(|reason| ContainerError::Invalid {
+                field: "stop_signal".into(),
+                reason,
+            })?;
         let checked = Checked {
             name_key: format!("{}_{}_{}", md.name, sandbox.meta.name_key, md.attempt),
             name: md.name.clone(),
@@ -650,14 +688,14 @@ impl Containers {
             let (k, i) = (name_key.clone(), id.clone());
             rb.push("release name", async move { this.names.release(&k, &i) });
         }
-        let log_path = if req.config.log_path.is_empty() {
+        let log_path = if req.log_path.is_empty() {
             None
         } else if sandbox.meta.log_directory.is_empty() {
-            Path::new(&req.config.log_path)
+            Path::new(&req.log_path)
                 .is_absolute()
-                .then(|| PathBuf::from(&req.config.log_path))
+                .then(|| PathBuf::from(&req.log_path))
         } else {
-            Some(Path::new(&sandbox.meta.log_directory).join(&req.config.log_path))
+            Some(Path::new(&sandbox.meta.log_directory).join(&req.log_path))
         };
         let driver = self.context.config.load().runtime.cgroup_manager;
         let cgroups_path = driver.cgroups_path(&sandbox.meta.cgroup_parent, &id);
@@ -666,10 +704,10 @@ impl Containers {
             name: name.clone(),
             attempt: *attempt,
             name_key: name_key.clone(),
-            config: serde_json::to_value(req.config).unwrap_or_default(),
-            request: super::record::ContainerRequestFacts::from_cri(req.config),
-            labels: req.config.labels.clone().into_iter().collect(),
-            annotations: req.config.annotations.clone().into_iter().collect(),
+            config: req.raw.clone(),
+            request: req.facts.clone(),
+            labels: req.labels.clone(),
+            annotations: req.annotations.clone(),
             image_ref: image_ref.clone(),
             image_id: image.id.clone(),
             image_volumes: image_volumes.clone(),
@@ -677,13 +715,22 @@ impl Containers {
             created_at: now_ns(),
             cgroups_path: cgroups_path.clone(),
             stop_signal: *stop_signal,
-            termination_message: termination_message(req.config, &self.overlay_dir(&id)),
+            termination_message: termination_message(
+                &req.annotations,
+                &req.facts.mounts,
+                &self.overlay_dir(&id),
+            ),
         };
         let result = self
             .create_steps(&id, meta, sandbox, image, req, &mut rb)
             .await;
-        rb.finish(result.map(|()| id.clone()), "container", &id)
-            .await
+        let id = rb
+            .finish(result.map(|()| id.clone()), "container", &id)
+            .await?;
+        if let (Some(adjust), Some(c)) = (req.adjust_spec, self.table.get(&id)?) {
+            adjust.created(&c).await;
+        }
+        Ok(id)
     }
 
     async fn create_steps(
@@ -696,7 +743,7 @@ impl Containers {
         rb: &mut Rollback,
     ) -> Result<(), ContainerError> {
         let runtime = self.runtime_for(sandbox)?;
-        let target_pid = match spec::pid_namespace_target(req.config)? {
+        let target_pid = match spec::pid_namespace_target(&req.spec)? {
             Some(target) => Some(self.pid_namespace_target(&sandbox.id, &target)?),
             None => None,
         };
@@ -704,7 +751,7 @@ impl Containers {
         let apparmor_profile = self
             .context
             .apparmor
-            .profile_for(&spec::container_apparmor_request(req.config)?)
+            .profile_for(&spec::container_apparmor_request(&req.spec)?)
             .await?;
         let cgroups_path = meta.cgroups_path.clone();
         let log_path = meta.log_path.clone();
@@ -751,13 +798,20 @@ impl Containers {
             });
         }
 
-        prepare_rootfs(&rootfs, req.config, &image.config.volumes).await?;
-        let image_volumes = self.mount_image_volumes(&rec, req.config, rb).await?;
+        prepare_rootfs(
+            &rootfs,
+            &req.annotations,
+            &req.facts.mounts,
+            &image.config.volumes,
+        )
+        .await?;
+        let image_volumes = self
+            .mount_image_volumes(&rec, &req.facts.mounts, rb)
+            .await?;
         // In a pod's user namespace the volumes are bound from idmapped copies, staged until
         // the runtime has made its own binds of them.
         let volume_staging = self.context.layout.idmap_staging(id, "volumes");
-        let staged_config;
-        let config = match &sandbox.meta.namespaces.user {
+        let request = match &sandbox.meta.namespaces.user {
             Some(userns) => {
                 {
                     let dir = self.context.layout.idmap_staging_base().join(id);
@@ -768,21 +822,18 @@ impl Containers {
                         .await;
                     });
                 }
-                let mut c = req.config.clone();
-                let (m, u, dir) = (c.mounts.clone(), userns.clone(), volume_staging.clone());
+                let (m, u, dir) = (
+                    req.facts.mounts.clone(),
+                    userns.clone(),
+                    volume_staging.clone(),
+                );
                 let sources =
                     tokio::task::spawn_blocking(move || Self::stage_volumes(&m, &u, &dir))
                         .await
                         .map_err(join_err(&volume_staging))??;
-                for (m, source) in c.mounts.iter_mut().zip(sources) {
-                    if let Some(p) = source {
-                        m.host_path = p.to_string_lossy().into_owned();
-                    }
-                }
-                staged_config = c;
-                &staged_config
+                req.spec.clone().with_mount_sources(&sources)
             }
-            None => req.config,
+            None => req.spec.clone(),
         };
 
         let (cdi, hooks) = {
@@ -797,9 +848,8 @@ impl Containers {
         let pf = &sandbox.meta.pod_files;
         let oci = spec::container_spec(&spec::ContainerSpecInput {
             id,
-            config,
+            request,
             sandbox: spec::SandboxContext {
-                config: req.sandbox_config,
                 netns: ns.net.as_deref(),
                 ipcns: ns.ipc.as_deref(),
                 utsns: ns.uts.as_deref(),
@@ -824,14 +874,39 @@ impl Containers {
         })?;
         let mut oci = oci;
         spec::set_sandbox_id(&mut oci, &sandbox.id);
+        let mut cgroups_path = cgroups_path;
         if let Some(adjust) = req.adjust_spec {
+            let cdi = spec::NriCdi {
+                registry: Some(&cdi),
+                files: &spec::LiveHost,
+            };
             oci = adjust
-                .adjust(id, oci)
+                .adjust(id, oci, cdi)
                 .await
                 .map_err(|reason| ContainerError::Refused {
                     id: id.to_string(),
                     reason,
                 })?;
+            // A plugin may move the container to another cgroup: stats, update, stop and remove must
+            // find the one it really gets.
+            let adjusted = oci
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.is_empty() && *p != cgroups_path);
+            if let Some(adjusted) = adjusted {
+                rec.update_with(Durability::Crash, |s| {
+                    s.cgroups_path = Some(adjusted.clone())
+                })
+                .await?;
+                let cg = adjusted.clone();
+                rb.push("remove adjusted cgroup", async move {
+                    let _ =
+                        tokio::task::spawn_blocking(move || crate::oci::cgroups::remove(&cg)).await;
+                });
+                cgroups_path = adjusted;
+            }
         }
         let user = super::record::ProcessUser::of_spec(&oci);
         let paths = self.context.layout.container(id);
@@ -867,9 +942,9 @@ impl Containers {
             handle_file: Some(paths.handle_file()),
             cgroup_dir: crate::oci::cgroups::fs_path(&cgroups_path),
             cgroup_path: Some(cgroups_path),
-            tty: req.config.tty,
-            stdin: req.config.stdin,
-            stdin_once: req.config.stdin_once,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdin_once: req.stdin_once,
             cgroup_v1_view: binary.cgroup_view.is_some(),
             scope: self.context.monitor_scope(&sandbox.meta.cgroup_parent),
         };
@@ -907,7 +982,7 @@ impl Containers {
     /// for an image volume, and for a source on a file system that cannot be idmapped). A missing
     /// source directory is created first, as for any bind mount.
     fn stage_volumes(
-        mounts: &[crate::cri::v1::Mount],
+        mounts: &[super::record::Mount],
         userns: &Path,
         staging: &Path,
     ) -> Result<Vec<Option<PathBuf>>, ContainerError> {
@@ -1189,7 +1264,7 @@ impl Containers {
         self.unmount_image_volumes(&rec.id).await?;
         let ov = self.overlay_dir(&rec.id);
         let run_dir = self.run_dir(&rec.id);
-        let cg = rec.meta.cgroups_path.clone();
+        let cg = rec.cgroups_path();
         let mounts = self.context.rootfs.clone();
         let trash = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, ContainerError> {
             unmount_overlay(&*mounts, &ov)?;

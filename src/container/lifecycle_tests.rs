@@ -2,10 +2,9 @@
 //! rootfs behind the node context's seams: no root, no runc, no mounts. Root and runroot are temp
 //! dirs, so what a step leaves on disk is visible.
 
-use super::{Container, ContainerState, ContainerStatus, Containers, CreateRequest};
+use super::{Container, ContainerName, ContainerState, ContainerStatus, Containers, CreateRequest};
 use crate::config::{Config, Live, LiveConfig};
 use crate::context::{DiskLayout, NodeContext, RootfsMounts, Runtimes};
-use crate::cri::v1 as cri;
 use crate::image::{ImageError, ImageInfo, ImageStore};
 use crate::monitor::{
     ExitRecord, FoundMonitor, LaunchedMonitor, MonitorError, MonitorLauncher, MonitorSpawn,
@@ -51,6 +50,12 @@ struct World {
     ignores_stop_signal: Mutex<bool>,
     /// While a test holds its permits, the runtime's create does not finish.
     hold_create: Gate,
+    /// The containers the spec edit was told were created, in order.
+    adjusted_created: Mutex<Vec<String>>,
+    /// The cgroup the spec edit moves containers to, as an NRI plugin may.
+    adjust_cgroups_path: Mutex<Option<String>>,
+    /// The cgroup each monitor launch was handed, in order.
+    launched_cgroups: Mutex<Vec<String>>,
 }
 
 /// Open (`true`) or holding every create back.
@@ -224,6 +229,11 @@ impl MonitorLauncher for FakeLauncher {
     ) -> BoxFuture<'a, Result<Box<dyn LaunchedMonitor>, MonitorError>> {
         Box::pin(async move {
             self.0.log(format!("launch {}", req.id));
+            self.0
+                .launched_cgroups
+                .lock()
+                .unwrap()
+                .push(req.cgroup_path.clone().unwrap_or_default());
             if self.0.fails_at(FailAt::Launch) {
                 return Err(MonitorError::Spawn {
                     id: req.id.clone(),
@@ -467,15 +477,27 @@ impl super::SpecAdjust for FakeAdjust {
         &'a self,
         _id: &'a str,
         spec: oci_spec::runtime::Spec,
+        _cdi: crate::spec::NriCdi<'a>,
     ) -> BoxFuture<'a, Result<oci_spec::runtime::Spec, String>> {
         let refuse = self.0.fails_at(FailAt::Adjust);
+        let cgroups_path = self.0.adjust_cgroups_path.lock().unwrap().clone();
         Box::pin(async move {
             if refuse {
-                Err("fake plugin refused".into())
-            } else {
-                Ok(spec)
+                return Err("fake plugin refused".into());
             }
+            let mut spec = spec;
+            if let Some(path) = cgroups_path {
+                let mut linux = spec.linux().clone().unwrap_or_default();
+                linux.set_cgroups_path(Some(path.into()));
+                spec.set_linux(Some(linux));
+            }
+            Ok(spec)
         })
+    }
+
+    fn created<'a>(&'a self, c: &'a Arc<Container>) -> BoxFuture<'a, ()> {
+        self.0.adjusted_created.lock().unwrap().push(c.id.clone());
+        Box::pin(async {})
     }
 }
 
@@ -484,32 +506,30 @@ async fn create(
     world: &Arc<World>,
     name: &str,
 ) -> Result<String, super::ContainerError> {
-    let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let sandbox_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "pod".into(),
-            uid: "uid".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        ..Default::default()
-    };
     let adjust = FakeAdjust(world.clone());
+    let pod = crate::spec::annotations::PodIdentity {
+        name: "pod".into(),
+        uid: "uid".into(),
+        namespace: "default".into(),
+    };
     containers
         .create(CreateRequest {
             sandbox_id: SANDBOX,
-            config: &config,
-            sandbox_config: &sandbox_config,
+            metadata: Some(ContainerName {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: IMAGE.into(),
+            facts: Default::default(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            log_path: String::new(),
+            stop_signal: Default::default(),
+            tty: false,
+            stdin: false,
+            stdin_once: false,
+            raw: serde_json::Value::Null,
+            spec: crate::spec::ContainerRequest::named(name, IMAGE, &pod),
             adjust_spec: Some(&adjust),
         })
         .await
@@ -582,6 +602,59 @@ async fn lifecycle_create_retry_while_the_first_attempt_runs_gets_the_same_id() 
     // And a retry after the first attempt finished gets the same id too.
     assert_eq!(node.create("app").await.unwrap(), a);
     assert_eq!(node.world.calls_of("launch").len(), 1);
+}
+
+/// The spec edit (NRI's PostCreateContainer) hears of a container once, however often kubelet retries
+/// its create, while the first attempt runs or after it finished.
+#[tokio::test]
+async fn lifecycle_create_retries_tell_the_spec_edit_once() {
+    let node = Node::new().await;
+    let held = node.world.hold_create.close();
+    let attempts: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, w) = (node.containers.clone(), node.world.clone());
+            tokio::spawn(async move { create(&c, &w, "app").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(held);
+    let mut ids = Vec::new();
+    for a in attempts {
+        ids.push(a.await.unwrap().unwrap());
+    }
+    ids.push(node.create("app").await.unwrap());
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(*node.world.adjusted_created.lock().unwrap(), ids);
+}
+
+/// A cgroup an NRI plugin chose is the container's from then on: recorded and handed to its monitor.
+#[tokio::test]
+async fn lifecycle_a_cgroups_path_the_spec_edit_sets_is_recorded() {
+    let node = Node::new().await;
+    *node.world.adjust_cgroups_path.lock().unwrap() = Some("/nri-moved/app".into());
+    let id = node.create("app").await.unwrap();
+    let c = node.get(&id);
+    assert_eq!(c.cgroups_path(), "/nri-moved/app");
+    assert_ne!(c.meta.cgroups_path, "/nri-moved/app");
+    let bundle = node.layout.container(&id).bundle().join("config.json");
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle).unwrap()).unwrap();
+    assert_eq!(spec["linux"]["cgroupsPath"], "/nri-moved/app");
+    assert_eq!(
+        *node.world.launched_cgroups.lock().unwrap(),
+        ["/nri-moved/app"]
+    );
+    // A record read back from disk keeps it.
+    let status: super::ContainerStatus = crate::state::decode(
+        Path::new("status.json"),
+        &crate::state::encode(Path::new("status.json"), &c.status()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status.cgroups_path.as_deref(), Some("/nri-moved/app"));
+    // Without an edit the path made at create stands.
+    *node.world.adjust_cgroups_path.lock().unwrap() = None;
+    let other = node.get(&node.create("other").await.unwrap());
+    assert_eq!(other.cgroups_path(), other.meta.cgroups_path);
 }
 
 /// A create that fails at `at` leaves nothing behind, and the runtime is told to delete what

@@ -4,7 +4,6 @@
 //! existed, at load), never re-read from the raw request.
 
 use super::lifecycle::{ContainerMeta, ContainerStatus};
-use crate::cri::v1 as cri;
 use crate::sandbox::record::IdMapping;
 use crate::state::Schema;
 use serde::{Deserialize, Serialize};
@@ -22,19 +21,13 @@ pub enum Propagation {
 }
 
 impl Propagation {
-    fn from_cri(p: i32) -> Propagation {
-        match cri::MountPropagation::try_from(p) {
-            Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
-            Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
-            Ok(cri::MountPropagation::PropagationPrivate) | Err(_) => Propagation::Private,
-        }
-    }
-
-    fn to_cri(self) -> cri::MountPropagation {
-        match self {
-            Propagation::Private => cri::MountPropagation::PropagationPrivate,
-            Propagation::HostToContainer => cri::MountPropagation::PropagationHostToContainer,
-            Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+    /// The propagation of a CRI `MountPropagation` number, as records written before versions
+    /// hold it.
+    fn from_v0(p: i32) -> Propagation {
+        match p {
+            1 => Propagation::HostToContainer,
+            2 => Propagation::Bidirectional,
+            _ => Propagation::Private,
         }
     }
 }
@@ -64,50 +57,6 @@ pub struct Mount {
     pub image_sub_path: String,
 }
 
-impl Mount {
-    fn from_cri(m: &cri::Mount) -> Mount {
-        Mount {
-            container_path: m.container_path.clone(),
-            host_path: m.host_path.clone(),
-            readonly: m.readonly,
-            selinux_relabel: m.selinux_relabel,
-            propagation: Propagation::from_cri(m.propagation),
-            uid_mappings: m.uid_mappings.iter().map(IdMapping::from_cri).collect(),
-            gid_mappings: m.gid_mappings.iter().map(IdMapping::from_cri).collect(),
-            recursive_read_only: m.recursive_read_only,
-            image: m.image.as_ref().map(|i| MountImage {
-                image: i.image.clone(),
-                annotations: i.annotations.clone().into_iter().collect(),
-                user_specified_image: i.user_specified_image.clone(),
-                runtime_handler: i.runtime_handler.clone(),
-            }),
-            image_sub_path: m.image_sub_path.clone(),
-        }
-    }
-
-    /// The CRI mount; `image_id` is the resolved image of an image volume.
-    pub fn to_cri(&self, image_id: Option<&str>) -> cri::Mount {
-        cri::Mount {
-            container_path: self.container_path.clone(),
-            host_path: self.host_path.clone(),
-            readonly: self.readonly,
-            selinux_relabel: self.selinux_relabel,
-            propagation: self.propagation.to_cri() as i32,
-            uid_mappings: self.uid_mappings.iter().map(|m| m.to_cri()).collect(),
-            gid_mappings: self.gid_mappings.iter().map(|m| m.to_cri()).collect(),
-            recursive_read_only: self.recursive_read_only,
-            image: self.image.as_ref().map(|i| cri::ImageSpec {
-                image: i.image.clone(),
-                annotations: i.annotations.clone().into_iter().collect(),
-                user_specified_image: i.user_specified_image.clone(),
-                runtime_handler: i.runtime_handler.clone(),
-                image_ref: image_id.unwrap_or_default().to_string(),
-            }),
-            image_sub_path: self.image_sub_path.clone(),
-        }
-    }
-}
-
 /// A hugepage limit: `limit` bytes of pages of `page_size` ("2MB", "1GB").
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HugepageLimit {
@@ -132,47 +81,22 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub fn from_cri(r: &cri::LinuxContainerResources) -> Resources {
-        Resources {
-            cpu_period: r.cpu_period,
-            cpu_quota: r.cpu_quota,
-            cpu_shares: r.cpu_shares,
-            memory_limit_in_bytes: r.memory_limit_in_bytes,
-            oom_score_adj: r.oom_score_adj,
-            cpuset_cpus: r.cpuset_cpus.clone(),
-            cpuset_mems: r.cpuset_mems.clone(),
-            hugepage_limits: r
-                .hugepage_limits
-                .iter()
-                .map(|h| HugepageLimit {
-                    page_size: h.page_size.clone(),
-                    limit: h.limit,
-                })
-                .collect(),
-            unified: r.unified.clone().into_iter().collect(),
-            memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
-        }
-    }
-
-    pub fn to_cri(&self) -> cri::LinuxContainerResources {
-        cri::LinuxContainerResources {
+    /// The same limits as the spec room's input.
+    pub fn to_spec(&self) -> crate::spec::Resources {
+        crate::spec::Resources {
             cpu_period: self.cpu_period,
             cpu_quota: self.cpu_quota,
             cpu_shares: self.cpu_shares,
             memory_limit_in_bytes: self.memory_limit_in_bytes,
-            oom_score_adj: self.oom_score_adj,
+            memory_swap_limit_in_bytes: self.memory_swap_limit_in_bytes,
             cpuset_cpus: self.cpuset_cpus.clone(),
             cpuset_mems: self.cpuset_mems.clone(),
             hugepage_limits: self
                 .hugepage_limits
                 .iter()
-                .map(|h| cri::HugepageLimit {
-                    page_size: h.page_size.clone(),
-                    limit: h.limit,
-                })
+                .map(|h| (h.page_size.clone(), h.limit))
                 .collect(),
             unified: self.unified.clone().into_iter().collect(),
-            memory_swap_limit_in_bytes: self.memory_swap_limit_in_bytes,
         }
     }
 }
@@ -207,14 +131,129 @@ pub struct ContainerRequestFacts {
 }
 
 impl ContainerRequestFacts {
-    pub fn from_cri(config: &cri::ContainerConfig) -> ContainerRequestFacts {
+    fn from_v0(config: &v0::ContainerConfig) -> ContainerRequestFacts {
         ContainerRequestFacts {
-            mounts: config.mounts.iter().map(Mount::from_cri).collect(),
+            mounts: config.mounts.iter().map(v0::Mount::typed).collect(),
             resources: config
                 .linux
                 .as_ref()
                 .and_then(|l| l.resources.as_ref())
-                .map(Resources::from_cri),
+                .map(v0::LinuxContainerResources::typed),
+        }
+    }
+}
+
+/// The CRI request (and the status's resources) as a record written before versions holds
+/// it, reduced to what the migration reads. The shape is frozen here, so a later change of the
+/// CRI types cannot change how those records read; like the CRI JSON, a missing field is its
+/// default.
+mod v0 {
+    use crate::sandbox::record::v0::IdMapping;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct ContainerConfig {
+        pub mounts: Vec<Mount>,
+        pub linux: Option<LinuxContainerConfig>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct LinuxContainerConfig {
+        pub resources: Option<LinuxContainerResources>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct Mount {
+        pub container_path: String,
+        pub host_path: String,
+        pub readonly: bool,
+        pub selinux_relabel: bool,
+        pub propagation: i32,
+        pub uid_mappings: Vec<IdMapping>,
+        pub gid_mappings: Vec<IdMapping>,
+        pub recursive_read_only: bool,
+        pub image: Option<ImageSpec>,
+        pub image_sub_path: String,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct ImageSpec {
+        pub image: String,
+        pub annotations: BTreeMap<String, String>,
+        pub user_specified_image: String,
+        pub runtime_handler: String,
+    }
+
+    impl Mount {
+        pub fn typed(&self) -> super::Mount {
+            super::Mount {
+                container_path: self.container_path.clone(),
+                host_path: self.host_path.clone(),
+                readonly: self.readonly,
+                selinux_relabel: self.selinux_relabel,
+                propagation: super::Propagation::from_v0(self.propagation),
+                uid_mappings: self.uid_mappings.iter().map(IdMapping::typed).collect(),
+                gid_mappings: self.gid_mappings.iter().map(IdMapping::typed).collect(),
+                recursive_read_only: self.recursive_read_only,
+                image: self.image.as_ref().map(|i| super::MountImage {
+                    image: i.image.clone(),
+                    annotations: i.annotations.clone(),
+                    user_specified_image: i.user_specified_image.clone(),
+                    runtime_handler: i.runtime_handler.clone(),
+                }),
+                image_sub_path: self.image_sub_path.clone(),
+            }
+        }
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct LinuxContainerResources {
+        pub cpu_period: i64,
+        pub cpu_quota: i64,
+        pub cpu_shares: i64,
+        pub memory_limit_in_bytes: i64,
+        pub oom_score_adj: i64,
+        pub cpuset_cpus: String,
+        pub cpuset_mems: String,
+        pub hugepage_limits: Vec<HugepageLimit>,
+        pub unified: BTreeMap<String, String>,
+        pub memory_swap_limit_in_bytes: i64,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct HugepageLimit {
+        pub page_size: String,
+        pub limit: u64,
+    }
+
+    impl LinuxContainerResources {
+        pub fn typed(&self) -> super::Resources {
+            super::Resources {
+                cpu_period: self.cpu_period,
+                cpu_quota: self.cpu_quota,
+                cpu_shares: self.cpu_shares,
+                memory_limit_in_bytes: self.memory_limit_in_bytes,
+                oom_score_adj: self.oom_score_adj,
+                cpuset_cpus: self.cpuset_cpus.clone(),
+                cpuset_mems: self.cpuset_mems.clone(),
+                hugepage_limits: self
+                    .hugepage_limits
+                    .iter()
+                    .map(|h| super::HugepageLimit {
+                        page_size: h.page_size.clone(),
+                        limit: h.limit,
+                    })
+                    .collect(),
+                unified: self.unified.clone(),
+                memory_swap_limit_in_bytes: self.memory_swap_limit_in_bytes,
+            }
         }
     }
 }
@@ -227,9 +266,9 @@ impl Schema for ContainerMeta {
         if from == 0 {
             let m = value.as_object_mut().ok_or("not a JSON object")?;
             let raw = m.get("config").cloned().ok_or("no config")?;
-            let config: cri::ContainerConfig =
+            let config: v0::ContainerConfig =
                 serde_json::from_value(raw).map_err(|e| format!("config: {e}"))?;
-            let facts = serde_json::to_value(ContainerRequestFacts::from_cri(&config))
+            let facts = serde_json::to_value(ContainerRequestFacts::from_v0(&config))
                 .map_err(|e| e.to_string())?;
             m.insert("request".into(), facts);
         }
@@ -247,9 +286,9 @@ impl Schema for ContainerStatus {
             let resources = match m.remove("resources") {
                 None | Some(serde_json::Value::Null) => None,
                 Some(raw) => {
-                    let r: cri::LinuxContainerResources =
+                    let r: v0::LinuxContainerResources =
                         serde_json::from_value(raw).map_err(|e| format!("resources: {e}"))?;
-                    Some(Resources::from_cri(&r))
+                    Some(r.typed())
                 }
             };
             let resources = serde_json::to_value(resources).map_err(|e| e.to_string())?;
@@ -427,25 +466,5 @@ mod tests {
         let text = broken[0].1.to_string();
         assert!(text.contains("c3/status.json"), "{text}");
         assert!(text.contains("resources"), "{text}");
-    }
-
-    #[test]
-    fn resources_convert_both_ways() {
-        let r = cri::LinuxContainerResources {
-            cpu_period: 1,
-            cpu_quota: 2,
-            cpu_shares: 3,
-            memory_limit_in_bytes: 4,
-            oom_score_adj: 5,
-            cpuset_cpus: "0-1".into(),
-            cpuset_mems: "0".into(),
-            hugepage_limits: vec![cri::HugepageLimit {
-                page_size: "2MB".into(),
-                limit: 6,
-            }],
-            unified: [("memory.high".to_string(), "7".to_string())].into(),
-            memory_swap_limit_in_bytes: 8,
-        };
-        assert_eq!(Resources::from_cri(&r).to_cri(), r);
     }
 }

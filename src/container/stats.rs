@@ -273,10 +273,7 @@ impl Containers {
 }
 
 fn container_usage(containers: Vec<Arc<Container>>, uppers: Vec<PathBuf>) -> Vec<ContainerUsage> {
-    let paths: Vec<String> = containers
-        .iter()
-        .map(|c| c.meta.cgroups_path.clone())
-        .collect();
+    let paths: Vec<String> = containers.iter().map(|c| c.cgroups_path()).collect();
     let usages = sample(&paths);
     containers
         .into_iter()

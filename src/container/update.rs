@@ -6,7 +6,6 @@
 
 use super::lifecycle::{Container, ContainerError, ContainerState, Containers};
 use super::record::Resources;
-use crate::cri::v1::LinuxContainerResources;
 use crate::spec;
 
 impl Containers {
@@ -16,10 +15,10 @@ impl Containers {
     pub async fn update_resources(
         &self,
         id: &str,
-        resources: &LinuxContainerResources,
+        resources: Resources,
     ) -> Result<(), ContainerError> {
         let rec = self.get(id)?;
-        let oci = spec::update_resources(resources, &self.context.host)?;
+        let oci = spec::resources::update_resources(&resources.to_spec(), &self.context.host)?;
         match rec.status().state() {
             ContainerState::Created | ContainerState::Running => {
                 let sandbox = self.pods.get(&rec.meta.sandbox_id)?;
@@ -34,8 +33,7 @@ impl Containers {
             }
             ContainerState::Exited => {}
         }
-        let typed = Resources::from_cri(resources);
-        rec.update(|s| s.resources = Some(typed)).await?;
+        rec.update(|s| s.resources = Some(resources)).await?;
         Ok(())
     }
 }

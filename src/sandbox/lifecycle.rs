@@ -18,7 +18,7 @@ use crate::state::create_once::CreateOnce;
 use crate::state::names::Names;
 use crate::state::{Durability, Record, StateError, Table};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,7 +107,7 @@ struct PauseInput<'a> {
     id: &'a str,
     rec: &'a Arc<Sandbox>,
     runtime: &'a Arc<dyn Runtime>,
-    cfg: &'a crate::cri::v1::PodSandboxConfig,
+    request: spec::PodRequest<'a>,
     pinned: &'a namespaces::Pinned,
     cgroups_path: String,
     hostname: &'a str,
@@ -233,9 +233,28 @@ pub type Sandbox = Record<SandboxMeta, SandboxStatus>;
 
 pub use crate::context::MONITOR_HANDLE_FILE;
 
-/// Everything RunPodSandbox needs from the request, in ferrio's terms.
+/// Everything RunPodSandbox needs from the request, in ferrio's terms: the server converts the
+/// CRI message.
 pub struct RunRequest<'a> {
-    pub config: &'a crate::cri::v1::PodSandboxConfig,
+    /// `metadata`; `None` when the request had none (refused).
+    pub metadata: Option<PodName>,
+    /// The hostname the request names; empty = the node's.
+    pub hostname: String,
+    /// `linux.cgroup_parent`; empty = the default parent.
+    pub cgroup_parent: String,
+    /// `linux.sysctls`, unchecked.
+    pub sysctls: HashMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub log_directory: String,
+    /// The pod cgroup's limits (`linux.resources` plus `linux.overhead`); `None` = none.
+    pub resources: Option<cgroups::CgroupLimits>,
+    /// What the record keeps from the request besides the fields above.
+    pub facts: super::record::PodRequestFacts,
+    /// The request as JSON, for verbose PodSandboxStatus only.
+    pub raw: serde_json::Value,
+    /// The request as the spec room's entry points read it.
+    pub spec: spec::PodRequest<'a>,
     pub runtime_handler: &'a str,
     pub dns: files::Dns,
     pub port_mappings: Vec<PortMapping>,
@@ -244,6 +263,15 @@ pub struct RunRequest<'a> {
     /// Called with the pod (still "creating", so nobody lists it or creates in it) and its IPs right
     /// before it is marked ready (NRI's RunPodSandbox); an error rolls the pod back.
     pub before_ready: Option<&'a dyn BeforeReady>,
+}
+
+/// A pod's `metadata`: what names it for kubelet.
+#[derive(Debug, Clone, Default)]
+pub struct PodName {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub attempt: u32,
 }
 
 /// The last word on a pod before it is ready; it may refuse the pod.
@@ -567,14 +595,10 @@ impl Pods {
 
     /// RunPodSandbox. A retry of the same pod (same name key) gets the same id.
     pub async fn run(self: &Arc<Self>, req: RunRequest<'_>) -> Result<String, SandboxError> {
-        let md = req
-            .config
-            .metadata
-            .as_ref()
-            .ok_or_else(|| SandboxError::Invalid {
-                field: "metadata".into(),
-                reason: "pod sandbox config has no metadata".into(),
-            })?;
+        let md = req.metadata.as_ref().ok_or_else(|| SandboxError::Invalid {
+            field: "metadata".into(),
+            reason: "pod sandbox config has no metadata".into(),
+        })?;
         for (field, v) in [
             ("metadata.name", &md.name),
             ("metadata.namespace", &md.namespace),
@@ -639,22 +663,20 @@ impl Pods {
         req: &RunRequest<'_>,
         rb: &mut Rollback,
     ) -> Result<(), SandboxError> {
-        let cfg = req.config;
-        let md = cfg.metadata.clone().unwrap_or_default();
-        let linux = cfg.linux.clone().unwrap_or_default();
+        let md = req.metadata.clone().unwrap_or_default();
         let driver = self.context.config.load().runtime.cgroup_manager;
-        let pod_cg = pod_cgroup(driver, &linux.cgroup_parent, id)?;
+        let pod_cg = pod_cgroup(driver, &req.cgroup_parent, id)?;
         let cgroup_parent = pod_cg.parent.clone();
         // Refuse bad sysctls before anything is made (the pause spec checks them again).
-        spec::validate_sysctls(Some(&linux.sysctls), req.host_network, req.host_ipc)?;
+        spec::validate_sysctls(Some(&req.sysctls), req.host_network, req.host_ipc)?;
         // No hostname: the node's, as CRI-O and containerd do (a pod name may be longer than
         // the 64 bytes sethostname accepts; kubelet always sets one for its pods).
-        let hostname = if cfg.hostname.is_empty() {
+        let hostname = if req.hostname.is_empty() {
             nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "localhost".into())
         } else {
-            cfg.hostname.clone()
+            req.hostname.clone()
         };
         if hostname.len() > 64 {
             return Err(SandboxError::Invalid {
@@ -662,7 +684,7 @@ impl Pods {
                 reason: format!("{hostname:?} is longer than 64 bytes"),
             });
         }
-        let user_maps = self.user_namespace_plan(runtime, &linux, req)?;
+        let user_maps = self.user_namespace_plan(runtime, req)?;
         let run_dir = self.run_dir(id);
         let ns_dir = self.context.config.load().namespaces_dir();
         let pinned_plan = namespaces::Pinned {
@@ -679,17 +701,17 @@ impl Pods {
             uid: md.uid.clone(),
             attempt: md.attempt,
             name_key: name_key.to_string(),
-            config: serde_json::to_value(cfg).unwrap_or_default(),
-            request: super::record::PodRequestFacts::from_cri(cfg),
-            labels: cfg.labels.clone().into_iter().collect(),
-            annotations: cfg.annotations.clone().into_iter().collect(),
+            config: req.raw.clone(),
+            request: req.facts.clone(),
+            labels: req.labels.clone(),
+            annotations: req.annotations.clone(),
             runtime_handler: runtime.name().to_string(),
             created_at: now_ns(),
             hostname: hostname.clone(),
-            log_directory: cfg.log_directory.clone(),
+            log_directory: req.log_directory.clone(),
             cgroup_parent: cgroup_parent.clone(),
             cgroup_dir: pod_cg.dir.clone(),
-            resources: spec::pod_limits(&linux),
+            resources: req.resources.clone(),
             host_network: req.host_network,
             namespaces: pinned_plan.clone(),
             pod_files: files::PodFilePaths {
@@ -770,7 +792,7 @@ impl Pods {
                 id,
                 rec: &rec,
                 runtime,
-                cfg,
+                request: req.spec,
                 pinned: &pinned,
                 cgroups_path: pod_cg.pause_path.clone(),
                 hostname: &hostname,
@@ -822,19 +844,14 @@ impl Pods {
     fn user_namespace_plan(
         &self,
         runtime: &Arc<dyn Runtime>,
-        linux: &crate::cri::v1::LinuxPodSandboxConfig,
         req: &RunRequest<'_>,
     ) -> Result<Option<namespaces::UserMaps>, SandboxError> {
-        let ns = linux
-            .security_context
-            .as_ref()
-            .and_then(|s| s.namespace_options.as_ref());
-        let Some((uids, gids)) = spec::user_namespace(ns)? else {
+        let Some((uids, gids)) = req.spec.user_namespace()? else {
             return Ok(None);
         };
         spec::validate_id_ranges("namespace_options.userns_options.uids", &uids)?;
         spec::validate_id_ranges("namespace_options.userns_options.gids", &gids)?;
-        let host_pid = ns.is_some_and(|n| n.pid == crate::cri::v1::NamespaceMode::Node as i32);
+        let host_pid = req.facts.namespace_modes.pid == super::record::NamespaceMode::Node;
         if req.host_network || req.host_ipc || host_pid {
             return Err(SandboxError::Invalid {
                 field: "namespace_options.userns_options".into(),
@@ -898,7 +915,7 @@ impl Pods {
             id,
             rec,
             runtime,
-            cfg,
+            request,
             pinned,
             cgroups_path,
             hostname,
@@ -906,7 +923,7 @@ impl Pods {
         let apparmor_profile = self
             .context
             .apparmor
-            .profile_for(&spec::pause_apparmor_request(cfg)?)
+            .profile_for(&spec::pause_apparmor_request(request)?)
             .await?;
         let config = self.context.config.load();
         let sandbox_image = config.image.sandbox_image.clone();
@@ -940,7 +957,7 @@ impl Pods {
             });
         }
         let spec = spec::pod_spec(&spec::PauseSpecInput {
-            config: cfg,
+            request,
             image: &image.config,
             rootfs: &rootfs,
             netns: pinned.net.as_deref(),

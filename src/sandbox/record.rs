@@ -4,7 +4,6 @@
 //! request.
 
 use super::lifecycle::{SandboxMeta, SandboxStatus};
-use crate::cri::v1 as cri;
 use crate::state::Schema;
 use serde::{Deserialize, Serialize};
 
@@ -21,21 +20,13 @@ pub enum NamespaceMode {
 }
 
 impl NamespaceMode {
-    pub fn from_cri(mode: i32) -> NamespaceMode {
-        match cri::NamespaceMode::try_from(mode) {
-            Ok(cri::NamespaceMode::Container) => NamespaceMode::Container,
-            Ok(cri::NamespaceMode::Node) => NamespaceMode::Node,
-            Ok(cri::NamespaceMode::Target) => NamespaceMode::Target,
-            Ok(cri::NamespaceMode::Pod) | Err(_) => NamespaceMode::Pod,
-        }
-    }
-
-    pub fn to_cri(self) -> cri::NamespaceMode {
-        match self {
-            NamespaceMode::Pod => cri::NamespaceMode::Pod,
-            NamespaceMode::Container => cri::NamespaceMode::Container,
-            NamespaceMode::Node => cri::NamespaceMode::Node,
-            NamespaceMode::Target => cri::NamespaceMode::Target,
+    /// The mode of a CRI `NamespaceMode` number, as records written before versions hold it.
+    fn from_v0(mode: i32) -> NamespaceMode {
+        match mode {
+            1 => NamespaceMode::Container,
+            2 => NamespaceMode::Node,
+            3 => NamespaceMode::Target,
+            _ => NamespaceMode::Pod,
         }
     }
 }
@@ -46,24 +37,6 @@ pub struct IdMapping {
     pub host_id: u32,
     pub container_id: u32,
     pub length: u32,
-}
-
-impl IdMapping {
-    pub fn from_cri(m: &cri::IdMapping) -> IdMapping {
-        IdMapping {
-            host_id: m.host_id,
-            container_id: m.container_id,
-            length: m.length,
-        }
-    }
-
-    pub fn to_cri(self) -> cri::IdMapping {
-        cri::IdMapping {
-            host_id: self.host_id,
-            container_id: self.container_id,
-            length: self.length,
-        }
-    }
 }
 
 /// The user namespace the request asked for.
@@ -86,38 +59,6 @@ pub struct NamespaceModes {
     pub userns: Option<UserNamespace>,
 }
 
-impl NamespaceModes {
-    pub fn from_cri(o: &cri::NamespaceOption) -> NamespaceModes {
-        let ids = |v: &[cri::IdMapping]| v.iter().map(IdMapping::from_cri).collect();
-        NamespaceModes {
-            network: NamespaceMode::from_cri(o.network),
-            pid: NamespaceMode::from_cri(o.pid),
-            ipc: NamespaceMode::from_cri(o.ipc),
-            target_id: o.target_id.clone(),
-            userns: o.userns_options.as_ref().map(|u| UserNamespace {
-                mode: NamespaceMode::from_cri(u.mode),
-                uids: ids(&u.uids),
-                gids: ids(&u.gids),
-            }),
-        }
-    }
-
-    pub fn to_cri(&self) -> cri::NamespaceOption {
-        let ids = |v: &[IdMapping]| v.iter().map(|m| m.to_cri()).collect();
-        cri::NamespaceOption {
-            network: self.network.to_cri() as i32,
-            pid: self.pid.to_cri() as i32,
-            ipc: self.ipc.to_cri() as i32,
-            target_id: self.target_id.clone(),
-            userns_options: self.userns.as_ref().map(|u| cri::UserNamespace {
-                mode: u.mode.to_cri() as i32,
-                uids: ids(&u.uids),
-                gids: ids(&u.gids),
-            }),
-        }
-    }
-}
-
 /// What the daemon keeps from a RunPodSandbox request besides the fields every record had.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PodRequestFacts {
@@ -130,18 +71,92 @@ pub struct PodRequestFacts {
 }
 
 impl PodRequestFacts {
-    pub fn from_cri(config: &cri::PodSandboxConfig) -> PodRequestFacts {
+    fn from_v0(config: &v0::PodSandboxConfig) -> PodRequestFacts {
         let sc = config
             .linux
             .as_ref()
             .and_then(|l| l.security_context.as_ref());
+        let ids = |v: &[v0::IdMapping]| v.iter().map(v0::IdMapping::typed).collect();
         PodRequestFacts {
             namespace_modes: sc
                 .and_then(|s| s.namespace_options.as_ref())
-                .map(NamespaceModes::from_cri)
+                .map(|o| NamespaceModes {
+                    network: NamespaceMode::from_v0(o.network),
+                    pid: NamespaceMode::from_v0(o.pid),
+                    ipc: NamespaceMode::from_v0(o.ipc),
+                    target_id: o.target_id.clone(),
+                    userns: o.userns_options.as_ref().map(|u| UserNamespace {
+                        mode: NamespaceMode::from_v0(u.mode),
+                        uids: ids(&u.uids),
+                        gids: ids(&u.gids),
+                    }),
+                })
                 .unwrap_or_default(),
             privileged: sc.is_some_and(|s| s.privileged),
             requested_hostname: config.hostname.clone(),
+        }
+    }
+}
+
+/// The CRI request as a record written before versions holds it (its `config`), reduced to what
+/// the migration reads. The shape is frozen here, so a later change of the CRI types cannot
+/// change how those records read; like the CRI JSON, a missing field is its default.
+pub(crate) mod v0 {
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct PodSandboxConfig {
+        pub hostname: String,
+        pub linux: Option<LinuxPodSandboxConfig>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct LinuxPodSandboxConfig {
+        pub security_context: Option<LinuxSandboxSecurityContext>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct LinuxSandboxSecurityContext {
+        pub namespace_options: Option<NamespaceOption>,
+        pub privileged: bool,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct NamespaceOption {
+        pub network: i32,
+        pub pid: i32,
+        pub ipc: i32,
+        pub target_id: String,
+        pub userns_options: Option<UserNamespace>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct UserNamespace {
+        pub mode: i32,
+        pub uids: Vec<IdMapping>,
+        pub gids: Vec<IdMapping>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    pub struct IdMapping {
+        pub host_id: u32,
+        pub container_id: u32,
+        pub length: u32,
+    }
+
+    impl IdMapping {
+        pub fn typed(&self) -> super::IdMapping {
+            super::IdMapping {
+                host_id: self.host_id,
+                container_id: self.container_id,
+                length: self.length,
+            }
         }
     }
 }
@@ -154,9 +169,9 @@ impl Schema for SandboxMeta {
         if from == 0 {
             let m = value.as_object_mut().ok_or("not a JSON object")?;
             let raw = m.get("config").cloned().ok_or("no config")?;
-            let config: cri::PodSandboxConfig =
+            let config: v0::PodSandboxConfig =
                 serde_json::from_value(raw).map_err(|e| format!("config: {e}"))?;
-            let facts = serde_json::to_value(PodRequestFacts::from_cri(&config))
+            let facts = serde_json::to_value(PodRequestFacts::from_v0(&config))
                 .map_err(|e| e.to_string())?;
             m.insert("request".into(), facts);
         }
@@ -290,25 +305,5 @@ mod tests {
             text.contains("privileged") || text.contains("config"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn namespace_modes_convert_both_ways() {
-        let o = cri::NamespaceOption {
-            network: cri::NamespaceMode::Node as i32,
-            pid: cri::NamespaceMode::Target as i32,
-            ipc: cri::NamespaceMode::Container as i32,
-            target_id: "c1".into(),
-            userns_options: Some(cri::UserNamespace {
-                mode: cri::NamespaceMode::Pod as i32,
-                uids: vec![cri::IdMapping {
-                    host_id: 1,
-                    container_id: 2,
-                    length: 3,
-                }],
-                gids: vec![],
-            }),
-        };
-        assert_eq!(NamespaceModes::from_cri(&o).to_cri(), o);
     }
 }

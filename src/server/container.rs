@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::batches::{in_batches, Batches};
 use super::convert;
-use crate::container::lifecycle::{Container, CreateRequest};
+use crate::container::lifecycle::{Container, ContainerName, CreateRequest};
 use crate::error::Error;
 
 pub(super) async fn create_container(
@@ -34,20 +34,32 @@ pub(super) async fn create_container(
         });
         let create = CreateRequest {
             sandbox_id: &sandbox.id,
-            config: &config,
-            sandbox_config: &sandbox_config,
+            metadata: config.metadata.as_ref().map(|m| ContainerName {
+                name: m.name.clone(),
+                attempt: m.attempt,
+            }),
+            image: config
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default(),
+            facts: super::records::container_request_facts(&config),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            log_path: config.log_path.clone(),
+            stop_signal: super::records::requested_stop_signal(config.stop_signal),
+            tty: config.tty,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            raw: serde_json::to_value(&config).unwrap_or_default(),
+            spec: crate::spec::ContainerRequest::new(&config, &sandbox_config),
             adjust_spec: adjust
                 .as_ref()
                 .map(|a| a as &dyn crate::container::lifecycle::SpecAdjust),
         };
-        let id = d.containers.create(create).await?;
-        if let (Some(nri), Some(adjust)) = (&d.nri, &adjust) {
-            if let Some(c) = d.containers.find(&id)? {
-                nri.post_create_container(&adjust.pod, &super::nri::container(&c))
-                    .await;
-            }
-        }
-        Ok(id)
+        // PostCreateContainer goes out from inside the create (see `Adjust::created`), once per
+        // container even when kubelet retries.
+        Ok(d.containers.create(create).await?)
     })
     .await?;
     Ok(Response::new(cri::CreateContainerResponse {
@@ -205,7 +217,7 @@ pub(super) async fn container_status(
             "config": rec.meta.config,
             "status": rec.status(),
             "sandboxID": rec.meta.sandbox_id,
-            "cgroupsPath": rec.meta.cgroups_path,
+            "cgroupsPath": rec.cgroups_path(),
         });
         info.insert("info".to_string(), v.to_string());
     }

@@ -31,7 +31,9 @@ pub fn pod_config(m: &SandboxMeta) -> cri::PodSandboxConfig {
         annotations: map(&m.annotations),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(m.request.namespace_modes.to_cri()),
+                namespace_options: Some(super::records::namespace_modes_to_cri(
+                    &m.request.namespace_modes,
+                )),
                 privileged: m.request.privileged,
                 ..Default::default()
             }),
@@ -71,7 +73,7 @@ pub fn pod_sandbox(s: &Sandbox) -> cri::PodSandbox {
 
 /// The namespace modes the pod was created with.
 fn namespace_options(s: &Sandbox) -> cri::NamespaceOption {
-    s.meta.request.namespace_modes.to_cri()
+    super::records::namespace_modes_to_cri(&s.meta.request.namespace_modes)
 }
 
 pub fn pod_sandbox_status(s: &Sandbox) -> cri::PodSandboxStatus {
@@ -156,7 +158,7 @@ pub fn container_status(c: &Container) -> cri::ContainerStatus {
                 .as_ref()
                 .filter(|i| !i.image.is_empty())
                 .and_then(|_| image_ids.next());
-            m.to_cri(id.map(String::as_str))
+            super::records::mount_to_cri(m, id.map(String::as_str))
         })
         .collect();
     cri::ContainerStatus {
@@ -183,7 +185,7 @@ pub fn container_status(c: &Container) -> cri::ContainerStatus {
         resources: super::resources::container_resources(c),
         image_id: c.meta.image_id.clone(),
         user: None,
-        stop_signal: crate::container::stop_signal::cri_signal(c.meta.stop_signal) as i32,
+        stop_signal: super::records::cri_signal(c.meta.stop_signal) as i32,
     }
 }
 

@@ -14,6 +14,7 @@ mod image;
 mod nri;
 mod observe;
 mod pod;
+mod records;
 mod reload;
 mod resources;
 mod runtime;
@@ -163,6 +164,10 @@ impl Daemon {
         });
         events::spawn(&daemon);
         if let Some(nri) = &daemon.nri {
+            let metrics = daemon.metrics.clone();
+            nri.observe_events(Box::new(move |event, took| {
+                metrics.nri_event(event, took.as_secs_f64())
+            }));
             nri.start(Arc::new(nri::DaemonView(Arc::downgrade(&daemon))))
                 .await?;
         }
@@ -292,6 +297,7 @@ impl Daemon {
             sandboxes: vec![("ready", ready), ("notready", notready)],
             oom_killed: oom,
             monitors,
+            nri_plugins: self.nri.as_ref().map_or(0, |n| n.plugin_count() as i64),
         }
     }
 }

@@ -58,7 +58,7 @@ pub(super) fn container(c: &Container) -> api::Container {
         labels: c.meta.labels.clone().into_iter().collect(),
         annotations: c.meta.annotations.clone().into_iter().collect(),
         linux: Some(api::LinuxContainer {
-            cgroups_path: c.meta.cgroups_path.clone(),
+            cgroups_path: c.cgroups_path(),
             ..Default::default()
         }),
         pid: st.pid.max(0) as u32,
@@ -196,6 +196,7 @@ impl SpecAdjust for Adjust {
         &'a self,
         id: &'a str,
         spec: oci_spec::runtime::Spec,
+        cdi: crate::spec::NriCdi<'a>,
     ) -> BoxFuture<'a, Result<oci_spec::runtime::Spec, String>> {
         Box::pin(async move {
             let container = container_from_spec(id, &self.pod.id, &self.config, &spec);
@@ -205,13 +206,21 @@ impl SpecAdjust for Adjust {
                 .await
                 .map_err(|e| e.to_string())?;
             let owners = &collected.owners;
-            crate::spec::nri_adjustments(&spec, &collected.adjust, |device| {
+            crate::spec::nri_adjustments(&spec, &collected.adjust, cdi, |device| {
                 owners
                     .key_owner(api::Field::CdiDevices, device)
                     .unwrap_or_default()
                     .to_string()
             })
             .map_err(|e| e.to_string())
+        })
+    }
+
+    fn created<'a>(&'a self, c: &'a Arc<Container>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.nri
+                .post_create_container(&self.pod, &container(c))
+                .await
         })
     }
 }
@@ -310,11 +319,12 @@ pub(super) async fn apply_updates(
         let outcome = match d.containers.get(&u.container_id) {
             Ok(c) => {
                 let res = cri_resources(
-                    crate::container::update::current_resources(&c).map(|r| r.to_cri()),
+                    crate::container::update::current_resources(&c)
+                        .map(|r| super::records::resources_to_cri(&r)),
                     r,
                 );
                 d.containers
-                    .update_resources(&u.container_id, &res)
+                    .update_resources(&u.container_id, super::records::resources(&res))
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -11,7 +11,7 @@ use super::convert;
 use crate::error::Error;
 use crate::network::PortMapping;
 use crate::sandbox::files::Dns;
-use crate::sandbox::lifecycle::{grace_period, Pods, RunRequest, Sandbox};
+use crate::sandbox::lifecycle::{grace_period, PodName, Pods, RunRequest, Sandbox};
 
 pub(super) async fn run_pod_sandbox(
     d: &Arc<Daemon>,
@@ -62,8 +62,24 @@ pub(super) async fn run_pod_sandbox(
                 host_ip: p.host_ip.clone(),
             })
             .collect();
+        let linux = config.linux.clone().unwrap_or_default();
         let run = RunRequest {
-            config: &config,
+            metadata: config.metadata.as_ref().map(|m| PodName {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+                attempt: m.attempt,
+            }),
+            hostname: config.hostname.clone(),
+            cgroup_parent: linux.cgroup_parent.clone(),
+            sysctls: linux.sysctls.clone(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            log_directory: config.log_directory.clone(),
+            resources: crate::spec::pod_limits(&linux),
+            facts: super::records::pod_request_facts(&config),
+            raw: serde_json::to_value(&config).unwrap_or_default(),
+            spec: crate::spec::PodRequest::new(&config),
             runtime_handler: &handler,
             dns,
             port_mappings,
@@ -211,13 +227,25 @@ pub(super) async fn update_pod_sandbox_resources(
     let d = d.clone();
     detached(async move {
         let rec = d.pods.get(&req.pod_sandbox_id)?;
+        let nri = d.nri.clone().map(|nri| (nri, super::nri::pod(&rec)));
+        if let Some((nri, pod)) = &nri {
+            let resources = |r: &Option<cri::LinuxContainerResources>| {
+                r.as_ref().map(super::nri::nri_resources)
+            };
+            nri.update_pod_sandbox(pod, resources(&req.overhead), resources(&req.resources))
+                .await?;
+        }
         let linux = cri::LinuxPodSandboxConfig {
             overhead: req.overhead,
             resources: req.resources,
             ..Default::default()
         };
         let limits = crate::spec::pod_limits(&linux);
-        Ok(d.pods.update_resources(&rec, limits).await?)
+        d.pods.update_resources(&rec, limits).await?;
+        if let Some((nri, pod)) = &nri {
+            nri.post_update_pod_sandbox(pod).await;
+        }
+        Ok(())
     })
     .await?;
     Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))

@@ -17,6 +17,9 @@ pub enum ReloadError {
     /// The tracing subscriber refused the new level.
     #[error("log_level: {0}")]
     SetLogLevel(String),
+    /// NRI's socket cannot be opened again (connections were enabled).
+    #[error("nri: {0}")]
+    Nri(#[from] crate::nri::NriError),
 }
 
 /// Where the config came from at start, so a reload reads the same files.
@@ -98,6 +101,11 @@ impl Daemon {
         // (a default_runtime of the new file names a handler of the new file: both are live).
         live.validate()?;
         check_usable(&old, &live)?;
+        // NRI rescans plugin_path on every reload, changed or not: a plugin installed there since is started.
+        let nri = match &self.nri {
+            Some(nri) => Some((nri, nri.prepare_reload(super::nri_settings(&live))?)),
+            None => None,
+        };
         if old.log_level != live.log_level {
             set_log_level(live.log_level).map_err(ReloadError::SetLogLevel)?;
         }
@@ -110,6 +118,9 @@ impl Daemon {
             self.cni.store(Arc::new(cni_for(&live)));
         }
         self.config.store(Arc::new(live));
+        if let Some((nri, prepared)) = nri {
+            nri.reload(prepared);
+        }
         Ok(changes)
     }
 }

@@ -19,7 +19,7 @@ pub(super) async fn update_container_resources(
             let Some(nri) = d.nri.clone() else {
                 return Ok(d
                     .containers
-                    .update_resources(&req.container_id, &linux)
+                    .update_resources(&req.container_id, super::records::resources(&linux))
                     .await?);
             };
             let c = d.containers.get(&req.container_id)?;
@@ -32,7 +32,9 @@ pub(super) async fn update_container_resources(
                 )
                 .await
                 .map_err(crate::error::Error::Nri)?;
-            d.containers.update_resources(&c.id, &linux).await?;
+            d.containers
+                .update_resources(&c.id, super::records::resources(&linux))
+                .await?;
             // What plugins asked for goes on top of the request, as their answer to it.
             super::nri::apply_updates(&d, updates).await;
             nri.post_update_container(&pod, &super::nri::container(&c))
@@ -47,7 +49,7 @@ pub(super) async fn update_container_resources(
 /// The resources in force for `c`, as ContainerStatus reports them.
 pub(super) fn container_resources(c: &Container) -> Option<cri::ContainerResources> {
     crate::container::update::current_resources(c).map(|r| cri::ContainerResources {
-        linux: Some(r.to_cri()),
+        linux: Some(super::records::resources_to_cri(&r)),
         windows: None,
     })
 }

@@ -560,7 +560,7 @@ fn detail_of(p: &PodUsage, overlay_dir: &std::path::Path) -> Detail {
         .containers
         .iter()
         .map(|c| {
-            let d = stats::cgroup_detail(&c.container.meta.cgroups_path);
+            let d = stats::cgroup_detail(&c.container.cgroups_path());
             let f = stats::open_files(&d.pids);
             (d, f)
         })

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use super::hooks::{add_hook, Stage};
 use super::security::linux_of;
 use super::watched::Watched;
-use super::{Input, SpecError};
+use super::{HostFiles, Input, SpecError};
 
 /// The annotation prefix kubelet (and device plugins) name CDI devices under; the value is a
 /// comma-separated list of qualified names.
@@ -255,29 +255,45 @@ pub fn requested_devices<'a>(
 
 /// Step: the edits of each requested device (and once those of its spec file).
 pub fn cdi_devices(spec: &mut Spec, input: &Input) -> Result<(), SpecError> {
-    let req = &input.cdi;
-    if req.devices.is_empty() {
+    inject(
+        spec,
+        &input.cdi.devices,
+        input.cdi.registry,
+        input.host.files,
+    )
+}
+
+/// The edits of each of `devices` (and once those of its spec file), as found in `registry`; device
+/// nodes the specs do not fully describe are read through `files`. Shared by the CDI step and the
+/// devices NRI plugins ask for.
+pub fn inject(
+    spec: &mut Spec,
+    devices: &[String],
+    registry: Option<&CdiRegistry>,
+    files: &dyn HostFiles,
+) -> Result<(), SpecError> {
+    if devices.is_empty() {
         return Ok(());
     }
     let mut applied_specs: HashSet<&Path> = HashSet::new();
-    for name in &req.devices {
-        let Some(dev) = req.registry.and_then(|r| r.devices.get(name)) else {
+    for name in devices {
+        let Some(dev) = registry.and_then(|r| r.devices.get(name)) else {
             return Err(SpecError::invalid(
                 FIELD,
                 format!("unknown CDI device {name:?}"),
             ));
         };
         if applied_specs.insert(&dev.spec_file) {
-            apply(spec, input, &dev.spec_edits, name)?;
+            apply(spec, files, &dev.spec_edits, name)?;
         }
-        apply(spec, input, &dev.edits, name)?;
+        apply(spec, files, &dev.edits, name)?;
     }
     Ok(())
 }
 
 fn apply(
     spec: &mut Spec,
-    input: &Input,
+    files: &dyn HostFiles,
     e: &ContainerEdits,
     device: &str,
 ) -> Result<(), SpecError> {
@@ -321,7 +337,7 @@ fn apply(
         }
     }
     for node in &e.device_nodes {
-        let dev = device_node(input, node, device)?;
+        let dev = device_node(files, node, device)?;
         let access = if node.permissions.is_empty() {
             "rwm"
         } else {
@@ -371,7 +387,11 @@ fn apply(
 }
 
 /// The OCI device of a CDI device node: what the node gives, the rest from the host's node.
-fn device_node(input: &Input, n: &DeviceNode, device: &str) -> Result<LinuxDevice, SpecError> {
+fn device_node(
+    files: &dyn HostFiles,
+    n: &DeviceNode,
+    device: &str,
+) -> Result<LinuxDevice, SpecError> {
     let bad = |why: String| SpecError::invalid(FIELD, format!("CDI device {device:?}: {why}"));
     if !n.path.starts_with('/') {
         return Err(bad(format!(
@@ -404,9 +424,7 @@ fn device_node(input: &Input, n: &DeviceNode, device: &str) -> Result<LinuxDevic
             .major(major)
             .minor(minor)
             .build()?,
-        _ => input
-            .host
-            .files
+        _ => files
             .devices_at(Path::new(host_path), Path::new(&n.path))
             .map_err(bad)?
             .into_iter()

@@ -2,6 +2,7 @@
 //! into an [`Input`] and runs its steps; the request-reading rules that need the CRI types
 //! (seccomp and AppArmor profile fields, SELinux options) live here too.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -20,9 +21,10 @@ use super::security::{self, CapabilityRequest, CapabilitySet, SecurityInput, Sel
 use super::user::{self, UserRequest};
 use super::{build, HostFiles, HostView, Input, LiveHost, SpecError, CONTAINER_STEPS, POD_STEPS};
 use crate::cri::v1::{
-    security_profile::ProfileType, ContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, MountPropagation, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, SecurityProfile, SupplementalGroupsPolicy,
+    security_profile::ProfileType, ContainerConfig, ContainerMetadata, ImageSpec,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    MountPropagation, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    SecurityProfile, SupplementalGroupsPolicy,
 };
 use crate::image::ImageConfig;
 use crate::oci::apparmor::AppArmorRequest;
@@ -31,9 +33,99 @@ use crate::oci::host::HostFeatures;
 /// What kubelet asks for the pause container (it is the last thing to kill in a pod).
 pub const PAUSE_OOM_SCORE_ADJ: i64 = -998;
 
+/// A RunPodSandbox request as this room reads it: the lifecycle carries it to the entry points
+/// unopened, so the CRI types stop at the server and here.
+#[derive(Clone, Copy)]
+pub struct PodRequest<'a> {
+    config: &'a PodSandboxConfig,
+}
+
+impl<'a> PodRequest<'a> {
+    pub fn new(config: &'a PodSandboxConfig) -> PodRequest<'a> {
+        PodRequest { config }
+    }
+
+    /// The user namespace's uid and gid mappings the pod asks for; `None` when it asks for none.
+    /// The same checks as [`user_namespace`] (mode POD, at least one range each).
+    pub fn user_namespace(&self) -> Result<Option<IdMappings>, SpecError> {
+        user_namespace(
+            self.config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.namespace_options.as_ref()),
+        )
+    }
+}
+
+/// A CreateContainer request and the config of the pod it joins, as this room reads them: the
+/// lifecycle carries it to the entry points unopened.
+#[derive(Clone)]
+pub struct ContainerRequest<'a> {
+    config: Cow<'a, ContainerConfig>,
+    pod: Cow<'a, PodSandboxConfig>,
+}
+
+impl<'a> ContainerRequest<'a> {
+    pub fn new(config: &'a ContainerConfig, pod: &'a PodSandboxConfig) -> ContainerRequest<'a> {
+        ContainerRequest {
+            config: Cow::Borrowed(config),
+            pod: Cow::Borrowed(pod),
+        }
+    }
+}
+
+impl ContainerRequest<'_> {
+    /// The same request with the host side of its mounts replaced where `sources` has a path
+    /// (index for index): the idmapped copies a pod's user namespace binds from.
+    pub fn with_mount_sources(self, sources: &[Option<std::path::PathBuf>]) -> Self {
+        let mut config = self.config.into_owned();
+        for (m, source) in config.mounts.iter_mut().zip(sources) {
+            if let Some(p) = source {
+                m.host_path = p.to_string_lossy().into_owned();
+            }
+        }
+        ContainerRequest {
+            config: Cow::Owned(config),
+            pod: self.pod,
+        }
+    }
+}
+
+impl ContainerRequest<'static> {
+    /// A request that names only the container, its image and its pod (what the spec's
+    /// annotations carry), for a caller that holds no CRI message: the lifecycle's unit tests.
+    pub fn named(name: &str, image: &str, pod: &PodIdentity) -> ContainerRequest<'static> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.to_string(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+                namespace: pod.namespace.clone(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        };
+        ContainerRequest {
+            config: Cow::Owned(config),
+            pod: Cow::Owned(pod),
+        }
+    }
+}
+
 /// Input of [`pod_spec`]; paths are on the host.
 pub struct PauseSpecInput<'a> {
-    pub config: &'a PodSandboxConfig,
+    pub request: PodRequest<'a>,
     pub image: &'a ImageConfig,
     pub rootfs: &'a Path,
     /// The pinned network namespace; `None` = the host's.
@@ -55,7 +147,6 @@ pub struct PauseSpecInput<'a> {
 
 /// The pod a container joins.
 pub struct SandboxContext<'a> {
-    pub config: &'a PodSandboxConfig,
     /// The pod's pinned network namespace; `None` = the host's.
     pub netns: Option<&'a Path>,
     /// The pod's pinned IPC namespace; `None` = the host's.
@@ -80,7 +171,8 @@ pub struct PodFiles<'a> {
 /// Input of [`container_spec`].
 pub struct ContainerSpecInput<'a> {
     pub id: &'a str,
-    pub config: &'a ContainerConfig,
+    /// The request, with the config of the pod it joins.
+    pub request: ContainerRequest<'a>,
     pub sandbox: SandboxContext<'a>,
     pub image: &'a ImageConfig,
     /// The mounted rootfs; users and groups are resolved from its /etc/passwd and /etc/group.
@@ -109,7 +201,7 @@ pub fn pod_spec(input: &PauseSpecInput) -> Result<Spec, SpecError> {
 
 /// [`pod_spec`] on a given host.
 pub fn pod_spec_on(input: &PauseSpecInput, files: &dyn HostFiles) -> Result<Spec, SpecError> {
-    let config = input.config;
+    let config = input.request.config;
     let linux_cfg = config.linux.as_ref();
     let sec = linux_cfg.and_then(|l| l.security_context.as_ref());
     let privileged = sec.map(|s| s.privileged).unwrap_or(false);
@@ -210,13 +302,14 @@ pub fn container_spec_on(
     input: &ContainerSpecInput,
     files: &dyn HostFiles,
 ) -> Result<Spec, SpecError> {
-    let config = input.config;
+    let config = &*input.request.config;
+    let pod = &*input.request.pod;
     let sec = config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref());
     let privileged = sec.map(|s| s.privileged).unwrap_or(false);
-    if privileged && !pod_privileged(input.sandbox.config) {
+    if privileged && !pod_privileged(pod) {
         return Err(SpecError::invalid(
             "security_context.privileged",
             "the pod sandbox was not created privileged",
@@ -246,7 +339,7 @@ pub fn container_spec_on(
         })
         .collect::<Result<Vec<(String, String)>, SpecError>>()?;
     let env = process::container_env(
-        &input.sandbox.config.hostname,
+        &pod.hostname,
         config.tty,
         &input.image.env,
         &overrides,
@@ -261,8 +354,7 @@ pub fn container_spec_on(
     let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
 
     let sb = &input.sandbox;
-    let pod_ns = sb
-        .config
+    let pod_ns = pod
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
@@ -287,7 +379,7 @@ pub fn container_spec_on(
         rootfs: input.rootfs.to_path_buf(),
         readonly_rootfs: sec.map(|s| s.readonly_rootfs).unwrap_or(false),
         cgroups_path: input.cgroups_path.clone(),
-        hostname: sb.config.hostname.clone(),
+        hostname: pod.hostname.clone(),
         process: ProcessInput {
             args,
             env,
@@ -355,7 +447,7 @@ pub fn container_spec_on(
         annotations: AnnotationsInput {
             kind: SpecKind::Container,
             request: config.annotations.clone(),
-            pod: sb.config.metadata.as_ref().map(|m| PodIdentity {
+            pod: pod.metadata.as_ref().map(|m| PodIdentity {
                 name: m.name.clone(),
                 namespace: m.namespace.clone(),
                 uid: m.uid.clone(),
@@ -456,7 +548,8 @@ fn capability_request(sec: Option<&LinuxContainerSecurityContext>) -> Capability
 
 /// The container whose pid namespace a container asks to join (pid mode TARGET, which only a
 /// container's own namespace options can name); `None` for every other mode.
-pub fn pid_namespace_target(config: &ContainerConfig) -> Result<Option<String>, SpecError> {
+pub fn pid_namespace_target(request: &ContainerRequest) -> Result<Option<String>, SpecError> {
+    let config = &*request.config;
     let ns = config
         .linux
         .as_ref()
@@ -635,7 +728,8 @@ fn localhost_apparmor(field: &str, name: &str) -> Result<AppArmorRequest, SpecEr
 /// The pause container's AppArmor request: only what the pod's security context names. The
 /// pause process runs nothing of the user's, so an unset field leaves it unconfined, as CRI-O
 /// and containerd leave their infra containers.
-pub fn pause_apparmor_request(config: &PodSandboxConfig) -> Result<AppArmorRequest, SpecError> {
+pub fn pause_apparmor_request(request: PodRequest) -> Result<AppArmorRequest, SpecError> {
+    let config = request.config;
     let sec = config
         .linux
         .as_ref()
@@ -670,7 +764,10 @@ pub fn selinux_label(o: Option<&crate::cri::v1::SeLinuxOption>) -> Option<String
 
 /// The AppArmor confinement a container asks for (see [`apparmor_request`]).
 #[allow(deprecated)] // the string form is what older kubelets send, and newer ones send both
-pub fn container_apparmor_request(config: &ContainerConfig) -> Result<AppArmorRequest, SpecError> {
+pub fn container_apparmor_request(
+    request: &ContainerRequest,
+) -> Result<AppArmorRequest, SpecError> {
+    let config = &*request.config;
     let sec = config
         .linux
         .as_ref()

@@ -51,8 +51,8 @@ pub use annotations::{set_sandbox_id, AnnotationsInput};
 pub use cdi::{CdiInput, CdiRegistry, CdiSpecDirs};
 pub use cri::{
     container_apparmor_request, container_spec, pause_apparmor_request, pid_namespace_target,
-    pod_limits, pod_spec, update_resources, user_namespace, ContainerSpecInput, PauseSpecInput,
-    PodFiles, SandboxContext,
+    pod_limits, pod_spec, update_resources, user_namespace, ContainerRequest, ContainerSpecInput,
+    PauseSpecInput, PodFiles, PodRequest, SandboxContext,
 };
 pub use devices::DevicesInput;
 pub use error::SpecError;
@@ -128,7 +128,7 @@ pub const CONTAINER_STEPS: &[(&str, Step)] = &[
     ("annotations", annotations::annotations),
 ];
 
-pub use nri::nri_adjustments;
+pub use nri::{nri_adjustments, NriCdi};
 
 /// Runs `steps` over a base spec: the root, the cgroup path, and nothing of oci-spec's
 /// `Default` (youki's hostname, default mounts and masked paths, a NOFILE rlimit) that a step

@@ -1,9 +1,9 @@
 //! The NRI step: the adjustment node plugins agreed on (folded by `crate::nri::adjust`) applied to a
 //! container's OCI spec: annotations, env, args, mounts, hooks, rlimits, devices, Linux resources, cgroups
-//! path, OOM score, sysctls and the seccomp policy. Unlike the other steps it runs after [`super::build`]:
-//! plugins answer about the spec the other steps produced. The spec is edited as its JSON document, with the
-//! OCI field names, so the step stays independent of the spec library's builder API. A key, destination or
-//! path prefixed with `-` removes.
+//! path, OOM score, sysctls, the seccomp policy, and CDI devices (resolved through the CDI step's reader).
+//! Unlike the other steps it runs after [`super::build`]: plugins answer about the spec the other steps
+//! produced. The spec is edited as its JSON document, with the OCI field names, so the step stays independent
+//! of the spec library's builder API. A key, destination or path prefixed with `-` removes.
 
 use super::SpecError;
 use crate::nri::api;
@@ -41,19 +41,32 @@ fn array<'a>(parent: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value
     v.as_array_mut().expect("made an array above")
 }
 
-/// Apply `adjust` to `spec`. `owner_of_cdi` names the plugin that asked for a CDI device, for the error.
+/// Where the CDI devices NRI plugins ask for are resolved: the node's CDI specs (as CRI's are) and its
+/// device nodes.
+#[derive(Clone, Copy)]
+pub struct NriCdi<'a> {
+    pub registry: Option<&'a super::CdiRegistry>,
+    pub files: &'a dyn super::HostFiles,
+}
+
+/// Apply `adjust` to `spec`; its CDI devices are resolved through `cdi`, after the other edits (as NRI's
+/// runtimes inject them). `owner_of_cdi` names the plugin that asked for a CDI device, for the error.
 pub fn nri_adjustments(
     spec: &Spec,
     adjust: &api::ContainerAdjustment,
+    cdi: NriCdi<'_>,
     owner_of_cdi: impl Fn(&str) -> String,
 ) -> Result<Spec, SpecError> {
-    if let Some(d) = adjust.cdi_devices.first() {
+    let cdi_devices: Vec<String> = adjust.cdi_devices.iter().map(|d| d.name.clone()).collect();
+    if let Some(unknown) = cdi_devices
+        .iter()
+        .find(|d| !cdi.registry.is_some_and(|r| r.devices.contains_key(*d)))
+    {
         return Err(SpecError::invalid(
             "nri cdi_devices",
             format!(
-                "plugin {:?} asked for CDI device {:?}: this runtime has no CDI support",
-                owner_of_cdi(&d.name),
-                d.name
+                "plugin {:?} asked for CDI device {unknown:?}, which no CDI spec of this node defines",
+                owner_of_cdi(unknown),
             ),
         ));
     }
@@ -96,8 +109,10 @@ pub fn nri_adjustments(
             object(&mut doc, &["linux"]).insert("seccomp".into(), seccomp(s));
         }
     }
-    serde_json::from_value(doc)
-        .map_err(|e| SpecError::Build(format!("the spec NRI plugins adjusted: {e}")))
+    let mut spec: Spec = serde_json::from_value(doc)
+        .map_err(|e| SpecError::Build(format!("the spec NRI plugins adjusted: {e}")))?;
+    super::cdi::inject(&mut spec, &cdi_devices, cdi.registry, cdi.files)?;
+    Ok(spec)
 }
 
 fn annotations(doc: &mut Value, annotations: &std::collections::HashMap<String, String>) {
@@ -397,7 +412,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let spec = nri_adjustments(&base(), &adjust, |_| String::new()).unwrap();
+        let spec = nri_adjustments(&base(), &adjust, no_cdi(), |_| String::new()).unwrap();
         let doc = serde_json::to_value(&spec).unwrap();
         assert_eq!(doc["process"]["env"], json!(["PATH=/bin", "A=1", "B=2"]));
         assert_eq!(doc["annotations"], json!({ "keep": "1", "new": "v" }));
@@ -430,22 +445,80 @@ mod tests {
             }),
             ..Default::default()
         };
-        let spec = nri_adjustments(&base(), &adjust, |_| String::new()).unwrap();
+        let spec = nri_adjustments(&base(), &adjust, no_cdi(), |_| String::new()).unwrap();
         let doc = serde_json::to_value(&spec).unwrap();
         assert_eq!(doc["hooks"]["poststart"][0]["path"], "/bin/true");
         assert_eq!(doc["linux"]["devices"][0]["path"], "/dev/xyz");
         assert_eq!(doc["linux"]["resources"]["devices"][0]["access"], "rwm");
     }
 
+    fn no_cdi() -> NriCdi<'static> {
+        NriCdi {
+            registry: None,
+            files: &crate::spec::LiveHost,
+        }
+    }
+
     #[test]
-    fn cdi_devices_are_refused_naming_the_plugin() {
+    fn unknown_cdi_devices_are_refused_naming_the_plugin() {
         let adjust = api::ContainerAdjustment {
             cdi_devices: vec![api::CdiDevice {
                 name: "vendor.com/gpu=0".into(),
             }],
             ..Default::default()
         };
-        let err = nri_adjustments(&base(), &adjust, |_| "10-gpu".into()).unwrap_err();
+        let err = nri_adjustments(&base(), &adjust, no_cdi(), |_| "10-gpu".into()).unwrap_err();
         assert!(err.to_string().contains("\"10-gpu\""), "{err}");
+        assert!(err.to_string().contains("vendor.com/gpu=0"), "{err}");
+    }
+
+    #[test]
+    fn cdi_devices_a_plugin_asks_for_are_injected_from_the_node_specs() {
+        let text = r#"{
+            "cdiVersion": "0.6.0",
+            "kind": "vendor.com/gpu",
+            "containerEdits": { "env": ["GPU_VENDOR=1"] },
+            "devices": [{
+                "name": "0",
+                "containerEdits": {
+                    "env": ["GPU=0"],
+                    "deviceNodes": [{ "path": "/dev/gpu0", "type": "c", "major": 195, "minor": 0 }]
+                }
+            }]
+        }"#;
+        let registry = crate::spec::CdiRegistry {
+            devices: crate::spec::cdi::parse_spec(
+                std::path::Path::new("/cdi/gpu.json"),
+                text,
+                false,
+            )
+            .unwrap()
+            .into_iter()
+            .collect(),
+        };
+        let adjust = api::ContainerAdjustment {
+            cdi_devices: vec![api::CdiDevice {
+                name: "vendor.com/gpu=0".into(),
+            }],
+            ..Default::default()
+        };
+        let cdi = NriCdi {
+            registry: Some(&registry),
+            files: &crate::spec::LiveHost,
+        };
+        let spec = nri_adjustments(&base(), &adjust, cdi, |_| "10-gpu".into()).unwrap();
+        let doc = serde_json::to_value(&spec).unwrap();
+        let env = doc["process"]["env"].as_array().unwrap();
+        assert!(env.contains(&json!("GPU=0")), "{env:?}");
+        assert!(env.contains(&json!("GPU_VENDOR=1")), "{env:?}");
+        assert_eq!(doc["linux"]["devices"][0]["path"], "/dev/gpu0");
+        assert_eq!(doc["linux"]["devices"][0]["major"], 195);
+        let rules = doc["linux"]["resources"]["devices"].as_array().unwrap();
+        assert!(
+            rules
+                .iter()
+                .any(|r| r["major"] == 195 && r["allow"] == true && r["access"] == "rwm"),
+            "{rules:?}"
+        );
     }
 }

@@ -142,6 +142,10 @@ impl Fixture {
         });
     }
 
+    fn request(&self) -> ContainerRequest<'_> {
+        ContainerRequest::new(&self.config, &self.pod)
+    }
+
     fn build(&self) -> Result<Spec, SpecError> {
         let hosts = self.dir.path().join("hosts");
         let resolv = self.dir.path().join("resolv.conf");
@@ -149,9 +153,8 @@ impl Fixture {
         let rootfs = self.rootfs();
         container_spec(&ContainerSpecInput {
             id: "c1",
-            config: &self.config,
+            request: self.request(),
             sandbox: SandboxContext {
-                config: &self.pod,
                 netns: self.netns.as_deref(),
                 ipcns: self.ipcns.as_deref(),
                 utsns: self.utsns.as_deref(),
@@ -551,7 +554,7 @@ fn namespaces_follow_the_pod() {
         ..Default::default()
     });
     assert_eq!(
-        pid_namespace_target(&f.config).unwrap().as_deref(),
+        pid_namespace_target(&f.request()).unwrap().as_deref(),
         Some("target")
     );
     assert_eq!(invalid_field(f.build()), "namespace_options.target_id");
@@ -566,7 +569,7 @@ fn namespaces_follow_the_pod() {
         ..Default::default()
     });
     assert_eq!(
-        invalid_field(pid_namespace_target(&f.config)),
+        invalid_field(pid_namespace_target(&f.request())),
         "linux.security_context.namespace_options.target_id"
     );
     f.sec().namespace_options = Some(NamespaceOption {
@@ -574,7 +577,7 @@ fn namespaces_follow_the_pod() {
         target_id: "ignored".into(),
         ..Default::default()
     });
-    assert_eq!(pid_namespace_target(&f.config).unwrap(), None);
+    assert_eq!(pid_namespace_target(&f.request()).unwrap(), None);
 }
 
 #[test]
@@ -674,17 +677,17 @@ fn container_apparmor_requests() {
     let mut f = Fixture::new();
     // No security context, or one that names nothing: the runtime default.
     assert_eq!(
-        container_apparmor_request(&f.config).unwrap(),
+        container_apparmor_request(&f.request()).unwrap(),
         RuntimeDefault
     );
     f.sec();
     assert_eq!(
-        container_apparmor_request(&f.config).unwrap(),
+        container_apparmor_request(&f.request()).unwrap(),
         RuntimeDefault
     );
     f.sec().apparmor_profile = "localhost/old-form".into();
     assert_eq!(
-        container_apparmor_request(&f.config).unwrap(),
+        container_apparmor_request(&f.request()).unwrap(),
         Localhost("old-form".into())
     );
     // The structured field wins over the string.
@@ -693,7 +696,7 @@ fn container_apparmor_requests() {
         localhost_ref: "new-form".into(),
     });
     assert_eq!(
-        container_apparmor_request(&f.config).unwrap(),
+        container_apparmor_request(&f.request()).unwrap(),
         Localhost("new-form".into())
     );
     f.sec().apparmor = Some(SecurityProfile {
@@ -701,22 +704,28 @@ fn container_apparmor_requests() {
         localhost_ref: String::new(),
     });
     assert_eq!(
-        container_apparmor_request(&f.config).unwrap(),
+        container_apparmor_request(&f.request()).unwrap(),
         RuntimeDefault
     );
     // Privileged: no default profile; a named one still applies.
     f.privileged();
-    assert_eq!(container_apparmor_request(&f.config).unwrap(), Unconfined);
+    assert_eq!(
+        container_apparmor_request(&f.request()).unwrap(),
+        Unconfined
+    );
     f.sec().apparmor = None;
     assert_eq!(
-        container_apparmor_request(&f.config).unwrap(),
+        container_apparmor_request(&f.request()).unwrap(),
         Localhost("old-form".into())
     );
     f.sec().apparmor_profile = String::new();
-    assert_eq!(container_apparmor_request(&f.config).unwrap(), Unconfined);
+    assert_eq!(
+        container_apparmor_request(&f.request()).unwrap(),
+        Unconfined
+    );
     f.sec().apparmor_profile = "bogus".into();
     assert!(matches!(
-        container_apparmor_request(&f.config),
+        container_apparmor_request(&f.request()),
         Err(SpecError::Invalid { .. })
     ));
 }

@@ -86,7 +86,7 @@ impl Fixture {
 
     fn build(&self) -> Result<Spec, SpecError> {
         pod_spec(&PauseSpecInput {
-            config: &self.config,
+            request: PodRequest::new(&self.config),
             image: &self.image,
             rootfs: Path::new("/var/lib/ferrio/pause/rootfs"),
             netns: self.netns.as_deref(),
@@ -532,22 +532,22 @@ fn invalid_apparmor_requests_are_invalid_argument() {
 fn the_pause_container_is_confined_only_when_the_pod_asks() {
     let mut f = Fixture::new();
     assert_eq!(
-        pause_apparmor_request(&f.config).unwrap(),
+        pause_apparmor_request(PodRequest::new(&f.config)).unwrap(),
         AppArmorRequest::Unconfined
     );
     f.sec().apparmor = Some(aa(ProfileType::RuntimeDefault, ""));
     assert_eq!(
-        pause_apparmor_request(&f.config).unwrap(),
+        pause_apparmor_request(PodRequest::new(&f.config)).unwrap(),
         AppArmorRequest::RuntimeDefault
     );
     f.sec().privileged = true;
     assert_eq!(
-        pause_apparmor_request(&f.config).unwrap(),
+        pause_apparmor_request(PodRequest::new(&f.config)).unwrap(),
         AppArmorRequest::Unconfined
     );
     f.sec().apparmor = Some(aa(ProfileType::Localhost, "pod-profile"));
     assert_eq!(
-        pause_apparmor_request(&f.config).unwrap(),
+        pause_apparmor_request(PodRequest::new(&f.config)).unwrap(),
         AppArmorRequest::Localhost("pod-profile".into())
     );
 
