@@ -377,7 +377,7 @@ async fn mirror_for_registry_k8s_io_and_overlay_rootfs() {
     assert!(img.repo_digests[0].starts_with("registry.k8s.io/pause@sha256:"));
 
     let rootfs = work.path().join("ctr");
-    let merged = overlay::mount_rootfs(&store.layer_dirs(&img), &rootfs).unwrap();
+    let merged = overlay::mount_rootfs(&store.layer_dirs(&img), &rootfs, None).unwrap();
     assert_eq!(merged, rootfs.join("merged"));
     assert!(merged.join("bin/busybox").is_file());
     assert_eq!(
@@ -606,7 +606,7 @@ fn overlay_with_more_layers_than_one_option_page() {
         })
         .collect();
     let dir = work.path().join("rootfs");
-    let merged = overlay::mount_rootfs(&layers, &dir).unwrap();
+    let merged = overlay::mount_rootfs(&layers, &dir, None).unwrap();
     let top = std::fs::read_to_string(merged.join("top"));
     let first = std::fs::read_to_string(merged.join("f0"));
     let last = std::fs::read_to_string(merged.join("f199"));

@@ -17,3 +17,4 @@ mod recovery;
 mod reload;
 mod sandbox;
 mod security;
+mod userns;

@@ -258,6 +258,7 @@ fn handlers_of(config: &Config) -> HashMap<String, Handler> {
                 root,
                 systemd_cgroup: config.runtime.cgroup_manager == CgroupDriver::Systemd,
                 cgroup_view: OciRuntime::cgroup_view_for(&h.runtime_path, h.cgroup_v1_view),
+                user_namespaces: OciRuntime::probe_user_namespaces(&h.runtime_path),
             };
             let handler = Handler {
                 runtime: Arc::new(runtime),
@@ -292,6 +293,18 @@ impl DiskLayout {
     /// `<runroot>/containers`: one run dir per container.
     pub fn containers_run_base(&self) -> PathBuf {
         self.runroot.join("containers")
+    }
+
+    /// `<runroot>/idmapped`: idmapped copies of layers and volumes, attached only while a
+    /// rootfs is mounted or a runtime creates a container; anything there at start is stale.
+    pub fn idmap_staging_base(&self) -> PathBuf {
+        self.runroot.join("idmapped")
+    }
+
+    /// `<runroot>/idmapped/<id>/<what>`: object `id`'s staging dir for `what` ("rootfs",
+    /// "volumes").
+    pub fn idmap_staging(&self, id: &str, what: &str) -> PathBuf {
+        self.idmap_staging_base().join(id).join(what)
     }
 
     /// `<root>/image-volumes/<id>`: container `id`'s image volumes, one directory each.
@@ -368,9 +381,14 @@ impl ObjectPaths {
 /// Mounting and removing root filesystems: the seam a lifecycle test puts a fake behind (the
 /// overlay mount needs root). Blocking methods.
 pub trait RootfsMounts: Send + Sync {
-    /// Mounts `layers` (bottom first) under a fresh upper dir in `dir`; returns the merged path.
-    /// On failure nothing is left mounted.
-    fn mount(&self, layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError>;
+    /// Mounts `layers` (bottom first) under a fresh upper dir in `dir`, seen through `idmap`
+    /// when given; returns the merged path. On failure nothing is left mounted.
+    fn mount(
+        &self,
+        layers: &[PathBuf],
+        dir: &Path,
+        idmap: Option<&crate::image::overlay::Idmap>,
+    ) -> Result<PathBuf, ImageError>;
     /// Unmounts the rootfs in `dir`, stacked mounts included, and leaves the directories.
     fn unmount(&self, dir: &Path) -> std::io::Result<()>;
     /// Unmounts what is mounted in `dir` and deletes `dir`; idempotent.
@@ -382,8 +400,13 @@ pub trait RootfsMounts: Send + Sync {
 pub struct OverlayRootfs;
 
 impl RootfsMounts for OverlayRootfs {
-    fn mount(&self, layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
-        crate::image::overlay::mount_rootfs(layers, dir)
+    fn mount(
+        &self,
+        layers: &[PathBuf],
+        dir: &Path,
+        idmap: Option<&crate::image::overlay::Idmap>,
+    ) -> Result<PathBuf, ImageError> {
+        crate::image::overlay::mount_rootfs(layers, dir, idmap)
     }
 
     fn unmount(&self, dir: &Path) -> std::io::Result<()> {

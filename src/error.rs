@@ -176,6 +176,7 @@ fn sandbox_code(e: &SandboxError) -> Code {
         SandboxError::Invalid { .. } => Code::InvalidArgument,
         SandboxError::NotFound(_) => Code::NotFound,
         SandboxError::NotReady { .. } => Code::FailedPrecondition,
+        SandboxError::Unsupported { .. } => Code::FailedPrecondition,
         SandboxError::State(e) => state_code(e),
         SandboxError::Namespace(e) => namespace_code(e),
         SandboxError::Network(e) => network_code(e),

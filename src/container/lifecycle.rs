@@ -783,9 +783,13 @@ impl Containers {
         let ov = self.overlay_dir(id);
         let ov2 = ov.clone();
         let mounts = self.context.rootfs.clone();
-        let rootfs = tokio::task::spawn_blocking(move || mounts.mount(&layers, &ov2))
-            .await
-            .map_err(join_err(&ov))??;
+        let idmap = sandbox
+            .meta
+            .rootfs_idmap(self.context.layout.idmap_staging(id, "rootfs"));
+        let rootfs =
+            tokio::task::spawn_blocking(move || mounts.mount(&layers, &ov2, idmap.as_ref()))
+                .await
+                .map_err(join_err(&ov))??;
         {
             let ov = ov.clone();
             let mounts = self.context.rootfs.clone();
@@ -804,6 +808,33 @@ impl Containers {
         let image_volumes = self
             .mount_image_volumes(&rec, &req.facts.mounts, rb)
             .await?;
+        // In a pod's user namespace the volumes are bound from idmapped copies, staged until
+        // the runtime has made its own binds of them.
+        let volume_staging = self.context.layout.idmap_staging(id, "volumes");
+        let request = match &sandbox.meta.namespaces.user {
+            Some(userns) => {
+                {
+                    let dir = self.context.layout.idmap_staging_base().join(id);
+                    rb.push("unstage idmapped volumes", async move {
+                        let _ = tokio::task::spawn_blocking(move || {
+                            crate::image::overlay::unstage_idmapped(&dir)
+                        })
+                        .await;
+                    });
+                }
+                let (m, u, dir) = (
+                    req.facts.mounts.clone(),
+                    userns.clone(),
+                    volume_staging.clone(),
+                );
+                let sources =
+                    tokio::task::spawn_blocking(move || Self::stage_volumes(&m, &u, &dir))
+                        .await
+                        .map_err(join_err(&volume_staging))??;
+                req.spec.clone().with_mount_sources(&sources)
+            }
+            None => req.spec.clone(),
+        };
 
         let (cdi, hooks) = {
             let config = self.context.config.load();
@@ -817,11 +848,12 @@ impl Containers {
         let pf = &sandbox.meta.pod_files;
         let oci = spec::container_spec(&spec::ContainerSpecInput {
             id,
-            request: req.spec.clone(),
+            request,
             sandbox: spec::SandboxContext {
                 netns: ns.net.as_deref(),
                 ipcns: ns.ipc.as_deref(),
                 utsns: ns.uts.as_deref(),
+                userns: ns.user.as_deref(),
                 pause_pid: st.pause_pid,
                 pod_files: Some(spec::PodFiles {
                     hosts: &pf.hosts,
@@ -925,7 +957,16 @@ impl Containers {
             s.monitor_start_time = handle.start_time;
         })
         .await?;
-        let spawned = launched.created().await?;
+        let spawned = launched.created().await;
+        if sandbox.meta.namespaces.user.is_some() {
+            // The runtime's binds in the container's mount namespace keep the idmapped copies;
+            // the staged ones are no longer needed.
+            let dir = self.context.layout.idmap_staging_base().join(id);
+            tokio::task::spawn_blocking(move || crate::image::overlay::unstage_idmapped(&dir))
+                .await
+                .map_err(join_err(&volume_staging))??;
+        }
+        let spawned = spawned?;
         rec.update_with(Durability::Crash, |s| {
             s.created = true;
             s.pid = spawned.container_pid;
@@ -934,6 +975,35 @@ impl Containers {
         .await?;
         self.watch_exit(rec);
         Ok(())
+    }
+
+    /// Attaches an idmapped copy of each bind mount's source under `staging/<n>`, through the
+    /// pod's user namespace `userns`; per mount, the path to bind instead of its host path (`None`
+    /// for an image volume, and for a source on a file system that cannot be idmapped). A missing
+    /// source directory is created first, as for any bind mount.
+    fn stage_volumes(
+        mounts: &[super::record::Mount],
+        userns: &Path,
+        staging: &Path,
+    ) -> Result<Vec<Option<PathBuf>>, ContainerError> {
+        let mut out = Vec::with_capacity(mounts.len());
+        for (i, m) in mounts.iter().enumerate() {
+            if m.image.is_some() || m.host_path.is_empty() {
+                out.push(None);
+                continue;
+            }
+            let src = Path::new(&m.host_path);
+            if !src.exists() {
+                std::fs::create_dir_all(src).map_err(|source| ContainerError::Io {
+                    path: src.to_path_buf(),
+                    source,
+                })?;
+            }
+            let target = staging.join(i.to_string());
+            let staged = crate::image::overlay::stage_idmapped_bind(src, &target, userns)?;
+            out.push(staged.then_some(target));
+        }
+        Ok(out)
     }
 
     /// Record the exit when the container's monitor reports it (also across daemon restarts).
@@ -1234,6 +1304,21 @@ impl Containers {
     /// After a daemon restart: exits that happened while it was down are read from the exit
     /// files; live containers are watched again; half-created ones are reaped.
     pub async fn recover(self: &Arc<Self>) {
+        // Staged idmapped copies live only while a create runs, and none runs yet: whatever a
+        // daemon killed mid-create left there goes (only unmounted, never deleted through).
+        let staging = self.context.layout.idmap_staging_base();
+        let s2 = staging.clone();
+        match tokio::task::spawn_blocking(move || crate::image::overlay::unstage_idmapped(&s2))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %staging.display(), error = %e, "cannot clear idmapped staging")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %staging.display(), error = %e, "cannot clear idmapped staging")
+            }
+        }
         for rec in self.table.list() {
             let st = rec.status();
             if st.state() != ContainerState::Creating && st.user.is_none() {

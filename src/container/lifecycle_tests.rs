@@ -292,7 +292,12 @@ impl MonitorLauncher for FakeLauncher {
 struct FakeRootfs(Arc<World>);
 
 impl RootfsMounts for FakeRootfs {
-    fn mount(&self, _layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
+    fn mount(
+        &self,
+        _layers: &[PathBuf],
+        dir: &Path,
+        _idmap: Option<&crate::image::overlay::Idmap>,
+    ) -> Result<PathBuf, ImageError> {
         if self.0.fails_at(FailAt::Rootfs) {
             return Err(ImageError::Mount {
                 path: dir.join("merged"),

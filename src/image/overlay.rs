@@ -24,20 +24,165 @@ const EMPTY: &str = "empty";
 /// Mount data must fit one page.
 const PAGE: usize = 4096;
 
+/// A rootfs seen through a pod's user namespace: the layers keep their owners on disk and the
+/// container's root owns what host root owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idmap {
+    /// The pod's pinned user namespace.
+    pub userns: PathBuf,
+    /// The host ids of the container's root, which own the fresh upper dir (the root
+    /// directory the container sees) and everything the container writes.
+    pub root_uid: u32,
+    pub root_gid: u32,
+    /// An empty directory, outside every directory that is ever deleted recursively, where the
+    /// idmapped copies of the layers are attached while the overlay is mounted.
+    pub staging: PathBuf,
+}
+
 /// Create `dir/{upper,work,merged}` and mount an overlay of `layers` (bottom first) at
 /// `dir/merged`; returns the merged path. On failure nothing is left mounted.
-pub fn mount_rootfs(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
+///
+/// With `idmap`, each layer is an idmapped copy of its directory, attached under its
+/// `staging` dir only until the overlay is mounted: overlayfs keeps a private clone of each
+/// lower's mount (with its mapping), so nothing idmapped stays mounted besides the overlay.
+pub fn mount_rootfs(
+    layers: &[PathBuf],
+    dir: &Path,
+    idmap: Option<&Idmap>,
+) -> Result<PathBuf, ImageError> {
     let dir = absolute(dir)?;
     for sub in [UPPER, WORK] {
         fs::create_dir_all(dir.join(sub)).map_err(io_err(&dir.join(sub)))?;
     }
-    let lowers = link_layers(layers, &dir, false)?;
-    mount_overlay(
-        &dir,
-        format!("lowerdir={lowers},upperdir={UPPER},workdir={WORK}"),
-        MsFlags::empty(),
-        layers.len(),
+    let Some(idmap) = idmap else {
+        let lowers = link_layers(layers, &dir, false)?;
+        return mount_overlay(
+            &dir,
+            format!("lowerdir={lowers},upperdir={UPPER},workdir={WORK}"),
+            MsFlags::empty(),
+            layers.len(),
+        );
+    };
+    let upper = dir.join(UPPER);
+    nix::unistd::chown(
+        &upper,
+        Some(nix::unistd::Uid::from_raw(idmap.root_uid)),
+        Some(nix::unistd::Gid::from_raw(idmap.root_gid)),
     )
+    .map_err(|e| ImageError::io(&upper, e.into()))?;
+    let staged = idmap.staging.clone();
+    let result = stage_idmapped(layers, &staged, &idmap.userns).and_then(|mapped| {
+        let lowers = link_layers(&mapped, &dir, false)?;
+        mount_overlay(
+            &dir,
+            format!("lowerdir={lowers},upperdir={UPPER},workdir={WORK}"),
+            MsFlags::empty(),
+            layers.len(),
+        )
+    });
+    let cleaned = unstage_idmapped(&staged);
+    if let Some(object_dir) = staged.parent() {
+        // The object's staging dir goes with its last staged copy (an error here means it
+        // still holds another's, which its own unstaging removes).
+        let _ = fs::remove_dir(object_dir);
+    }
+    let merged = result?;
+    if let Err(e) = cleaned {
+        // The overlay holds its own clones: a staged copy left behind is only a leak.
+        let _ = unmount_rootfs(&dir);
+        return Err(e);
+    }
+    Ok(merged)
+}
+
+/// Attaches an idmapped copy of each layer at `staged/<n>`; returns those paths. On failure
+/// the caller's [`unstage_idmapped`] takes down what was attached.
+fn stage_idmapped(
+    layers: &[PathBuf],
+    staged: &Path,
+    userns: &Path,
+) -> Result<Vec<PathBuf>, ImageError> {
+    use std::os::fd::AsFd;
+    let ns = fs::File::open(userns).map_err(io_err(userns))?;
+    let mut out = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.iter().enumerate() {
+        let target = staged.join(i.to_string());
+        fs::create_dir_all(&target).map_err(io_err(&target))?;
+        let tree =
+            crate::sys::idmapped_tree(layer, ns.as_fd(), false).map_err(|e| ImageError::Mount {
+                path: layer.clone(),
+                reason: format!("idmapped copy: {e}"),
+            })?;
+        crate::sys::attach_tree(tree.as_fd(), &target).map_err(|e| ImageError::Mount {
+            path: target.clone(),
+            reason: format!("attach idmapped layer: {e}"),
+        })?;
+        out.push(target);
+    }
+    Ok(out)
+}
+
+/// Detaches every mount at or below `staged` (deepest first) and deletes `staged`; idempotent.
+/// Never deletes while anything is still mounted there: that would delete through an
+/// idmapped copy into the layer or volume it shows.
+pub fn unstage_idmapped(staged: &Path) -> Result<(), ImageError> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| ImageError::io("/proc/self/mountinfo", e))?;
+    let base = staged.to_string_lossy().into_owned();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(unescape_mountinfo))
+        .filter(|mp| mp == &base || mp.starts_with(&format!("{base}/")))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in &points {
+        // A staged copy is nobody's but the overlay's clone or the runtime's bind: detach it,
+        // whatever still uses it.
+        while umount2(Path::new(p), MntFlags::MNT_DETACH).is_ok() {}
+        if is_mountpoint(Path::new(p))? {
+            return Err(ImageError::Mount {
+                path: PathBuf::from(p),
+                reason: "still mounted after unmount".into(),
+            });
+        }
+    }
+    match fs::remove_dir_all(staged) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ImageError::io(staged, e)),
+    }
+}
+
+/// Attaches an idmapped copy of `src` (a directory with its submounts, or a file) at `target`,
+/// which is created as the same kind. `Ok(false)` when the file system under `src` cannot be
+/// idmapped (EINVAL): the caller then binds `src` as it is.
+pub fn stage_idmapped_bind(src: &Path, target: &Path, userns: &Path) -> Result<bool, ImageError> {
+    use std::os::fd::AsFd;
+    let meta = fs::metadata(src).map_err(io_err(src))?;
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    if meta.is_dir() {
+        fs::create_dir_all(target).map_err(io_err(target))?;
+    } else {
+        fs::File::create(target).map_err(io_err(target))?;
+    }
+    let ns = fs::File::open(userns).map_err(io_err(userns))?;
+    let tree = match crate::sys::idmapped_tree(src, ns.as_fd(), meta.is_dir()) {
+        Ok(t) => t,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
+        Err(e) => {
+            return Err(ImageError::Mount {
+                path: src.to_path_buf(),
+                reason: format!("idmapped copy: {e}"),
+            })
+        }
+    };
+    crate::sys::attach_tree(tree.as_fd(), target).map_err(|e| ImageError::Mount {
+        path: target.to_path_buf(),
+        reason: format!("attach idmapped copy of {}: {e}", src.display()),
+    })?;
+    Ok(true)
 }
 
 /// Mount the image's `layers` (bottom first) read-only at `dir/merged`, with no upper dir: an

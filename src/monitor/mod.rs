@@ -45,6 +45,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub use crate::sys::ProcessHandle;
 pub use protocol::ExitRecord;
+
+pub use ferrio_monitor::HOLD_ARG;
 use protocol::{MonitorArgs, SyncMessage, HANDLE_FD, SYNC_FD};
 
 /// How long `<runtime> create` may take before the spawn gives up (CRI-O's default too).

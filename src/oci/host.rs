@@ -86,6 +86,10 @@ pub struct HostFeatures {
     /// The `ferrio-envexec` binary (see [`crate::spec::envexec`]); `None` when not installed,
     /// and then an env value that is not UTF-8 is refused.
     pub envexec: Option<std::path::PathBuf>,
+    /// A pod's user namespace can be backed by idmapped mounts: user namespaces, and a kernel
+    /// from 5.19 on, whose overlayfs takes idmapped lower layers (the rootfs) and whose ext4
+    /// and tmpfs take idmapped bind mounts (volumes).
+    pub idmapped_mounts: bool,
 }
 
 impl Default for HostFeatures {
@@ -103,6 +107,7 @@ impl Default for HostFeatures {
             recursive_read_only_mounts: true,
             user_namespaces: true,
             envexec: None,
+            idmapped_mounts: true,
         }
     }
 }
@@ -142,6 +147,11 @@ impl HostFeatures {
                 .unwrap_or(false)
         };
         let cap_eff = status_hex(&status, "CapEff:").unwrap_or(0);
+        let osrelease = read("/proc/sys/kernel/osrelease");
+        let user_namespaces = read("/proc/sys/user/max_user_namespaces")
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|n| n > 0);
         HostFeatures {
             cap_bounding: capability_names(status_hex(&status, "CapBnd:").unwrap_or(0)),
             min_oom_score_adj: min_oom_score_adj(cap_eff, own_oom),
@@ -153,14 +163,9 @@ impl HostFeatures {
             cgroup_v2,
             seccomp: status.lines().any(|l| l.starts_with("Seccomp:")),
             memory_swap,
-            recursive_read_only_mounts: kernel_at_least(
-                &read("/proc/sys/kernel/osrelease"),
-                (5, 12),
-            ),
-            user_namespaces: read("/proc/sys/user/max_user_namespaces")
-                .trim()
-                .parse::<u64>()
-                .is_ok_and(|n| n > 0),
+            recursive_read_only_mounts: kernel_at_least(&osrelease, (5, 12)),
+            user_namespaces,
+            idmapped_mounts: user_namespaces && kernel_at_least(&osrelease, (5, 19)),
             // A configured path, not a probe: the daemon sets it from its config.
             envexec: None,
         }

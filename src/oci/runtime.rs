@@ -56,6 +56,9 @@ pub struct OciRuntime {
     /// Run every invocation in a private mount namespace whose /sys/fs/cgroup holds the v1
     /// hierarchies only (crun on a hybrid host); see [`OciRuntime::cgroup_view_for`].
     pub cgroup_view: Option<Arc<CgroupV1View>>,
+    /// The binary can run a process in a user namespace it joins by path, with OCI id
+    /// mappings: [`OciRuntime::probe_user_namespaces`] at handler setup.
+    pub user_namespaces: bool,
 }
 
 /// How a runtime's binary is run by the processes that run it themselves: the monitor (for
@@ -75,6 +78,24 @@ pub struct OciState {
     pub status: String,
     #[serde(default)]
     pub pid: i32,
+}
+
+/// Whether an OCI runtime features document names the user namespace.
+fn features_list_user_namespace(doc: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Features {
+        #[serde(default)]
+        linux: Option<LinuxFeatures>,
+    }
+    #[derive(Deserialize)]
+    struct LinuxFeatures {
+        #[serde(default)]
+        namespaces: Vec<String>,
+    }
+    serde_json::from_slice::<Features>(doc)
+        .ok()
+        .and_then(|f| f.linux)
+        .is_some_and(|l| l.namespaces.iter().any(|n| n == "user"))
 }
 
 /// Messages runc and crun print when the container is not there.
@@ -99,6 +120,35 @@ impl OciRuntime {
                 None
             }
         }
+    }
+
+    /// Whether the runtime at `path` supports user namespaces, asked of the binary: its
+    /// `features` document (OCI runtime features) lists the `user` namespace. crun releases
+    /// without a `features` verb (1.8 and older) answer by their `--version`: crun has joined
+    /// user namespaces with OCI mappings since its first release (1.8.1 measured). Anything
+    /// else, or a binary that cannot be run, counts as no support. Runs the binary: call it when
+    /// the handler is set up, not per request.
+    pub fn probe_user_namespaces(path: &Path) -> bool {
+        let run = |arg: &str| {
+            let mut cmd = std::process::Command::new(path);
+            crate::sys::without_daemon_notify(&mut cmd);
+            cmd.arg(arg)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| o.stdout)
+        };
+        if let Some(out) = run("features") {
+            return features_list_user_namespace(&out);
+        }
+        run("--version").is_some_and(|out| {
+            String::from_utf8_lossy(&out)
+                .lines()
+                .next()
+                .is_some_and(|l| l.starts_with("crun version "))
+        })
     }
 
     /// The global flags every verb gets (`--root`, and `--systemd-cgroup` for the systemd driver);
@@ -261,6 +311,11 @@ pub trait Runtime: Send + Sync {
     fn name(&self) -> &str;
     /// The binary the monitor's `create` and `exec` run.
     fn binary(&self) -> RuntimeBinary;
+    /// The runtime can run processes in a pod's user namespace (see
+    /// [`OciRuntime::probe_user_namespaces`]).
+    fn user_namespaces(&self) -> bool {
+        false
+    }
     /// Runs the user process of a created container.
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>>;
     /// Signals the container's init, or all its processes; a container that is gone is fine.
@@ -285,6 +340,9 @@ pub trait Runtime: Send + Sync {
 impl Runtime for OciRuntime {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn user_namespaces(&self) -> bool {
+        self.user_namespaces
     }
     fn binary(&self) -> RuntimeBinary {
         RuntimeBinary {
@@ -332,6 +390,7 @@ mod tests {
             root: root.path().into(),
             systemd_cgroup: false,
             cgroup_view: None,
+            user_namespaces: false,
         };
         if !rt.path.exists() {
             panic!("runc is required: run hack/install-deps.sh");
@@ -375,10 +434,37 @@ mod tests {
             root: dir.path().into(),
             systemd_cgroup: false,
             cgroup_view: None,
+            user_namespaces: false,
         };
         assert_eq!(rt.state("x").await.unwrap().unwrap().status, "hybrid");
         rt.cgroup_view = Some(Arc::new(view));
         assert_eq!(rt.state("x").await.unwrap().unwrap().status, "v1");
+    }
+
+    #[test]
+    fn features_document_names_the_user_namespace() {
+        let runc = br#"{"ociVersionMin":"1.0.0","linux":{"namespaces":["cgroup","ipc","mount","network","pid","user","uts"]}}"#;
+        assert!(features_list_user_namespace(runc));
+        assert!(!features_list_user_namespace(
+            br#"{"linux":{"namespaces":["mount","pid"]}}"#
+        ));
+        assert!(!features_list_user_namespace(
+            br#"{"ociVersionMin":"1.0.0"}"#
+        ));
+        assert!(!features_list_user_namespace(b"unknown command features"));
+    }
+
+    #[test]
+    fn installed_runtimes_answer_the_user_namespace_probe() {
+        for bin in ["/usr/sbin/runc", "/usr/bin/crun"] {
+            if Path::new(bin).exists() {
+                assert!(OciRuntime::probe_user_namespaces(Path::new(bin)), "{bin}");
+            }
+        }
+        assert!(!OciRuntime::probe_user_namespaces(Path::new(
+            "/nonexistent/runc"
+        )));
+        assert!(!OciRuntime::probe_user_namespaces(Path::new("/bin/true")));
     }
 
     #[test]
@@ -389,6 +475,7 @@ mod tests {
             root: "/run/x".into(),
             systemd_cgroup: false,
             cgroup_view: None,
+            user_namespaces: false,
         };
         assert_eq!(rt.global_args(), ["--root", "/run/x"]);
         rt.systemd_cgroup = true;

@@ -35,6 +35,9 @@ pub enum SandboxError {
     NotFound(String),
     #[error("pod sandbox {id} is not ready")]
     NotReady { id: String },
+    /// The node or the pod's runtime handler lacks what the request needs.
+    #[error("runtime handler {handler:?}: {reason}")]
+    Unsupported { handler: String, reason: String },
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -155,6 +158,22 @@ pub struct SandboxMeta {
 }
 
 impl SandboxMeta {
+    /// How a root filesystem of this pod is seen through its user namespace, with its idmapped
+    /// layers staged at `staging`; `None` for a pod without one.
+    pub fn rootfs_idmap(&self, staging: PathBuf) -> Option<crate::image::overlay::Idmap> {
+        let userns = self.namespaces.user.clone()?;
+        let modes = self.request.namespace_modes.userns.as_ref()?;
+        let root = |v: &[super::record::IdMapping]| {
+            v.iter().find(|m| m.container_id == 0).map(|m| m.host_id)
+        };
+        Some(crate::image::overlay::Idmap {
+            userns,
+            root_uid: root(&modes.uids)?,
+            root_gid: root(&modes.gids)?,
+            staging,
+        })
+    }
+
     /// The pod's cgroup below the hierarchy roots, for stats and removal (`cgroup_parent` is a
     /// bare slice name with the systemd driver, which names no directory).
     pub fn cgroup_fs_dir(&self) -> &str {
@@ -665,12 +684,16 @@ impl Pods {
                 reason: format!("{hostname:?} is longer than 64 bytes"),
             });
         }
+        let user_maps = self.user_namespace_plan(runtime, req)?;
         let run_dir = self.run_dir(id);
         let ns_dir = self.context.config.load().namespaces_dir();
         let pinned_plan = namespaces::Pinned {
             net: (!req.host_network).then(|| namespaces::path_for(&ns_dir, "net", id)),
             ipc: (!req.host_ipc).then(|| namespaces::path_for(&ns_dir, "ipc", id)),
             uts: (!req.host_network).then(|| namespaces::path_for(&ns_dir, "uts", id)),
+            user: user_maps
+                .is_some()
+                .then(|| namespaces::path_for(&ns_dir, "user", id)),
         };
         let meta = SandboxMeta {
             name: md.name.clone(),
@@ -734,6 +757,7 @@ impl Pods {
             net: pinned_plan.net.is_some(),
             ipc: pinned_plan.ipc.is_some(),
             uts: pinned_plan.uts.is_some(),
+            user: user_maps,
         };
         let (d, i, h) = (ns_dir.clone(), id.to_string(), hostname.clone());
         let pinned = tokio::task::spawn_blocking(move || namespaces::pin(&d, &i, want, &h))
@@ -814,6 +838,49 @@ impl Pods {
         Ok(())
     }
 
+    /// The user namespace the request asks for, checked before anything is made: its mappings
+    /// valid, the pod's other namespaces its own (a user namespace owns them), and the node and
+    /// the handler able to run it. `None` for the host's.
+    fn user_namespace_plan(
+        &self,
+        runtime: &Arc<dyn Runtime>,
+        req: &RunRequest<'_>,
+    ) -> Result<Option<namespaces::UserMaps>, SandboxError> {
+        let Some((uids, gids)) = req.spec.user_namespace()? else {
+            return Ok(None);
+        };
+        spec::validate_id_ranges("namespace_options.userns_options.uids", &uids)?;
+        spec::validate_id_ranges("namespace_options.userns_options.gids", &gids)?;
+        let host_pid = req.facts.namespace_modes.pid == super::record::NamespaceMode::Node;
+        if req.host_network || req.host_ipc || host_pid {
+            return Err(SandboxError::Invalid {
+                field: "namespace_options.userns_options".into(),
+                reason: "a pod with its own user namespace cannot share the host's network, \
+                         ipc or pid namespace"
+                    .into(),
+            });
+        }
+        if !self.context.host.idmapped_mounts {
+            return Err(SandboxError::Unsupported {
+                handler: runtime.name().to_string(),
+                reason: "this node's kernel offers no user namespaces with idmapped overlay \
+                         mounts (5.19 or newer)"
+                    .into(),
+            });
+        }
+        if !runtime.user_namespaces() {
+            return Err(SandboxError::Unsupported {
+                handler: runtime.name().to_string(),
+                reason: "the runtime does not support user namespaces".into(),
+            });
+        }
+        Ok(Some(namespaces::UserMaps {
+            uids,
+            gids,
+            holder: self.context.monitor_path.clone(),
+        }))
+    }
+
     /// CNI ADD in the pod's netns; the pod's IPs. Recorded as attached before the ADD, so a
     /// daemon killed during it still runs the DEL that frees the address.
     async fn attach_network(
@@ -872,12 +939,16 @@ impl Pods {
         let ov = self.overlay_dir(id);
         let ov2 = ov.clone();
         let mounts = self.context.rootfs.clone();
-        let rootfs = tokio::task::spawn_blocking(move || mounts.mount(&layers, &ov2))
-            .await
-            .map_err(|e| SandboxError::Io {
-                path: ov.clone(),
-                source: std::io::Error::other(e),
-            })??;
+        let idmap = rec
+            .meta
+            .rootfs_idmap(self.context.layout.idmap_staging(id, "rootfs"));
+        let rootfs =
+            tokio::task::spawn_blocking(move || mounts.mount(&layers, &ov2, idmap.as_ref()))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    path: ov.clone(),
+                    source: std::io::Error::other(e),
+                })??;
         {
             let ov = ov.clone();
             let mounts = self.context.rootfs.clone();
@@ -892,6 +963,7 @@ impl Pods {
             netns: pinned.net.as_deref(),
             ipcns: pinned.ipc.as_deref(),
             utsns: pinned.uts.as_deref(),
+            userns: pinned.user.as_deref(),
             cgroups_path: cgroups_path.clone(),
             hostname: hostname.to_string(),
             host: &self.context.host,

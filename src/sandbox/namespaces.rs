@@ -4,10 +4,18 @@
 //!
 //! The unshare happens in a short-lived std thread, never in a tokio worker: a namespace change
 //! is per thread and must not leak into the async runtime.
+//!
+//! A pod with a user namespace gets it from a process instead (a thread of a multithreaded
+//! process can neither create nor enter one): `ferrio-monitor` started as a namespace holder
+//! in a new user namespace with new net/IPC/UTS namespaces, which that user namespace owns
+//! (so the pause's runtime may mount sysfs and mqueue for them). The daemon writes the
+//! holder's id maps, pins its four namespaces the same way, and lets it exit.
 
 use nix::mount::{umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use std::path::{Path, PathBuf};
+
+use crate::spec::IdRange;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
@@ -27,11 +35,22 @@ pub enum NamespaceError {
 }
 
 /// Which namespaces a pod gets of its own.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Wanted {
     pub net: bool,
     pub ipc: bool,
     pub uts: bool,
+    /// A user namespace with these (uid, gid) mappings, owning the others.
+    pub user: Option<UserMaps>,
+}
+
+/// The id mappings of a pod's user namespace, checked by [`crate::spec::validate_id_ranges`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserMaps {
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
+    /// The `ferrio-monitor` binary that holds the namespaces while they are pinned.
+    pub holder: PathBuf,
 }
 
 /// The pinned namespace files of one pod; `None` means the host's namespace is shared.
@@ -40,11 +59,16 @@ pub struct Pinned {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// Absent in records of pods without a user namespace.
+    #[serde(default)]
+    pub user: Option<PathBuf>,
 }
 
 impl Pinned {
     fn all(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.net, &self.ipc, &self.uts].into_iter().flatten()
+        [&self.net, &self.ipc, &self.uts, &self.user]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -75,6 +99,22 @@ pub fn pin(dir: &Path, id: &str, want: Wanted, hostname: &str) -> Result<Pinned,
         })?;
         flags |= flag;
         targets.push((kind, path));
+    }
+    if let Some(user) = &want.user {
+        let path = path_for(dir, "user", id);
+        let parent = path.parent().unwrap_or(dir);
+        std::fs::create_dir_all(parent).map_err(|source| NamespaceError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+        targets.push(("user", path));
+        let result = pin_from_holder(user, flags, hostname, &targets);
+        record_targets(&mut pinned, targets);
+        if let Err(e) = result {
+            unpin(&pinned);
+            return Err(e);
+        }
+        return Ok(pinned);
     }
     if targets.is_empty() {
         return Ok(pinned);
@@ -117,18 +157,92 @@ pub fn pin(dir: &Path, id: &str, want: Wanted, hostname: &str) -> Result<Pinned,
     })
     .join()
     .map_err(|_| NamespaceError::Thread("panicked".into()))?;
-    for (kind, path) in targets {
-        match kind {
-            "net" => pinned.net = Some(path),
-            "ipc" => pinned.ipc = Some(path),
-            _ => pinned.uts = Some(path),
-        }
-    }
+    record_targets(&mut pinned, targets);
     if let Err(e) = result {
         unpin(&pinned);
         return Err(e);
     }
     Ok(pinned)
+}
+
+fn record_targets(pinned: &mut Pinned, targets: Vec<(&'static str, PathBuf)>) {
+    for (kind, path) in targets {
+        match kind {
+            "net" => pinned.net = Some(path),
+            "ipc" => pinned.ipc = Some(path),
+            "user" => pinned.user = Some(path),
+            _ => pinned.uts = Some(path),
+        }
+    }
+}
+
+/// One line per range, written in one go as the kernel wants.
+fn id_map_text(ranges: &[IdRange]) -> String {
+    ranges
+        .iter()
+        .map(|r| format!("{} {} {}\n", r.container_id, r.host_id, r.size))
+        .collect()
+}
+
+/// Starts the holder in new namespaces (a user namespace plus `flags`), maps its ids, pins
+/// each of `targets` from `/proc/<holder>/ns/<kind>`, then lets the holder exit. The holder
+/// is our unreaped child until the end, so its pid names it throughout.
+fn pin_from_holder(
+    user: &UserMaps,
+    flags: CloneFlags,
+    hostname: &str,
+    targets: &[(&'static str, PathBuf)],
+) -> Result<(), NamespaceError> {
+    use std::process::{Command, Stdio};
+    let thread_err = |what: &str, e: std::io::Error| NamespaceError::Thread(format!("{what}: {e}"));
+    let mut cmd = Command::new(&user.holder);
+    cmd.arg(crate::monitor::HOLD_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    crate::sys::without_daemon_notify(&mut cmd);
+    let host = (!hostname.is_empty()).then_some(hostname);
+    let mut child = crate::sys::spawn_in_new_userns(&mut cmd, flags.bits(), host).map_err(|e| {
+        thread_err(
+            &format!("start namespace holder {}", user.holder.display()),
+            e,
+        )
+    })?;
+    let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+    let result = (|| {
+        for (file, ranges) in [("uid_map", &user.uids), ("gid_map", &user.gids)] {
+            let path = proc_dir.join(file);
+            std::fs::write(&path, id_map_text(ranges))
+                .map_err(|source| NamespaceError::Io { path, source })?;
+        }
+        for (kind, path) in targets {
+            std::fs::File::create(path).map_err(|source| NamespaceError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let src = proc_dir.join("ns").join(kind);
+            nix::mount::mount(
+                Some(&src),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|source| NamespaceError::Pin {
+                kind,
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    })();
+    // EOF on its stdin ends the holder; the pinned files keep the namespaces.
+    drop(child.stdin.take());
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    result
 }
 
 /// Unmount and delete the pinned files. Idempotent; a namespace whose file is already gone is fine.
@@ -166,6 +280,7 @@ mod tests {
             net: true,
             ipc: true,
             uts: true,
+            user: None,
         };
         let p = pin(dir.path(), "abc", want, "podhost").unwrap();
         let net = p.net.clone().unwrap();

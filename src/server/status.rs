@@ -44,11 +44,13 @@ pub(super) async fn status(
             message: format!("network plugin not ready: {e}"),
         },
     };
-    let features = cri::RuntimeHandlerFeatures {
-        recursive_read_only_mounts: d.pods.host().recursive_read_only_mounts,
-        // The spec translators refuse pod user namespaces (no idmapped rootfs yet),
-        // whatever the kernel could do.
-        user_namespaces: false,
+    let host = d.pods.host();
+    // User namespaces need the node's idmapped mounts and a runtime that joins them (probed
+    // per handler when it was set up).
+    let features = |name: &str| cri::RuntimeHandlerFeatures {
+        recursive_read_only_mounts: host.recursive_read_only_mounts,
+        user_namespaces: host.idmapped_mounts
+            && d.pods.runtime(name).is_ok_and(|r| r.user_namespaces()),
     };
     // kubelet looks a pod without a RuntimeClass up under "": the default handler is listed under that
     // name too, first, as CRI-O and containerd do.
@@ -58,7 +60,7 @@ pub(super) async fn status(
         .chain(config.runtime.runtimes.keys().map(String::as_str))
         .map(|name| cri::RuntimeHandler {
             name: name.to_string(),
-            features: Some(features),
+            features: Some(features(name)),
         })
         .collect();
     Ok(Response::new(cri::StatusResponse {

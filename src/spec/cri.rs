@@ -13,7 +13,7 @@ use super::cdi::{self, CdiInput, CdiRegistry};
 use super::devices::{DeviceRequest, DevicesInput};
 use super::hooks::HookDef;
 use super::mounts::{ImageVolume, MountRequest, MountsInput, PodFilePaths, Propagation};
-use super::namespaces::{NamespacesInput, PidMode};
+use super::namespaces::{IdRange, NamespacesInput, PidMode, UserNamespaceInput};
 use super::process::{self, ProcessInput, ProcessUser};
 use super::resources::{self, Resources};
 use super::seccomp::SeccompRequest;
@@ -44,6 +44,18 @@ impl<'a> PodRequest<'a> {
     pub fn new(config: &'a PodSandboxConfig) -> PodRequest<'a> {
         PodRequest { config }
     }
+
+    /// The user namespace's uid and gid mappings the pod asks for; `None` when it asks for none.
+    /// The same checks as [`user_namespace`] (mode POD, at least one range each).
+    pub fn user_namespace(&self) -> Result<Option<IdMappings>, SpecError> {
+        user_namespace(
+            self.config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.namespace_options.as_ref()),
+        )
+    }
 }
 
 /// A CreateContainer request and the config of the pod it joins, as this room reads them: the
@@ -59,6 +71,23 @@ impl<'a> ContainerRequest<'a> {
         ContainerRequest {
             config: Cow::Borrowed(config),
             pod: Cow::Borrowed(pod),
+        }
+    }
+}
+
+impl ContainerRequest<'_> {
+    /// The same request with the host side of its mounts replaced where `sources` has a path
+    /// (index for index): the idmapped copies a pod's user namespace binds from.
+    pub fn with_mount_sources(self, sources: &[Option<std::path::PathBuf>]) -> Self {
+        let mut config = self.config.into_owned();
+        for (m, source) in config.mounts.iter_mut().zip(sources) {
+            if let Some(p) = source {
+                m.host_path = p.to_string_lossy().into_owned();
+            }
+        }
+        ContainerRequest {
+            config: Cow::Owned(config),
+            pod: self.pod,
         }
     }
 }
@@ -105,6 +134,8 @@ pub struct PauseSpecInput<'a> {
     pub ipcns: Option<&'a Path>,
     /// The pinned UTS namespace; `None` = the host's.
     pub utsns: Option<&'a Path>,
+    /// The pinned user namespace, made with the request's mappings; `None` = the host's.
+    pub userns: Option<&'a Path>,
     /// Absolute cgroup path (or systemd `slice:prefix:name`).
     pub cgroups_path: String,
     pub hostname: String,
@@ -122,6 +153,8 @@ pub struct SandboxContext<'a> {
     pub ipcns: Option<&'a Path>,
     /// The pod's pinned UTS namespace; `None` = the host's.
     pub utsns: Option<&'a Path>,
+    /// The pod's pinned user namespace; `None` = the host's.
+    pub userns: Option<&'a Path>,
     /// The pause process, whose PID namespace a pid=POD container joins.
     pub pause_pid: i32,
     /// The pod's generated files, mounted unless the request mounts those paths itself.
@@ -234,7 +267,11 @@ pub fn pod_spec_on(input: &PauseSpecInput, files: &dyn HostFiles) -> Result<Spec
             net: input.netns.map(Path::to_path_buf),
             ipc: input.ipcns.map(Path::to_path_buf),
             uts: input.utsns.map(Path::to_path_buf),
-            user_namespace: user_namespace(ns_opts),
+            user: user_namespace(ns_opts)?.map(|(uids, gids)| UserNamespaceInput {
+                path: input.userns.map(Path::to_path_buf),
+                uids,
+                gids,
+            }),
         },
         resources: None,
         sysctls: linux_cfg.map(|l| l.sysctls.clone()).unwrap_or_default(),
@@ -404,7 +441,12 @@ pub fn container_spec_on(
             net: sb.netns.map(Path::to_path_buf),
             ipc: sb.ipcns.map(Path::to_path_buf),
             uts: sb.utsns.map(Path::to_path_buf),
-            user_namespace: user_namespace(ns),
+            // A container joins its pod's user namespace, with the pod's mappings.
+            user: user_namespace(pod_ns)?.map(|(uids, gids)| UserNamespaceInput {
+                path: sb.userns.map(Path::to_path_buf),
+                uids,
+                gids,
+            }),
         },
         resources: resources.map(resources_from),
         sysctls: HashMap::new(),
@@ -533,12 +575,38 @@ pub fn pid_namespace_target(request: &ContainerRequest) -> Result<Option<String>
     }
 }
 
-/// A user namespace with id mappings (refused by the namespaces step: not supported yet).
-fn user_namespace(ns: Option<&NamespaceOption>) -> bool {
-    matches!(
-        ns.and_then(|n| n.userns_options.as_ref()),
-        Some(u) if u.mode == NamespaceMode::Pod as i32 && !(u.uids.is_empty() && u.gids.is_empty())
-    )
+/// A user namespace's (uid, gid) mappings.
+pub type IdMappings = (Vec<IdRange>, Vec<IdRange>);
+
+/// The id mappings (uids, gids) of the user namespace a pod asks for (mode POD); `None` for
+/// the host's (mode NODE, or no options). The ranges are checked by the namespaces step.
+pub fn user_namespace(ns: Option<&NamespaceOption>) -> Result<Option<IdMappings>, SpecError> {
+    const FIELD: &str = "namespace_options.userns_options";
+    let Some(u) = ns.and_then(|n| n.userns_options.as_ref()) else {
+        return Ok(None);
+    };
+    let ranges = |v: &[crate::cri::v1::IdMapping]| {
+        v.iter()
+            .map(|m| IdRange {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                size: m.length,
+            })
+            .collect::<Vec<_>>()
+    };
+    match NamespaceMode::try_from(u.mode) {
+        Ok(NamespaceMode::Node) => {
+            if !u.uids.is_empty() || !u.gids.is_empty() {
+                return Err(SpecError::invalid(FIELD, "mode NODE takes no id mappings"));
+            }
+            Ok(None)
+        }
+        Ok(NamespaceMode::Pod) => Ok(Some((ranges(&u.uids), ranges(&u.gids)))),
+        _ => Err(SpecError::invalid(
+            FIELD,
+            "only modes POD and NODE are supported for user namespaces",
+        )),
+    }
 }
 
 fn pod_privileged(pod: &PodSandboxConfig) -> bool {

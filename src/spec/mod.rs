@@ -54,15 +54,17 @@ pub use annotations::{set_sandbox_id, AnnotationsInput};
 pub use cdi::{CdiInput, CdiRegistry, CdiSpecDirs};
 pub use cri::{
     container_apparmor_request, container_spec, pause_apparmor_request, pid_namespace_target,
-    pod_limits, pod_spec, update_resources, ContainerRequest, ContainerSpecInput, PauseSpecInput,
-    PodFiles, PodRequest, SandboxContext,
+    pod_limits, pod_spec, update_resources, user_namespace, ContainerRequest, ContainerSpecInput,
+    PauseSpecInput, PodFiles, PodRequest, SandboxContext,
 };
 pub use devices::DevicesInput;
 pub use error::SpecError;
 pub use hooks::{HookDef, HookDirs};
 pub use host::{HostFiles, HostView, LiveHost};
 pub use mounts::{ImageVolume, MountsInput};
-pub use namespaces::{validate_sysctls, NamespacesInput};
+pub use namespaces::{
+    validate_id_ranges, validate_sysctls, IdRange, NamespacesInput, UserNamespaceInput,
+};
 pub use process::ProcessInput;
 pub use resources::Resources;
 pub use security::SecurityInput;

@@ -1,12 +1,16 @@
 //! Namespaces: a mount namespace of its own, the pid namespace the request asks for (its own,
 //! the pod's, the host's or a target container's), the pod's
-//! pinned network/IPC/UTS namespaces, a cgroup namespace on cgroup v2; the hostname (only with
-//! a UTS namespace of its own) and the namespaced sysctls a pod may set.
+//! pinned network/IPC/UTS namespaces, the pod's pinned user namespace with its id mappings, a
+//! cgroup namespace on cgroup v2; the hostname (only with a UTS namespace of its own) and the
+//! namespaced sysctls a pod may set.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{
+    LinuxIdMapping, LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, Spec,
+};
 
 use super::security::linux_of;
 use super::{Input, SpecError};
@@ -36,21 +40,125 @@ pub struct NamespacesInput {
     pub ipc: Option<PathBuf>,
     /// The pod's pinned UTS namespace; `None` = the host's.
     pub uts: Option<PathBuf>,
-    /// The request asks for a user namespace with id mappings (not supported yet).
-    pub user_namespace: bool,
+    /// The pod's user namespace; `None` = the host's.
+    pub user: Option<UserNamespaceInput>,
+}
+
+/// One range of an id mapping: `size` ids from `container_id` inside are `host_id` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdRange {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub size: u32,
+}
+
+/// A pod's user namespace as the processes join it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNamespaceInput {
+    /// The pinned user namespace; `None` when the request asks for one and nothing prepared
+    /// it (refused).
+    pub path: Option<PathBuf>,
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
+}
+
+/// The kernel takes at most this many lines in a `uid_map` or `gid_map`.
+const MAX_ID_RANGES: usize = 340;
+
+/// Checks the ranges of one id mapping (`field` names it in errors): at least one range, none
+/// empty or past the 32-bit id space, no id mapped twice on either side, and the container's
+/// root mapped (the rootfs and the process's own ids rely on it).
+pub fn validate_id_ranges(field: &str, ranges: &[IdRange]) -> Result<(), SpecError> {
+    if ranges.is_empty() {
+        return Err(SpecError::invalid(
+            field,
+            "a user namespace needs at least one range",
+        ));
+    }
+    if ranges.len() > MAX_ID_RANGES {
+        return Err(SpecError::invalid(
+            field,
+            format!(
+                "{} ranges, the kernel takes at most {MAX_ID_RANGES}",
+                ranges.len()
+            ),
+        ));
+    }
+    let end = |start: u32, size: u32| u64::from(start) + u64::from(size);
+    for (i, r) in ranges.iter().enumerate() {
+        if r.size == 0 {
+            return Err(SpecError::invalid(field, format!("range {i} has length 0")));
+        }
+        // The id 2^32-1 is the kernel's "no id" and cannot be mapped.
+        if end(r.container_id, r.size) > u64::from(u32::MAX)
+            || end(r.host_id, r.size) > u64::from(u32::MAX)
+        {
+            return Err(SpecError::invalid(
+                field,
+                format!("range {i} runs past the last id"),
+            ));
+        }
+        if r.host_id == 0 {
+            return Err(SpecError::invalid(
+                field,
+                format!("range {i} maps onto the host's root"),
+            ));
+        }
+        for (j, o) in ranges.iter().enumerate().take(i) {
+            let overlap =
+                |a: u32, b: u32| u64::from(a) < end(b, o.size) && u64::from(b) < end(a, r.size);
+            if overlap(r.container_id, o.container_id) || overlap(r.host_id, o.host_id) {
+                return Err(SpecError::invalid(
+                    field,
+                    format!("ranges {j} and {i} overlap"),
+                ));
+            }
+        }
+    }
+    if !ranges.iter().any(|r| r.container_id == 0) {
+        return Err(SpecError::invalid(
+            field,
+            "the container's root (id 0) is not mapped",
+        ));
+    }
+    Ok(())
+}
+
+fn oci_mappings(ranges: &[IdRange]) -> Result<Vec<LinuxIdMapping>, SpecError> {
+    ranges
+        .iter()
+        .map(|r| {
+            Ok(LinuxIdMappingBuilder::default()
+                .container_id(r.container_id)
+                .host_id(r.host_id)
+                .size(r.size)
+                .build()?)
+        })
+        .collect()
 }
 
 /// Step: the namespace list.
 pub fn namespaces(spec: &mut Spec, input: &Input) -> Result<(), SpecError> {
     let req = &input.namespaces;
-    if req.user_namespace {
-        // Refused rather than run the pod without one.
-        return Err(SpecError::invalid(
-            "namespace_options.userns_options",
-            "user namespaces are not supported",
-        ));
+    let mut out = Vec::new();
+    if let Some(user) = &req.user {
+        validate_id_ranges("namespace_options.userns_options.uids", &user.uids)?;
+        validate_id_ranges("namespace_options.userns_options.gids", &user.gids)?;
+        let Some(path) = &user.path else {
+            // Refused rather than run the process without one.
+            return Err(SpecError::invalid(
+                "namespace_options.userns_options",
+                "the pod has no user namespace to join",
+            ));
+        };
+        // The runtime joins it first, so that the namespaces it creates (mount, pid, cgroup)
+        // belong to it; the mappings are the namespace's, repeated as OCI wants them with it.
+        out.push(namespace(LinuxNamespaceType::User, Some(path))?);
+        let linux = linux_of(spec);
+        linux.set_uid_mappings(Some(oci_mappings(&user.uids)?));
+        linux.set_gid_mappings(Some(oci_mappings(&user.gids)?));
     }
-    let mut out = vec![namespace(LinuxNamespaceType::Mount, None)?];
+    out.push(namespace(LinuxNamespaceType::Mount, None)?);
     match req.pid {
         PidMode::Pod { pause_pid } => {
             if pause_pid <= 0 {

@@ -25,3 +25,23 @@ pub mod process;
 pub mod protocol;
 
 pub use process::main;
+
+/// The argument that starts `ferrio-monitor` as a namespace holder (see [`hold`]).
+pub const HOLD_ARG: &str = "--hold-namespaces";
+
+/// The namespace holder's whole life: the daemon starts it in a pod's new user namespace (with
+/// the pod's new net/IPC/UTS namespaces) and pins those from `/proc/<pid>/ns`; it waits until
+/// its stdin reaches EOF, which the daemon causes once they are pinned, then exits 0.
+pub fn hold() -> i32 {
+    use std::io::Read;
+    let mut sink = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut sink) {
+            Ok(0) => return 0,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return 1,
+        }
+    }
+}

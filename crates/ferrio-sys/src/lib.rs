@@ -11,9 +11,11 @@
 //! feature: the monitor has no async runtime.
 
 mod cgroup_view;
+mod idmap;
 mod process;
 
 pub use cgroup_view::{mounts_below, CgroupV1View, CGROUP_ROOT};
+pub use idmap::{attach as attach_tree, idmapped_tree, spawn_in_new_userns};
 pub use process::{parse_stat, proc_stat, ProcStat, ProcessHandle};
 
 use std::io;

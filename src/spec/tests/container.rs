@@ -44,6 +44,7 @@ struct Fixture {
     host: HostFeatures,
     netns: Option<PathBuf>,
     utsns: Option<PathBuf>,
+    userns: Option<PathBuf>,
     ipcns: Option<PathBuf>,
     pod_files: bool,
     restrict: bool,
@@ -96,6 +97,7 @@ impl Fixture {
             host: HostFeatures::default(),
             netns: Some(PathBuf::from("/run/netns/x")),
             utsns: Some(PathBuf::from("/run/ferrio/ns/uts-x")),
+            userns: None,
             ipcns: Some(PathBuf::from("/run/ferrio/ns/ipc-x")),
             pod_files: true,
             restrict: true,
@@ -156,6 +158,7 @@ impl Fixture {
                 netns: self.netns.as_deref(),
                 ipcns: self.ipcns.as_deref(),
                 utsns: self.utsns.as_deref(),
+                userns: self.userns.as_deref(),
                 pause_pid: 4242,
                 pod_files: self.pod_files.then_some(PodFiles {
                     hosts: &hosts,
@@ -1324,4 +1327,48 @@ fn specs_run_under_real_runc() {
         .to_string();
     assert!(out.contains(&format!("CapBnd:\t{bnd}")), "{out} vs {bnd}");
     assert!(out.contains("writable"));
+}
+
+#[test]
+fn a_container_joins_its_pods_user_namespace() {
+    let mut f = Fixture::new();
+    let mapping = crate::cri::v1::IdMapping {
+        host_id: 65536,
+        container_id: 0,
+        length: 65536,
+    };
+    f.pod.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(crate::cri::v1::NamespaceOption {
+                userns_options: Some(crate::cri::v1::UserNamespace {
+                    mode: crate::cri::v1::NamespaceMode::Pod as i32,
+                    uids: vec![mapping],
+                    gids: vec![mapping],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    // Without the pod's pinned user namespace there is nothing to join.
+    let e = f.build().unwrap_err().to_string();
+    assert!(e.contains("no user namespace to join"), "{e}");
+    f.userns = Some(PathBuf::from("/run/ferrio/ns/userns/p"));
+    let s = f.spec();
+    assert_eq!(
+        ns(&s, LinuxNamespaceType::User),
+        Some(Some(PathBuf::from("/run/ferrio/ns/userns/p")))
+    );
+    let uids = linux(&s).uid_mappings().clone().unwrap();
+    assert_eq!(
+        (uids[0].container_id(), uids[0].host_id(), uids[0].size()),
+        (0, 65536, 65536)
+    );
+    assert!(linux(&s).gid_mappings().is_some());
+    // Without one, no user namespace and no mappings.
+    f.pod.linux = None;
+    let s = f.spec();
+    assert_eq!(ns(&s, LinuxNamespaceType::User), None);
+    assert!(linux(&s).uid_mappings().is_none());
 }

@@ -33,6 +33,7 @@ struct Fixture {
     netns: Option<PathBuf>,
     ipcns: Option<PathBuf>,
     utsns: Option<PathBuf>,
+    userns: Option<PathBuf>,
     restrict: bool,
     apparmor_profile: Option<String>,
 }
@@ -61,6 +62,7 @@ impl Fixture {
             netns: Some("/run/netns/p".into()),
             ipcns: Some("/run/ferrio/ns/ipc".into()),
             utsns: Some("/run/ferrio/ns/uts".into()),
+            userns: None,
             restrict: true,
             apparmor_profile: None,
         }
@@ -90,6 +92,7 @@ impl Fixture {
             netns: self.netns.as_deref(),
             ipcns: self.ipcns.as_deref(),
             utsns: self.utsns.as_deref(),
+            userns: self.userns.as_deref(),
             cgroups_path: "/ferrio/pod-1/pause".into(),
             hostname: self.config.hostname.clone(),
             host: &self.host,
@@ -184,6 +187,132 @@ fn pause_namespaces() {
         s.hostname().is_none(),
         "no hostname without a uts namespace"
     );
+}
+
+fn pod_userns(
+    uids: Vec<crate::cri::v1::IdMapping>,
+    gids: Vec<crate::cri::v1::IdMapping>,
+) -> NamespaceOption {
+    NamespaceOption {
+        userns_options: Some(crate::cri::v1::UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids,
+            gids,
+        }),
+        ..Default::default()
+    }
+}
+
+fn id_map(container_id: u32, host_id: u32, length: u32) -> crate::cri::v1::IdMapping {
+    crate::cri::v1::IdMapping {
+        host_id,
+        container_id,
+        length,
+    }
+}
+
+#[test]
+fn pause_joins_the_pinned_user_namespace_with_its_mappings() {
+    let mut f = Fixture::new();
+    f.userns = Some("/run/ferrio/ns/userns/p".into());
+    f.sec().namespace_options = Some(pod_userns(
+        vec![id_map(0, 65536, 65536)],
+        vec![id_map(0, 131072, 65536)],
+    ));
+    let s = f.build().unwrap();
+    let n = ns_types(&s);
+    // First, so that the namespaces the runtime creates belong to it.
+    assert_eq!(
+        n[0],
+        (
+            LinuxNamespaceType::User,
+            Some("/run/ferrio/ns/userns/p".into())
+        )
+    );
+    let linux = s.linux().as_ref().unwrap();
+    let uids = linux.uid_mappings().clone().unwrap();
+    let gids = linux.gid_mappings().clone().unwrap();
+    assert_eq!(
+        (uids[0].container_id(), uids[0].host_id(), uids[0].size()),
+        (0, 65536, 65536)
+    );
+    assert_eq!(
+        (gids[0].container_id(), gids[0].host_id(), gids[0].size()),
+        (0, 131072, 65536)
+    );
+    // The pod's other namespaces stay the pinned ones.
+    assert!(n.contains(&(LinuxNamespaceType::Network, Some("/run/netns/p".into()))));
+}
+
+#[test]
+fn a_user_namespace_without_a_pinned_one_is_refused() {
+    let mut f = Fixture::new();
+    f.sec().namespace_options = Some(pod_userns(
+        vec![id_map(0, 65536, 65536)],
+        vec![id_map(0, 65536, 65536)],
+    ));
+    let e = f.build().unwrap_err().to_string();
+    assert!(e.contains("no user namespace to join"), "{e}");
+}
+
+#[test]
+fn bad_id_mappings_are_refused() {
+    let good = || vec![id_map(0, 65536, 65536)];
+    for (uids, why) in [
+        (vec![], "at least one range"),
+        (vec![id_map(0, 65536, 0)], "length 0"),
+        (vec![id_map(0, 0, 65536)], "host's root"),
+        (vec![id_map(1, 65536, 10)], "root (id 0) is not mapped"),
+        (
+            vec![id_map(0, 65536, 100), id_map(50, 200000, 100)],
+            "overlap",
+        ),
+        (
+            vec![id_map(0, 65536, 100), id_map(100, 65600, 100)],
+            "overlap",
+        ),
+        (vec![id_map(0, u32::MAX - 10, 100)], "past the last id"),
+    ] {
+        let mut f = Fixture::new();
+        f.userns = Some("/run/ferrio/ns/userns/p".into());
+        f.sec().namespace_options = Some(pod_userns(uids.clone(), good()));
+        let e = f.build().unwrap_err();
+        assert!(matches!(e, SpecError::Invalid { .. }), "{uids:?}: {e}");
+        assert!(e.to_string().contains(why), "{uids:?}: {e}");
+        assert!(e.to_string().contains("userns_options.uids"), "{e}");
+    }
+    // Two ranges side by side are fine.
+    let mut f = Fixture::new();
+    f.userns = Some("/run/ferrio/ns/userns/p".into());
+    f.sec().namespace_options = Some(pod_userns(
+        vec![id_map(0, 65536, 100), id_map(100, 65636, 100)],
+        good(),
+    ));
+    f.build().unwrap();
+}
+
+#[test]
+fn user_namespace_modes() {
+    let opts = |mode: NamespaceMode, uids| NamespaceOption {
+        userns_options: Some(crate::cri::v1::UserNamespace {
+            mode: mode as i32,
+            uids,
+            gids: vec![],
+        }),
+        ..Default::default()
+    };
+    assert_eq!(user_namespace(None).unwrap(), None);
+    assert_eq!(
+        user_namespace(Some(&opts(NamespaceMode::Node, vec![]))).unwrap(),
+        None
+    );
+    assert!(user_namespace(Some(&opts(NamespaceMode::Node, vec![id_map(0, 1, 1)]))).is_err());
+    assert!(user_namespace(Some(&opts(NamespaceMode::Container, vec![]))).is_err());
+    let (uids, gids) = user_namespace(Some(&opts(NamespaceMode::Pod, vec![id_map(0, 7, 3)])))
+        .unwrap()
+        .unwrap();
+    assert_eq!(uids.len(), 1);
+    assert!(gids.is_empty());
 }
 
 #[test]
