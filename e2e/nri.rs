@@ -368,7 +368,7 @@ async fn a_plugin_that_hangs_or_dies_mid_request_is_dropped() {
     for plugin in ["20-hang", "30-die"] {
         assert!(
             log.lines()
-                .any(|l| l.contains("dropping plugin") && l.contains(plugin)),
+                .any(|l| l.contains("plugin disconnected: dropped") && l.contains(plugin)),
             "the log names the dropped plugin {plugin}"
         );
     }
