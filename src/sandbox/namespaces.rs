@@ -135,23 +135,7 @@ pub fn pin(dir: &Path, id: &str, want: Wanted, hostname: &str) -> Result<Pinned,
             })?;
         }
         for (kind, path) in &t {
-            std::fs::File::create(path).map_err(|source| NamespaceError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let src = format!("/proc/thread-self/ns/{kind}");
-            nix::mount::mount(
-                Some(src.as_str()),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|source| NamespaceError::Pin {
-                kind,
-                path: path.clone(),
-                source,
-            })?;
+            pin_one(Path::new("/proc/thread-self"), kind, path)?;
         }
         Ok(())
     })
@@ -163,6 +147,28 @@ pub fn pin(dir: &Path, id: &str, want: Wanted, hostname: &str) -> Result<Pinned,
         return Err(e);
     }
     Ok(pinned)
+}
+
+/// Pins namespace `kind` of the process (or thread) at `proc_dir` by bind-mounting its
+/// `ns/<kind>` onto a new file at `path`.
+fn pin_one(proc_dir: &Path, kind: &'static str, path: &PathBuf) -> Result<(), NamespaceError> {
+    std::fs::File::create(path).map_err(|source| NamespaceError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let src = proc_dir.join("ns").join(kind);
+    nix::mount::mount(
+        Some(&src),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| NamespaceError::Pin {
+        kind,
+        path: path.clone(),
+        source,
+    })
 }
 
 fn record_targets(pinned: &mut Pinned, targets: Vec<(&'static str, PathBuf)>) {
@@ -216,23 +222,7 @@ fn pin_from_holder(
                 .map_err(|source| NamespaceError::Io { path, source })?;
         }
         for (kind, path) in targets {
-            std::fs::File::create(path).map_err(|source| NamespaceError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let src = proc_dir.join("ns").join(kind);
-            nix::mount::mount(
-                Some(&src),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|source| NamespaceError::Pin {
-                kind,
-                path: path.clone(),
-                source,
-            })?;
+            pin_one(&proc_dir, kind, path)?;
         }
         Ok(())
     })();
