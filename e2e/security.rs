@@ -2,149 +2,17 @@
 //! namespace (`kubectl debug --target`), OCI hooks from a hooks directory, CDI devices.
 
 use crate::harness::{
-    container_config, pod_config, pull, run_pod, start_container, stop_and_remove_pod,
-    wait_for_container_state, Cri, Daemon, LearnedPids, Opts,
+    container_config, pod_config, run_pod, stop_and_remove_pod, wait_for_container_state, Daemon,
+    Opts, Pod, BUSYBOX,
 };
 use ferrio::config::Config;
 use ferrio::cri::v1::{
-    CdiDevice, ContainerConfig, ContainerState, CreateContainerRequest, ExecSyncRequest,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
-    ListContainersRequest, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    CdiDevice, ContainerConfig, ContainerState, CreateContainerRequest, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::Code;
-
-const BUSYBOX: &str = "docker.io/library/busybox:1.36";
-
-/// A daemon with one ready pod and busybox pulled.
-struct Pod {
-    d: Daemon,
-    cri: Cri,
-    config: PodSandboxConfig,
-    id: String,
-    learned: LearnedPids,
-}
-
-impl Pod {
-    /// A pod named `name` on daemon `d`; `edit` adjusts its config first.
-    async fn on(d: Daemon, name: &str, edit: impl FnOnce(&mut PodSandboxConfig)) -> Pod {
-        let mut cri = d.client().await;
-        pull(&mut cri, BUSYBOX).await;
-        let mut config = pod_config(d.env(), name);
-        edit(&mut config);
-        let id = cri
-            .rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
-            .into_inner()
-            .pod_sandbox_id;
-        Pod {
-            d,
-            cri,
-            config,
-            id,
-            learned: LearnedPids::default(),
-        }
-    }
-
-    /// CreateContainer; the error is returned (several tests expect one).
-    async fn create(&mut self, config: ContainerConfig) -> Result<String, tonic::Status> {
-        self.cri
-            .rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: self.id.clone(),
-                config: Some(config),
-                sandbox_config: Some(self.config.clone()),
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
-    }
-
-    /// Create and start `config`, and wait until it runs.
-    async fn run(&mut self, config: ContainerConfig) -> String {
-        start_container(
-            &mut self.cri,
-            &self.id.clone(),
-            &self.config.clone(),
-            config,
-        )
-        .await
-    }
-
-    /// ExecSync `sh -c script` in `id`: (exit code, stdout, stderr).
-    async fn sh(&mut self, id: &str, script: &str) -> (i32, String, String) {
-        let r = self
-            .cri
-            .rt
-            .exec_sync(ExecSyncRequest {
-                container_id: id.into(),
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                timeout: 10,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("ExecSync {id} {script:?}: {e}"))
-            .into_inner();
-        (
-            r.exit_code,
-            String::from_utf8_lossy(&r.stdout).into_owned(),
-            String::from_utf8_lossy(&r.stderr).into_owned(),
-        )
-    }
-
-    async fn stop_ctr(&mut self, id: &str) {
-        self.cri
-            .rt
-            .stop_container(StopContainerRequest {
-                container_id: id.into(),
-                timeout: 2,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("StopContainer {id}: {e}"));
-    }
-
-    /// Remove every container, stop and remove the pod, and check nothing leaked.
-    async fn finish(mut self) {
-        let ctrs = self
-            .cri
-            .rt
-            .list_containers(ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
-        for c in ctrs {
-            self.cri
-                .rt
-                .remove_container(RemoveContainerRequest {
-                    container_id: c.id.clone(),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("RemoveContainer {}: {e}", c.id));
-        }
-        self.cri
-            .rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: self.id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
-        self.cri
-            .rt
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: self.id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
-        self.d.assert_no_leaks(&self.learned);
-    }
-}
 
 fn security(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
     config
@@ -169,7 +37,7 @@ fn debug_container(name: &str, target: &str) -> ContainerConfig {
 async fn a_target_pid_namespace_sees_the_target_containers_processes() {
     let d = Daemon::start(Opts::default()).await;
     // Each container of this pod has a pid namespace of its own, so only TARGET shares one.
-    let mut p = Pod::on(d, "target-pid", |c| {
+    let mut p = Pod::on_with(d, "target-pid", |c| {
         c.linux
             .get_or_insert_with(Default::default)
             .security_context = Some(LinuxSandboxSecurityContext {
@@ -182,20 +50,20 @@ async fn a_target_pid_namespace_sees_the_target_containers_processes() {
     })
     .await;
     let target = p
-        .run(container_config("app", BUSYBOX, &["sleep", "4242"]))
+        .run_config(container_config("app", BUSYBOX, &["sleep", "4242"]))
         .await;
     let ps = "ps -o args";
 
     // A container of the pod with its own pid namespace does not see the target's process.
     let other = p
-        .run(container_config("other", BUSYBOX, &["sleep", "1000"]))
+        .run_config(container_config("other", BUSYBOX, &["sleep", "1000"]))
         .await;
     let (code, out, err) = p.sh(&other, ps).await;
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("sleep 4242"), "{out}");
 
     // The debug container sees it, and itself.
-    let debug = p.run(debug_container("debug", &target)).await;
+    let debug = p.run_config(debug_container("debug", &target)).await;
     let (code, out, err) = p.sh(&debug, ps).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sleep 4242"), "{out}");
@@ -205,7 +73,7 @@ async fn a_target_pid_namespace_sees_the_target_containers_processes() {
     assert_eq!(out.trim(), "sleep 4242");
 
     // Stopping the debug container leaves the target running.
-    p.stop_ctr(&debug).await;
+    p.stop_ctr(&debug, 2).await;
     wait_for_container_state(
         &mut p.cri,
         &debug,
@@ -220,19 +88,19 @@ async fn a_target_pid_namespace_sees_the_target_containers_processes() {
 
     // Refusals: no target, an unknown one, a target that does not run.
     let e = p
-        .create(debug_container("no-target", ""))
+        .try_create(debug_container("no-target", ""))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     assert!(e.message().contains("target_id"), "{e}");
     let e = p
-        .create(debug_container("unknown-target", "0123456789abcdef"))
+        .try_create(debug_container("unknown-target", "0123456789abcdef"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
     assert!(e.message().contains("0123456789abcdef"), "{e}");
     let e = p
-        .create(debug_container("exited-target", &debug))
+        .try_create(debug_container("exited-target", &debug))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
@@ -282,7 +150,7 @@ fn dir_that_does_not_exist() -> PathBuf {
 async fn oci_hooks_from_a_hooks_dir_run_with_the_state_on_stdin() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let d = daemon_with_dirs(dir.path()).await;
-    let mut p = Pod::on(d, "hooks", |_| {}).await;
+    let mut p = Pod::on_with(d, "hooks", |_| {}).await;
     // Written after the daemon started: the directory is read again when it changes.
     let out = dir.path().join("hook-out");
     std::fs::create_dir_all(&out).unwrap();
@@ -327,7 +195,7 @@ async fn oci_hooks_from_a_hooks_dir_run_with_the_state_on_stdin() {
     hooked
         .annotations
         .insert("e2e.ferrio.dev/hook".into(), "yes".into());
-    let id = p.run(hooked).await;
+    let id = p.run_config(hooked).await;
     let state = std::fs::read_to_string(out.join("create-runtime.json"))
         .expect("the hook wrote the state it got on stdin");
     let state: serde_json::Value = serde_json::from_str(&state).expect("the state is JSON");
@@ -335,7 +203,7 @@ async fn oci_hooks_from_a_hooks_dir_run_with_the_state_on_stdin() {
     assert!(state["pid"].as_i64().unwrap_or(0) > 0, "{state}");
     let state = std::fs::read_to_string(out.join("poststart.json")).expect("poststart ran");
     assert!(state.contains(&id), "{state}");
-    p.stop_ctr(&id).await;
+    p.stop_ctr(&id, 2).await;
     wait_for_container_state(
         &mut p.cri,
         &id,
@@ -351,9 +219,9 @@ async fn oci_hooks_from_a_hooks_dir_run_with_the_state_on_stdin() {
         std::fs::remove_file(out.join(f)).unwrap();
     }
     let plain = p
-        .run(container_config("plain", BUSYBOX, &["sleep", "1000"]))
+        .run_config(container_config("plain", BUSYBOX, &["sleep", "1000"]))
         .await;
-    p.stop_ctr(&plain).await;
+    p.stop_ctr(&plain, 2).await;
     wait_for_container_state(
         &mut p.cri,
         &plain,
@@ -370,7 +238,7 @@ async fn oci_hooks_from_a_hooks_dir_run_with_the_state_on_stdin() {
 async fn cdi_devices_inject_a_device_node_an_env_var_and_a_mount() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let d = daemon_with_dirs(dir.path()).await;
-    let mut p = Pod::on(d, "cdi", |_| {}).await;
+    let mut p = Pod::on_with(d, "cdi", |_| {}).await;
     let share = dir.path().join("share");
     std::fs::create_dir_all(&share).unwrap();
     std::fs::write(share.join("marker"), "from the cdi spec\n").unwrap();
@@ -406,7 +274,7 @@ devices:
     by_field.cdi_devices = vec![CdiDevice {
         name: "e2e.ferrio.dev/test=null2".into(),
     }];
-    let id = p.run(by_field).await;
+    let id = p.run_config(by_field).await;
     let (code, out, err) = p.sh(&id, check).await;
     assert_eq!(code, 0, "{out} {err}");
     assert_eq!(out, "null2 e2e\nfrom the cdi spec\n");
@@ -416,7 +284,7 @@ devices:
     by_annotation
         .annotations
         .insert("cdi.k8s.io/e2e".into(), "e2e.ferrio.dev/test=null2".into());
-    let id = p.run(by_annotation).await;
+    let id = p.run_config(by_annotation).await;
     let (code, out, err) = p.sh(&id, check).await;
     assert_eq!(code, 0, "{out} {err}");
     assert_eq!(out, "null2 e2e\nfrom the cdi spec\n");
@@ -426,7 +294,7 @@ devices:
     unknown.cdi_devices = vec![CdiDevice {
         name: "e2e.ferrio.dev/test=nope".into(),
     }];
-    let e = p.create(unknown).await.unwrap_err();
+    let e = p.try_create(unknown).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     assert!(e.message().contains("e2e.ferrio.dev/test=nope"), "{e}");
     p.finish().await;

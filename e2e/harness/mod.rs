@@ -15,6 +15,7 @@ mod env;
 mod fixtures;
 mod leaks;
 pub mod nri_plugin;
+mod pod;
 mod sys;
 
 pub use client::Cri;
@@ -25,6 +26,7 @@ pub use fixtures::{
     stop_and_remove_pod, wait_for_container_state,
 };
 pub use leaks::LearnedPids;
+pub use pod::{Pod, BUSYBOX};
 
 /// A random lowercase hex string of `n` characters, for unique names.
 pub fn rand_hex(n: usize) -> String {
