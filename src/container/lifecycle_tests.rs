@@ -56,6 +56,8 @@ struct World {
     adjust_cgroups_path: Mutex<Option<String>>,
     /// The cgroup each monitor launch was handed, in order.
     launched_cgroups: Mutex<Vec<String>>,
+    /// Whether each monitor launch also starts its container (`run`), in order.
+    launched_runs: Mutex<Vec<bool>>,
 }
 
 /// Open (`true`) or holding every create back.
@@ -134,11 +136,18 @@ impl World {
     }
 }
 
-struct FakeRuntime(Arc<World>);
+struct FakeRuntime {
+    world: Arc<World>,
+    /// The handler's `defer_create`: containers are created in the runtime at StartContainer.
+    defer_create: bool,
+}
 
 impl Runtime for FakeRuntime {
     fn name(&self) -> &str {
         "fake"
+    }
+    fn defer_create(&self) -> bool {
+        self.defer_create
     }
     fn binary(&self) -> RuntimeBinary {
         RuntimeBinary {
@@ -148,7 +157,7 @@ impl Runtime for FakeRuntime {
         }
     }
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>> {
-        self.0.log(format!("start {id}"));
+        self.world.log(format!("start {id}"));
         Box::pin(async { Ok(()) })
     }
     fn kill<'a>(
@@ -157,20 +166,20 @@ impl Runtime for FakeRuntime {
         signal: i32,
         _all: bool,
     ) -> BoxFuture<'a, Result<(), OciError>> {
-        self.0.log(format!("kill {signal} {id}"));
-        if signal == libc::SIGKILL || !*self.0.ignores_stop_signal.lock().unwrap() {
-            self.0.exit(id, 128 + signal);
+        self.world.log(format!("kill {signal} {id}"));
+        if signal == libc::SIGKILL || !*self.world.ignores_stop_signal.lock().unwrap() {
+            self.world.exit(id, 128 + signal);
         }
         Box::pin(async { Ok(()) })
     }
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>> {
-        self.0.log(format!("delete {id}"));
-        self.0.known.lock().unwrap().remove(id);
+        self.world.log(format!("delete {id}"));
+        self.world.known.lock().unwrap().remove(id);
         Box::pin(async { Ok(()) })
     }
     fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<OciState>, OciError>> {
-        self.0.log(format!("state {id}"));
-        let known = self.0.known.lock().unwrap().contains(id);
+        self.world.log(format!("state {id}"));
+        let known = self.world.known.lock().unwrap().contains(id);
         Box::pin(async move {
             Ok(known.then(|| OciState {
                 status: "created".into(),
@@ -183,7 +192,7 @@ impl Runtime for FakeRuntime {
         id: &'a str,
         _resources: &'a oci_spec::runtime::LinuxResources,
     ) -> BoxFuture<'a, Result<(), OciError>> {
-        self.0.log(format!("update {id}"));
+        self.world.log(format!("update {id}"));
         Box::pin(async { Ok(()) })
     }
 }
@@ -234,6 +243,7 @@ impl MonitorLauncher for FakeLauncher {
                 .lock()
                 .unwrap()
                 .push(req.cgroup_path.clone().unwrap_or_default());
+            self.0.launched_runs.lock().unwrap().push(req.run);
             if self.0.fails_at(FailAt::Launch) {
                 return Err(MonitorError::Spawn {
                     id: req.id.clone(),
@@ -330,9 +340,11 @@ struct Node {
     layout: DiskLayout,
     pods: Arc<Pods>,
     containers: Arc<Containers>,
+    /// The fake runtime's `defer_create`, kept for the restarted daemon.
+    defer_create: bool,
 }
 
-fn context(dir: &Path, world: &Arc<World>) -> Arc<NodeContext> {
+fn context(dir: &Path, world: &Arc<World>, defer_create: bool) -> Arc<NodeContext> {
     let mut config = Config {
         root: dir.join("root"),
         runroot: dir.join("run"),
@@ -345,7 +357,10 @@ fn context(dir: &Path, world: &Arc<World>) -> Arc<NodeContext> {
         selinux: false,
         ..HostFeatures::default()
     };
-    let runtime: Arc<dyn Runtime> = Arc::new(FakeRuntime(world.clone()));
+    let runtime: Arc<dyn Runtime> = Arc::new(FakeRuntime {
+        world: world.clone(),
+        defer_create,
+    });
     Arc::new(NodeContext {
         config: LiveConfig::new(config),
         apparmor: crate::oci::apparmor::AppArmor::for_host(false),
@@ -361,9 +376,18 @@ fn context(dir: &Path, world: &Arc<World>) -> Arc<NodeContext> {
 
 impl Node {
     async fn new() -> Node {
+        Node::with_defer_create(false).await
+    }
+
+    /// A node whose runtime creates containers at StartContainer, with one `run`.
+    async fn deferring() -> Node {
+        Node::with_defer_create(true).await
+    }
+
+    async fn with_defer_create(defer_create: bool) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let world = Arc::new(World::default());
-        let ctx = context(dir.path(), &world);
+        let ctx = context(dir.path(), &world, defer_create);
         let root = dir.path().join("root");
         let images = Arc::new(ImageStore::open(&root.join("images")).unwrap());
         let mut image = ImageInfo {
@@ -416,12 +440,13 @@ impl Node {
             world,
             pods,
             containers,
+            defer_create,
         }
     }
 
     /// The same node after a daemon restart: records reloaded from disk, nothing in memory.
     async fn restarted(&self) -> Arc<Containers> {
-        let ctx = context(self.dir.path(), &self.world);
+        let ctx = context(self.dir.path(), &self.world, self.defer_create);
         let root = self.dir.path().join("root");
         let images = self.containers.images.clone();
         let (table, broken) = Table::open(&root.join("containers")).unwrap();
@@ -889,4 +914,273 @@ async fn lifecycle_recovery_of_a_creating_record_the_runtime_does_not_know() {
     );
     assert!(restarted.table.list().is_empty());
     assert_eq!(restarted.names.get(&name_key("app")), None);
+}
+
+/// The bundle's spec of container `id`, as the runtime's `run` would read it.
+fn bundle_spec(node: &Node, id: &str) -> serde_json::Value {
+    let path = node.layout.container(id).bundle().join("config.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// With `defer_create`, CreateContainer prepares the bundle only: no monitor, no runtime verb.
+#[tokio::test]
+async fn lifecycle_deferred_create_leaves_the_runtime_alone() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    assert!(node.world.calls().is_empty(), "{:?}", node.world.calls());
+    assert!(node.world.launched_runs.lock().unwrap().is_empty());
+    let st = node.get(&id).status();
+    assert_eq!(st.state(), ContainerState::Created);
+    assert!(st.deferred);
+    assert!(st.awaiting_run());
+    assert!(!st.monitor().is_set());
+    assert_eq!(st.pid, 0);
+    assert!(node
+        .layout
+        .container(&id)
+        .bundle()
+        .join("config.json")
+        .is_file());
+}
+
+/// StartContainer of a deferred container is one monitor launch that runs it, and no `start`.
+#[tokio::test]
+async fn lifecycle_deferred_start_runs_the_container_through_its_monitor() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    node.containers.start(&id).await.unwrap();
+    assert_eq!(*node.world.launched_runs.lock().unwrap(), [true]);
+    assert_eq!(node.world.calls(), [format!("launch {id}")]);
+    let st = node.get(&id).status();
+    assert_eq!(st.state(), ContainerState::Running);
+    assert!(!st.deferred);
+    assert!(!st.awaiting_run());
+    assert!(st.monitor().is_set());
+    assert_eq!(st.pid, 42);
+    assert!(node.world.known.lock().unwrap().contains(&id));
+    // Its exit is watched as an eagerly created container's is.
+    node.world.exit(&id, 3);
+    let c = node.get(&id);
+    eventually("the exit is recorded", move || {
+        c.status().state() == ContainerState::Exited
+    })
+    .await;
+    assert_eq!(node.get(&id).status().exit_code, 3);
+}
+
+/// A run that fails leaves the container created and deferred, with nothing of the attempt in
+/// the runtime; a later StartContainer runs it.
+#[tokio::test]
+async fn lifecycle_deferred_start_that_fails_leaves_the_container_created() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    *node.world.fail_at.lock().unwrap() = Some(FailAt::Create);
+    let err = node.containers.start(&id).await.unwrap_err().to_string();
+    assert!(err.contains("fake create failed"), "{err}");
+    assert_eq!(
+        node.world.calls(),
+        [format!("launch {id}"), format!("delete {id}")]
+    );
+    assert!(
+        node.world.known.lock().unwrap().is_empty(),
+        "left in the runtime"
+    );
+    let st = node.get(&id).status();
+    assert_eq!(st.state(), ContainerState::Created);
+    assert!(st.deferred);
+    assert!(!st.monitor().is_set());
+    assert!(st.awaiting_run());
+    assert_eq!(st.pid, 0);
+
+    *node.world.fail_at.lock().unwrap() = None;
+    node.containers.start(&id).await.unwrap();
+    assert_eq!(*node.world.launched_runs.lock().unwrap(), [true, true]);
+    assert!(node.world.calls_of("start").is_empty());
+    let st = node.get(&id).status();
+    assert_eq!(st.state(), ContainerState::Running);
+    assert!(!st.deferred);
+    assert_eq!(st.pid, 42);
+}
+
+/// StopContainer of a deferred container that was never started asks the runtime nothing, and
+/// RemoveContainer after it deletes nothing there.
+#[tokio::test]
+async fn lifecycle_deferred_stop_and_remove_before_start_ask_the_runtime_nothing() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    let c = node.get(&id);
+    node.containers.stop(&c, 30).await.unwrap();
+    let st = c.status();
+    assert_eq!(st.state(), ContainerState::Exited);
+    assert_eq!(st.exit_code, 128 + libc::SIGKILL);
+    assert!(
+        st.message.contains("before it was started"),
+        "{}",
+        st.message
+    );
+    assert!(st.runtime_deleted);
+    assert!(node.world.calls().is_empty(), "{:?}", node.world.calls());
+    node.containers.remove(&c).await.unwrap();
+    assert!(node.world.calls().is_empty(), "{:?}", node.world.calls());
+    let (layout, id2) = (node.layout.clone(), id.clone());
+    eventually("the removed directories are deleted", move || {
+        !layout.container(&id2).run_dir.exists()
+            && std::fs::read_dir(layout.overlay_base()).is_ok_and(|d| d.count() == 0)
+    })
+    .await;
+    node.assert_gone(&id, "app");
+}
+
+/// RemoveContainer of a deferred container that was never stopped needs no runtime either.
+#[tokio::test]
+async fn lifecycle_deferred_remove_before_start_asks_the_runtime_nothing() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    node.containers.remove(&node.get(&id)).await.unwrap();
+    assert!(node.world.calls().is_empty(), "{:?}", node.world.calls());
+    assert!(node.containers.table.list().is_empty());
+}
+
+/// UpdateContainerResources before a deferred container runs writes the limits into the spec
+/// its `run` reads.
+#[tokio::test]
+async fn lifecycle_deferred_update_before_start_edits_the_bundle() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    let limit = 64 << 20;
+    node.containers
+        .update_resources(
+            &id,
+            crate::container::record::Resources {
+                memory_limit_in_bytes: limit,
+                cpu_shares: 512,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(node.world.calls().is_empty(), "{:?}", node.world.calls());
+    let spec = bundle_spec(&node, &id);
+    let resources = &spec["linux"]["resources"];
+    assert_eq!(resources["memory"]["limit"], limit, "{resources}");
+    assert_eq!(resources["cpu"]["shares"], 512, "{resources}");
+    let st = node.get(&id).status();
+    assert_eq!(
+        st.resources.map(|r| r.memory_limit_in_bytes),
+        Some(limit),
+        "recorded for ContainerStatus"
+    );
+    // Once it runs, an update goes through the runtime.
+    node.containers.start(&id).await.unwrap();
+    node.containers
+        .update_resources(
+            &id,
+            crate::container::record::Resources {
+                memory_limit_in_bytes: 2 * limit,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(node.world.calls_of("update"), [format!("update {id}")]);
+}
+
+/// After a restart, a deferred container nobody started is still created, and the runtime is
+/// asked nothing about it.
+#[tokio::test]
+async fn lifecycle_recovery_keeps_a_deferred_container_that_was_never_started() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    let restarted = node.restarted().await;
+    restarted.recover().await;
+    assert!(node.world.calls().is_empty(), "{:?}", node.world.calls());
+    let st = restarted.get(&id).unwrap().status();
+    assert_eq!(st.state(), ContainerState::Created);
+    assert!(st.awaiting_run());
+    // And the restarted daemon starts it.
+    restarted.start(&id).await.unwrap();
+    assert_eq!(
+        restarted.get(&id).unwrap().status().state(),
+        ContainerState::Running
+    );
+    assert_eq!(*node.world.launched_runs.lock().unwrap(), [true]);
+}
+
+/// A daemon killed while a deferred container's monitor runs it leaves the monitor on record:
+/// recovery ends the run through the runtime and records the container exited, so it never
+/// runs twice.
+#[tokio::test]
+async fn lifecycle_recovery_ends_a_deferred_start_the_daemon_kill_cut_short() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    let held = node.world.hold_create.close();
+    let mut start = Box::pin({
+        let (c, id) = (node.containers.clone(), id.clone());
+        async move { c.start(&id).await }
+    });
+    let c = node.get(&id);
+    let on_record = eventually("the monitor is on record", move || {
+        c.status().monitor().is_set()
+    });
+    tokio::select! {
+        r = &mut start => panic!("the start finished while held: {r:?}"),
+        () = on_record => {}
+    }
+    // The daemon dies here. The runtime got as far as knowing the container.
+    std::mem::forget(start);
+    drop(held);
+    node.world.known.lock().unwrap().insert(id.clone());
+    node.world.calls.lock().unwrap().clear();
+
+    let restarted = node.restarted().await;
+    assert!(restarted.get(&id).unwrap().status().deferred);
+    restarted.recover().await;
+    assert_eq!(
+        node.world.calls(),
+        [
+            format!("state {id}"),
+            format!("kill {} {id}", libc::SIGKILL),
+            format!("delete {id}")
+        ]
+    );
+    assert!(node.world.known.lock().unwrap().is_empty());
+    let st = restarted.get(&id).unwrap().status();
+    assert_eq!(st.state(), ContainerState::Exited);
+    assert_eq!(st.exit_code, 255);
+    assert!(st.runtime_deleted);
+    // Removing it asks the runtime nothing more.
+    restarted
+        .remove(&restarted.get(&id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(node.world.calls_of("delete").len(), 1);
+    assert!(restarted.table.list().is_empty());
+}
+
+/// A daemon killed after the monitor was up but before the record named it leaves only the
+/// monitor's handle file: recovery treats that start as cut short too.
+#[tokio::test]
+async fn lifecycle_recovery_ends_a_deferred_start_known_by_its_handle_file() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    let paths = node.layout.container(&id);
+    std::fs::write(paths.handle_file(), "").unwrap();
+    node.world.known.lock().unwrap().insert(id.clone());
+
+    let restarted = node.restarted().await;
+    let st = restarted.get(&id).unwrap().status();
+    assert!(!st.monitor().is_set());
+    restarted.recover().await;
+    assert_eq!(
+        node.world.calls(),
+        [
+            format!("state {id}"),
+            format!("kill {} {id}", libc::SIGKILL),
+            format!("delete {id}")
+        ]
+    );
+    assert!(node.world.known.lock().unwrap().is_empty());
+    let st = restarted.get(&id).unwrap().status();
+    assert_eq!(st.state(), ContainerState::Exited);
+    assert_eq!(st.exit_code, 255);
 }
