@@ -1026,6 +1026,7 @@ async fn lifecycle_deferred_stop_and_remove_before_start_ask_the_runtime_nothing
     eventually("the removed directories are deleted", move || {
         !layout.container(&id2).run_dir.exists()
             && std::fs::read_dir(layout.overlay_base()).is_ok_and(|d| d.count() == 0)
+            && std::fs::read_dir(layout.containers_run_base()).is_ok_and(|d| d.count() == 0)
     })
     .await;
     node.assert_gone(&id, "app");
