@@ -1494,11 +1494,8 @@ impl Containers {
         let st = rec.status();
         let paths = self.context.layout.container(&rec.id);
         let handle_file = paths.handle_file();
-        let hf = handle_file.clone();
-        let launched = st.monitor().is_set()
-            || tokio::task::spawn_blocking(move || hf.exists())
-                .await
-                .unwrap_or(true);
+        let launched =
+            st.monitor().is_set() || self.handle_file_names_a_start(rec, &handle_file).await;
         if !launched {
             return;
         }
@@ -1530,6 +1527,31 @@ impl Containers {
             .await;
         if let Err(e) = r {
             tracing::warn!(id = %rec.id, error = %e, "cannot record an interrupted start");
+        }
+    }
+
+    /// Whether the handle file of a deferred container with no monitor on record stands for a
+    /// start a daemon kill cut short before the record named its monitor: the monitor still
+    /// holds it, or the runtime knows the container. A failed start leaves the file too, with
+    /// its monitor gone and the runtime's container deleted; that container is still created.
+    async fn handle_file_names_a_start(&self, rec: &Container, handle_file: &Path) -> bool {
+        let (hf, monitors) = (handle_file.to_path_buf(), self.context.monitors.clone());
+        let monitor_lives = tokio::task::spawn_blocking(move || {
+            hf.exists().then(|| {
+                monitors
+                    .find(&hf, monitor::ProcessHandle::default())
+                    .is_some()
+            })
+        })
+        .await
+        .unwrap_or(Some(true));
+        match monitor_lives {
+            None => false,
+            Some(true) => true,
+            Some(false) => match self.runtime_of(rec) {
+                Ok(runtime) => !matches!(runtime.state(&rec.id).await, Ok(None)),
+                Err(_) => true,
+            },
         }
     }
 

@@ -244,6 +244,10 @@ impl MonitorLauncher for FakeLauncher {
                 .unwrap()
                 .push(req.cgroup_path.clone().unwrap_or_default());
             self.0.launched_runs.lock().unwrap().push(req.run);
+            // As a real launch does, before the monitor runs: it stays when the monitor is gone.
+            if let Some(path) = &req.handle_file {
+                std::fs::write(path, "").unwrap();
+            }
             if self.0.fails_at(FailAt::Launch) {
                 return Err(MonitorError::Spawn {
                     id: req.id.clone(),
@@ -1172,9 +1176,11 @@ async fn lifecycle_recovery_ends_a_deferred_start_known_by_its_handle_file() {
     let st = restarted.get(&id).unwrap().status();
     assert!(!st.monitor().is_set());
     restarted.recover().await;
+    // Asked once whether it knows the container at all, then as any half-created one.
     assert_eq!(
         node.world.calls(),
         [
+            format!("state {id}"),
             format!("state {id}"),
             format!("kill {} {id}", libc::SIGKILL),
             format!("delete {id}")
@@ -1184,4 +1190,33 @@ async fn lifecycle_recovery_ends_a_deferred_start_known_by_its_handle_file() {
     let st = restarted.get(&id).unwrap().status();
     assert_eq!(st.state(), ContainerState::Exited);
     assert_eq!(st.exit_code, 255);
+}
+
+/// A failed run leaves its monitor's handle file behind, yet no start is under way: after a
+/// restart the container is still created, and the restarted daemon runs it.
+#[tokio::test]
+async fn lifecycle_recovery_keeps_a_deferred_container_whose_start_failed() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    *node.world.fail_at.lock().unwrap() = Some(FailAt::Create);
+    node.containers.start(&id).await.unwrap_err();
+    *node.world.fail_at.lock().unwrap() = None;
+    assert!(node.layout.container(&id).handle_file().exists());
+    node.world.calls.lock().unwrap().clear();
+
+    let restarted = node.restarted().await;
+    restarted.recover().await;
+    assert!(
+        node.world.calls_of("kill").is_empty() && node.world.calls_of("delete").is_empty(),
+        "{:?}",
+        node.world.calls()
+    );
+    let st = restarted.get(&id).unwrap().status();
+    assert_eq!(st.state(), ContainerState::Created, "{}", st.message);
+    assert!(st.awaiting_run());
+    restarted.start(&id).await.unwrap();
+    assert_eq!(
+        restarted.get(&id).unwrap().status().state(),
+        ContainerState::Running
+    );
 }
