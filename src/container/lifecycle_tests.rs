@@ -1006,6 +1006,31 @@ async fn lifecycle_deferred_start_that_fails_leaves_the_container_created() {
     assert_eq!(st.pid, 42);
 }
 
+/// A second StartContainer while the first one's run is under way is refused rather than
+/// racing it with a second `run` of the same id.
+#[tokio::test]
+async fn lifecycle_deferred_start_while_one_runs_is_refused() {
+    let node = Node::deferring().await;
+    let id = node.create("app").await.unwrap();
+    let held = node.world.hold_create.close();
+    let first = tokio::spawn({
+        let (c, id) = (node.containers.clone(), id.clone());
+        async move { c.start(&id).await }
+    });
+    let c = node.get(&id);
+    eventually("the monitor is on record", move || {
+        c.status().monitor().is_set()
+    })
+    .await;
+    let err = node.containers.start(&id).await.unwrap_err().to_string();
+    assert!(err.contains("being started already"), "{err}");
+    assert!(!first.is_finished());
+    drop(held);
+    first.await.unwrap().unwrap();
+    assert_eq!(*node.world.launched_runs.lock().unwrap(), [true]);
+    assert_eq!(node.get(&id).status().state(), ContainerState::Running);
+}
+
 /// StopContainer of a deferred container that was never started asks the runtime nothing, and
 /// RemoveContainer after it deletes nothing there.
 #[tokio::test]
