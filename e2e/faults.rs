@@ -1142,6 +1142,75 @@ async fn a_deferred_create_whose_run_fails_stays_created_and_leaves_nothing() {
     assert_no_leaks_soon(&d, &learned).await;
 }
 
+/// A failed run leaves its monitor's handle file behind: a daemon restarted after it still
+/// finds the container created (not a start the restart cut short), and starts it.
+#[tokio::test]
+async fn a_deferred_container_whose_run_failed_is_still_created_after_a_restart() {
+    let tools = tempfile::Builder::new()
+        .prefix("ferrio-faults-run-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let wrapper = faulty_runtime(tools.path());
+    let fail_create = tools.path().join("fail-create");
+    let d = Daemon::start(Opts {
+        configure: Some(Box::new(move |c| {
+            c.runtime.runtimes.insert(
+                "faulty".into(),
+                RuntimeHandler {
+                    runtime_path: wrapper.clone(),
+                    ..Default::default()
+                },
+            );
+        })),
+        ..Default::default()
+    })
+    .await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let mut learned = LearnedPids::default();
+    pull(&mut cri, BUSYBOX).await.expect("PullImage");
+    let pod_cfg = pod_config(&env, "deferred-restart");
+    let pod = run_pod(&mut cri, &pod_cfg, "faulty")
+        .await
+        .expect("RunPodSandbox");
+    learn_all(&env, &mut learned);
+
+    std::fs::write(&fail_create, "").unwrap();
+    let cfg = container_config("app", BUSYBOX, &["sleep", "1000"]);
+    let id = create(&mut cri, &pod, &pod_cfg, cfg)
+        .await
+        .expect("CreateContainer does not run the runtime");
+    start(&mut cri, &id)
+        .await
+        .expect_err("StartContainer with a runtime whose run fails");
+
+    drop(cri);
+    let status = d.stop();
+    assert!(status.success(), "ferrio exits 0 on SIGTERM: {status}");
+    let d = Daemon::start_on(&env).await;
+    let mut cri = d.client().await;
+    let (st, _) = container_status(&mut cri, &id).await;
+    assert_eq!(
+        st.state,
+        ContainerState::ContainerCreated as i32,
+        "a container whose run failed is still created after a restart: {st:?}"
+    );
+    std::fs::remove_file(&fail_create).unwrap();
+    start(&mut cri, &id)
+        .await
+        .expect("StartContainer of the same container on the restarted daemon");
+    wait_for_container_state(
+        &mut cri,
+        &id,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await;
+    learn_all(&env, &mut learned);
+    assert_eq!(stop_and_remove_everything(&mut cri).await, 0);
+    assert_no_leaks_soon(&d, &learned).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // A registry that drops the connection mid-blob.
 
