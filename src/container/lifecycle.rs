@@ -1486,50 +1486,111 @@ impl Containers {
     }
 
     /// A deferred container whose StartContainer a daemon kill cut short has a monitor (on
-    /// record, or found by its handle file) that may have run it: the run is ended through the
-    /// runtime as a half-created object's create is, and the container is recorded as exited,
-    /// so kubelet starts a new one rather than this one twice. One with no monitor stays
+    /// record, or named by its handle file) that may have run it. The run is let end as a
+    /// half-created object's create is; if the runtime then has the container (running, or
+    /// already exited) it is adopted as started, as an interrupted start of a created container
+    /// is; otherwise whatever the attempt left in the runtime is deleted and the container is
+    /// created again, so a retried start runs it once. One whose start never began stays
     /// created.
-    async fn recover_deferred(&self, rec: &Arc<Container>) {
+    async fn recover_deferred(self: &Arc<Self>, rec: &Arc<Container>) {
         let st = rec.status();
         let paths = self.context.layout.container(&rec.id);
         let handle_file = paths.handle_file();
         let hf = handle_file.clone();
-        let launched = st.monitor().is_set()
-            || tokio::task::spawn_blocking(move || hf.exists())
-                .await
-                .unwrap_or(true);
-        if !launched {
+        let named = tokio::task::spawn_blocking(move || {
+            std::fs::read_to_string(&hf)
+                .ok()
+                .and_then(|t| monitor::ProcessHandle::parse_line(&t))
+        })
+        .await
+        .ok()
+        .flatten();
+        let handle = if st.monitor().is_set() {
+            st.monitor()
+        } else {
+            named.unwrap_or_default()
+        };
+        if !handle.is_set() {
             return;
         }
-        tracing::info!(id = %rec.id, "ending a start the daemon's restart cut short");
-        match self.runtime_of(rec) {
-            Ok(runtime) => {
-                let half = HalfCreated {
-                    id: rec.id.clone(),
-                    monitor: st.monitor(),
-                    handle_file,
-                    pid_file: paths.pid_file(),
-                };
-                let monitors = self.context.monitors.clone();
-                half_created::reap(&half, &*runtime, monitors, Patience::default()).await;
-            }
+        let runtime = match self.runtime_of(rec) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(id = %rec.id, error = %e, "no runtime to end an interrupted start with")
+                tracing::warn!(id = %rec.id, error = %e, "no runtime to end an interrupted start with");
+                return;
             }
+        };
+        let half = HalfCreated {
+            id: rec.id.clone(),
+            monitor: handle,
+            handle_file,
+            pid_file: paths.pid_file(),
+        };
+        let monitors = self.context.monitors.clone();
+        let ended =
+            half_created::let_create_end(&half, monitors.clone(), Patience::default()).await;
+        let ran = !ended.as_ref().is_some_and(|(_, stopped)| *stopped);
+        let state = runtime.state(&rec.id).await;
+        let started = match &state {
+            Ok(Some(s)) if ran && matches!(s.status.as_str(), "running" | "paused" | "stopped") => {
+                let pid_file = paths.pid_file();
+                let pid = if s.pid > 0 {
+                    Some(s.pid)
+                } else {
+                    tokio::fs::read_to_string(&pid_file)
+                        .await
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                };
+                pid
+            }
+            _ => None,
+        };
+        if let Some(pid) = started {
+            let now = now_ns();
+            let r = rec
+                .update_with(Durability::Crash, |s| {
+                    s.monitor_pid = handle.pid;
+                    s.monitor_start_time = handle.start_time;
+                    s.pid = pid;
+                    s.deferred = false;
+                    if s.started_at == 0 {
+                        s.started_at = now;
+                    }
+                })
+                .await;
+            match r {
+                Ok(_) => {
+                    tracing::info!(id = %rec.id, "container started while the daemon went down")
+                }
+                Err(e) => {
+                    tracing::warn!(id = %rec.id, error = %e, "cannot record an interrupted start")
+                }
+            }
+            if let Ok(sandbox) = self.pods.get(&rec.meta.sandbox_id) {
+                self.context
+                    .keep_monitor_in_scope(&rec.id, handle, &sandbox.meta.cgroup_parent);
+            }
+            // wait_exit returns at once with the exit file when the monitor is gone.
+            self.watch_exit(rec.clone());
+            return;
+        }
+        tracing::info!(id = %rec.id, "undoing a start the daemon's restart cut short");
+        drop(ended);
+        half_created::reap(&half, &*runtime, monitors, Patience::default()).await;
+        // The attempt's answers must not be read as the next one's.
+        for stale in [paths.pid_file(), paths.exit_file()] {
+            let _ = tokio::fs::remove_file(stale).await;
         }
         let r = rec
             .update_with(Durability::Crash, |s| {
-                if s.finished_at == 0 {
-                    s.finished_at = now_ns();
-                    s.exit_code = 255;
-                    s.message = "the daemon restarted while starting it".into();
-                    s.runtime_deleted = true;
-                }
+                s.monitor_pid = 0;
+                s.monitor_start_time = 0;
+                s.pid = 0;
             })
             .await;
         if let Err(e) = r {
-            tracing::warn!(id = %rec.id, error = %e, "cannot record an interrupted start");
+            tracing::warn!(id = %rec.id, error = %e, "cannot record an undone start");
         }
     }
 
