@@ -908,7 +908,8 @@ async fn a_killed_monitor_is_reported_and_the_container_still_stops_and_goes() {
 // An OCI runtime that fails create or start.
 
 /// A runtime wrapper: refuses `create` / `start` while `fail-create` / `fail-start` exist next to
-/// it, with a message on stderr, and is runc otherwise.
+/// it, with a message on stderr, and is runc otherwise. `run` is a create and a start, so it
+/// fails as either would.
 fn faulty_runtime(dir: &Path) -> PathBuf {
     let path = dir.join("faulty-runc");
     let script = format!(
@@ -916,11 +917,15 @@ fn faulty_runtime(dir: &Path) -> PathBuf {
          # ferrio fault test: an OCI runtime that fails on demand.\n\
          for a in \"$@\"; do\n\
            case \"$a\" in\n\
-             create|start)\n\
-               if [ -e '{dir}/fail-'\"$a\" ]; then\n\
-                 echo \"faulty-runc: injected $a failure\" >&2\n\
-                 exit 3\n\
-               fi\n\
+             create|start|run)\n\
+               for v in create start; do\n\
+                 if [ \"$a\" = \"$v\" ] || [ \"$a\" = run ]; then\n\
+                   if [ -e '{dir}/fail-'\"$v\" ]; then\n\
+                     echo \"faulty-runc: injected $v failure\" >&2\n\
+                     exit 3\n\
+                   fi\n\
+                 fi\n\
+               done\n\
                break ;;\n\
            esac\n\
          done\n\

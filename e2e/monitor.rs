@@ -101,6 +101,7 @@ impl Bundle {
             stdin_once: false,
             cgroup_v1_view: false,
             scope: None,
+            run: false,
         }
     }
 
@@ -265,6 +266,26 @@ async fn stdout_and_stderr_are_logged_and_the_exit_code_recorded() {
         ]
     );
     assert_eq!(monitor::read_exit(&b.path("exit")).unwrap(), Some(rec));
+}
+
+/// With `run` the monitor's one runtime process creates and starts the container: no `start`,
+/// and a process that exits before the runtime returns is still recorded with its code.
+#[tokio::test]
+async fn run_creates_and_starts_in_one_runtime_process() {
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", "echo out; exit 5"]);
+    let req = MonitorSpawn {
+        run: true,
+        ..b.request()
+    };
+    let spawned = monitor::spawn(&req).await.expect("spawn with run");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    assert!(spawned.container_pid > 0);
+    let rec = b.wait(&spawned).await;
+    assert_eq!(rec.exit_code, 5);
+    assert_eq!(
+        b.log_records(),
+        vec![("stdout".into(), "F".into(), "out".into())]
+    );
 }
 
 #[tokio::test]

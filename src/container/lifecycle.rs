@@ -947,6 +947,7 @@ impl Containers {
             stdin_once: req.stdin_once,
             cgroup_v1_view: binary.cgroup_view.is_some(),
             scope: self.context.monitor_scope(&sandbox.meta.cgroup_parent),
+            run: false,
         };
         let launched = self.context.monitors.launch(&spawn_req).await?;
         // The monitor is on record before the runtime's create ends, so that a restarted

@@ -140,6 +140,9 @@ pub struct MonitorSpawn {
     pub cgroup_v1_view: bool,
     /// Where systemd is PID 1: the monitor leaves the daemon's cgroup for a scope of its own.
     pub scope: Option<MonitorScope>,
+    /// Start the container too (`<runtime> run --detach`): [`Launched::created`] then means
+    /// running.
+    pub run: bool,
 }
 
 /// The systemd scope a monitor is moved into as soon as it reports its pid, so that it leaves
@@ -245,6 +248,7 @@ pub async fn launch(req: &MonitorSpawn) -> Result<Launched, MonitorError> {
             .as_deref()
             .is_some_and(|p| !p.starts_with('/') && p.split(':').count() == 3),
         cgroup_v1_view: req.cgroup_v1_view,
+        run: req.run,
     };
     let spawn_err = |source: io::Error| MonitorError::Spawn {
         id: id.clone(),

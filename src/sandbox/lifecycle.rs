@@ -210,6 +210,10 @@ pub struct SandboxStatus {
     pub network_attached: bool,
     /// The pause container exists in the OCI runtime.
     pub pause_created: bool,
+    /// The pause exited and StopPodSandbox has deleted it from the runtime and unmounted its
+    /// rootfs, so RemovePodSandbox need not.
+    #[serde(default)]
+    pub pause_deleted: bool,
     /// The CNI result of the last plugin, for PodSandboxStatus's verbose info.
     #[serde(default)]
     pub network_result: Option<serde_json::Value>,
@@ -1000,10 +1004,13 @@ impl Pods {
             stdin_once: false,
             cgroup_v1_view: binary.cgroup_view.is_some(),
             scope: self.context.monitor_scope(&rec.meta.cgroup_parent),
+            // Nothing happens between the pause's create and its start: one runtime process
+            // (`run --detach`) does both.
+            run: true,
         };
         let launched = self.context.monitors.launch(&req).await?;
         // Pids are facts of this boot: no fsync. The monitor is on record before the runtime's
-        // create ends, so that a restarted daemon knows whom to wait for.
+        // run ends, so that a restarted daemon knows whom to wait for.
         let handle = launched.monitor();
         rec.update_with(Durability::Crash, |s| {
             s.monitor_pid = handle.pid;
@@ -1016,7 +1023,6 @@ impl Pods {
             s.pause_pid = spawned.container_pid;
         })
         .await?;
-        runtime.start(id).await?;
         Ok(())
     }
 
@@ -1109,26 +1115,48 @@ impl Pods {
         Ok(())
     }
 
-    /// SIGKILL to the pause and wait for its monitor to record the exit, unless it did.
+    /// SIGKILL to the pause and wait for its monitor to record the exit, unless it did; then
+    /// delete it from the runtime and unmount its rootfs, unless that is done.
     async fn stop_pause(&self, rec: &Arc<Sandbox>) -> Result<(), SandboxError> {
         let st = rec.status();
+        if !st.pause_created || st.pause_deleted {
+            return Ok(());
+        }
         // The exit file is the monitor's last act: with it the pause is gone and a second
         // kill (Remove after Stop) would only cost a runtime call.
         let exit_file = self.exit_file(&rec.id);
-        if !st.pause_created || tokio::fs::try_exists(&exit_file).await.unwrap_or(false) {
-            return Ok(());
-        }
+        let exited = || async { tokio::fs::try_exists(&exit_file).await.unwrap_or(false) };
         let runtime = self.runtime_of(&rec.id, &rec.meta.runtime_handler)?;
-        // Not `--all`: the pause is alone in its cgroup (runc would freeze it to find more),
-        // and in a shared pid namespace killing it, PID 1, ends the rest.
-        runtime.kill(&rec.id, libc::SIGKILL, false).await?;
-        if st.monitor().is_set() {
-            let _ = tokio::time::timeout(
-                PAUSE_KILL_WAIT,
-                self.context.monitors.wait_exit(st.monitor(), &exit_file),
-            )
-            .await;
+        if !exited().await {
+            // Not `--all`: the pause is alone in its cgroup (runc would freeze it to find more),
+            // and in a shared pid namespace killing it, PID 1, ends the rest.
+            runtime.kill(&rec.id, libc::SIGKILL, false).await?;
+            if st.monitor().is_set() {
+                let _ = tokio::time::timeout(
+                    PAUSE_KILL_WAIT,
+                    self.context.monitors.wait_exit(st.monitor(), &exit_file),
+                )
+                .await;
+            }
+            if !exited().await {
+                // RemovePodSandbox deletes it through the runtime, whatever its state.
+                return Ok(());
+            }
         }
+        // The pause is gone: its runtime state and rootfs go now, beside the CNI DEL that
+        // takes most of a stop, rather than in RemovePodSandbox after it.
+        runtime.delete(&rec.id).await?;
+        let ov = self.overlay_dir(&rec.id);
+        let mounts = self.context.rootfs.clone();
+        tokio::task::spawn_blocking(move || mounts.remove(&ov))
+            .await
+            .map_err(|e| SandboxError::Io {
+                path: self.overlay_dir(&rec.id),
+                source: std::io::Error::other(e),
+            })??;
+        // Crash durability: a power loss that undoes this only repeats an idempotent delete.
+        rec.update_with(Durability::Crash, |s| s.pause_deleted = true)
+            .await?;
         Ok(())
     }
 
@@ -1169,7 +1197,7 @@ impl Pods {
             path: self.overlay_dir(&id),
             source: std::io::Error::other(e),
         };
-        if rec.status().pause_created {
+        if rec.status().pause_created && !rec.status().pause_deleted {
             let runtime = self.runtime_of(&id, &rec.meta.runtime_handler)?;
             let exited = tokio::fs::try_exists(self.exit_file(&id))
                 .await

@@ -13,8 +13,10 @@
 //!    reaps it) so that the monitor is not the daemon's child.
 //! 2. The second process detaches (setsid), becomes a child subreaper (the container's init is
 //!    reparented to it when the runtime's intermediate processes exit), sends `Started`, creates
-//!    the stdio pipes and runs `<runtime> create`.
-//! 3. When create exits it sends `Created {pid}` or `Failed {error}` and closes the sync pipe.
+//!    the stdio pipes and runs `<runtime> create` (with `--run`: `<runtime> run --detach`, which
+//!    also starts it).
+//! 3. When the runtime exits it sends `Created {pid}` or `Failed {error}` and closes the sync
+//!    pipe.
 //! 4. It copies output into the CRI log and reaps every child; when the container's init is
 //!    reaped and its pipes are at EOF (or a short grace period passed) it writes the exit file
 //!    atomically and exits.
@@ -292,10 +294,14 @@ impl Monitor {
             .arg("--log")
             .arg(&runtime_log)
             .arg("--log-format")
-            .arg("json")
-            .arg("create")
-            .arg("--bundle")
-            .arg(&args.bundle);
+            .arg("json");
+        if args.run {
+            // Created and started in one runtime process; the init runs once it returns.
+            cmd.arg("run").arg("--detach");
+        } else {
+            cmd.arg("create");
+        }
+        cmd.arg("--bundle").arg(&args.bundle);
         if let Some(c) = &console_arg {
             cmd.arg("--console-socket").arg(c);
         }
@@ -766,8 +772,9 @@ impl Monitor {
             return printed.to_string();
         }
         format!(
-            "{} create exited with status {code}",
-            self.args.runtime_path.display()
+            "{} {} exited with status {code}",
+            self.args.runtime_path.display(),
+            if self.args.run { "run" } else { "create" }
         )
     }
 

@@ -28,7 +28,8 @@ pub enum SyncMessage {
     /// The detached monitor is up; `monitor_pid` is the process that will write the exit file,
     /// `start_time` its start time (field 22 of its `/proc/<pid>/stat`).
     Started { monitor_pid: i32, start_time: u64 },
-    /// `<runtime> create` succeeded; `pid` is the container's init as read from the pid file.
+    /// `<runtime> create` (or `run`) succeeded; `pid` is the container's init as read from the
+    /// pid file.
     Created { pid: i32 },
     /// Setup or `<runtime> create` failed; `error` is the runtime's own message where it gave one.
     Failed { error: String },
@@ -89,6 +90,9 @@ pub struct MonitorArgs {
     /// Run the runtime in a private mount namespace whose /sys/fs/cgroup holds the v1
     /// hierarchies only (crun on a cgroup v1 hybrid host; see `sys::CgroupV1View`).
     pub cgroup_v1_view: bool,
+    /// Start the container as well: `<runtime> run --detach` instead of `<runtime> create`, for
+    /// a container that is started as soon as it exists (one runtime process instead of two).
+    pub run: bool,
 }
 
 /// A command line the monitor could not understand.
@@ -140,6 +144,9 @@ impl MonitorArgs {
         if self.cgroup_v1_view {
             v.push("--cgroup-v1-view".into());
         }
+        if self.run {
+            v.push("--run".into());
+        }
         v
     }
 
@@ -170,6 +177,10 @@ impl MonitorArgs {
                 }
                 "--cgroup-v1-view" => {
                     a.cgroup_v1_view = true;
+                    continue;
+                }
+                "--run" => {
+                    a.run = true;
                     continue;
                 }
                 "--id" => "--id",
@@ -271,8 +282,18 @@ mod tests {
             stdin_once: true,
             systemd_cgroup: true,
             cgroup_v1_view: true,
+            run: true,
         };
         assert_eq!(MonitorArgs::parse(a.to_args()).unwrap(), a);
+        let created_only = MonitorArgs {
+            run: false,
+            ..a.clone()
+        };
+        assert!(!created_only.to_args().contains(&"--run".into()));
+        assert_eq!(
+            MonitorArgs::parse(created_only.to_args()).unwrap(),
+            created_only
+        );
         let err = MonitorArgs::parse(vec!["--id".into()]).unwrap_err();
         assert_eq!(err, ArgsError::MissingValue("--id"));
         let err = MonitorArgs::parse(vec!["--bogus".into()]).unwrap_err();
