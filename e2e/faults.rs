@@ -956,6 +956,10 @@ async fn a_runtime_failing_create_or_start_rolls_back_and_a_retry_works() {
                 "faulty".into(),
                 RuntimeHandler {
                     runtime_path: wrapper.clone(),
+                    // The container's create and start each run the runtime, so each can fail
+                    // on its own (a deferred create's run is
+                    // `a_deferred_create_whose_run_fails_stays_created_and_leaves_nothing`).
+                    defer_create: Some(false),
                     ..Default::default()
                 },
             );
@@ -1061,6 +1065,79 @@ async fn a_runtime_failing_create_or_start_rolls_back_and_a_retry_works() {
     )
     .await;
     learn_all(&env, &mut learned);
+    assert_eq!(stop_and_remove_everything(&mut cri).await, 0);
+    assert_no_leaks_soon(&d, &learned).await;
+}
+
+/// With the default `defer_create`, CreateContainer does not run the runtime and StartContainer
+/// runs its `run`: a failing run fails StartContainer with the runtime's message, leaves the
+/// container created with nothing in the runtime, and the same container starts once the runtime
+/// works.
+#[tokio::test]
+async fn a_deferred_create_whose_run_fails_stays_created_and_leaves_nothing() {
+    let tools = tempfile::Builder::new()
+        .prefix("ferrio-faults-run-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let wrapper = faulty_runtime(tools.path());
+    let fail_create = tools.path().join("fail-create");
+    let d = Daemon::start(Opts {
+        configure: Some(Box::new(move |c| {
+            c.runtime.runtimes.insert(
+                "faulty".into(),
+                RuntimeHandler {
+                    runtime_path: wrapper.clone(),
+                    ..Default::default()
+                },
+            );
+        })),
+        ..Default::default()
+    })
+    .await;
+    let env = d.env().clone();
+    let mut cri = d.client().await;
+    let mut learned = LearnedPids::default();
+    pull(&mut cri, BUSYBOX).await.expect("PullImage");
+    let pod_cfg = pod_config(&env, "deferred");
+    let pod = run_pod(&mut cri, &pod_cfg, "faulty")
+        .await
+        .expect("RunPodSandbox");
+    learn_all(&env, &mut learned);
+    let with_pod = footprint(&d);
+
+    std::fs::write(&fail_create, "").unwrap();
+    let cfg = container_config("app", BUSYBOX, &["sleep", "1000"]);
+    let id = create(&mut cri, &pod, &pod_cfg, cfg)
+        .await
+        .expect("CreateContainer does not run the runtime");
+    let e = start(&mut cri, &id)
+        .await
+        .expect_err("StartContainer with a runtime whose run fails");
+    assert!(
+        e.message().contains("faulty-runc: injected create failure"),
+        "the runtime's message reaches the client: {e:?}"
+    );
+    let (st, _) = container_status(&mut cri, &id).await;
+    assert_eq!(
+        st.state,
+        ContainerState::ContainerCreated as i32,
+        "a container whose run failed is still created: {st:?}"
+    );
+    std::fs::remove_file(&fail_create).unwrap();
+    start(&mut cri, &id)
+        .await
+        .expect("StartContainer of the same container once the runtime works");
+    wait_for_container_state(
+        &mut cri,
+        &id,
+        ContainerState::ContainerRunning,
+        Duration::from_secs(20),
+    )
+    .await;
+    learn_all(&env, &mut learned);
+    stop_ctr(&mut cri, &id).await.expect("StopContainer");
+    remove_ctr(&mut cri, &id).await.expect("RemoveContainer");
+    assert_eq!(footprint(&d), with_pod, "the container left things behind");
     assert_eq!(stop_and_remove_everything(&mut cri).await, 0);
     assert_no_leaks_soon(&d, &learned).await;
 }

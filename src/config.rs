@@ -170,6 +170,12 @@ pub struct RuntimeHandler {
     /// crun, no for others. Ignored on cgroup v2 and pure v1 hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_v1_view: Option<bool>,
+    /// Create a container in the runtime only at StartContainer, created and started by one
+    /// `run --detach` (as containerd creates its task at start): CreateContainer prepares the
+    /// rootfs, spec and bundle. false: CreateContainer runs `create`, StartContainer `start`.
+    /// Unset: true. A pod with a user namespace always creates at CreateContainer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub defer_create: Option<bool>,
     /// Accepted and ignored, so a config written for an earlier ferrio still loads: every verb
     /// now runs through the runtime's binary. The daemon warns when a file sets it.
     #[serde(default, skip_serializing)]
@@ -448,6 +454,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/sbin/runc".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                defer_create: None,
                 runc_shortcuts: None,
             },
         );
@@ -457,6 +464,7 @@ impl Default for RuntimeConfig {
                 runtime_path: "/usr/bin/crun".into(),
                 runtime_root: PathBuf::new(),
                 cgroup_v1_view: None,
+                defer_create: None,
                 runc_shortcuts: None,
             },
         );
@@ -480,6 +488,7 @@ impl Default for RuntimeHandler {
             runtime_path: "/usr/sbin/runc".into(),
             runtime_root: PathBuf::new(),
             cgroup_v1_view: None,
+            defer_create: None,
             runc_shortcuts: None,
         }
     }
@@ -1145,6 +1154,7 @@ pub const CONFIG_KEYS: &[KeyDoc] = &[
     key("runtime.runtimes.<handler>.runtime_path", "The OCI runtime binary (runc or crun)."),
     key("runtime.runtimes.<handler>.runtime_root", "The runtime's --root; \"\" = <runroot>/oci/<handler>."),
     key("runtime.runtimes.<handler>.cgroup_v1_view", "On a cgroup v1 hybrid host, hide the cgroup2 mount from this runtime (unset: on for crun, which refuses hybrid hosts, off for others)."),
+    key("runtime.runtimes.<handler>.defer_create", "Create containers in the runtime at StartContainer, with one `run --detach` that also starts them (unset: true); false: `create` at CreateContainer, `start` at StartContainer."),
     table("image", "Images and registries."),
     key("image.sandbox_image", "The pause image every pod runs."),
     key("image.pinned_images", "Images kubelet's image garbage collector never removes (names or globs)."),
@@ -1292,6 +1302,7 @@ pub(crate) fn config_key_paths() -> Vec<(String, KeyKind)> {
     });
     for h in full.runtime.runtimes.values_mut() {
         h.cgroup_v1_view = Some(true);
+        h.defer_create = Some(true);
     }
     let mut out = Vec::new();
     if let Ok(toml::Value::Table(t)) = toml::Value::try_from(&full) {

@@ -259,6 +259,7 @@ fn handlers_of(config: &Config) -> HashMap<String, Handler> {
                 systemd_cgroup: config.runtime.cgroup_manager == CgroupDriver::Systemd,
                 cgroup_view: OciRuntime::cgroup_view_for(&h.runtime_path, h.cgroup_v1_view),
                 user_namespaces: OciRuntime::probe_user_namespaces(&h.runtime_path),
+                defer_create: h.defer_create.unwrap_or(true),
             };
             let handler = Handler {
                 runtime: Arc::new(runtime),

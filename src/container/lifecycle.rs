@@ -222,6 +222,10 @@ pub struct ContainerStatus {
     /// The cgroup an NRI plugin's adjustment put the container in; `None`: the metadata's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroups_path: Option<String>,
+    /// Created without the runtime: its bundle is ready and StartContainer creates and starts
+    /// it with one `run` (the handler's `defer_create`); false once the runtime has it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
 }
 
 /// The CRI-visible state, derived from the facts in the status.
@@ -240,6 +244,12 @@ impl ContainerStatus {
             pid: self.monitor_pid,
             start_time: self.monitor_start_time,
         }
+    }
+
+    /// Created without the runtime and no start under way: nothing of it runs, and the runtime
+    /// does not know it.
+    pub fn awaiting_run(&self) -> bool {
+        self.deferred && !self.monitor().is_set()
     }
 
     pub fn state(&self) -> ContainerState {
@@ -343,7 +353,7 @@ async fn prepare_rootfs(
 /// Writes the bundle's config.json atomically (runc never reads half a file) without fsync: the
 /// bundle lives in the runroot, which does not outlive a reboot anyway, and a crash before the
 /// record says "created" reaps it.
-async fn write_volatile_bundle(
+pub(super) async fn write_volatile_bundle(
     bundle: &Path,
     spec: &oci_spec::runtime::Spec,
 ) -> Result<(), ContainerError> {
@@ -399,6 +409,9 @@ pub struct Containers {
     cdi: spec::CdiSpecDirs,
     /// The OCI hook files of `runtime.hooks_dir`, parsed again when they change.
     hooks: spec::HookDirs,
+    /// Deferred containers whose StartContainer runs now: a second one is refused rather than
+    /// racing the first's `run`.
+    starting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A CreateContainer request checked against its sandbox and the image store, before any
@@ -431,9 +444,6 @@ pub struct CreateRequest<'a> {
     /// no log.
     pub log_path: String,
     pub stop_signal: super::stop_signal::RequestedSignal,
-    pub tty: bool,
-    pub stdin: bool,
-    pub stdin_once: bool,
     /// The request as JSON, for verbose ContainerStatus only.
     pub raw: serde_json::Value,
     /// The request as the spec room's entry points read it.
@@ -487,6 +497,7 @@ impl Containers {
             creating: CreateOnce::default(),
             cdi: spec::CdiSpecDirs::default(),
             hooks: spec::HookDirs::default(),
+            starting: Default::default(),
         }
     }
 
@@ -874,7 +885,6 @@ impl Containers {
         })?;
         let mut oci = oci;
         spec::set_sandbox_id(&mut oci, &sandbox.id);
-        let mut cgroups_path = cgroups_path;
         if let Some(adjust) = req.adjust_spec {
             let cdi = spec::NriCdi {
                 registry: Some(&cdi),
@@ -905,7 +915,6 @@ impl Containers {
                     let _ =
                         tokio::task::spawn_blocking(move || crate::oci::cgroups::remove(&cg)).await;
                 });
-                cgroups_path = adjusted;
             }
         }
         let user = super::record::ProcessUser::of_spec(&oci);
@@ -922,6 +931,17 @@ impl Containers {
                     })?;
             }
         }
+        // The staged idmapped volumes of a user namespace cannot wait for a StartContainer (a
+        // daemon restart in between detaches them): such a container is created at once.
+        if runtime.defer_create() && sandbox.meta.namespaces.user.is_none() {
+            rec.update_with(Durability::Crash, |s| {
+                s.created = true;
+                s.deferred = true;
+                s.user = user;
+            })
+            .await?;
+            return Ok(());
+        }
         {
             let rt = runtime.clone();
             let id = id.to_string();
@@ -929,26 +949,7 @@ impl Containers {
                 let _ = rt.delete(&id).await;
             });
         }
-        let binary = runtime.binary();
-        let spawn_req = monitor::MonitorSpawn {
-            monitor_path: self.context.monitor_path.clone(),
-            id: id.to_string(),
-            bundle,
-            runtime_path: binary.path,
-            runtime_root: binary.root,
-            log_path,
-            exit_file: paths.exit_file(),
-            pid_file: paths.pid_file(),
-            handle_file: Some(paths.handle_file()),
-            cgroup_dir: crate::oci::cgroups::fs_path(&cgroups_path),
-            cgroup_path: Some(cgroups_path),
-            tty: req.tty,
-            stdin: req.stdin,
-            stdin_once: req.stdin_once,
-            cgroup_v1_view: binary.cgroup_view.is_some(),
-            scope: self.context.monitor_scope(&sandbox.meta.cgroup_parent),
-            run: false,
-        };
+        let spawn_req = self.monitor_spawn(&rec, sandbox, &*runtime, false);
         let launched = self.context.monitors.launch(&spawn_req).await?;
         // The monitor is on record before the runtime's create ends, so that a restarted
         // daemon knows whom to wait for.
@@ -976,6 +977,39 @@ impl Containers {
         .await?;
         self.watch_exit(rec);
         Ok(())
+    }
+
+    /// What the monitor of `rec` starts with; with `run` it also starts the container.
+    fn monitor_spawn(
+        &self,
+        rec: &Container,
+        sandbox: &Sandbox,
+        runtime: &dyn Runtime,
+        run: bool,
+    ) -> monitor::MonitorSpawn {
+        let paths = self.context.layout.container(&rec.id);
+        let binary = runtime.binary();
+        let cgroups_path = rec.cgroups_path();
+        let facts = &rec.meta.request;
+        monitor::MonitorSpawn {
+            monitor_path: self.context.monitor_path.clone(),
+            id: rec.id.clone(),
+            bundle: paths.bundle(),
+            runtime_path: binary.path,
+            runtime_root: binary.root,
+            log_path: rec.meta.log_path.clone(),
+            exit_file: paths.exit_file(),
+            pid_file: paths.pid_file(),
+            handle_file: Some(paths.handle_file()),
+            cgroup_dir: crate::oci::cgroups::fs_path(&cgroups_path),
+            cgroup_path: Some(cgroups_path),
+            tty: facts.tty,
+            stdin: facts.stdin,
+            stdin_once: facts.stdin_once,
+            cgroup_v1_view: binary.cgroup_view.is_some(),
+            scope: self.context.monitor_scope(&sandbox.meta.cgroup_parent),
+            run,
+        }
     }
 
     /// Attaches an idmapped copy of each bind mount's source under `staging/<n>`, through the
@@ -1179,7 +1213,7 @@ impl Containers {
     }
 
     /// StartContainer.
-    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<(), ContainerError> {
         let rec = self.get(id)?;
         let st = rec.status();
         if st.state() != ContainerState::Created {
@@ -1193,8 +1227,16 @@ impl Containers {
         // The process runs from the moment `start` is issued; a container that exits at once
         // must not get a finish time before its start time.
         let started = now_ns();
+        if st.deferred {
+            return self.run_deferred(&rec, &sandbox, runtime, started).await;
+        }
         runtime.start(&rec.id).await?;
+        Self::record_start(&rec, started).await
+    }
+
+    async fn record_start(rec: &Container, started: i64) -> Result<(), ContainerError> {
         rec.update_with(Durability::Crash, |s| {
+            s.deferred = false;
             if s.started_at == 0 {
                 s.started_at = if s.finished_at > 0 {
                     started.min(s.finished_at)
@@ -1207,6 +1249,61 @@ impl Containers {
         Ok(())
     }
 
+    /// StartContainer of a container created without the runtime: its monitor creates and
+    /// starts it with one `<runtime> run --detach`. A failed run leaves it created, with
+    /// nothing of the attempt in the runtime.
+    async fn run_deferred(
+        self: &Arc<Self>,
+        rec: &Arc<Container>,
+        sandbox: &Sandbox,
+        runtime: Arc<dyn Runtime>,
+        started: i64,
+    ) -> Result<(), ContainerError> {
+        if !self.starting.lock().unwrap().insert(rec.id.clone()) {
+            return Err(ContainerError::WrongState {
+                id: rec.id.clone(),
+                reason: "it is being started already".into(),
+            });
+        }
+        let result = async {
+            let spawn_req = self.monitor_spawn(rec, sandbox, &*runtime, true);
+            let launched = self.context.monitors.launch(&spawn_req).await?;
+            // On record before the run ends, so that a restarted daemon knows whom to wait for.
+            let handle = launched.monitor();
+            rec.update_with(Durability::Crash, |s| {
+                s.monitor_pid = handle.pid;
+                s.monitor_start_time = handle.start_time;
+            })
+            .await?;
+            Ok::<_, ContainerError>(launched.created().await?)
+        }
+        .await;
+        let result = match result {
+            Ok(spawned) => {
+                let r = rec
+                    .update_with(Durability::Crash, |s| s.pid = spawned.container_pid)
+                    .await;
+                match r {
+                    Ok(_) => Self::record_start(rec, started).await,
+                    Err(e) => Err(e.into()),
+                }
+                .map(|()| self.watch_exit(rec.clone()))
+            }
+            Err(e) => {
+                let _ = runtime.delete(&rec.id).await;
+                let _ = rec
+                    .update_with(Durability::Crash, |s| {
+                        s.monitor_pid = 0;
+                        s.monitor_start_time = 0;
+                    })
+                    .await;
+                Err(e)
+            }
+        };
+        self.starting.lock().unwrap().remove(&rec.id);
+        result
+    }
+
     /// StopContainer: the stop signal (through the monitor, see [`Containers::send_stop_signal`]),
     /// `timeout` seconds, then SIGKILL to every process of the container through the runtime.
     /// Idempotent.
@@ -1214,6 +1311,20 @@ impl Containers {
         let st = rec.status();
         match st.state() {
             ContainerState::Exited | ContainerState::Creating => return Ok(()),
+            ContainerState::Created if st.awaiting_run() => {
+                // Nothing runs and the runtime has nothing: it ends as a created init killed
+                // before its start would.
+                rec.update_with(Durability::Crash, |s| {
+                    if s.finished_at == 0 {
+                        s.finished_at = now_ns();
+                        s.exit_code = 128 + libc::SIGKILL;
+                        s.message = "stopped before it was started".into();
+                        s.runtime_deleted = true;
+                    }
+                })
+                .await?;
+                return Ok(());
+            }
             ContainerState::Created | ContainerState::Running => {}
         }
         let runtime = self.runtime_of(rec)?;
@@ -1290,7 +1401,8 @@ impl Containers {
         let runtime = self.runtime_of(rec)?;
         // Usually deleted already, when the container exited (see watch_exit): a runtime that
         // has no state left for it would only be asked to find that out (a process start).
-        if !rec.status().runtime_deleted {
+        let st = rec.status();
+        if !st.runtime_deleted && !st.awaiting_run() {
             runtime.delete(&rec.id).await?;
         }
         self.unmount_image_volumes(&rec.id).await?;
@@ -1375,6 +1487,7 @@ impl Containers {
                     }
                 }
                 ContainerState::Exited => {}
+                ContainerState::Created if st.deferred => self.recover_deferred(&rec).await,
                 ContainerState::Created | ContainerState::Running => {
                     if st.state() == ContainerState::Created {
                         self.adopt_interrupted_start(&rec).await;
@@ -1392,6 +1505,54 @@ impl Containers {
             }
         }
         self.sweep_orphan_rootfs().await;
+    }
+
+    /// A deferred container whose StartContainer a daemon kill cut short has a monitor (on
+    /// record, or found by its handle file) that may have run it: the run is ended through the
+    /// runtime as a half-created object's create is, and the container is recorded as exited,
+    /// so kubelet starts a new one rather than this one twice. One with no monitor stays
+    /// created.
+    async fn recover_deferred(&self, rec: &Arc<Container>) {
+        let st = rec.status();
+        let paths = self.context.layout.container(&rec.id);
+        let handle_file = paths.handle_file();
+        let hf = handle_file.clone();
+        let launched = st.monitor().is_set()
+            || tokio::task::spawn_blocking(move || hf.exists())
+                .await
+                .unwrap_or(true);
+        if !launched {
+            return;
+        }
+        tracing::info!(id = %rec.id, "ending a start the daemon's restart cut short");
+        match self.runtime_of(rec) {
+            Ok(runtime) => {
+                let half = HalfCreated {
+                    id: rec.id.clone(),
+                    monitor: st.monitor(),
+                    handle_file,
+                    pid_file: paths.pid_file(),
+                };
+                let monitors = self.context.monitors.clone();
+                half_created::reap(&half, &*runtime, monitors, Patience::default()).await;
+            }
+            Err(e) => {
+                tracing::warn!(id = %rec.id, error = %e, "no runtime to end an interrupted start with")
+            }
+        }
+        let r = rec
+            .update_with(Durability::Crash, |s| {
+                if s.finished_at == 0 {
+                    s.finished_at = now_ns();
+                    s.exit_code = 255;
+                    s.message = "the daemon restarted while starting it".into();
+                    s.runtime_deleted = true;
+                }
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(id = %rec.id, error = %e, "cannot record an interrupted start");
+        }
     }
 
     /// A record written before the record kept the process user has none: its bundle's

@@ -132,6 +132,14 @@ pub struct ContainerRequestFacts {
     /// exec processes (see [`crate::spec::envexec`]).
     #[serde(default)]
     pub envexec: bool,
+    /// The request's `tty`, `stdin` and `stdin_once`, for the monitor a deferred create
+    /// starts at StartContainer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_once: bool,
 }
 
 impl ContainerRequestFacts {
@@ -145,6 +153,10 @@ impl ContainerRequestFacts {
                 .map(v0::LinuxContainerResources::typed),
             // Records from before versions were written when such values were refused.
             envexec: false,
+            // Only read for a deferred create, which such records never have.
+            tty: false,
+            stdin: false,
+            stdin_once: false,
         }
     }
 }

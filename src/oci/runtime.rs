@@ -59,6 +59,9 @@ pub struct OciRuntime {
     /// The binary can run a process in a user namespace it joins by path, with OCI id
     /// mappings: [`OciRuntime::probe_user_namespaces`] at handler setup.
     pub user_namespaces: bool,
+    /// Containers are created in the runtime at StartContainer (`run --detach`), not at
+    /// CreateContainer (the handler's `defer_create`).
+    pub defer_create: bool,
 }
 
 /// How a runtime's binary is run by the processes that run it themselves: the monitor (for
@@ -316,6 +319,11 @@ pub trait Runtime: Send + Sync {
     fn user_namespaces(&self) -> bool {
         false
     }
+    /// Containers are created in the runtime at StartContainer, by the monitor's `run
+    /// --detach`, rather than at CreateContainer (see the handler's `defer_create`).
+    fn defer_create(&self) -> bool {
+        false
+    }
     /// Runs the user process of a created container.
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>>;
     /// Signals the container's init, or all its processes; a container that is gone is fine.
@@ -343,6 +351,9 @@ impl Runtime for OciRuntime {
     }
     fn user_namespaces(&self) -> bool {
         self.user_namespaces
+    }
+    fn defer_create(&self) -> bool {
+        self.defer_create
     }
     fn binary(&self) -> RuntimeBinary {
         RuntimeBinary {
@@ -391,6 +402,7 @@ mod tests {
             systemd_cgroup: false,
             cgroup_view: None,
             user_namespaces: false,
+            defer_create: false,
         };
         if !rt.path.exists() {
             panic!("runc is required: run hack/install-deps.sh");
@@ -435,6 +447,7 @@ mod tests {
             systemd_cgroup: false,
             cgroup_view: None,
             user_namespaces: false,
+            defer_create: false,
         };
         assert_eq!(rt.state("x").await.unwrap().unwrap().status, "hybrid");
         rt.cgroup_view = Some(Arc::new(view));
@@ -476,6 +489,7 @@ mod tests {
             systemd_cgroup: false,
             cgroup_view: None,
             user_namespaces: false,
+            defer_create: false,
         };
         assert_eq!(rt.global_args(), ["--root", "/run/x"]);
         rt.systemd_cgroup = true;

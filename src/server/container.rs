@@ -48,9 +48,6 @@ pub(super) async fn create_container(
             annotations: config.annotations.clone().into_iter().collect(),
             log_path: config.log_path.clone(),
             stop_signal: super::records::requested_stop_signal(config.stop_signal),
-            tty: config.tty,
-            stdin: config.stdin,
-            stdin_once: config.stdin_once,
             raw: serde_json::to_value(&config).unwrap_or_default(),
             spec: crate::spec::ContainerRequest::new(&config, &sandbox_config),
             adjust_spec: adjust

@@ -141,6 +141,9 @@ pub fn container_request_facts(config: &cri::ContainerConfig) -> ContainerReques
         envexec: crate::spec::envexec::needs_helper(
             config.envs.iter().map(|kv| kv.value.as_slice()),
         ),
+        tty: config.tty,
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
     }
 }
 

@@ -555,7 +555,7 @@ impl Monitor {
             Phase::Running { pid } => sys::kill_child(pid.as_raw(), signal)
                 .map_err(|e| format!("signal {signal} to the container's init {pid}: {e}")),
             Phase::Creating { .. } => {
-                Err("container not running: its create has not finished".into())
+                Err("container not running: the runtime has not finished creating it".into())
             }
             Phase::Exited { .. } => Err("container already exited".into()),
         }
