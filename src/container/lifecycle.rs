@@ -1304,7 +1304,9 @@ impl Containers {
         result
     }
 
-    /// StopContainer: the stop signal, `timeout` seconds, then SIGKILL. Idempotent.
+    /// StopContainer: the stop signal (through the monitor, see [`Containers::send_stop_signal`]),
+    /// `timeout` seconds, then SIGKILL to every process of the container through the runtime.
+    /// Idempotent.
     pub async fn stop(&self, rec: &Arc<Container>, timeout: i64) -> Result<(), ContainerError> {
         let st = rec.status();
         match st.state() {
@@ -1328,7 +1330,7 @@ impl Containers {
         let runtime = self.runtime_of(rec)?;
         let exited = |s: &ContainerStatus| s.finished_at > 0;
         if timeout > 0 {
-            runtime.kill(&rec.id, rec.meta.stop_signal, false).await?;
+            self.send_stop_signal(rec, &*runtime).await?;
             let wait = rec.wait_for(exited);
             if tokio::time::timeout(Duration::from_secs(timeout as u64), wait)
                 .await
@@ -1360,6 +1362,26 @@ impl Containers {
             }
         }
         Ok(())
+    }
+
+    /// Sends the container's stop signal to its init through its monitor, which signals its own
+    /// unreaped child by pid without a runtime process. Whatever keeps the monitor from it (no
+    /// socket, a monitor without the request, no init to signal, no answer in time) leaves the
+    /// signal to the runtime's kill.
+    async fn send_stop_signal(
+        &self,
+        rec: &Container,
+        runtime: &dyn Runtime,
+    ) -> Result<(), ContainerError> {
+        let signal = rec.meta.stop_signal;
+        let socket = self.attach_socket(&rec.id);
+        match self.context.monitors.signal(&rec.id, &socket, signal).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(id = %rec.id, signal, error = %e, "stop signal through the runtime instead of the monitor");
+                Ok(runtime.kill(&rec.id, signal, false).await?)
+            }
+        }
     }
 
     /// The runtime that runs `rec` (the default one when its pod is gone).

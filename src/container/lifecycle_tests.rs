@@ -6,6 +6,7 @@ use super::{Container, ContainerName, ContainerState, ContainerStatus, Container
 use crate::config::{Config, Live, LiveConfig};
 use crate::context::{DiskLayout, NodeContext, RootfsMounts, Runtimes};
 use crate::image::{ImageError, ImageInfo, ImageStore};
+use crate::monitor::attach::AttachError;
 use crate::monitor::{
     ExitRecord, FoundMonitor, LaunchedMonitor, MonitorError, MonitorLauncher, MonitorSpawn,
     ProcessHandle, Spawned,
@@ -37,7 +38,8 @@ enum FailAt {
 /// What the fake runtime, monitors and rootfs share: the containers "running", the calls made.
 #[derive(Default)]
 struct World {
-    /// Every runtime verb and launch, as `"<verb> <id>"` (kill: `"kill <signal> <id>"`).
+    /// Every runtime verb and launch, as `"<verb> <id>"` (kill: `"kill <signal> <id>"`), and
+    /// every signal request to a monitor, as `"signal <signal> <id>"`.
     calls: Mutex<Vec<String>>,
     /// Containers the runtime knows (created, not deleted).
     known: Mutex<HashSet<String>>,
@@ -45,6 +47,10 @@ struct World {
     exit_files: Mutex<HashMap<String, PathBuf>>,
     /// Container ids by their monitor's pid.
     monitors: Mutex<HashMap<i32, String>>,
+    /// The attach socket of each container's monitor, by id.
+    attach_sockets: Mutex<HashMap<String, PathBuf>>,
+    /// Monitors answer a signal request with an error, as one that predates the request does.
+    monitor_refuses_signals: Mutex<bool>,
     fail_at: Mutex<Option<FailAt>>,
     /// The container's process ignores its stop signal (only SIGKILL ends it).
     ignores_stop_signal: Mutex<bool>,
@@ -247,6 +253,10 @@ impl MonitorLauncher for FakeLauncher {
                 start_time: 7,
             };
             monitors.insert(handle.pid, req.id.clone());
+            self.0.attach_sockets.lock().unwrap().insert(
+                req.id.clone(),
+                crate::monitor::attach::socket_path(&req.bundle),
+            );
             self.0
                 .exit_files
                 .lock()
@@ -285,6 +295,46 @@ impl MonitorLauncher for FakeLauncher {
             Some(id) => !self.0.exited(id),
             None => false,
         }
+    }
+
+    fn signal<'a>(
+        &'a self,
+        id: &'a str,
+        socket: &'a Path,
+        signal: i32,
+    ) -> BoxFuture<'a, Result<(), MonitorError>> {
+        self.0.log(format!("signal {signal} {id}"));
+        let refused = |why: &str| MonitorError::Signal {
+            id: id.to_string(),
+            source: AttachError::Refused(why.into()),
+        };
+        let answer = if self
+            .0
+            .attach_sockets
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|p| p.as_path())
+            != Some(socket)
+        {
+            Err(MonitorError::Signal {
+                id: id.to_string(),
+                source: AttachError::Connect {
+                    path: socket.to_path_buf(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                },
+            })
+        } else if *self.0.monitor_refuses_signals.lock().unwrap() {
+            Err(refused("unknown frame kind"))
+        } else if self.0.exited(id) {
+            Err(refused("container already exited"))
+        } else {
+            if !*self.0.ignores_stop_signal.lock().unwrap() {
+                self.0.exit(id, 128 + signal);
+            }
+            Ok(())
+        };
+        Box::pin(async move { answer })
     }
 }
 
@@ -730,7 +780,18 @@ async fn lifecycle_rollback_when_the_request_is_refused() {
     node.assert_gone("none", "app");
 }
 
-/// StopContainer: the stop signal, and SIGKILL once the timeout passed without an exit.
+/// The signals sent to containers, in order: `"signal <signo> <id>"` through a monitor, `"kill
+/// <signo> <id>"` through the runtime.
+fn signals_sent(world: &World) -> Vec<String> {
+    world
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("signal ") || c.starts_with("kill "))
+        .collect()
+}
+
+/// StopContainer: the stop signal through the monitor, and SIGKILL through the runtime (to
+/// every process of the container) once the timeout passed without an exit.
 #[tokio::test]
 async fn lifecycle_stop_sends_sigkill_after_the_timeout() {
     let node = Node::new().await;
@@ -746,9 +807,9 @@ async fn lifecycle_stop_sends_sigkill_after_the_timeout() {
         began.elapsed()
     );
     assert_eq!(
-        node.world.calls_of("kill"),
+        signals_sent(&node.world),
         [
-            format!("kill {} {id}", libc::SIGTERM),
+            format!("signal {} {id}", libc::SIGTERM),
             format!("kill {} {id}", libc::SIGKILL)
         ]
     );
@@ -760,7 +821,8 @@ async fn lifecycle_stop_sends_sigkill_after_the_timeout() {
     assert_eq!(node.world.calls_of("delete"), [format!("delete {id}")]);
 }
 
-/// A container that obeys its stop signal gets no SIGKILL.
+/// A container that obeys its stop signal gets no SIGKILL, and its monitor sends the stop
+/// signal: no runtime process runs for it.
 #[tokio::test]
 async fn lifecycle_stop_within_the_timeout_sends_no_sigkill() {
     let node = Node::new().await;
@@ -769,13 +831,65 @@ async fn lifecycle_stop_within_the_timeout_sends_no_sigkill() {
     let c = node.get(&id);
     node.containers.stop(&c, 30).await.unwrap();
     assert_eq!(
-        node.world.calls_of("kill"),
-        [format!("kill {} {id}", libc::SIGTERM)]
+        signals_sent(&node.world),
+        [format!("signal {} {id}", libc::SIGTERM)]
     );
     assert_eq!(c.status().exit_code, 128 + libc::SIGTERM);
     // Stopping an exited container again asks nothing.
     node.containers.stop(&c, 30).await.unwrap();
-    assert_eq!(node.world.calls_of("kill").len(), 1);
+    assert_eq!(signals_sent(&node.world).len(), 1);
+}
+
+/// A monitor that refuses the signal request (one that predates it, or has no init to signal)
+/// leaves the stop signal to the runtime's kill; the SIGKILL after the timeout goes through the
+/// runtime as always.
+#[tokio::test]
+async fn lifecycle_stop_falls_back_to_the_runtimes_kill_when_the_monitor_refuses() {
+    let node = Node::new().await;
+    *node.world.monitor_refuses_signals.lock().unwrap() = true;
+    let id = node.create("app").await.unwrap();
+    node.containers.start(&id).await.unwrap();
+    let c = node.get(&id);
+    node.containers.stop(&c, 30).await.unwrap();
+    assert_eq!(
+        signals_sent(&node.world),
+        [
+            format!("signal {} {id}", libc::SIGTERM),
+            format!("kill {} {id}", libc::SIGTERM)
+        ]
+    );
+    assert_eq!(c.status().exit_code, 128 + libc::SIGTERM);
+
+    *node.world.ignores_stop_signal.lock().unwrap() = true;
+    let id2 = node.create("app2").await.unwrap();
+    node.containers.start(&id2).await.unwrap();
+    let c2 = node.get(&id2);
+    node.containers.stop(&c2, 1).await.unwrap();
+    assert_eq!(
+        signals_sent(&node.world)[2..],
+        [
+            format!("signal {} {id2}", libc::SIGTERM),
+            format!("kill {} {id2}", libc::SIGTERM),
+            format!("kill {} {id2}", libc::SIGKILL)
+        ]
+    );
+    assert_eq!(c2.status().exit_code, 128 + libc::SIGKILL);
+}
+
+/// StopContainer with no grace period sends SIGKILL through the runtime only: the monitor's
+/// signal is for the stop signal.
+#[tokio::test]
+async fn lifecycle_stop_without_a_timeout_kills_through_the_runtime() {
+    let node = Node::new().await;
+    let id = node.create("app").await.unwrap();
+    node.containers.start(&id).await.unwrap();
+    let c = node.get(&id);
+    node.containers.stop(&c, 0).await.unwrap();
+    assert_eq!(
+        signals_sent(&node.world),
+        [format!("kill {} {id}", libc::SIGKILL)]
+    );
+    assert_eq!(c.status().exit_code, 128 + libc::SIGKILL);
 }
 
 /// RemoveContainer twice (kubelet retries, or the second races the first) is fine, and the

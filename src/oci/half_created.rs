@@ -294,6 +294,14 @@ mod tests {
         fn alive(&self, _monitor: ProcessHandle) -> bool {
             unreachable!("recovery asks the found monitor")
         }
+        fn signal<'a>(
+            &'a self,
+            _id: &'a str,
+            _socket: &'a Path,
+            _signal: i32,
+        ) -> BoxFuture<'a, Result<(), MonitorError>> {
+            unreachable!("recovery signals through the runtime's kill")
+        }
     }
 
     const ID: &str = "c1";
