@@ -263,6 +263,8 @@ async fn stop_signal_timeout_zero_idempotence_and_removing_a_running_container()
     let t0 = Instant::now();
     p.stop_ctr(&id, 10).await;
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // The container's monitor sent the stop signal: no runtime process was needed for it.
+    assert_eq!(p.d.env().stop_signal_fallbacks(), Vec::<String>::new());
     let st = p.status(&id).await;
     assert_eq!(
         (st.state, st.exit_code),

@@ -107,16 +107,17 @@ async fn a_pod_on_crun_runs_execs_logs_stops_and_leaves_nothing() {
         .unwrap_or_else(|e| panic!("CreateContainer on crun: {e}"))
         .into_inner()
         .container_id;
-    assert!(
-        crun_root.join(&ctr_id).exists(),
-        "crun created the container"
-    );
     cri.rt
         .start_container(StartContainerRequest {
             container_id: ctr_id.clone(),
         })
         .await
         .unwrap_or_else(|e| panic!("StartContainer on crun: {e}"));
+    // The runtime gets the container at StartContainer (the handler defers its create).
+    assert!(
+        crun_root.join(&ctr_id).exists(),
+        "crun created the container"
+    );
     wait_for_container_state(
         &mut cri,
         &ctr_id,
@@ -199,7 +200,7 @@ async fn a_pod_on_crun_runs_execs_logs_stops_and_leaves_nothing() {
     .await;
     assert_eq!(st.id, ctr_id);
 
-    // Stop: SIGTERM through crun kill, the trap's exit code is recorded.
+    // Stop: SIGTERM through the container's monitor, the trap's exit code is recorded.
     cri.rt
         .stop_container(StopContainerRequest {
             container_id: ctr_id.clone(),
@@ -220,6 +221,7 @@ async fn a_pod_on_crun_runs_execs_logs_stops_and_leaves_nothing() {
         .expect("status");
     assert_eq!(st.state, ContainerState::ContainerExited as i32, "{st:?}");
     assert_eq!(st.exit_code, 7, "{st:?}");
+    assert_eq!(env.stop_signal_fallbacks(), Vec::<String>::new());
 
     let log_path = Path::new(&pod.log_directory).join("main/0.log");
     let log = std::fs::read_to_string(&log_path)

@@ -853,3 +853,35 @@ async fn the_monitor_is_moved_into_its_scope_during_the_create() {
     let _ = std::fs::remove_dir(base.join(&unit));
     std::fs::remove_dir(&base).expect("test cgroups removed");
 }
+
+/// The monitor signals the container's init on request (StopContainer's stop signal), from
+/// outside the container's pid namespace as the runtime's kill does: a trapped SIGTERM reaches
+/// the init. Once the init is gone there is nothing to signal, and the request fails.
+#[tokio::test]
+async fn the_monitor_signals_the_init_on_request() {
+    use ferrio::monitor::attach::{signal, socket_path, AttachError};
+    let script = "trap 'echo got TERM; exit 42' TERM; echo ready; while :; do usleep 20000; done";
+    let mut b = Bundle::new(&["/bin/busybox", "sh", "-c", script]);
+    let spawned = monitor::spawn(&b.request()).await.expect("spawn");
+    b.monitor_pid = Some(spawned.monitor_pid);
+    b.start();
+    let socket = socket_path(&b.path("bundle"));
+    let until = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(b.log_path())
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(Instant::now() < until, "the trap is set within 10s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&socket, libc::SIGTERM).await.expect("signal");
+    assert_eq!(b.wait(&spawned).await.exit_code, 42);
+    assert!(b
+        .log_records()
+        .iter()
+        .any(|(_, _, line)| line == "got TERM"));
+    match signal(&socket, libc::SIGTERM).await {
+        Err(AttachError::Connect { .. } | AttachError::Refused(_)) => {}
+        other => panic!("signal after the exit: {other:?}"),
+    }
+}

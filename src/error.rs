@@ -128,7 +128,8 @@ fn oci_code(e: &OciError) -> Code {
 
 fn monitor_code(e: &MonitorError) -> Code {
     match e {
-        MonitorError::Timeout { .. } => Code::DeadlineExceeded,
+        MonitorError::Timeout { .. } | MonitorError::SignalTimeout { .. } => Code::DeadlineExceeded,
+        MonitorError::Signal { source, .. } => attach_code(source),
         MonitorError::Spawn { source, .. }
         | MonitorError::ReadExit { source, .. }
         | MonitorError::Watch { source, .. }

@@ -197,6 +197,16 @@ impl Env {
     pub fn daemon_log(&self) -> PathBuf {
         self.dir().join("ferrio.log")
     }
+    /// The daemon log's lines that say a stop signal went through the runtime's kill because
+    /// the container's monitor could not send it (logged at debug, the harness's default level).
+    pub fn stop_signal_fallbacks(&self) -> Vec<String> {
+        std::fs::read_to_string(self.daemon_log())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("stop signal through the runtime instead of the monitor"))
+            .map(str::to_string)
+            .collect()
+    }
     pub fn namespaces_dir(&self) -> PathBuf {
         self.config.namespaces_dir()
     }

@@ -1304,7 +1304,9 @@ impl Containers {
         result
     }
 
-    /// StopContainer: the stop signal, `timeout` seconds, then SIGKILL. Idempotent.
+    /// StopContainer: the stop signal (through the monitor, see [`Containers::send_stop_signal`]),
+    /// `timeout` seconds, then SIGKILL to every process of the container through the runtime.
+    /// Idempotent.
     pub async fn stop(&self, rec: &Arc<Container>, timeout: i64) -> Result<(), ContainerError> {
         let st = rec.status();
         match st.state() {
@@ -1328,7 +1330,7 @@ impl Containers {
         let runtime = self.runtime_of(rec)?;
         let exited = |s: &ContainerStatus| s.finished_at > 0;
         if timeout > 0 {
-            runtime.kill(&rec.id, rec.meta.stop_signal, false).await?;
+            self.send_stop_signal(rec, &*runtime).await?;
             let wait = rec.wait_for(exited);
             if tokio::time::timeout(Duration::from_secs(timeout as u64), wait)
                 .await
@@ -1360,6 +1362,26 @@ impl Containers {
             }
         }
         Ok(())
+    }
+
+    /// Sends the container's stop signal to its init through its monitor, which signals its own
+    /// unreaped child by pid without a runtime process. Whatever keeps the monitor from it (no
+    /// socket, a monitor without the request, no init to signal, no answer in time) leaves the
+    /// signal to the runtime's kill.
+    async fn send_stop_signal(
+        &self,
+        rec: &Container,
+        runtime: &dyn Runtime,
+    ) -> Result<(), ContainerError> {
+        let signal = rec.meta.stop_signal;
+        let socket = self.attach_socket(&rec.id);
+        match self.context.monitors.signal(&rec.id, &socket, signal).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(id = %rec.id, signal, error = %e, "stop signal through the runtime instead of the monitor");
+                Ok(runtime.kill(&rec.id, signal, false).await?)
+            }
+        }
     }
 
     /// The runtime that runs `rec` (the default one when its pod is gone).
@@ -1486,72 +1508,111 @@ impl Containers {
     }
 
     /// A deferred container whose StartContainer a daemon kill cut short has a monitor (on
-    /// record, or found by its handle file) that may have run it: the run is ended through the
-    /// runtime as a half-created object's create is, and the container is recorded as exited,
-    /// so kubelet starts a new one rather than this one twice. One with no monitor stays
+    /// record, or named by its handle file) that may have run it. The run is let end as a
+    /// half-created object's create is; if the runtime then has the container (running, or
+    /// already exited) it is adopted as started, as an interrupted start of a created container
+    /// is; otherwise whatever the attempt left in the runtime is deleted and the container is
+    /// created again, so a retried start runs it once. One whose start never began stays
     /// created.
-    async fn recover_deferred(&self, rec: &Arc<Container>) {
+    async fn recover_deferred(self: &Arc<Self>, rec: &Arc<Container>) {
         let st = rec.status();
         let paths = self.context.layout.container(&rec.id);
         let handle_file = paths.handle_file();
-        let launched =
-            st.monitor().is_set() || self.handle_file_names_a_start(rec, &handle_file).await;
-        if !launched {
+        let hf = handle_file.clone();
+        let named = tokio::task::spawn_blocking(move || {
+            std::fs::read_to_string(&hf)
+                .ok()
+                .and_then(|t| monitor::ProcessHandle::parse_line(&t))
+        })
+        .await
+        .ok()
+        .flatten();
+        let handle = if st.monitor().is_set() {
+            st.monitor()
+        } else {
+            named.unwrap_or_default()
+        };
+        if !handle.is_set() {
             return;
         }
-        tracing::info!(id = %rec.id, "ending a start the daemon's restart cut short");
-        match self.runtime_of(rec) {
-            Ok(runtime) => {
-                let half = HalfCreated {
-                    id: rec.id.clone(),
-                    monitor: st.monitor(),
-                    handle_file,
-                    pid_file: paths.pid_file(),
-                };
-                let monitors = self.context.monitors.clone();
-                half_created::reap(&half, &*runtime, monitors, Patience::default()).await;
-            }
+        let runtime = match self.runtime_of(rec) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(id = %rec.id, error = %e, "no runtime to end an interrupted start with")
+                tracing::warn!(id = %rec.id, error = %e, "no runtime to end an interrupted start with");
+                return;
             }
+        };
+        let half = HalfCreated {
+            id: rec.id.clone(),
+            monitor: handle,
+            handle_file,
+            pid_file: paths.pid_file(),
+        };
+        let monitors = self.context.monitors.clone();
+        let ended =
+            half_created::let_create_end(&half, monitors.clone(), Patience::default()).await;
+        let ran = !ended.as_ref().is_some_and(|(_, stopped)| *stopped);
+        let state = runtime.state(&rec.id).await;
+        let started = match &state {
+            Ok(Some(s)) if ran && matches!(s.status.as_str(), "running" | "paused" | "stopped") => {
+                let pid_file = paths.pid_file();
+                let pid = if s.pid > 0 {
+                    Some(s.pid)
+                } else {
+                    tokio::fs::read_to_string(&pid_file)
+                        .await
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                };
+                pid
+            }
+            _ => None,
+        };
+        if let Some(pid) = started {
+            let now = now_ns();
+            let r = rec
+                .update_with(Durability::Crash, |s| {
+                    s.monitor_pid = handle.pid;
+                    s.monitor_start_time = handle.start_time;
+                    s.pid = pid;
+                    s.deferred = false;
+                    if s.started_at == 0 {
+                        s.started_at = now;
+                    }
+                })
+                .await;
+            match r {
+                Ok(_) => {
+                    tracing::info!(id = %rec.id, "container started while the daemon went down")
+                }
+                Err(e) => {
+                    tracing::warn!(id = %rec.id, error = %e, "cannot record an interrupted start")
+                }
+            }
+            if let Ok(sandbox) = self.pods.get(&rec.meta.sandbox_id) {
+                self.context
+                    .keep_monitor_in_scope(&rec.id, handle, &sandbox.meta.cgroup_parent);
+            }
+            // wait_exit returns at once with the exit file when the monitor is gone.
+            self.watch_exit(rec.clone());
+            return;
+        }
+        tracing::info!(id = %rec.id, "undoing a start the daemon's restart cut short");
+        drop(ended);
+        half_created::reap(&half, &*runtime, monitors, Patience::default()).await;
+        // The attempt's answers must not be read as the next one's.
+        for stale in [paths.pid_file(), paths.exit_file()] {
+            let _ = tokio::fs::remove_file(stale).await;
         }
         let r = rec
             .update_with(Durability::Crash, |s| {
-                if s.finished_at == 0 {
-                    s.finished_at = now_ns();
-                    s.exit_code = 255;
-                    s.message = "the daemon restarted while starting it".into();
-                    s.runtime_deleted = true;
-                }
+                s.monitor_pid = 0;
+                s.monitor_start_time = 0;
+                s.pid = 0;
             })
             .await;
         if let Err(e) = r {
-            tracing::warn!(id = %rec.id, error = %e, "cannot record an interrupted start");
-        }
-    }
-
-    /// Whether the handle file of a deferred container with no monitor on record stands for a
-    /// start a daemon kill cut short before the record named its monitor: the monitor still
-    /// holds it, or the runtime knows the container. A failed start leaves the file too, with
-    /// its monitor gone and the runtime's container deleted; that container is still created.
-    async fn handle_file_names_a_start(&self, rec: &Container, handle_file: &Path) -> bool {
-        let (hf, monitors) = (handle_file.to_path_buf(), self.context.monitors.clone());
-        let monitor_lives = tokio::task::spawn_blocking(move || {
-            hf.exists().then(|| {
-                monitors
-                    .find(&hf, monitor::ProcessHandle::default())
-                    .is_some()
-            })
-        })
-        .await
-        .unwrap_or(Some(true));
-        match monitor_lives {
-            None => false,
-            Some(true) => true,
-            Some(false) => match self.runtime_of(rec) {
-                Ok(runtime) => !matches!(runtime.state(&rec.id).await, Ok(None)),
-                Err(_) => true,
-            },
+            tracing::warn!(id = %rec.id, error = %e, "cannot record an undone start");
         }
     }
 

@@ -6,6 +6,7 @@ use super::{Container, ContainerName, ContainerState, ContainerStatus, Container
 use crate::config::{Config, Live, LiveConfig};
 use crate::context::{DiskLayout, NodeContext, RootfsMounts, Runtimes};
 use crate::image::{ImageError, ImageInfo, ImageStore};
+use crate::monitor::attach::AttachError;
 use crate::monitor::{
     ExitRecord, FoundMonitor, LaunchedMonitor, MonitorError, MonitorLauncher, MonitorSpawn,
     ProcessHandle, Spawned,
@@ -37,7 +38,8 @@ enum FailAt {
 /// What the fake runtime, monitors and rootfs share: the containers "running", the calls made.
 #[derive(Default)]
 struct World {
-    /// Every runtime verb and launch, as `"<verb> <id>"` (kill: `"kill <signal> <id>"`).
+    /// Every runtime verb and launch, as `"<verb> <id>"` (kill: `"kill <signal> <id>"`), and
+    /// every signal request to a monitor, as `"signal <signal> <id>"`.
     calls: Mutex<Vec<String>>,
     /// Containers the runtime knows (created, not deleted).
     known: Mutex<HashSet<String>>,
@@ -45,6 +47,10 @@ struct World {
     exit_files: Mutex<HashMap<String, PathBuf>>,
     /// Container ids by their monitor's pid.
     monitors: Mutex<HashMap<i32, String>>,
+    /// The attach socket of each container's monitor, by id.
+    attach_sockets: Mutex<HashMap<String, PathBuf>>,
+    /// Monitors answer a signal request with an error, as one that predates the request does.
+    monitor_refuses_signals: Mutex<bool>,
     fail_at: Mutex<Option<FailAt>>,
     /// The container's process ignores its stop signal (only SIGKILL ends it).
     ignores_stop_signal: Mutex<bool>,
@@ -58,6 +64,8 @@ struct World {
     launched_cgroups: Mutex<Vec<String>>,
     /// Whether each monitor launch also starts its container (`run`), in order.
     launched_runs: Mutex<Vec<bool>>,
+    /// Containers of `known` that run (a monitor's `run` went through): `state` says running.
+    running: Mutex<HashSet<String>>,
 }
 
 /// Open (`true`) or holding every create back.
@@ -175,14 +183,20 @@ impl Runtime for FakeRuntime {
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), OciError>> {
         self.world.log(format!("delete {id}"));
         self.world.known.lock().unwrap().remove(id);
+        self.world.running.lock().unwrap().remove(id);
         Box::pin(async { Ok(()) })
     }
     fn state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<OciState>, OciError>> {
         self.world.log(format!("state {id}"));
         let known = self.world.known.lock().unwrap().contains(id);
+        let status = if self.world.running.lock().unwrap().contains(id) {
+            "running"
+        } else {
+            "created"
+        };
         Box::pin(async move {
             Ok(known.then(|| OciState {
-                status: "created".into(),
+                status: status.into(),
                 pid: 42,
             }))
         })
@@ -203,6 +217,8 @@ struct FakeLaunched {
     world: Arc<World>,
     id: String,
     handle: ProcessHandle,
+    /// The monitor also starts the container.
+    run: bool,
 }
 
 impl LaunchedMonitor for FakeLaunched {
@@ -222,6 +238,9 @@ impl LaunchedMonitor for FakeLaunched {
                 });
             }
             self.world.known.lock().unwrap().insert(self.id.clone());
+            if self.run {
+                self.world.running.lock().unwrap().insert(self.id.clone());
+            }
             Ok(Spawned {
                 monitor_pid: self.handle.pid,
                 monitor_start_time: self.handle.start_time,
@@ -244,7 +263,8 @@ impl MonitorLauncher for FakeLauncher {
                 .unwrap()
                 .push(req.cgroup_path.clone().unwrap_or_default());
             self.0.launched_runs.lock().unwrap().push(req.run);
-            // As a real launch does, before the monitor runs: it stays when the monitor is gone.
+            // As a real launch does, before the monitor runs; the monitor writes its handle
+            // into it, and it stays when the monitor is gone.
             if let Some(path) = &req.handle_file {
                 std::fs::write(path, "").unwrap();
             }
@@ -261,6 +281,13 @@ impl MonitorLauncher for FakeLauncher {
                 start_time: 7,
             };
             monitors.insert(handle.pid, req.id.clone());
+            if let Some(path) = &req.handle_file {
+                std::fs::write(path, handle.to_line()).unwrap();
+            }
+            self.0.attach_sockets.lock().unwrap().insert(
+                req.id.clone(),
+                crate::monitor::attach::socket_path(&req.bundle),
+            );
             self.0
                 .exit_files
                 .lock()
@@ -270,6 +297,7 @@ impl MonitorLauncher for FakeLauncher {
                 world: self.0.clone(),
                 id: req.id.clone(),
                 handle,
+                run: req.run,
             }) as Box<dyn LaunchedMonitor>)
         })
     }
@@ -299,6 +327,46 @@ impl MonitorLauncher for FakeLauncher {
             Some(id) => !self.0.exited(id),
             None => false,
         }
+    }
+
+    fn signal<'a>(
+        &'a self,
+        id: &'a str,
+        socket: &'a Path,
+        signal: i32,
+    ) -> BoxFuture<'a, Result<(), MonitorError>> {
+        self.0.log(format!("signal {signal} {id}"));
+        let refused = |why: &str| MonitorError::Signal {
+            id: id.to_string(),
+            source: AttachError::Refused(why.into()),
+        };
+        let answer = if self
+            .0
+            .attach_sockets
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|p| p.as_path())
+            != Some(socket)
+        {
+            Err(MonitorError::Signal {
+                id: id.to_string(),
+                source: AttachError::Connect {
+                    path: socket.to_path_buf(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                },
+            })
+        } else if *self.0.monitor_refuses_signals.lock().unwrap() {
+            Err(refused("unknown frame kind"))
+        } else if self.0.exited(id) {
+            Err(refused("container already exited"))
+        } else {
+            if !*self.0.ignores_stop_signal.lock().unwrap() {
+                self.0.exit(id, 128 + signal);
+            }
+            Ok(())
+        };
+        Box::pin(async move { answer })
     }
 }
 
@@ -759,7 +827,18 @@ async fn lifecycle_rollback_when_the_request_is_refused() {
     node.assert_gone("none", "app");
 }
 
-/// StopContainer: the stop signal, and SIGKILL once the timeout passed without an exit.
+/// The signals sent to containers, in order: `"signal <signo> <id>"` through a monitor, `"kill
+/// <signo> <id>"` through the runtime.
+fn signals_sent(world: &World) -> Vec<String> {
+    world
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("signal ") || c.starts_with("kill "))
+        .collect()
+}
+
+/// StopContainer: the stop signal through the monitor, and SIGKILL through the runtime (to
+/// every process of the container) once the timeout passed without an exit.
 #[tokio::test]
 async fn lifecycle_stop_sends_sigkill_after_the_timeout() {
     let node = Node::new().await;
@@ -775,9 +854,9 @@ async fn lifecycle_stop_sends_sigkill_after_the_timeout() {
         began.elapsed()
     );
     assert_eq!(
-        node.world.calls_of("kill"),
+        signals_sent(&node.world),
         [
-            format!("kill {} {id}", libc::SIGTERM),
+            format!("signal {} {id}", libc::SIGTERM),
             format!("kill {} {id}", libc::SIGKILL)
         ]
     );
@@ -789,7 +868,8 @@ async fn lifecycle_stop_sends_sigkill_after_the_timeout() {
     assert_eq!(node.world.calls_of("delete"), [format!("delete {id}")]);
 }
 
-/// A container that obeys its stop signal gets no SIGKILL.
+/// A container that obeys its stop signal gets no SIGKILL, and its monitor sends the stop
+/// signal: no runtime process runs for it.
 #[tokio::test]
 async fn lifecycle_stop_within_the_timeout_sends_no_sigkill() {
     let node = Node::new().await;
@@ -798,13 +878,65 @@ async fn lifecycle_stop_within_the_timeout_sends_no_sigkill() {
     let c = node.get(&id);
     node.containers.stop(&c, 30).await.unwrap();
     assert_eq!(
-        node.world.calls_of("kill"),
-        [format!("kill {} {id}", libc::SIGTERM)]
+        signals_sent(&node.world),
+        [format!("signal {} {id}", libc::SIGTERM)]
     );
     assert_eq!(c.status().exit_code, 128 + libc::SIGTERM);
     // Stopping an exited container again asks nothing.
     node.containers.stop(&c, 30).await.unwrap();
-    assert_eq!(node.world.calls_of("kill").len(), 1);
+    assert_eq!(signals_sent(&node.world).len(), 1);
+}
+
+/// A monitor that refuses the signal request (one that predates it, or has no init to signal)
+/// leaves the stop signal to the runtime's kill; the SIGKILL after the timeout goes through the
+/// runtime as always.
+#[tokio::test]
+async fn lifecycle_stop_falls_back_to_the_runtimes_kill_when_the_monitor_refuses() {
+    let node = Node::new().await;
+    *node.world.monitor_refuses_signals.lock().unwrap() = true;
+    let id = node.create("app").await.unwrap();
+    node.containers.start(&id).await.unwrap();
+    let c = node.get(&id);
+    node.containers.stop(&c, 30).await.unwrap();
+    assert_eq!(
+        signals_sent(&node.world),
+        [
+            format!("signal {} {id}", libc::SIGTERM),
+            format!("kill {} {id}", libc::SIGTERM)
+        ]
+    );
+    assert_eq!(c.status().exit_code, 128 + libc::SIGTERM);
+
+    *node.world.ignores_stop_signal.lock().unwrap() = true;
+    let id2 = node.create("app2").await.unwrap();
+    node.containers.start(&id2).await.unwrap();
+    let c2 = node.get(&id2);
+    node.containers.stop(&c2, 1).await.unwrap();
+    assert_eq!(
+        signals_sent(&node.world)[2..],
+        [
+            format!("signal {} {id2}", libc::SIGTERM),
+            format!("kill {} {id2}", libc::SIGTERM),
+            format!("kill {} {id2}", libc::SIGKILL)
+        ]
+    );
+    assert_eq!(c2.status().exit_code, 128 + libc::SIGKILL);
+}
+
+/// StopContainer with no grace period sends SIGKILL through the runtime only: the monitor's
+/// signal is for the stop signal.
+#[tokio::test]
+async fn lifecycle_stop_without_a_timeout_kills_through_the_runtime() {
+    let node = Node::new().await;
+    let id = node.create("app").await.unwrap();
+    node.containers.start(&id).await.unwrap();
+    let c = node.get(&id);
+    node.containers.stop(&c, 0).await.unwrap();
+    assert_eq!(
+        signals_sent(&node.world),
+        [format!("kill {} {id}", libc::SIGKILL)]
+    );
+    assert_eq!(c.status().exit_code, 128 + libc::SIGKILL);
 }
 
 /// RemoveContainer twice (kubelet retries, or the second races the first) is fine, and the
@@ -1136,11 +1268,12 @@ async fn lifecycle_recovery_keeps_a_deferred_container_that_was_never_started() 
     assert_eq!(*node.world.launched_runs.lock().unwrap(), [true]);
 }
 
-/// A daemon killed while a deferred container's monitor runs it leaves the monitor on record:
-/// recovery ends the run through the runtime and records the container exited, so it never
-/// runs twice.
+/// A daemon killed while a deferred container's monitor runs it leaves the monitor on record.
+/// When the runtime did not get as far as running the container, recovery deletes what the
+/// attempt left there (as for a half-created create), drops the attempt's answers, and the
+/// container is created again: the next StartContainer runs it once.
 #[tokio::test]
-async fn lifecycle_recovery_ends_a_deferred_start_the_daemon_kill_cut_short() {
+async fn lifecycle_recovery_undoes_a_deferred_start_the_runtime_did_not_run() {
     let node = Node::deferring().await;
     let id = node.create("app").await.unwrap();
     let held = node.world.hold_create.close();
@@ -1156,10 +1289,13 @@ async fn lifecycle_recovery_ends_a_deferred_start_the_daemon_kill_cut_short() {
         r = &mut start => panic!("the start finished while held: {r:?}"),
         () = on_record => {}
     }
-    // The daemon dies here. The runtime got as far as knowing the container.
+    // The daemon dies here. The runtime got as far as creating the container, and the attempt
+    // left an exit file a next start must not read.
     std::mem::forget(start);
     drop(held);
     node.world.known.lock().unwrap().insert(id.clone());
+    let exit_file = node.layout.container(&id).exit_file();
+    std::fs::write(&exit_file, b"{\"exit_code\":1,\"finished_at\":1}").unwrap();
     node.world.calls.lock().unwrap().clear();
 
     let restarted = node.restarted().await;
@@ -1169,54 +1305,67 @@ async fn lifecycle_recovery_ends_a_deferred_start_the_daemon_kill_cut_short() {
         node.world.calls(),
         [
             format!("state {id}"),
+            format!("state {id}"),
             format!("kill {} {id}", libc::SIGKILL),
             format!("delete {id}")
         ]
     );
     assert!(node.world.known.lock().unwrap().is_empty());
+    assert!(!exit_file.exists(), "the attempt's exit file is left");
     let st = restarted.get(&id).unwrap().status();
-    assert_eq!(st.state(), ContainerState::Exited);
-    assert_eq!(st.exit_code, 255);
-    assert!(st.runtime_deleted);
-    // Removing it asks the runtime nothing more.
-    restarted
-        .remove(&restarted.get(&id).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(node.world.calls_of("delete").len(), 1);
-    assert!(restarted.table.list().is_empty());
+    assert_eq!(st.state(), ContainerState::Created, "{}", st.message);
+    assert!(st.awaiting_run());
+    assert_eq!(st.pid, 0);
+    restarted.start(&id).await.unwrap();
+    let rec = restarted.get(&id).unwrap();
+    assert_eq!(rec.status().state(), ContainerState::Running);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        rec.status().state(),
+        ContainerState::Running,
+        "the new run reads the old attempt's exit"
+    );
+    assert_eq!(*node.world.launched_runs.lock().unwrap(), [true, true]);
 }
 
 /// A daemon killed after the monitor was up but before the record named it leaves only the
-/// monitor's handle file: recovery treats that start as cut short too.
+/// monitor's handle file. When the runtime runs the container, recovery adopts it as started,
+/// with the monitor the file names, and watches its exit.
 #[tokio::test]
-async fn lifecycle_recovery_ends_a_deferred_start_known_by_its_handle_file() {
+async fn lifecycle_recovery_adopts_a_deferred_start_known_by_its_handle_file() {
     let node = Node::deferring().await;
     let id = node.create("app").await.unwrap();
     let paths = node.layout.container(&id);
-    std::fs::write(paths.handle_file(), "").unwrap();
+    let handle = ProcessHandle {
+        pid: 1_234_567,
+        start_time: 9,
+    };
+    std::fs::write(paths.handle_file(), handle.to_line()).unwrap();
     node.world.known.lock().unwrap().insert(id.clone());
+    node.world.running.lock().unwrap().insert(id.clone());
+    node.world
+        .exit_files
+        .lock()
+        .unwrap()
+        .insert(id.clone(), paths.exit_file());
 
     let restarted = node.restarted().await;
-    let st = restarted.get(&id).unwrap().status();
-    assert!(!st.monitor().is_set());
+    assert!(!restarted.get(&id).unwrap().status().monitor().is_set());
     restarted.recover().await;
-    // Asked once whether it knows the container at all, then as any half-created one.
-    assert_eq!(
-        node.world.calls(),
-        [
-            format!("state {id}"),
-            format!("state {id}"),
-            format!("kill {} {id}", libc::SIGKILL),
-            format!("delete {id}")
-        ]
-    );
-    assert!(node.world.known.lock().unwrap().is_empty());
-    let st = restarted.get(&id).unwrap().status();
-    assert_eq!(st.state(), ContainerState::Exited);
-    assert_eq!(st.exit_code, 255);
+    assert_eq!(node.world.calls(), [format!("state {id}")]);
+    let rec = restarted.get(&id).unwrap();
+    let st = rec.status();
+    assert_eq!(st.state(), ContainerState::Running);
+    assert!(!st.deferred);
+    assert_eq!(st.monitor(), handle);
+    assert_eq!(st.pid, 42);
+    assert!(st.started_at > 0);
+    node.world.exit(&id, 0);
+    eventually("the adopted container's exit is recorded", move || {
+        rec.status().state() == ContainerState::Exited
+    })
+    .await;
 }
-
 /// A failed run leaves its monitor's handle file behind, yet no start is under way: after a
 /// restart the container is still created, and the restarted daemon runs it.
 #[tokio::test]

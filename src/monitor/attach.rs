@@ -1,5 +1,6 @@
 //! The daemon-side async client of the monitor's attach socket: the streaming server uses it for
-//! CRI Attach, and ReopenContainerLog uses it to reach the monitor. The wire protocol (frames,
+//! CRI Attach, ReopenContainerLog uses it to reach the monitor, and StopContainer to have the
+//! monitor signal the container's init. The wire protocol (frames,
 //! kinds, where the socket is) is `ferrio_monitor::attach`, re-exported here.
 
 use std::io;
@@ -243,9 +244,21 @@ impl AttachWriter {
 /// Asks the monitor behind `path` to reopen its log file (ReopenContainerLog) and waits for the
 /// answer. Output read before the answer went to the old file, everything after to the new one.
 pub async fn reopen_log(path: &Path) -> Result<(), AttachError> {
+    request(path, kind::REOPEN_LOG, &[]).await
+}
+
+/// Asks the monitor behind `path` to send `signal` to the container's init and waits for the
+/// answer: `Ok` once kill(2) succeeded; [`AttachError::Refused`] when the monitor has no init to
+/// signal (not created yet, already exited) or does not know the request (an older monitor).
+pub async fn signal(path: &Path, signal: i32) -> Result<(), AttachError> {
+    request(path, kind::SIGNAL, &encode_signal(signal)).await
+}
+
+/// One request on a connection of its own (no streams), and the monitor's `Ok` or `Error`.
+async fn request(path: &Path, request: u8, payload: &[u8]) -> Result<(), AttachError> {
     let client = AttachClient::connect(path, AttachStreams::default()).await?;
     let (mut r, mut w) = client.split();
-    w.send(kind::REOPEN_LOG, &[]).await?;
+    w.send(request, payload).await?;
     loop {
         let n = r.sock.read(&mut r.buf).await?;
         if n == 0 {

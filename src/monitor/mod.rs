@@ -28,7 +28,10 @@
 //!   by their command line.
 //!
 //! The daemon starts the container itself (`<runtime> start`) once [`spawn`] returned, and
-//! deletes it after the exit; the monitor never starts, stops or deletes the container.
+//! deletes it after the exit; the monitor never starts or deletes the container. It signals the
+//! container's init only when asked ([`MonitorLauncher::signal`], StopContainer's stop signal):
+//! the init is the monitor's unreaped child, so the pid names that process and no other, and no
+//! runtime process has to start for it.
 
 pub mod attach;
 
@@ -51,6 +54,10 @@ use protocol::{MonitorArgs, SyncMessage, HANDLE_FD, SYNC_FD};
 
 /// How long `<runtime> create` may take before the spawn gives up (CRI-O's default too).
 const CREATE_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// How long a monitor gets to answer a signal request. It answers from its event loop at once;
+/// one that does not is stuck, and the caller has the runtime's kill to fall back on.
+pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Errors of the daemon-side monitor client.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +92,14 @@ pub enum MonitorError {
         path: PathBuf,
         source: io::Error,
     },
+    /// The monitor did not signal the container's init (see [`MonitorLauncher::signal`]).
+    #[error("container {id}: signal through the monitor: {source}")]
+    Signal {
+        id: String,
+        source: attach::AttachError,
+    },
+    #[error("container {id}: the monitor did not answer a signal request within {}ms", timeout.as_millis())]
+    SignalTimeout { id: String, timeout: Duration },
 }
 
 /// What the daemon asks a monitor to do for one container.
@@ -416,6 +431,16 @@ pub trait MonitorLauncher: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<ExitRecord>, MonitorError>>;
     /// Whether `monitor` still runs. Blocking (a /proc read).
     fn alive(&self, monitor: ProcessHandle) -> bool;
+    /// Has the monitor of container `id`, at its attach socket `socket`, send `signal` to the
+    /// container's init; resolves with its answer, or an error after [`SIGNAL_TIMEOUT`]. An
+    /// error when the monitor has no init to signal (create unfinished, already exited), is
+    /// gone, or predates the request.
+    fn signal<'a>(
+        &'a self,
+        id: &'a str,
+        socket: &'a Path,
+        signal: i32,
+    ) -> BoxFuture<'a, Result<(), MonitorError>>;
 }
 
 /// A monitor that is up and running the runtime's create.
@@ -477,6 +502,26 @@ impl MonitorLauncher for MonitorProcesses {
 
     fn alive(&self, monitor: ProcessHandle) -> bool {
         monitor.is_alive()
+    }
+
+    fn signal<'a>(
+        &'a self,
+        id: &'a str,
+        socket: &'a Path,
+        signal: i32,
+    ) -> BoxFuture<'a, Result<(), MonitorError>> {
+        Box::pin(async move {
+            match tokio::time::timeout(SIGNAL_TIMEOUT, attach::signal(socket, signal)).await {
+                Ok(answer) => answer.map_err(|source| MonitorError::Signal {
+                    id: id.to_string(),
+                    source,
+                }),
+                Err(_) => Err(MonitorError::SignalTimeout {
+                    id: id.to_string(),
+                    timeout: SIGNAL_TIMEOUT,
+                }),
+            }
+        })
     }
 }
 

@@ -68,27 +68,7 @@ pub async fn reap(
     patience: Patience,
 ) -> Reaped {
     let mut reaped = Reaped::default();
-    let (handle_file, recorded, pid_file) = (h.handle_file.clone(), h.monitor, h.pid_file.clone());
-    let found = tokio::task::spawn_blocking(move || {
-        let found = monitors.find(&handle_file, recorded)?;
-        let deadline = std::time::Instant::now() + patience.create;
-        let mut stopped = false;
-        while found.alive() && !pid_file.exists() {
-            if std::time::Instant::now() >= deadline {
-                found.stop();
-                stopped = true;
-                wait_gone(&*found, patience);
-                break;
-            }
-            std::thread::sleep(patience.poll);
-        }
-        Some((found, stopped))
-    })
-    .await
-    .unwrap_or_else(|e| {
-        tracing::warn!(id = %h.id, error = %e, "waiting for a half-created monitor failed");
-        None
-    });
+    let found = let_create_end(h, monitors, patience).await;
     let found = found.map(|(found, stopped)| {
         reaped.monitor = true;
         reaped.stopped_monitor = stopped;
@@ -114,6 +94,37 @@ pub async fn reap(
         let _ = tokio::task::spawn_blocking(move || wait_gone(&*found, patience)).await;
     }
     reaped
+}
+
+/// The object's live monitor, if there is one, once it has finished the runtime's create (the
+/// pid file is there, or the monitor is gone); `true` with it when patience ran out and the
+/// monitor was told to stop.
+pub async fn let_create_end(
+    h: &HalfCreated,
+    monitors: Arc<dyn MonitorLauncher>,
+    patience: Patience,
+) -> Option<(Box<dyn FoundMonitor>, bool)> {
+    let (handle_file, recorded, pid_file) = (h.handle_file.clone(), h.monitor, h.pid_file.clone());
+    tokio::task::spawn_blocking(move || {
+        let found = monitors.find(&handle_file, recorded)?;
+        let deadline = std::time::Instant::now() + patience.create;
+        let mut stopped = false;
+        while found.alive() && !pid_file.exists() {
+            if std::time::Instant::now() >= deadline {
+                found.stop();
+                stopped = true;
+                wait_gone(&*found, patience);
+                break;
+            }
+            std::thread::sleep(patience.poll);
+        }
+        Some((found, stopped))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::warn!(id = %h.id, error = %e, "waiting for a half-created monitor failed");
+        None
+    })
 }
 
 /// Polls until `found` is gone or `patience.exit` passed. Blocking.
@@ -282,6 +293,14 @@ mod tests {
         }
         fn alive(&self, _monitor: ProcessHandle) -> bool {
             unreachable!("recovery asks the found monitor")
+        }
+        fn signal<'a>(
+            &'a self,
+            _id: &'a str,
+            _socket: &'a Path,
+            _signal: i32,
+        ) -> BoxFuture<'a, Result<(), MonitorError>> {
+            unreachable!("recovery signals through the runtime's kill")
         }
     }
 

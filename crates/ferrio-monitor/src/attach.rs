@@ -23,6 +23,7 @@
 //! | `0x03` | `CloseStdin` | empty: this client's stdin ended. Closes the container's stdin when it was created with `stdin_once`, else only this client stops writing |
 //! | `0x04` | `Resize` | 4 bytes: width (columns) u16 BE, height (rows) u16 BE; ignored without a tty |
 //! | `0x05` | `ReopenLog` | empty: reopen the CRI log at its path (kubelet renamed it); answered by `Ok` or `Error` |
+//! | `0x06` | `Signal` | 4 bytes: signal number i32 BE; send it to the container's init with kill(2); answered by `Ok` or `Error` |
 //!
 //! `Hello` must come first. Monitor -> client:
 //!
@@ -31,8 +32,15 @@
 //! | `0x81` | `Stdout` | output of the container (with a tty: the terminal's output) |
 //! | `0x82` | `Stderr` | error output of the container (never with a tty) |
 //! | `0x83` | `Exit` | 4 bytes: exit code i32 BE; the container exited, the monitor closes the connection after it |
-//! | `0x84` | `Ok` | empty: the last `ReopenLog` was done |
-//! | `0x85` | `Error` | UTF-8 message: the last request failed (or the hello was refused, then the connection closes) |
+//! | `0x84` | `Ok` | empty: the last `ReopenLog` or `Signal` was done |
+//! | `0x85` | `Error` | UTF-8 message: the last request failed (or the hello was refused, or the frame kind is unknown: then the connection closes) |
+//!
+//! `Signal` is how StopContainer delivers the stop signal without a runtime process: the init
+//! is the monitor's own child (the monitor is a child subreaper), so until the monitor reaps it
+//! its pid cannot be reused, and kill(2) by pid reaches exactly that process. The monitor
+//! answers `Error` when there is no such process: the runtime's create has not finished, or the
+//! init was already reaped. A monitor that predates the request answers `Error` (unknown frame
+//! kind) too; either way the daemon falls back to `<runtime> kill`.
 //!
 //! Output is fanned out to every connected client that asked for that stream, from the moment it
 //! connected (no replay: the log file has the past). A client that does not read falls behind
@@ -57,6 +65,7 @@ pub mod kind {
     pub const CLOSE_STDIN: u8 = 0x03;
     pub const RESIZE: u8 = 0x04;
     pub const REOPEN_LOG: u8 = 0x05;
+    pub const SIGNAL: u8 = 0x06;
     /// Monitor -> client.
     pub const STDOUT: u8 = 0x81;
     pub const STDERR: u8 = 0x82;
@@ -85,6 +94,17 @@ pub fn encode_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
         out.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
         out.extend_from_slice(chunk);
     }
+}
+
+/// The payload of a `Signal` frame.
+pub fn encode_signal(signal: i32) -> [u8; 4] {
+    signal.to_be_bytes()
+}
+
+/// The signal number of a `Signal` frame's payload; `None` when it is not 4 bytes.
+pub fn decode_signal(payload: &[u8]) -> Option<i32> {
+    let b: [u8; 4] = payload.try_into().ok()?;
+    Some(i32::from_be_bytes(b))
 }
 
 /// One decoded frame.
@@ -168,6 +188,24 @@ mod tests {
             assert_eq!((got[4].kind, got[4].payload.len()), (kind::STDOUT, 10));
             assert_eq!(d.pending(), 0);
         }
+    }
+
+    #[test]
+    fn a_signal_request_round_trips() {
+        let mut out = Vec::new();
+        for sig in [libc::SIGTERM, libc::SIGKILL, libc::SIGRTMIN() + 3] {
+            encode_frame(&mut out, kind::SIGNAL, &encode_signal(sig));
+        }
+        let mut d = FrameDecoder::default();
+        d.push(&out);
+        for sig in [libc::SIGTERM, libc::SIGKILL, libc::SIGRTMIN() + 3] {
+            let f = d.next_frame().unwrap().unwrap();
+            assert_eq!(f.kind, kind::SIGNAL);
+            assert_eq!(decode_signal(&f.payload), Some(sig));
+        }
+        assert_eq!(d.pending(), 0);
+        assert_eq!(decode_signal(&[0, 0, 15]), None);
+        assert_eq!(decode_signal(&[0, 0, 0, 15, 0]), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The monitor side of the attach socket (protocol in [`crate::attach`]): accepting clients,
-//! decoding their frames into [`Action`]s for the event loop, fanning output out to them.
+//! decoding their frames into [`Action`]s for the event loop (stdin, resize, log reopen, signal),
+//! answering requests, fanning output out to them.
 //!
 //! Everything is non-blocking and driven by the monitor's single `poll(2)` loop: the loop asks
 //! for the fds to watch ([`AttachServer::poll_fds`]), then hands back readiness. A client that
@@ -16,7 +17,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{send, MsgFlags};
 
 use crate::attach::{
-    encode_frame, kind, FrameDecoder, CLIENT_BACKLOG, VERSION, WANT_STDERR, WANT_STDIN, WANT_STDOUT,
+    decode_signal, encode_frame, kind, FrameDecoder, CLIENT_BACKLOG, VERSION, WANT_STDERR,
+    WANT_STDIN, WANT_STDOUT,
 };
 use crate::log::Stream;
 
@@ -31,6 +33,8 @@ pub enum Action {
     Resize(u16, u16),
     /// Reopen the log; answer client `usize` with [`AttachServer::reply`].
     ReopenLog(usize),
+    /// Send `signal` to the container's init; answer `client` with [`AttachServer::reply`].
+    Signal { client: usize, signal: i32 },
 }
 
 struct Client {
@@ -208,6 +212,10 @@ impl AttachServer {
                     }
                 }
                 (Some(_), kind::REOPEN_LOG) => actions.push(Action::ReopenLog(i)),
+                (Some(_), kind::SIGNAL) => match decode_signal(&frame.payload) {
+                    Some(signal) => actions.push(Action::Signal { client: i, signal }),
+                    None => encode_frame(&mut c.out, kind::ERROR, b"malformed signal request"),
+                },
                 (Some(_), _) => {
                     encode_frame(&mut c.out, kind::ERROR, b"unknown frame kind");
                     c.dead = true;
@@ -222,7 +230,7 @@ impl AttachServer {
         self.flush(i);
     }
 
-    /// Answers a [`Action::ReopenLog`] of client `i`.
+    /// Answers a request ([`Action::ReopenLog`], [`Action::Signal`]) of client `i`.
     pub fn reply(&mut self, i: usize, result: Result<(), String>) {
         if let Some(c) = self.clients.get_mut(i) {
             match result {

@@ -4,7 +4,7 @@
 //! termination signals), the read ends of the container's stdout and stderr pipes, and a timer
 //! while the last output drains. No async runtime and no threads keep the RSS small and make
 //! `fork` safe. The attach socket ([`crate::attach_server`]: output fan-out, stdin, resize, log
-//! reopen) and the container's stdin are more fds in the same loop. With a tty, `<runtime>
+//! reopen, signals for the container's init) and the container's stdin are more fds in the same loop. With a tty, `<runtime>
 //! create --console-socket` sends the pty master to a socket in the bundle; it then stands in
 //! for the stdout pipe and stdin.
 //!
@@ -167,7 +167,7 @@ struct Monitor {
     stdin_buf: Vec<u8>,
     /// Close stdin once `stdin_buf` is written (stdin_once and the attach session ended).
     stdin_close: bool,
-    /// The attach socket (also carries ReopenLog).
+    /// The attach socket (also carries ReopenLog and Signal).
     attach: Option<AttachServer>,
     /// With a tty: the console socket the runtime sends the pty master to, while creating.
     console: Option<std::os::unix::net::UnixListener>,
@@ -533,12 +533,32 @@ impl Monitor {
                         a.reply(client, result);
                     }
                 }
+                Action::Signal { client, signal } => {
+                    let result = self.signal_init(signal);
+                    if let Some(a) = self.attach.as_mut() {
+                        a.reply(client, result);
+                    }
+                }
             }
         }
         if let Some(a) = self.attach.as_mut() {
             a.sweep();
         }
         self.write_stdin();
+    }
+
+    /// Sends `signal` to the container's init (the `Signal` request). Only while the init is
+    /// unreaped: it is our child then (we are its subreaper), so its pid cannot have been
+    /// reused, and kill(2) by pid reaches exactly the container's init.
+    fn signal_init(&self, signal: i32) -> Result<(), String> {
+        match self.phase {
+            Phase::Running { pid } => sys::kill_child(pid.as_raw(), signal)
+                .map_err(|e| format!("signal {signal} to the container's init {pid}: {e}")),
+            Phase::Creating { .. } => {
+                Err("container not running: the runtime has not finished creating it".into())
+            }
+            Phase::Exited { .. } => Err("container already exited".into()),
+        }
     }
 
     /// Writes pending attach input into the container's stdin without blocking; closes stdin

@@ -59,6 +59,22 @@ pub fn pidfd_send_signal(fd: std::os::fd::BorrowedFd<'_>, sig: i32) -> io::Resul
     Ok(())
 }
 
+/// Sends signal `sig` to the single process `pid` with kill(2). Only for a process whose pid
+/// cannot have been reused: the caller's own child that it has not reaped yet. Any number the
+/// kernel accepts works, realtime signals included (nix's `Signal` has none of those). A pid of
+/// 0 or below (a process group, or every process) is refused.
+pub fn kill_child(pid: i32, sig: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: kill takes two integers and touches no memory of ours; `pid > 0` keeps it to one
+    // process.
+    if unsafe { libc::kill(pid, sig) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Waits until a pidfd from [`pidfd_open`] turns readable, i.e. until its process has exited.
 #[cfg(feature = "tokio")]
 pub async fn pidfd_exited(fd: OwnedFd) -> io::Result<()> {
