@@ -29,6 +29,10 @@ use std::time::Duration;
 /// After SIGKILL, how long to wait for the monitor to report the exit.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a failed StartContainer waits for the monitor it launched to be gone before it deletes
+/// what the runtime's run may have made.
+const MONITOR_GONE_WAIT: Duration = Duration::from_secs(10);
+
 /// The annotation kubelet puts the container's terminationMessagePath in.
 pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
 
@@ -1290,6 +1294,20 @@ impl Containers {
                 .map(|()| self.watch_exit(rec.clone()))
             }
             Err(e) => {
+                // A monitor told to give up (a run past its time) may still be ending the
+                // runtime's run: the delete comes after it, or the run could create what the
+                // delete was to remove.
+                let handle = rec.status().monitor();
+                if handle.is_set() {
+                    let monitors = self.context.monitors.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let until = std::time::Instant::now() + MONITOR_GONE_WAIT;
+                        while monitors.alive(handle) && std::time::Instant::now() < until {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    })
+                    .await;
+                }
                 let _ = runtime.delete(&rec.id).await;
                 let _ = rec
                     .update_with(Durability::Crash, |s| {
@@ -1508,31 +1526,22 @@ impl Containers {
     }
 
     /// A deferred container whose StartContainer a daemon kill cut short has a monitor (on
-    /// record, or named by its handle file) that may have run it. The run is let end as a
+    /// record, or holding its handle file) that may have run it. The run is let end as a
     /// half-created object's create is; if the runtime then has the container (running, or
-    /// already exited) it is adopted as started, as an interrupted start of a created container
-    /// is; otherwise whatever the attempt left in the runtime is deleted and the container is
-    /// created again, so a retried start runs it once. One whose start never began stays
-    /// created.
+    /// already exited) under a live monitor it is adopted as started, as an interrupted start
+    /// of a created container is; otherwise whatever the attempt left in the runtime is deleted
+    /// and the container is created again, so a retried start runs it once. One whose start
+    /// never began stays created.
     async fn recover_deferred(self: &Arc<Self>, rec: &Arc<Container>) {
         let st = rec.status();
         let paths = self.context.layout.container(&rec.id);
         let handle_file = paths.handle_file();
         let hf = handle_file.clone();
-        let named = tokio::task::spawn_blocking(move || {
-            std::fs::read_to_string(&hf)
-                .ok()
-                .and_then(|t| monitor::ProcessHandle::parse_line(&t))
-        })
-        .await
-        .ok()
-        .flatten();
-        let handle = if st.monitor().is_set() {
-            st.monitor()
-        } else {
-            named.unwrap_or_default()
-        };
-        if !handle.is_set() {
+        let launched = st.monitor().is_set()
+            || tokio::task::spawn_blocking(move || hf.exists())
+                .await
+                .unwrap_or(true);
+        if !launched {
             return;
         }
         let runtime = match self.runtime_of(rec) {
@@ -1544,27 +1553,46 @@ impl Containers {
         };
         let half = HalfCreated {
             id: rec.id.clone(),
-            monitor: handle,
-            handle_file,
+            monitor: st.monitor(),
+            handle_file: handle_file.clone(),
             pid_file: paths.pid_file(),
         };
         let monitors = self.context.monitors.clone();
+        // Found by its handle file's lock even before it wrote its handle there.
         let ended =
             half_created::let_create_end(&half, monitors.clone(), Patience::default()).await;
-        let ran = !ended.as_ref().is_some_and(|(_, stopped)| *stopped);
+        let live = ended
+            .as_ref()
+            .is_some_and(|(m, stopped)| !*stopped && m.alive());
+        let handle = if st.monitor().is_set() {
+            st.monitor()
+        } else {
+            let hf = handle_file.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::read_to_string(&hf)
+                    .ok()
+                    .and_then(|t| monitor::ProcessHandle::parse_line(&t))
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+        };
         let state = runtime.state(&rec.id).await;
         let started = match &state {
-            Ok(Some(s)) if ran && matches!(s.status.as_str(), "running" | "paused" | "stopped") => {
-                let pid_file = paths.pid_file();
-                let pid = if s.pid > 0 {
+            Ok(Some(s))
+                if live
+                    && handle.is_set()
+                    && matches!(s.status.as_str(), "running" | "paused" | "stopped") =>
+            {
+                if s.pid > 0 {
                     Some(s.pid)
                 } else {
-                    tokio::fs::read_to_string(&pid_file)
+                    tokio::fs::read_to_string(paths.pid_file())
                         .await
                         .ok()
                         .and_then(|t| t.trim().parse().ok())
-                };
-                pid
+                }
             }
             _ => None,
         };
@@ -1597,22 +1625,29 @@ impl Containers {
             self.watch_exit(rec.clone());
             return;
         }
-        tracing::info!(id = %rec.id, "undoing a start the daemon's restart cut short");
-        drop(ended);
-        half_created::reap(&half, &*runtime, monitors, Patience::default()).await;
+        // The runtime may know what the attempt made, or a monitor may still hold the file: both
+        // are ended through the runtime. A failed start that left only its files needs nothing.
+        let known = !matches!(state, Ok(None));
+        if known || ended.is_some() {
+            tracing::info!(id = %rec.id, "undoing a start the daemon's restart cut short");
+            drop(ended);
+            half_created::reap(&half, &*runtime, monitors, Patience::default()).await;
+        }
         // The attempt's answers must not be read as the next one's.
         for stale in [paths.pid_file(), paths.exit_file()] {
             let _ = tokio::fs::remove_file(stale).await;
         }
-        let r = rec
-            .update_with(Durability::Crash, |s| {
-                s.monitor_pid = 0;
-                s.monitor_start_time = 0;
-                s.pid = 0;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(id = %rec.id, error = %e, "cannot record an undone start");
+        if st.monitor().is_set() {
+            let r = rec
+                .update_with(Durability::Crash, |s| {
+                    s.monitor_pid = 0;
+                    s.monitor_start_time = 0;
+                    s.pid = 0;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(id = %rec.id, error = %e, "cannot record an undone start");
+            }
         }
     }
 

@@ -66,6 +66,19 @@ struct World {
     launched_runs: Mutex<Vec<bool>>,
     /// Containers of `known` that run (a monitor's `run` went through): `state` says running.
     running: Mutex<HashSet<String>>,
+    /// Monitors (by pid) that outlive a daemon restart: `find` finds them through the handle file
+    /// that names them.
+    surviving_monitors: Mutex<HashSet<i32>>,
+}
+
+/// A monitor a restarted daemon found, still running.
+struct SurvivingMonitor;
+
+impl FoundMonitor for SurvivingMonitor {
+    fn alive(&self) -> bool {
+        true
+    }
+    fn stop(&self) {}
 }
 
 /// Open (`true`) or holding every create back.
@@ -302,9 +315,18 @@ impl MonitorLauncher for FakeLauncher {
         })
     }
 
-    fn find(&self, _handle_file: &Path, _recorded: ProcessHandle) -> Option<Box<dyn FoundMonitor>> {
-        // The monitors of these tests live only in this process: a restarted daemon finds none.
-        None
+    fn find(&self, handle_file: &Path, _recorded: ProcessHandle) -> Option<Box<dyn FoundMonitor>> {
+        // The monitors of these tests live only in this process: a restarted daemon finds only
+        // those a test says survived, through the handle file that names them.
+        let handle = std::fs::read_to_string(handle_file)
+            .ok()
+            .and_then(|t| ProcessHandle::parse_line(&t))?;
+        self.0
+            .surviving_monitors
+            .lock()
+            .unwrap()
+            .contains(&handle.pid)
+            .then(|| Box::new(SurvivingMonitor) as Box<dyn FoundMonitor>)
     }
 
     fn wait_exit<'a>(
@@ -1341,6 +1363,13 @@ async fn lifecycle_recovery_adopts_a_deferred_start_known_by_its_handle_file() {
         start_time: 9,
     };
     std::fs::write(paths.handle_file(), handle.to_line()).unwrap();
+    node.world
+        .surviving_monitors
+        .lock()
+        .unwrap()
+        .insert(handle.pid);
+    // The run is over: the runtime wrote the pid file.
+    std::fs::write(paths.pid_file(), "42").unwrap();
     node.world.known.lock().unwrap().insert(id.clone());
     node.world.running.lock().unwrap().insert(id.clone());
     node.world
