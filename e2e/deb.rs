@@ -91,7 +91,8 @@ fn package_from_the_test_build_has_what_make_deb_promises() {
     let depends = pkg.field("Depends");
     for dep in [
         "libc6 (>= ",
-        "runc | crun",
+        // The default handler's runtime first: apt installs it.
+        "crun | runc",
         "containernetworking-plugins",
         "iptables",
     ] {

@@ -469,7 +469,7 @@ impl Default for RuntimeConfig {
             },
         );
         RuntimeConfig {
-            default_runtime: "runc".into(),
+            default_runtime: "crun".into(),
             cgroup_manager: CgroupDriver::Cgroupfs,
             monitor_path: PathBuf::new(),
             envexec_path: PathBuf::new(),
@@ -1322,7 +1322,7 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert_eq!(c.api.listen, PathBuf::from("/run/ferrio/ferrio.sock"));
-        assert_eq!(c.runtime.default_runtime, "runc");
+        assert_eq!(c.runtime.default_runtime, "crun");
         assert_eq!(c.image.sandbox_image, "registry.k8s.io/pause:3.10");
         assert_eq!(
             c.network.plugin_dirs,
@@ -1333,7 +1333,7 @@ mod tests {
     #[test]
     fn a_key_this_version_no_longer_uses_still_loads_and_is_named() {
         let c = Config::from_toml(
-            "[runtime.runtimes.runc]\nruntime_path = \"/usr/sbin/runc\"\nrunc_shortcuts = false\n",
+            "[runtime]\ndefault_runtime = \"runc\"\n[runtime.runtimes.runc]\nruntime_path = \"/usr/sbin/runc\"\nrunc_shortcuts = false\n",
         )
         .unwrap();
         let ignored = c.ignored_keys();
@@ -1573,7 +1573,8 @@ plugin_dirs = ["/opt/cni/bin"]
             }],
             ..Default::default()
         });
-        new.runtime.runtimes.remove("crun");
+        // Handlers come and go live; the default one stays.
+        new.runtime.runtimes.remove("runc");
         new.runtime.runtimes.insert(
             "kata".into(),
             RuntimeHandler {
@@ -1581,7 +1582,7 @@ plugin_dirs = ["/opt/cni/bin"]
                 ..Default::default()
             },
         );
-        new.runtime.runtimes.get_mut("runc").unwrap().runtime_root = "/run/x".into();
+        new.runtime.runtimes.get_mut("crun").unwrap().runtime_root = "/run/x".into();
         new.network.network_dir = "/etc/cni/other".into();
         new.network.cni_default_network = "net2".into();
         new.root = "/var/lib/elsewhere".into();

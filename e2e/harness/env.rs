@@ -99,6 +99,9 @@ impl Env {
         c.api.stream_address = "127.0.0.1".into();
         c.api.stream_port = 0;
         c.runtime.monitor_path = monitor_bin();
+        // The suite reads runc's state to check the daemon's (`runc list`, its state dir); the
+        // tests of the default handler, crun, name it (crun.rs, userns.rs, the VM's node suite).
+        c.runtime.default_runtime = "runc".into();
         c.runtime.namespaces_dir = env.runroot().join("ns");
         c.image.registry = ["registry.k8s.io", "docker.io"]
             .iter()
