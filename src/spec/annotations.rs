@@ -47,10 +47,25 @@ pub struct AnnotationsInput {
     pub log_directory: String,
 }
 
+/// crun's annotation naming the cgroup it makes below a systemd scope for the processes; empty:
+/// none, the processes stay in the scope itself.
+pub const ANN_CRUN_SYSTEMD_SUBGROUP: &str = "run.oci.systemd.subgroup";
+
 /// Step: the spec's annotations.
 pub fn annotations(spec: &mut Spec, input: &Input) -> Result<(), SpecError> {
-    spec.set_annotations(Some(annotation_map(&input.annotations)));
+    let mut a = annotation_map(&input.annotations);
+    if is_systemd_cgroups_path(&input.cgroups_path) {
+        // On cgroup v2 crun otherwise moves the processes into `<scope>/container`, while
+        // kubelet, stats, updates and OOM reports look at the scope (runc ignores the key).
+        a.entry(ANN_CRUN_SYSTEMD_SUBGROUP.into()).or_default();
+    }
+    spec.set_annotations(Some(a));
     Ok(())
+}
+
+/// A cgroups path for the runtime's systemd driver: `slice:prefix:name`.
+fn is_systemd_cgroups_path(path: &str) -> bool {
+    !path.starts_with('/') && path.split(':').count() == 3
 }
 
 /// The annotations a spec gets (what OCI hooks' `when.annotations` match, too).

@@ -1177,6 +1177,17 @@ fn annotations_and_no_new_privs() {
 }
 
 #[test]
+fn a_systemd_cgroup_keeps_crun_out_of_a_subgroup() {
+    let mut f = Fixture::new();
+    let key = crate::spec::annotations::ANN_CRUN_SYSTEMD_SUBGROUP;
+    assert!(!f.spec().annotations().clone().unwrap().contains_key(key));
+    f.cgroups_path = "kubepods.slice:ferrio:c1".into();
+    assert_eq!(f.spec().annotations().clone().unwrap()[key], "");
+    f.config.annotations = [(key.to_string(), "inner".to_string())].into();
+    assert_eq!(f.spec().annotations().clone().unwrap()[key], "inner");
+}
+
+#[test]
 fn update_resources_follow_the_host() {
     let r = LinuxContainerResources {
         cpu_shares: 512,
