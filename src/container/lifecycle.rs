@@ -1163,6 +1163,20 @@ impl Containers {
         } else {
             cmd
         };
+        // The container's process as its bundle has it (the daemon wrote it): the exec inherits
+        // its user and groups, env and security settings through the runtime's `--process`.
+        let config = self.bundle_dir(&rec.id).join("config.json");
+        let process = match std::fs::read(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+            }) {
+            Ok(mut spec) => Some(spec["process"].take()).filter(|p| p.is_object()),
+            Err(e) => {
+                tracing::warn!(id = %rec.id, path = %config.display(), error = %e, "exec with the runtime's defaults: no container process spec");
+                None
+            }
+        };
         Ok(crate::oci::exec::ExecSpec {
             runtime_path: binary.path,
             runtime_root: binary.root,
@@ -1172,6 +1186,7 @@ impl Containers {
             stdin,
             state_dir: self.run_dir(&rec.id),
             cgroup_view: binary.cgroup_view,
+            process,
         })
     }
 

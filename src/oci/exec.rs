@@ -66,6 +66,11 @@ pub struct ExecSpec {
     /// Run the runtime in this private cgroup view (`OciRuntime::cgroup_view`: crun on a
     /// hybrid host).
     pub cgroup_view: Option<Arc<crate::sys::CgroupV1View>>,
+    /// The container's `process` from its bundle's spec: given to the runtime as `--process`
+    /// with `cmd` and `tty` in place, so the process runs as the container's user with its
+    /// supplementary groups, env, cwd, capabilities and security settings whatever the runtime
+    /// defaults to (crun's `exec` runs as root without it). `None`: the runtime's defaults.
+    pub process: Option<serde_json::Value>,
 }
 
 /// The result of an ExecSync.
@@ -91,6 +96,8 @@ pub struct ExecSession {
     child: tokio::process::Child,
     runtime_pid: i32,
     pid_file: PathBuf,
+    /// The `--process` file written for the runtime, removed with the pid file.
+    process_file: Option<PathBuf>,
     stdin: Option<ExecStdin>,
     stdout: Option<ExecOutput>,
     stderr: Option<ExecOutput>,
@@ -137,9 +144,8 @@ pub async fn spawn_exec(spec: &ExecSpec) -> Result<ExecSession, MonitorError> {
     if spec.cmd.is_empty() {
         return Err(exec_err(&spec.id, "no command given"));
     }
-    let pid_file = spec
-        .state_dir
-        .join(format!("exec-{:016x}.pid", rand::random::<u64>()));
+    let name = format!("exec-{:016x}", rand::random::<u64>());
+    let pid_file = spec.state_dir.join(format!("{name}.pid"));
     let mut cmd = tokio::process::Command::new(&spec.runtime_path);
     crate::sys::without_daemon_notify(cmd.as_std_mut());
     cmd.arg("--root")
@@ -147,10 +153,25 @@ pub async fn spawn_exec(spec: &ExecSpec) -> Result<ExecSession, MonitorError> {
         .arg("exec")
         .arg("--pid-file")
         .arg(&pid_file);
-    if spec.tty {
-        cmd.arg("--tty");
-    }
-    cmd.arg(&spec.id).args(&spec.cmd);
+    let process_file = match &spec.process {
+        Some(process) => {
+            let path = spec.state_dir.join(format!("{name}.process.json"));
+            let json = serde_json::to_vec(&exec_process(process, &spec.cmd, spec.tty))
+                .map_err(|e| exec_err(&spec.id, format!("process spec: {e}")))?;
+            tokio::fs::write(&path, json)
+                .await
+                .map_err(|e| exec_err(&spec.id, format!("{}: {e}", path.display())))?;
+            cmd.arg("--process").arg(&path).arg(&spec.id);
+            Some(path)
+        }
+        None => {
+            if spec.tty {
+                cmd.arg("--tty");
+            }
+            cmd.arg(&spec.id).args(&spec.cmd);
+            None
+        }
+    };
     cmd.kill_on_drop(true);
     if let Some(view) = &spec.cgroup_view {
         view.apply(cmd.as_std_mut());
@@ -197,6 +218,7 @@ pub async fn spawn_exec(spec: &ExecSpec) -> Result<ExecSession, MonitorError> {
         child,
         runtime_pid,
         pid_file,
+        process_file,
         stdin: keep_stdin.map(stream).transpose()?.map(|stream| ExecStdin {
             stream,
             tty: spec.tty,
@@ -240,6 +262,9 @@ impl ExecSession {
             .await
             .map_err(|e| exec_err(&self.id, format!("waiting for the runtime: {e}")))?;
         let _ = tokio::fs::remove_file(&self.pid_file).await;
+        if let Some(p) = &self.process_file {
+            let _ = tokio::fs::remove_file(p).await;
+        }
         use std::os::unix::process::ExitStatusExt;
         Ok(match (status.code(), status.signal()) {
             (Some(c), _) => c,
@@ -286,7 +311,22 @@ impl Drop for ExecSession {
             }
         }
         let _ = std::fs::remove_file(&self.pid_file);
+        if let Some(p) = &self.process_file {
+            let _ = std::fs::remove_file(p);
+        }
     }
+}
+
+/// The exec process: the container's `process` with `cmd` as its args and a terminal when `tty`.
+fn exec_process(container: &serde_json::Value, cmd: &[String], tty: bool) -> serde_json::Value {
+    let mut p = container.clone();
+    if let Some(o) = p.as_object_mut() {
+        o.insert("args".into(), serde_json::json!(cmd));
+        o.insert("terminal".into(), serde_json::json!(tty));
+        // The container's terminal size is not the exec's; the client resizes its own.
+        o.remove("consoleSize");
+    }
+    p
 }
 
 /// Runs `spec.cmd` to completion, capturing at most `limit` bytes of each stream. With a
@@ -528,5 +568,31 @@ impl AsyncWrite for ExecStdin {
             }
         }
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exec_process_is_the_containers_with_its_own_args_and_terminal() {
+        let container = serde_json::json!({
+            "terminal": true,
+            "consoleSize": {"height": 24, "width": 80},
+            "user": {"uid": 1001, "gid": 1001, "additionalGids": [5, 6]},
+            "args": ["sleep", "1000"],
+            "env": ["PATH=/bin", "A=b"],
+            "cwd": "/work",
+            "noNewPrivileges": true
+        });
+        let p = exec_process(&container, &["id".to_string(), "-u".to_string()], false);
+        assert_eq!(p["args"], serde_json::json!(["id", "-u"]));
+        assert_eq!(p["terminal"], false);
+        assert!(p.get("consoleSize").is_none());
+        assert_eq!(p["user"], container["user"]);
+        assert_eq!(p["env"], container["env"]);
+        assert_eq!(p["cwd"], "/work");
+        assert_eq!(p["noNewPrivileges"], true);
     }
 }
