@@ -1077,40 +1077,79 @@ async fn a_runtime_failing_create_or_start_rolls_back_and_a_retry_works() {
     assert_no_leaks_soon(&d, &learned).await;
 }
 
+/// A daemon with the fault wrapper as handler `faulty` (its create deferred, as by default) and a
+/// ready pod on it named `name`.
+struct DeferredPod {
+    _tools: tempfile::TempDir,
+    /// While it exists, the wrapper fails `create` and `run`.
+    fail_create: PathBuf,
+    d: Daemon,
+    env: Arc<Env>,
+    cri: Cri,
+    learned: LearnedPids,
+    pod_cfg: PodSandboxConfig,
+    pod: String,
+}
+
+impl DeferredPod {
+    async fn start(name: &str) -> DeferredPod {
+        let tools = tempfile::Builder::new()
+            .prefix("ferrio-faults-run-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let wrapper = faulty_runtime(tools.path());
+        let fail_create = tools.path().join("fail-create");
+        let d = Daemon::start(Opts {
+            configure: Some(Box::new(move |c| {
+                c.runtime.runtimes.insert(
+                    "faulty".into(),
+                    RuntimeHandler {
+                        runtime_path: wrapper.clone(),
+                        ..Default::default()
+                    },
+                );
+            })),
+            ..Default::default()
+        })
+        .await;
+        let env = d.env().clone();
+        let mut cri = d.client().await;
+        let mut learned = LearnedPids::default();
+        pull(&mut cri, BUSYBOX).await.expect("PullImage");
+        let pod_cfg = pod_config(&env, name);
+        let pod = run_pod(&mut cri, &pod_cfg, "faulty")
+            .await
+            .expect("RunPodSandbox");
+        learn_all(&env, &mut learned);
+        DeferredPod {
+            _tools: tools,
+            fail_create,
+            d,
+            env,
+            cri,
+            learned,
+            pod_cfg,
+            pod,
+        }
+    }
+}
+
 /// With the default `defer_create`, CreateContainer does not run the runtime and StartContainer
 /// runs its `run`: a failing run fails StartContainer with the runtime's message, leaves the
 /// container created with nothing in the runtime, and the same container starts once the runtime
 /// works.
 #[tokio::test]
 async fn a_deferred_create_whose_run_fails_stays_created_and_leaves_nothing() {
-    let tools = tempfile::Builder::new()
-        .prefix("ferrio-faults-run-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let wrapper = faulty_runtime(tools.path());
-    let fail_create = tools.path().join("fail-create");
-    let d = Daemon::start(Opts {
-        configure: Some(Box::new(move |c| {
-            c.runtime.runtimes.insert(
-                "faulty".into(),
-                RuntimeHandler {
-                    runtime_path: wrapper.clone(),
-                    ..Default::default()
-                },
-            );
-        })),
-        ..Default::default()
-    })
-    .await;
-    let env = d.env().clone();
-    let mut cri = d.client().await;
-    let mut learned = LearnedPids::default();
-    pull(&mut cri, BUSYBOX).await.expect("PullImage");
-    let pod_cfg = pod_config(&env, "deferred");
-    let pod = run_pod(&mut cri, &pod_cfg, "faulty")
-        .await
-        .expect("RunPodSandbox");
-    learn_all(&env, &mut learned);
+    let DeferredPod {
+        _tools,
+        fail_create,
+        d,
+        env,
+        mut cri,
+        mut learned,
+        pod_cfg,
+        pod,
+    } = DeferredPod::start("deferred").await;
     let with_pod = footprint(&d);
 
     std::fs::write(&fail_create, "").unwrap();
@@ -1154,34 +1193,16 @@ async fn a_deferred_create_whose_run_fails_stays_created_and_leaves_nothing() {
 /// finds the container created (not a start the restart cut short), and starts it.
 #[tokio::test]
 async fn a_deferred_container_whose_run_failed_is_still_created_after_a_restart() {
-    let tools = tempfile::Builder::new()
-        .prefix("ferrio-faults-run-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let wrapper = faulty_runtime(tools.path());
-    let fail_create = tools.path().join("fail-create");
-    let d = Daemon::start(Opts {
-        configure: Some(Box::new(move |c| {
-            c.runtime.runtimes.insert(
-                "faulty".into(),
-                RuntimeHandler {
-                    runtime_path: wrapper.clone(),
-                    ..Default::default()
-                },
-            );
-        })),
-        ..Default::default()
-    })
-    .await;
-    let env = d.env().clone();
-    let mut cri = d.client().await;
-    let mut learned = LearnedPids::default();
-    pull(&mut cri, BUSYBOX).await.expect("PullImage");
-    let pod_cfg = pod_config(&env, "deferred-restart");
-    let pod = run_pod(&mut cri, &pod_cfg, "faulty")
-        .await
-        .expect("RunPodSandbox");
-    learn_all(&env, &mut learned);
+    let DeferredPod {
+        _tools,
+        fail_create,
+        d,
+        env,
+        mut cri,
+        mut learned,
+        pod_cfg,
+        pod,
+    } = DeferredPod::start("deferred-restart").await;
 
     std::fs::write(&fail_create, "").unwrap();
     let cfg = container_config("app", BUSYBOX, &["sleep", "1000"]);

@@ -281,6 +281,14 @@ impl ContainerStatus {
 
 pub type Container = Record<ContainerMeta, ContainerStatus>;
 
+/// Says how recording a start that happened while the daemon was down went.
+fn log_adopted_start(id: &str, recorded: Result<(), crate::state::StateError>) {
+    match recorded {
+        Ok(()) => tracing::info!(id = %id, "container started while the daemon went down"),
+        Err(e) => tracing::warn!(id = %id, error = %e, "cannot record an interrupted start"),
+    }
+}
+
 impl Container {
     /// The cgroup the container runs in: the one NRI plugins chose, else the one made at create.
     pub fn cgroups_path(&self) -> String {
@@ -1624,14 +1632,7 @@ impl Containers {
                     }
                 })
                 .await;
-            match r {
-                Ok(_) => {
-                    tracing::info!(id = %rec.id, "container started while the daemon went down")
-                }
-                Err(e) => {
-                    tracing::warn!(id = %rec.id, error = %e, "cannot record an interrupted start")
-                }
-            }
+            log_adopted_start(&rec.id, r.map(|_| ()));
             if let Ok(sandbox) = self.pods.get(&rec.meta.sandbox_id) {
                 self.context
                     .keep_monitor_in_scope(&rec.id, handle, &sandbox.meta.cgroup_parent);
@@ -1711,14 +1712,7 @@ impl Containers {
                         }
                     })
                     .await;
-                match r {
-                    Ok(_) => {
-                        tracing::info!(id = %rec.id, "container started while the daemon went down")
-                    }
-                    Err(e) => {
-                        tracing::warn!(id = %rec.id, error = %e, "cannot record an interrupted start")
-                    }
-                }
+                log_adopted_start(&rec.id, r.map(|_| ()));
             }
             Ok(_) => {}
             Err(e) => {
