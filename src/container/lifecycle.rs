@@ -961,16 +961,9 @@ impl Containers {
                 let _ = rt.delete(&id).await;
             });
         }
-        let spawn_req = self.monitor_spawn(&rec, sandbox, &*runtime, false);
-        let launched = self.context.monitors.launch(&spawn_req).await?;
-        // The monitor is on record before the runtime's create ends, so that a restarted
-        // daemon knows whom to wait for.
-        let handle = launched.monitor();
-        rec.update_with(Durability::Crash, |s| {
-            s.monitor_pid = handle.pid;
-            s.monitor_start_time = handle.start_time;
-        })
-        .await?;
+        let launched = self
+            .launch_recorded(&rec, sandbox, &*runtime, false)
+            .await?;
         let spawned = launched.created().await;
         if sandbox.meta.namespaces.user.is_some() {
             // The runtime's binds in the container's mount namespace keep the idmapped copies;
@@ -989,6 +982,26 @@ impl Containers {
         .await?;
         self.watch_exit(rec);
         Ok(())
+    }
+
+    /// Launches the monitor of `rec` (see [`Self::monitor_spawn`]) and puts it on record before the
+    /// runtime's create or run ends, so that a restarted daemon knows whom to wait for.
+    async fn launch_recorded(
+        &self,
+        rec: &Container,
+        sandbox: &Sandbox,
+        runtime: &dyn Runtime,
+        run: bool,
+    ) -> Result<Box<dyn monitor::LaunchedMonitor>, ContainerError> {
+        let spawn_req = self.monitor_spawn(rec, sandbox, runtime, run);
+        let launched = self.context.monitors.launch(&spawn_req).await?;
+        let handle = launched.monitor();
+        rec.update_with(Durability::Crash, |s| {
+            s.monitor_pid = handle.pid;
+            s.monitor_start_time = handle.start_time;
+        })
+        .await?;
+        Ok(launched)
     }
 
     /// What the monitor of `rec` starts with; with `run` it also starts the container.
@@ -1293,15 +1306,7 @@ impl Containers {
             });
         }
         let result = async {
-            let spawn_req = self.monitor_spawn(rec, sandbox, &*runtime, true);
-            let launched = self.context.monitors.launch(&spawn_req).await?;
-            // On record before the run ends, so that a restarted daemon knows whom to wait for.
-            let handle = launched.monitor();
-            rec.update_with(Durability::Crash, |s| {
-                s.monitor_pid = handle.pid;
-                s.monitor_start_time = handle.start_time;
-            })
-            .await?;
+            let launched = self.launch_recorded(rec, sandbox, &*runtime, true).await?;
             Ok::<_, ContainerError>(launched.created().await?)
         }
         .await;
