@@ -885,3 +885,18 @@ async fn the_monitor_signals_the_init_on_request() {
         other => panic!("signal after the exit: {other:?}"),
     }
 }
+
+#[test]
+fn the_cgroup_attach_warm_up_moves_a_thread_only_into_its_own_cgroup() {
+    let Some(warm) = ferrio::oci::attach_warm::AttachWarm::of_host() else {
+        println!("SKIPPED: no cgroup v1 hierarchy on this host, so no warm-up to check");
+        return;
+    };
+    let before = std::fs::read_to_string("/proc/thread-self/cgroup").unwrap();
+    warm.warm_now().expect("the kernel takes the write");
+    assert_eq!(
+        std::fs::read_to_string("/proc/thread-self/cgroup").unwrap(),
+        before,
+        "the thread is where it was in every hierarchy"
+    );
+}

@@ -55,7 +55,7 @@ impl NodeContext {
             host,
             runtimes,
             layout,
-            monitors: Arc::new(monitor::MonitorProcesses),
+            monitors: Arc::new(monitor::MonitorProcesses::of_host()),
             monitor_path,
             rootfs: Arc::new(OverlayRootfs),
             systemd: crate::systemd::Systemd::on_this_host(),

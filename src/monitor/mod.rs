@@ -460,15 +460,33 @@ pub trait FoundMonitor: Send {
 }
 
 /// The `ferrio-monitor` binary named in each [`MonitorSpawn`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MonitorProcesses;
+#[derive(Debug, Clone, Default)]
+pub struct MonitorProcesses {
+    /// On a host with cgroup v1 hierarchies: started as each launch begins, so that the grace
+    /// period the runtime's cgroup attach waits for runs while the monitor and the runtime start.
+    attach_warm: Option<std::sync::Arc<crate::oci::attach_warm::AttachWarm>>,
+}
+
+impl MonitorProcesses {
+    /// Monitors of this host (see [`crate::oci::attach_warm`]).
+    pub fn of_host() -> MonitorProcesses {
+        MonitorProcesses {
+            attach_warm: crate::oci::attach_warm::AttachWarm::of_host(),
+        }
+    }
+}
 
 impl MonitorLauncher for MonitorProcesses {
     fn launch<'a>(
         &'a self,
         req: &'a MonitorSpawn,
     ) -> BoxFuture<'a, Result<Box<dyn LaunchedMonitor>, MonitorError>> {
-        Box::pin(async move { Ok(Box::new(launch(req).await?) as Box<dyn LaunchedMonitor>) })
+        Box::pin(async move {
+            if let Some(warm) = &self.attach_warm {
+                warm.start();
+            }
+            Ok(Box::new(launch(req).await?) as Box<dyn LaunchedMonitor>)
+        })
     }
 
     fn find(&self, handle_file: &Path, recorded: ProcessHandle) -> Option<Box<dyn FoundMonitor>> {
@@ -687,7 +705,7 @@ mod tests {
         let mut child = cmd.spawn().unwrap();
         drop(f);
         let recorded = ProcessHandle::of(child.id() as i32).unwrap().unwrap();
-        let found = MonitorProcesses
+        let found = MonitorProcesses::default()
             .find(&path, ProcessHandle::default())
             .expect("found by the lock alone");
         assert!(found.alive());
@@ -696,7 +714,9 @@ mod tests {
             "a second monitor for a live one's object"
         );
         drop(found);
-        let found = MonitorProcesses.find(&path, recorded).expect("found");
+        let found = MonitorProcesses::default()
+            .find(&path, recorded)
+            .expect("found");
         found.stop();
         child.wait().unwrap();
         // Another test's fork may hold a copy of the fd until its exec.
@@ -705,8 +725,8 @@ mod tests {
             assert!(std::time::Instant::now() < until, "still locked");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(MonitorProcesses.find(&path, recorded).is_none());
-        assert!(MonitorProcesses
+        assert!(MonitorProcesses::default().find(&path, recorded).is_none());
+        assert!(MonitorProcesses::default()
             .find(&dir.path().join("none"), ProcessHandle::default())
             .is_none());
         open_handle_file(&path).expect("free for a new monitor");

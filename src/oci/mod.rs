@@ -9,6 +9,7 @@
 //! daemon kill during a create left, through that seam and the monitor's.
 
 pub mod apparmor;
+pub mod attach_warm;
 pub mod cgroups;
 pub mod exec;
 pub mod half_created;
