@@ -1275,18 +1275,21 @@ impl Containers {
     }
 
     async fn record_start(rec: &Container, started: i64) -> Result<(), ContainerError> {
-        rec.update_with(Durability::Crash, |s| {
-            s.deferred = false;
-            if s.started_at == 0 {
-                s.started_at = if s.finished_at > 0 {
-                    started.min(s.finished_at)
-                } else {
-                    started
-                };
-            }
-        })
-        .await?;
+        rec.update_with(Durability::Crash, |s| Self::mark_started(s, started))
+            .await?;
         Ok(())
+    }
+
+    /// The status of a container whose start was issued at `started`.
+    fn mark_started(s: &mut ContainerStatus, started: i64) {
+        s.deferred = false;
+        if s.started_at == 0 {
+            s.started_at = if s.finished_at > 0 {
+                started.min(s.finished_at)
+            } else {
+                started
+            };
+        }
     }
 
     /// StartContainer of a container created without the runtime: its monitor creates and
@@ -1311,16 +1314,14 @@ impl Containers {
         }
         .await;
         let result = match result {
-            Ok(spawned) => {
-                let r = rec
-                    .update_with(Durability::Crash, |s| s.pid = spawned.container_pid)
-                    .await;
-                match r {
-                    Ok(_) => Self::record_start(rec, started).await,
-                    Err(e) => Err(e.into()),
-                }
-                .map(|()| self.watch_exit(rec.clone()))
-            }
+            Ok(spawned) => rec
+                .update_with(Durability::Crash, |s| {
+                    s.pid = spawned.container_pid;
+                    Self::mark_started(s, started);
+                })
+                .await
+                .map(|_| self.watch_exit(rec.clone()))
+                .map_err(ContainerError::from),
             Err(e) => {
                 // A monitor told to give up (a run past its time) may still be ending the
                 // runtime's run: the delete comes after it, or the run could create what the
