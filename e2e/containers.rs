@@ -897,6 +897,7 @@ async fn exec_sessions_with_a_tty_and_with_pipes() {
         state_dir: p.d.env().dir().to_path_buf(),
         cgroup_view: None,
         process: None,
+        attach_warm: None,
     };
     let mut s = spawn_exec(&spec).await.expect("spawn_exec tty");
     assert!(s.take_stderr().is_none(), "a tty has no stderr");

@@ -31,6 +31,10 @@ pub struct NodeContext {
     pub layout: DiskLayout,
     /// Starts and finds monitors.
     pub monitors: Arc<dyn MonitorLauncher>,
+    /// Started before each runtime process that moves a process into a cgroup (the monitor's
+    /// create or run, an exec) where cgroup v1 hierarchies make that move wait; see
+    /// [`crate::oci::attach_warm`]. `None` elsewhere.
+    pub attach_warm: Option<Arc<crate::oci::attach_warm::AttachWarm>>,
     /// The `ferrio-monitor` binary every monitor runs.
     pub monitor_path: PathBuf,
     /// Mounts and removes the overlay root filesystems.
@@ -49,13 +53,15 @@ impl NodeContext {
         let c = config.load();
         let runtimes = Runtimes::from_config(&c);
         let layout = DiskLayout::new(&c.root, &c.runroot);
+        let attach_warm = crate::oci::attach_warm::AttachWarm::of_host();
         NodeContext {
             apparmor: crate::oci::apparmor::AppArmor::for_host(host.apparmor),
             config,
             host,
             runtimes,
             layout,
-            monitors: Arc::new(monitor::MonitorProcesses::of_host()),
+            monitors: Arc::new(monitor::MonitorProcesses::new(attach_warm.clone())),
+            attach_warm,
             monitor_path,
             rootfs: Arc::new(OverlayRootfs),
             systemd: crate::systemd::Systemd::on_this_host(),

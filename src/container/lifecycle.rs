@@ -1208,6 +1208,7 @@ impl Containers {
             state_dir: self.run_dir(&rec.id),
             cgroup_view: binary.cgroup_view,
             process,
+            attach_warm: self.context.attach_warm.clone(),
         })
     }
 

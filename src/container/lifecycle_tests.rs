@@ -462,6 +462,7 @@ fn context(dir: &Path, world: &Arc<World>, defer_create: bool) -> Arc<NodeContex
         runtimes: Runtimes::of([("fake".to_string(), runtime)]),
         layout,
         monitors: Arc::new(FakeLauncher(world.clone())),
+        attach_warm: None,
         monitor_path: "/nonexistent/ferrio-monitor".into(),
         rootfs: Arc::new(FakeRootfs(world.clone())),
         systemd: None,

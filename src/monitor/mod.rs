@@ -468,11 +468,11 @@ pub struct MonitorProcesses {
 }
 
 impl MonitorProcesses {
-    /// Monitors of this host (see [`crate::oci::attach_warm`]).
-    pub fn of_host() -> MonitorProcesses {
-        MonitorProcesses {
-            attach_warm: crate::oci::attach_warm::AttachWarm::of_host(),
-        }
+    /// Monitors whose launches start `attach_warm` (see [`crate::oci::attach_warm`]).
+    pub fn new(
+        attach_warm: Option<std::sync::Arc<crate::oci::attach_warm::AttachWarm>>,
+    ) -> MonitorProcesses {
+        MonitorProcesses { attach_warm }
     }
 }
 

@@ -71,6 +71,9 @@ pub struct ExecSpec {
     /// supplementary groups, env, cwd, capabilities and security settings whatever the runtime
     /// defaults to (crun's `exec` runs as root without it). `None`: the runtime's defaults.
     pub process: Option<serde_json::Value>,
+    /// Started before the runtime runs (it moves the process into the container's cgroup); see
+    /// [`crate::oci::attach_warm`].
+    pub attach_warm: Option<Arc<crate::oci::attach_warm::AttachWarm>>,
 }
 
 /// The result of an ExecSync.
@@ -143,6 +146,9 @@ fn exec_err(id: &str, message: impl std::fmt::Display) -> MonitorError {
 pub async fn spawn_exec(spec: &ExecSpec) -> Result<ExecSession, MonitorError> {
     if spec.cmd.is_empty() {
         return Err(exec_err(&spec.id, "no command given"));
+    }
+    if let Some(warm) = &spec.attach_warm {
+        warm.start();
     }
     let name = format!("exec-{:016x}", rand::random::<u64>());
     let pid_file = spec.state_dir.join(format!("{name}.pid"));
