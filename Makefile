@@ -11,6 +11,8 @@ CONFIG_DIR ?= /etc/ferrio
 CONFIG ?= $(CONFIG_DIR)/ferrio.toml
 CNI_CONF_DIR ?= /etc/cni/net.d
 TEST_REGISTRY ?= 127.0.0.1:5055
+# Where cargo builds: CARGO_TARGET_DIR moves it, and `run` must start what `release` just built.
+BUILD_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: all build release deb deps run test test-e2e test-vm lint fmt registry registry-stop clean-test bench
 
@@ -41,7 +43,7 @@ run: deps release
 		install -m 0644 cni/10-ferrio-bridge.conflist $(CNI_CONF_DIR)/ && \
 		echo "installed $(CNI_CONF_DIR)/10-ferrio-bridge.conflist"; \
 	fi
-	exec target/release/ferrio --config $(CONFIG)
+	exec $(BUILD_DIR)/release/ferrio --config $(CONFIG)
 
 # Like `run`, but pulls registry.k8s.io and docker.io images from the local test registry
 # (for machines without internet): the config goes to target/, /etc is left alone.
@@ -53,8 +55,8 @@ run-local: deps release registry
 	@{ cat deploy/ferrio.toml; \
 	   for p in registry.k8s.io docker.io; do \
 	     printf '\n[[image.registry]]\nprefix = "%s"\nfallback = false\n[[image.registry.mirror]]\nlocation = "%s"\ninsecure = true\n' $$p $(TEST_REGISTRY); \
-	   done; } > target/ferrio-local.toml
-	exec target/release/ferrio --config target/ferrio-local.toml
+	   done; } > $(BUILD_DIR)/ferrio-local.toml
+	exec $(BUILD_DIR)/release/ferrio --config $(BUILD_DIR)/ferrio-local.toml
 
 registry: deps
 	hack/test-registry.sh start

@@ -31,10 +31,10 @@ export PATH=$HOME/.cargo/bin:/root/.cargo/bin:$PATH
 hack/test-registry.sh start >/dev/null
 if [ "$PROFILE" = release ]; then
   cargo build -q --release --bins --example bench_load
-  OUT=target/release
+  OUT=${CARGO_TARGET_DIR:-target}/release
 else
   cargo build -q --bins --example bench_load
-  OUT=target/debug
+  OUT=${CARGO_TARGET_DIR:-target}/debug
 fi
 
 exec "$OUT/examples/bench_load" --pods "$N" --calls "$CALLS" --idle-secs "$IDLE" \

@@ -29,10 +29,10 @@ done
 
 if [ "$PROFILE" = release ]; then
   cargo build -q --release --bins --example bench_sandbox
-  OUT=target/release
+  OUT=${CARGO_TARGET_DIR:-target}/release
 else
   cargo build -q --bins --example bench_sandbox
-  OUT=target/debug
+  OUT=${CARGO_TARGET_DIR:-target}/debug
 fi
 
 TAG=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')

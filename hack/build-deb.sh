@@ -14,7 +14,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bin_dir="$repo/target/release"
+bin_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
 out="$repo/target/debian"
 compress=(-Zxz)
 while [ $# -gt 0 ]; do

@@ -38,8 +38,10 @@ fi
 hack/test-registry.sh start >/dev/null
 cargo build --release --bin ferrio --bin ferrio-monitor --example bench >&2
 
-exec target/release/examples/bench "$N" \
-  --ferrio target/release/ferrio \
+# Where cargo put them: CARGO_TARGET_DIR moves the build, and a stale target/ would be timed.
+out=${CARGO_TARGET_DIR:-target}/release
+exec "$out/examples/bench" "$N" \
+  --ferrio "$out/ferrio" \
   --list-pods "${BENCH_LIST_PODS:-100}" \
   --mem-pods "${BENCH_MEM_PODS:-10,50}" \
   --stream-pods "${BENCH_STREAM_PODS:-500}" \
