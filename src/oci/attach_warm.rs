@@ -14,7 +14,8 @@
 //! write to `tasks`, with no effect on any process) as a monitor launch begins: the grace
 //! period then runs while the monitor and the runtime start up, and the runtime's own attach
 //! finds it under way or passed. Nothing depends on it: a write that fails or is refused costs
-//! only that overlap.
+//! only that overlap, and turns the warm-up off (such a failure is the host's shape: a read-only
+//! cgroupfs, a hierarchy the daemon cannot write).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,8 @@ pub struct AttachWarm {
     hierarchies: Vec<(String, PathBuf)>,
     /// A write runs now; a launch meanwhile shares its grace period.
     running: AtomicBool,
+    /// A write failed: no more tries.
+    off: AtomicBool,
 }
 
 impl AttachWarm {
@@ -63,19 +66,21 @@ impl AttachWarm {
         (!hierarchies.is_empty()).then_some(AttachWarm {
             hierarchies,
             running: AtomicBool::new(false),
+            off: AtomicBool::new(false),
         })
     }
 
-    /// Starts the warm-up on a blocking thread and returns at once; a no-op while one runs.
-    /// Needs a tokio runtime.
+    /// Starts the warm-up on a blocking thread and returns at once; a no-op while one runs and
+    /// after one failed. Needs a tokio runtime.
     pub fn start(self: &Arc<Self>) {
-        if self.running.swap(true, Ordering::AcqRel) {
+        if self.off.load(Ordering::Acquire) || self.running.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = this.warm_now() {
-                tracing::debug!(error = %e, "cgroup attach warm-up failed");
+                this.off.store(true, Ordering::Release);
+                tracing::info!(error = %e, "cgroup attach warm-up off: runtimes wait for their cgroup attach in full");
             }
             this.running.store(false, Ordering::Release);
         });
@@ -194,6 +199,34 @@ mod tests {
         assert_eq!(w.tasks_file("0::/ferrio.service\n"), None);
         assert_eq!(w.tasks_file("9:blkio:/x\n"), None);
         assert_eq!(w.tasks_file("5:pids:/a/../../etc\n"), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_turns_the_warm_up_off() {
+        // A mount table whose only hierarchy is nowhere this thread's cgroups are.
+        let w = Arc::new(
+            AttachWarm::from_mountinfo(
+                "35 30 0:31 / /nonexistent/ferrio-test rw - cgroup cgroup rw,ferrio_test_none\n",
+            )
+            .unwrap(),
+        );
+        w.start();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !w.off.load(Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < until,
+                "still on after a failed write"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        while w.running.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        w.start();
+        assert!(
+            !w.running.load(Ordering::Acquire),
+            "no write after it is off"
+        );
     }
 
     #[test]
