@@ -15,7 +15,7 @@
 //! - [`context`]: the node context pods and containers share: live config, host features,
 //!   runtime handlers, the disk layout, and the monitor and rootfs seams.
 //! - [`oci`]: the OCI runtime behind the `Runtime` trait (the default runs the binary for every
-//!   verb); bundles; ending half-created objects.
+//!   verb); bundles; ending half-created objects; the cgroup v1 attach warm-up.
 //! - [`monitor`]: the daemon's side of ferrio-monitor: launching and finding monitors (behind the
 //!   `MonitorLauncher` trait), the attach client; the monitor program and the wire protocol are
 //!   the `ferrio-monitor` crate (`crates/ferrio-monitor`).

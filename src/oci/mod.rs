@@ -6,7 +6,8 @@
 //!
 //! [`Runtime`] is the seam for the verbs the lifecycle runs itself; [`OciRuntime`], the runtime's
 //! command line, implements it and runs the binary for every verb. [`half_created`] ends what a
-//! daemon kill during a create left, through that seam and the monitor's.
+//! daemon kill during a create left, through that seam and the monitor's. [`attach_warm`] starts
+//! the grace period a runtime's cgroup v1 attach waits for before the runtime needs it.
 
 pub mod apparmor;
 pub mod attach_warm;
