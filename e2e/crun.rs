@@ -262,19 +262,14 @@ async fn a_crun_handler_without_the_view_fails_on_a_hybrid_host() {
         println!("SKIPPED: {CRUN} is not installed (hack/install-deps.sh installs it)");
         return;
     }
-    let d = Daemon::start(Opts {
-        configure: Some(Box::new(|c| {
-            c.runtime.runtimes.insert(
-                "crun-plain".into(),
-                ferrio::config::RuntimeHandler {
-                    runtime_path: CRUN.into(),
-                    cgroup_v1_view: Some(false),
-                    ..Default::default()
-                },
-            );
-        })),
-        ..Default::default()
-    })
+    let d = Daemon::start(Opts::with_handler(
+        "crun-plain",
+        ferrio::config::RuntimeHandler {
+            runtime_path: CRUN.into(),
+            cgroup_v1_view: Some(false),
+            ..Default::default()
+        },
+    ))
     .await;
     let env = d.env().clone();
     let mut cri = d.client().await;

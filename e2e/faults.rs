@@ -958,22 +958,17 @@ async fn a_runtime_failing_create_or_start_rolls_back_and_a_retry_works() {
     let wrapper = faulty_runtime(tools.path());
     let fail_create = tools.path().join("fail-create");
     let fail_start = tools.path().join("fail-start");
-    let d = Daemon::start(Opts {
-        configure: Some(Box::new(move |c| {
-            c.runtime.runtimes.insert(
-                "faulty".into(),
-                RuntimeHandler {
-                    runtime_path: wrapper.clone(),
-                    // The container's create and start each run the runtime, so each can fail
-                    // on its own (a deferred create's run is
-                    // `a_deferred_create_whose_run_fails_stays_created_and_leaves_nothing`).
-                    defer_create: Some(false),
-                    ..Default::default()
-                },
-            );
-        })),
-        ..Default::default()
-    })
+    let d = Daemon::start(Opts::with_handler(
+        "faulty",
+        RuntimeHandler {
+            runtime_path: wrapper,
+            // The container's create and start each run the runtime, so each can fail on its
+            // own (a deferred create's run is
+            // `a_deferred_create_whose_run_fails_stays_created_and_leaves_nothing`).
+            defer_create: Some(false),
+            ..Default::default()
+        },
+    ))
     .await;
     let env = d.env().clone();
     let mut cri = d.client().await;
@@ -1099,18 +1094,13 @@ impl DeferredPod {
             .unwrap();
         let wrapper = faulty_runtime(tools.path());
         let fail_create = tools.path().join("fail-create");
-        let d = Daemon::start(Opts {
-            configure: Some(Box::new(move |c| {
-                c.runtime.runtimes.insert(
-                    "faulty".into(),
-                    RuntimeHandler {
-                        runtime_path: wrapper.clone(),
-                        ..Default::default()
-                    },
-                );
-            })),
-            ..Default::default()
-        })
+        let d = Daemon::start(Opts::with_handler(
+            "faulty",
+            RuntimeHandler {
+                runtime_path: wrapper,
+                ..Default::default()
+            },
+        ))
         .await;
         let env = d.env().clone();
         let mut cri = d.client().await;

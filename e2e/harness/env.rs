@@ -4,7 +4,7 @@
 use super::leaks::{self, LearnedPids};
 use super::sys;
 use super::{monitor_bin, rand_hex};
-use ferrio::config::{Config, LogLevel, MirrorConfig, RegistryConfig};
+use ferrio::config::{Config, LogLevel, MirrorConfig, RegistryConfig, RuntimeHandler};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -35,6 +35,19 @@ impl Default for Opts {
             network: true,
             log_level: LogLevel::Debug,
             configure: None,
+        }
+    }
+}
+
+impl Opts {
+    /// The default set-up with one more runtime handler, `name`, in the config.
+    pub fn with_handler(name: &str, handler: RuntimeHandler) -> Opts {
+        let name = name.to_string();
+        Opts {
+            configure: Some(Box::new(move |c| {
+                c.runtime.runtimes.insert(name.clone(), handler.clone());
+            })),
+            ..Default::default()
         }
     }
 }
