@@ -1152,7 +1152,7 @@ impl Containers {
 
     /// What `<runtime> exec` needs to run `cmd` in the running container `rec` (for ExecSync and
     /// the streaming server's Exec via [`crate::oci::exec::spawn_exec`]).
-    pub fn exec_spec(
+    pub async fn exec_spec(
         &self,
         rec: &Container,
         cmd: Vec<String>,
@@ -1187,7 +1187,8 @@ impl Containers {
         // The container's process as its bundle has it (the daemon wrote it): the exec inherits
         // its user and groups, env and security settings through the runtime's `--process`.
         let config = self.bundle_dir(&rec.id).join("config.json");
-        let process = match std::fs::read(&config)
+        let process = match tokio::fs::read(&config)
+            .await
             .map_err(|e| e.to_string())
             .and_then(|b| {
                 serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
@@ -1221,7 +1222,7 @@ impl Containers {
         timeout: Duration,
     ) -> Result<crate::oci::exec::ExecSyncOutput, ContainerError> {
         let rec = self.get(id)?;
-        let spec = self.exec_spec(&rec, cmd, false, false)?;
+        let spec = self.exec_spec(&rec, cmd, false, false).await?;
         let timeout = (!timeout.is_zero()).then_some(timeout);
         let out =
             crate::oci::exec::exec_sync(&spec, timeout, crate::oci::exec::EXEC_SYNC_OUTPUT_MAX)

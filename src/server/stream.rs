@@ -181,19 +181,20 @@ impl StreamBackend {
         }
         Ok(c)
     }
-
-    fn exec_spec(&self, req: &CommandRequest) -> Result<ExecSpec, String> {
-        let c = self.container(&req.container_id)?;
-        self.containers
-            .exec_spec(&c, req.cmd.clone(), req.tty, req.stdin)
-            .map_err(|e| e.to_string())
-    }
 }
 
 impl Backend for StreamBackend {
     fn exec(&self, req: CommandRequest, io: StreamIo) -> BoxFuture<'static, Outcome> {
-        let spec = self.exec_spec(&req);
+        let found = self.container(&req.container_id);
+        let containers = self.containers.clone();
         Box::pin(async move {
+            let spec = match found {
+                Ok(c) => containers
+                    .exec_spec(&c, req.cmd, req.tty, req.stdin)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(m) => Err(m),
+            };
             match spec {
                 Ok(spec) => run_exec(spec, io).await,
                 Err(m) => Outcome::Failed(m),
