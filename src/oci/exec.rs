@@ -152,6 +152,24 @@ pub async fn spawn_exec(spec: &ExecSpec) -> Result<ExecSession, MonitorError> {
     }
     let name = format!("exec-{:016x}", rand::random::<u64>());
     let pid_file = spec.state_dir.join(format!("{name}.pid"));
+    let process_file = spec.state_dir.join(format!("{name}.process.json"));
+    let started = start_exec(spec, pid_file.clone(), process_file.clone()).await;
+    if started.is_err() {
+        // Once an ExecSession exists it removes both; before that, whatever was written goes here.
+        for f in [pid_file, process_file] {
+            let _ = tokio::fs::remove_file(f).await;
+        }
+    }
+    started
+}
+
+/// [`spawn_exec`] after its checks: the runtime writes `pid_file`, and `process_file` holds the
+/// exec's process when the spec has the container's.
+async fn start_exec(
+    spec: &ExecSpec,
+    pid_file: PathBuf,
+    process_file: PathBuf,
+) -> Result<ExecSession, MonitorError> {
     let mut cmd = tokio::process::Command::new(&spec.runtime_path);
     crate::sys::without_daemon_notify(cmd.as_std_mut());
     cmd.arg("--root")
@@ -161,14 +179,13 @@ pub async fn spawn_exec(spec: &ExecSpec) -> Result<ExecSession, MonitorError> {
         .arg(&pid_file);
     let process_file = match &spec.process {
         Some(process) => {
-            let path = spec.state_dir.join(format!("{name}.process.json"));
             let json = serde_json::to_vec(&exec_process(process, &spec.cmd, spec.tty))
                 .map_err(|e| exec_err(&spec.id, format!("process spec: {e}")))?;
-            tokio::fs::write(&path, json)
+            tokio::fs::write(&process_file, json)
                 .await
-                .map_err(|e| exec_err(&spec.id, format!("{}: {e}", path.display())))?;
-            cmd.arg("--process").arg(&path).arg(&spec.id);
-            Some(path)
+                .map_err(|e| exec_err(&spec.id, format!("{}: {e}", process_file.display())))?;
+            cmd.arg("--process").arg(&process_file).arg(&spec.id);
+            Some(process_file)
         }
         None => {
             if spec.tty {
@@ -600,5 +617,32 @@ mod tests {
         assert_eq!(p["env"], container["env"]);
         assert_eq!(p["cwd"], "/work");
         assert_eq!(p["noNewPrivileges"], true);
+    }
+
+    #[tokio::test]
+    async fn an_exec_whose_runtime_cannot_run_leaves_no_file_in_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ExecSpec {
+            runtime_path: dir.path().join("no-such-runtime"),
+            runtime_root: dir.path().join("root"),
+            id: "c1".into(),
+            cmd: vec!["true".into()],
+            tty: false,
+            stdin: false,
+            state_dir: dir.path().to_path_buf(),
+            cgroup_view: None,
+            process: Some(serde_json::json!({"args": ["sleep", "1"], "cwd": "/"})),
+            attach_warm: None,
+        };
+        let err = spawn_exec(&spec)
+            .await
+            .err()
+            .expect("the runtime cannot run");
+        assert!(err.to_string().contains("no-such-runtime"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 }
